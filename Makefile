@@ -1,0 +1,35 @@
+# Every target sets up its own environment in .venv/ first: nothing is installed by hand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+OUT ?= shards
+SPLIT ?= train
+SUBSET ?= all
+IMAGENET ?=
+ARGS ?=
+
+.PHONY: setup texture-shards test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+texture-shards: $(STAMP)
+	$(BIN)/nsneg-textures build --out $(OUT) --split $(SPLIT) --subset $(SUBSET) \
+		$(if $(IMAGENET),--imagenet $(IMAGENET)) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_synthesis.py
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+clean:
+	rm -rf $(VENV) shards

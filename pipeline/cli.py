@@ -1,0 +1,89 @@
+"""``nsneg-textures``: build ImageNet-Texture shards (``make texture-shards`` calls ``build``)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline import contract
+from pipeline.images import RESIZE_SHORT
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+@click.group()
+def main() -> None:
+    """ImageNet-Texture: non-semantic negatives made by neural texture synthesis."""
+
+
+@main.command()
+@click.option("--imagenet", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="ImageNet root with <split>/<wnid>/* folders. Default: the embedded demo photos.")
+@click.option("--split", default="train", show_default=True)
+@click.option("--subset", type=click.Choice(["all", "imagenet100"]), default="all", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"), show_default=True)
+@click.option("--encoder", type=click.Choice(["random", "vgg19"]), default="random", show_default=True,
+              help="vgg19 needs pretrained weights in the torch hub cache or --weights.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--sizes", default="56,112,224", show_default=True, help="coarse-to-fine resolutions")
+@click.option("--steps", default="150,50,20", show_default=True, help="Adam steps per resolution")
+@click.option("--lr", type=float, default=0.04, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="images synthesised together")
+@click.option("--shard-size", type=int, default=None, help="images per shard [default: 1000; 4 for the demo]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=None, help="synthesis actors [default: one per GPU, else 1]")
+@click.option("--no-source", is_flag=True, help="omit source pixels (for sets to be published)")
+@click.option("--resize-short", type=int, default=RESIZE_SHORT, show_default=True)
+@click.option("--max-skip-fraction", type=float, default=0.01, show_default=True,
+              help="fail when more than this fraction of images is unusable")
+@click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="contact sheet PNG [default: OUT/preview-SPLIT.png]")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batch_size, shard_size, seed, workers,
+          no_source, resize_short, max_skip_fraction, preview, quiet) -> None:
+    """Synthesise one texture per source image into WebDataset shards with a manifest.
+
+    Resumable: rerun the same command after an interruption and finished shards are kept.
+    """
+    from pipeline import job, preview as preview_mod
+    from pipeline.encoders import WeightsNotFound, load_vgg19_state_dict
+    from pipeline.sources import embedded_listing, folder_listing
+    from pipeline.synthesis import SynthesisConfig
+
+    try:
+        if encoder == "vgg19":
+            load_vgg19_state_dict(weights)  # fail here, before any worker starts, if weights are missing
+        listing = embedded_listing() if imagenet is None else folder_listing(imagenet, split, subset)
+        synthesis = SynthesisConfig(encoder=encoder, weights=str(weights) if weights else None, sizes=_ints(sizes),
+                                    steps=_ints(steps), lr=lr, batch_size=batch_size)
+    except (WeightsNotFound, FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    config = job.JobConfig(out=out, split=split, synthesis=synthesis, seed=seed,
+                           shard_size=shard_size or (4 if imagenet is None else 1000), include_source=not no_source,
+                           resize_short=resize_short, max_skip_fraction=max_skip_fraction, workers=workers)
+    try:
+        summary = job.run(config, listing, show_progress=not quiet)
+    except (job.SkipThresholdExceeded, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    preview_path = preview or out / f"preview-{split}.png"
+    manifest = contract.load_manifest(out)
+    if manifest["splits"][split]["samples"]:
+        preview_mod.contact_sheet(out, split, preview_path)
+    click.echo(f"images     {summary.images} ({len(listing.classes)} classes)")
+    click.echo(f"shards     {summary.shards} ({summary.shards_written} written now, "
+               f"{summary.shards - summary.shards_written - len(summary.failed_shards)} already done)")
+    click.echo(f"textures/s {summary.textures_per_second:.2f} ({summary.textures_written} in {summary.seconds:.1f} s)")
+    click.echo(f"skipped    {len(summary.skipped)}")
+    for s in summary.skipped[:10]:
+        click.echo(f"  {s['path']}: {s['reason']}")
+    click.echo(f"manifest   {out / contract.MANIFEST_NAME}")
+    if manifest["splits"][split]["samples"]:
+        click.echo(f"preview    {preview_path}")
+    if summary.failed_shards:
+        click.echo(f"FAILED     {len(summary.failed_shards)} shards after retries; rerun to resume:", err=True)
+        for f in summary.failed_shards:
+            click.echo(f"  {f}", err=True)
+        sys.exit(1)

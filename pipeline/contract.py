@@ -1,0 +1,299 @@
+"""The shard contract: the one definition of what an ImageNet-Texture shard set is.
+
+Everything that writes or reads shards (the pipeline, the trainer, the analysis,
+``datasets_manifest``) goes through this module, so the format lives in one place.
+
+Layout::
+
+    <root>/manifest.json
+    <root>/<split>/imagenet-texture-<split>-000000.tar
+    <root>/<split>/imagenet-texture-<split>-000000.tar.json   # per-shard record (resume)
+
+One sample per source image, every sample with the same members (Hugging Face's
+webdataset loader requires a homogeneous set):
+
+* ``<key>.texture.png`` -- the 224x224 RGB texture, lossless PNG
+* ``<key>.source.img`` -- the source file's original bytes, unchanged (absent in a
+  ``--no-source`` set). One member name whatever the source format, so the set stays
+  homogeneous; ``json["source_format"]`` names the format, and PIL sniffs it.
+* ``<key>.cls`` -- the class index as decimal text
+* ``<key>.json`` -- wnid, source path, crop boxes, seed, encoder, steps, loss, version
+
+Only PNG/image bytes, JSON and text: nothing in a shard is ever unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+FORMAT_NAME = "nsneg-imagenet-texture"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+TEXTURE_SIZE = 224
+CROP_SIZE = 96
+
+TEXTURE_FIELD = "texture.png"
+SOURCE_FIELD = "source.img"
+CLASS_FIELD = "cls"
+META_FIELD = "json"
+
+_SAFE_KEY = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"imagenet-texture-{split}-{index:06d}.tar"
+
+
+def shard_path(root: Path, split: str, index: int) -> Path:
+    return Path(root) / split / shard_name(split, index)
+
+
+def record_path(tar_path: Path) -> Path:
+    """The per-shard record written next to a finished shard (sha256, count, skips)."""
+    return tar_path.with_name(tar_path.name + ".json")
+
+
+def safe_key(stem: str) -> str:
+    """A webdataset key for a source stem.
+
+    webdataset splits a member name at its first dot, so a key holds no dot; any
+    character outside ``[A-Za-z0-9_-]`` is replaced and a short hash of the original
+    stem keeps two different stems from meeting on the same key.
+    """
+    key = _SAFE_KEY.sub("_", stem)
+    if key != stem or not key:
+        key = f"{key}-{hashlib.sha1(stem.encode('utf-8')).hexdigest()[:8]}"
+    return key
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` is either absent, old, or complete: temp + fsync + rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 HxWx3 array -> PNG bytes (lossless; compress_level fixed so bytes are reproducible)."""
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def encode_sample(
+    key: str, texture: np.ndarray, cls: int, meta: dict[str, Any], source_bytes: bytes | None
+) -> dict[str, Any]:
+    """One webdataset sample (a dict of member suffix -> bytes) for a texture."""
+    if texture.shape != (TEXTURE_SIZE, TEXTURE_SIZE, 3) or texture.dtype != np.uint8:
+        raise ValueError(f"texture must be uint8 {TEXTURE_SIZE}x{TEXTURE_SIZE}x3, got {texture.dtype} {texture.shape}")
+    if "." in key:
+        raise ValueError(f"sample key {key!r} contains a dot")
+    sample: dict[str, Any] = {
+        "__key__": key,
+        TEXTURE_FIELD: encode_png(texture),
+        CLASS_FIELD: str(int(cls)).encode("ascii"),
+        META_FIELD: json.dumps(meta, sort_keys=True).encode("utf-8"),
+    }
+    if source_bytes is not None:
+        sample[SOURCE_FIELD] = source_bytes
+    return sample
+
+
+class ShardWriter:
+    """Writes one shard under a temporary name; ``commit`` hashes it and renames it into place.
+
+    A shard therefore appears under its final name only when it is complete, and its
+    record (sha256, bytes, samples) is written before the rename so that a final name
+    always has a record next to it. mtime is fixed, so equal content gives equal bytes.
+    """
+
+    def __init__(self, final_path: Path):
+        import webdataset as wds
+
+        self.final_path = Path(final_path)
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = self.final_path.with_name(f".{self.final_path.name}.tmp-{os.getpid()}")
+        self._file = open(self.tmp_path, "wb")
+        self._tar = wds.TarWriter(self._file, encoder=False, mtime=0.0)
+        self.samples = 0
+
+    def write(self, sample: dict[str, Any]) -> None:
+        self._tar.write(sample)
+        self.samples += 1
+
+    def commit(self, extra_record: dict[str, Any]) -> dict[str, Any]:
+        self._tar.close()  # closes the file object as well
+        with open(self.tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        record = {
+            "name": self.final_path.name,
+            "sha256": sha256_file(self.tmp_path),
+            "bytes": self.tmp_path.stat().st_size,
+            "samples": self.samples,
+            **extra_record,
+        }
+        atomic_write_json(record_path(self.final_path), record)
+        os.replace(self.tmp_path, self.final_path)
+        return record
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
+
+
+def read_record(tar_path: Path) -> dict[str, Any] | None:
+    """The record of a finished shard, or None when the shard is not (validly) finished."""
+    rec_path = record_path(tar_path)
+    if not (tar_path.exists() and rec_path.exists()):
+        return None
+    try:
+        return json.loads(rec_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def build_manifest(
+    classes: list[str],
+    splits: dict[str, dict[str, Any]],
+    generator: dict[str, Any],
+    has_source: bool,
+) -> dict[str, Any]:
+    """``splits[name] = {"shards": [records], "skipped": [{"path", "key", "reason"}], "complete": bool}``.
+
+    ``complete`` is False while a split still has unfinished shards (an interrupted job).
+    """
+    out_splits = {}
+    for name, split in splits.items():
+        shards = [{k: r[k] for k in ("name", "sha256", "bytes", "samples")} for r in split["shards"]]
+        out_splits[name] = {
+            "shards": shards,
+            "samples": sum(s["samples"] for s in shards),
+            "bytes": sum(s["bytes"] for s in shards),
+            "skipped": split["skipped"],
+            "complete": split["complete"],
+        }
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "classes": classes,
+        "has_source": has_source,
+        "fields": sorted([TEXTURE_FIELD, CLASS_FIELD, META_FIELD] + ([SOURCE_FIELD] if has_source else [])),
+        "generator": generator,
+        "splits": out_splits,
+    }
+
+
+def load_manifest(root: Path) -> dict[str, Any]:
+    path = Path(root) / MANIFEST_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {root} a shard directory written by `nsneg-textures build`?")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {manifest.get('format_version')!r}; this nsneg reads version {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def shard_paths(root: Path, split: str, manifest: dict[str, Any] | None = None) -> list[Path]:
+    manifest = manifest or load_manifest(root)
+    if split not in manifest["splits"]:
+        raise KeyError(f"split {split!r} not in {root} (has {sorted(manifest['splits'])})")
+    return [Path(root) / split / s["name"] for s in manifest["splits"][split]["shards"]]
+
+
+def verify(root: Path) -> list[str]:
+    """Re-hash every shard listed in the manifest; returns a list of problems (empty = verified)."""
+    manifest = load_manifest(root)
+    problems = []
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            path = Path(root) / split / shard["name"]
+            if not path.exists():
+                problems.append(f"{path}: missing")
+            elif path.stat().st_size != shard["bytes"]:
+                problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard['bytes']}")
+            elif sha256_file(path) != shard["sha256"]:
+                problems.append(f"{path}: sha256 mismatch")
+    return problems
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class TextureSample:
+    key: str
+    texture: Image.Image
+    cls: int
+    meta: dict[str, Any]
+    source_bytes: bytes | None
+
+    def source(self) -> Image.Image | None:
+        return None if self.source_bytes is None else Image.open(io.BytesIO(self.source_bytes)).convert("RGB")
+
+
+def decode_sample(sample: dict[str, Any]) -> TextureSample:
+    """A raw webdataset sample (member suffix -> bytes) -> TextureSample. Decodes with PIL only."""
+    texture = Image.open(io.BytesIO(sample[TEXTURE_FIELD]))
+    texture.load()
+    return TextureSample(
+        key=sample["__key__"],
+        texture=texture.convert("RGB"),
+        cls=int(sample[CLASS_FIELD]),
+        meta=json.loads(sample[META_FIELD]),
+        source_bytes=sample.get(SOURCE_FIELD),
+    )
+
+
+def iter_raw(urls: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
+    """Raw samples (bytes, undecoded) from shards in order, through webdataset."""
+    import webdataset as wds
+
+    urls = [str(u) for u in urls]
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    yield from dataset
+
+
+def iter_samples(root: Path, split: str) -> Iterator[TextureSample]:
+    """Decoded samples of one split of a local shard set, in manifest order."""
+    for raw in iter_raw(shard_paths(root, split)):
+        yield decode_sample(raw)
+
+
+def tar_members(path: Path) -> list[str]:
+    with tarfile.open(path) as tar:
+        return tar.getnames()

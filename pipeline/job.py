@@ -1,0 +1,332 @@
+"""The Ray job: source listing -> fixed shards -> one Ray task per shard -> manifest.
+
+Each shard is one task on a long-lived ``TextureWorker`` actor that keeps its encoder
+loaded. A shard is written under a temporary name and renamed only when complete
+(``contract.ShardWriter``), so a rerun skips finished shards and a killed job loses at
+most the shards in flight. Actors are restarted and their tasks retried by Ray when a
+worker dies; bad images are skipped with a reason and counted against a threshold.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import contract
+from pipeline.images import RESIZE_SHORT, BadImage, Crops, make_crops
+from pipeline.sources import Listing, SourceImage
+from pipeline.synthesis import SynthesisConfig
+
+#: Ray fault tolerance, set deliberately (Ray's defaults: tasks retry 3 times, actors never restart).
+MAX_ACTOR_RESTARTS = 3
+MAX_TASK_RETRIES = 3
+
+
+class SkipThresholdExceeded(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    out: Path
+    split: str = "train"
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    seed: int = 0
+    shard_size: int = 1000
+    include_source: bool = True
+    resize_short: int = RESIZE_SHORT
+    max_skip_fraction: float = 0.01
+    workers: int | None = None
+
+    def generator_config(self) -> dict[str, Any]:
+        """Everything that determines a shard's content; recorded in the manifest."""
+        return {
+            "synthesis": self.synthesis.as_dict(),
+            "seed": self.seed,
+            "shard_size": self.shard_size,
+            "include_source": self.include_source,
+            "resize_short": self.resize_short,
+            "crop_size": contract.CROP_SIZE,
+            "texture_size": contract.TEXTURE_SIZE,
+        }
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    index: int
+    path: str
+    images: list[SourceImage]
+    fingerprint: str
+
+
+@dataclass
+class JobSummary:
+    images: int
+    shards: int
+    shards_written: int
+    textures_written: int
+    skipped: list[dict[str, str]]
+    failed_shards: list[str]
+    seconds: float
+    out: Path
+
+    @property
+    def textures_per_second(self) -> float:
+        return self.textures_written / max(self.seconds, 1e-9)
+
+
+def image_seed(global_seed: int, key: str) -> int:
+    """Per-image seed from (global seed, key): the same image gets the same crops and texture."""
+    return int.from_bytes(hashlib.sha256(f"{global_seed}:{key}".encode()).digest()[:8], "little") >> 1
+
+
+def plan_shards(listing: Listing, config: JobConfig) -> list[ShardSpec]:
+    generator = json.dumps(config.generator_config(), sort_keys=True)
+    specs = []
+    for index, start in enumerate(range(0, len(listing.images), config.shard_size)):
+        images = listing.images[start : start + config.shard_size]
+        content = generator + "".join(f"\n{im.key}\t{im.path}\t{im.cls}" for im in images)
+        specs.append(
+            ShardSpec(
+                index=index,
+                path=str(contract.shard_path(config.out, config.split, index)),
+                images=images,
+                fingerprint=hashlib.sha256(content.encode()).hexdigest(),
+            )
+        )
+    return specs
+
+
+def finished_record(spec: ShardSpec) -> dict[str, Any] | None:
+    """The record of an already finished shard, or None. A shard made with other inputs or
+    settings is an error, not something to silently mix into this dataset."""
+    path = Path(spec.path)
+    record = contract.read_record(path)
+    if record is None:
+        return None
+    if record.get("fingerprint") != spec.fingerprint:
+        raise RuntimeError(
+            f"{path} was made from other images or settings than this run's. "
+            "Use a new --out directory (or delete the old shards) instead of mixing two datasets."
+        )
+    if path.stat().st_size != record["bytes"]:
+        return None  # damaged after the fact: redo it
+    return record
+
+
+def _sample_meta(image: SourceImage, crops: Crops, seed: int, loss: float, config: JobConfig) -> dict[str, Any]:
+    return {
+        "key": image.key,
+        "wnid": image.wnid,
+        "source_path": image.path,
+        "source_name": Path(image.path).name,
+        "source_format": crops.source_format,
+        "resized_size": list(crops.resized_size),
+        "crop_boxes": {"center": list(crops.boxes[0]), "random": list(crops.boxes[1])},
+        "conversions": crops.conversions,
+        "seed": seed,
+        "encoder": config.synthesis.encoder,
+        "sizes": list(config.synthesis.sizes),
+        "steps": list(config.synthesis.steps),
+        "loss": round(float(loss), 6),
+        "generator_version": config.synthesis.as_dict()["version"],
+    }
+
+
+def write_shard(synthesize, spec: ShardSpec, config: JobConfig, report=lambda n: None) -> dict[str, Any]:
+    """Make one shard: crops -> batched synthesis -> samples -> atomic commit. Returns its record.
+
+    ``synthesize`` is a ``TextureSynthesizer`` (or anything with its call signature);
+    ``report(n)`` is told after every batch how many images were handled.
+    """
+    writer = contract.ShardWriter(Path(spec.path))
+    skipped: list[dict[str, str]] = []
+    try:
+        for start in range(0, len(spec.images), config.synthesis.batch_size):
+            batch = spec.images[start : start + config.synthesis.batch_size]
+            ready = []
+            for image in batch:
+                seed = image_seed(config.seed, image.key)
+                try:
+                    data = Path(image.path).read_bytes()
+                    crops = make_crops(data, np.random.default_rng(seed), config.resize_short)
+                except BadImage as e:
+                    skipped.append({"path": image.path, "key": image.key, "reason": e.reason})
+                    continue
+                except OSError as e:
+                    skipped.append({"path": image.path, "key": image.key, "reason": f"cannot read: {e}"})
+                    continue
+                ready.append((image, seed, data, crops))
+            if ready:
+                result = synthesize(np.stack([c.pixels for _, _, _, c in ready]), [s for _, s, _, _ in ready])
+                for (image, seed, data, crops), texture, loss in zip(ready, result.textures, result.losses):
+                    meta = _sample_meta(image, crops, seed, loss, config)
+                    source = data if config.include_source else None
+                    writer.write(contract.encode_sample(image.key, texture, image.cls, meta, source))
+            report(len(batch))
+        return writer.commit({"fingerprint": spec.fingerprint, "skipped": skipped, "index": spec.index})
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _worker_class():
+    import ray
+
+    @ray.remote(max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
+    class TextureWorker:
+        """Long-lived: loads the encoder once, then makes shard after shard."""
+
+        def __init__(self, config: JobConfig, progress):
+            import torch
+
+            from pipeline.synthesis import TextureSynthesizer
+
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            if cpus:
+                torch.set_num_threads(max(1, int(cpus)))
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.config = config
+            self.progress = progress
+            self.synthesizer = TextureSynthesizer(config.synthesis, device=device)
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def process(self, spec: ShardSpec) -> dict[str, Any]:
+            return write_shard(self.synthesizer, spec, self.config, report=self.progress.put)
+
+    return TextureWorker
+
+
+def _clean_stale_temporaries(split_dir: Path) -> None:
+    """Temporary shards left by a killed run are never final; remove them before resuming."""
+    for tmp in split_dir.glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def _init_ray(num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        # Joining a cluster: ship this package to workers on other machines.
+        import pipeline
+
+        ray.init(runtime_env={"py_modules": [pipeline]}, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _check_skips(skipped: int, total: int, max_fraction: float) -> None:
+    if total and skipped / total > max_fraction:
+        raise SkipThresholdExceeded(
+            f"{skipped} of {total} images skipped ({skipped / total:.1%}), above --max-skip-fraction "
+            f"{max_fraction:.1%}: the input looks broken. Finished shards are kept; see their "
+            "*.tar.json records for the reasons, fix the input, then rerun to resume."
+        )
+
+
+def run(config: JobConfig, listing: Listing, *, show_progress: bool = True) -> JobSummary:
+    """Make (or finish making) the shard set for ``listing`` under ``config.out``."""
+    from tqdm import tqdm
+
+    start = time.time()
+    if not listing.images:
+        raise ValueError("no source images to process")
+    split_dir = Path(config.out) / config.split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temporaries(split_dir)
+    specs = plan_shards(listing, config)
+    records: dict[int, dict[str, Any]] = {}
+    for spec in specs:
+        if (record := finished_record(spec)) is not None:
+            records[spec.index] = record
+    pending = [s for s in specs if s.index not in records]
+    done_images = sum(len(specs[i].images) for i in records)
+    failed: list[str] = []
+    written = 0
+    bar = tqdm(total=len(listing.images), initial=done_images, unit="img", desc="textures", disable=not show_progress)
+    try:
+        if pending:
+            written, failed = _run_pending(config, pending, records, bar, len(listing.images))
+    finally:  # whatever happened, the manifest lists exactly the shards that are finished
+        bar.close()
+        _write_manifest(config, listing, specs, records)
+    skipped = [s for i in sorted(records) for s in records[i]["skipped"]]
+    return JobSummary(
+        images=len(listing.images),
+        shards=len(specs),
+        shards_written=len(pending) - len(failed),
+        textures_written=written,
+        skipped=skipped,
+        failed_shards=failed,
+        seconds=time.time() - start,
+        out=Path(config.out),
+    )
+
+
+def _run_pending(config, pending, records, bar, total_images) -> tuple[int, list[str]]:
+    import ray
+    from ray.util.actor_pool import ActorPool
+    from ray.util.queue import Empty, Queue
+
+    _init_ray()
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    workers = config.workers or (gpus if gpus else 1)
+    workers = min(workers, len(pending))
+    options = {"num_gpus": 1} if gpus else {"num_cpus": max(1, cpus // workers)}
+    progress = Queue(actor_options={"num_cpus": 0})
+    worker_cls = _worker_class()
+    pool = ActorPool([worker_cls.options(**options).remote(config, progress) for _ in range(workers)])
+    for spec in pending:
+        pool.submit(lambda actor, s: actor.process.remote(s), spec)
+    written, failed = 0, []
+    skipped_total = sum(len(r["skipped"]) for r in records.values())
+    while pool.has_next():
+        try:
+            record = pool.get_next_unordered(timeout=0.5)
+        except TimeoutError:
+            record = None
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+            failed.append(str(e).splitlines()[0])
+            record = None
+        while True:
+            try:
+                bar.update(progress.get_nowait())
+            except Empty:
+                break
+        if record is not None:
+            records[record["index"]] = record
+            written += record["samples"]
+            skipped_total += len(record["skipped"])
+            bar.set_postfix(skipped=skipped_total, shards=len(records))
+            _check_skips(skipped_total, total_images, config.max_skip_fraction)
+    return written, failed
+
+
+def _write_manifest(config: JobConfig, listing: Listing, specs, records) -> None:
+    """Merge this split into the manifest (other splits kept); lists only finished shards."""
+    manifest_path = Path(config.out) / contract.MANIFEST_NAME
+    splits: dict[str, dict[str, Any]] = {}
+    if manifest_path.exists():
+        old = contract.load_manifest(config.out)
+        if old["classes"] != listing.classes or old["generator"] != config.generator_config():
+            raise RuntimeError(f"{manifest_path} describes another class list or generator; use a new --out")
+        splits = old["splits"]
+    ordered = [records[s.index] for s in specs if s.index in records]
+    splits[config.split] = {
+        "shards": ordered,
+        "skipped": [s for r in ordered for s in r["skipped"]],
+        "complete": len(ordered) == len(specs),
+    }
+    manifest = contract.build_manifest(listing.classes, splits, config.generator_config(), config.include_source)
+    contract.atomic_write_json(manifest_path, manifest)
