@@ -87,3 +87,7 @@ def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batc
         for f in summary.failed_shards:
             click.echo(f"  {f}", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -138,6 +138,9 @@ class ShardWriter:
 
         self.final_path = Path(final_path)
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        # Leftovers of an earlier attempt at this shard (a killed worker) are never final: drop them.
+        for stale in self.final_path.parent.glob(f".{self.final_path.name}*.tmp-*"):
+            stale.unlink(missing_ok=True)
         self.tmp_path = self.final_path.with_name(f".{self.final_path.name}.tmp-{os.getpid()}")
         self._file = open(self.tmp_path, "wb")
         self._tar = wds.TarWriter(self._file, encoder=False, mtime=0.0)

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.contract import CROP_SIZE
 
@@ -76,6 +76,8 @@ def decode_rgb(data: bytes) -> tuple[Image.Image, list[str], str | None]:
             raise BadImage(f"decompression bomb: {e}") from None
         except BadImage:
             raise
+        except UnidentifiedImageError:
+            raise BadImage("unreadable image (not a recognised image format)") from None
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
             raise BadImage(f"unreadable image ({type(e).__name__}: {e})") from None
         finally:

@@ -205,12 +205,6 @@ def _worker_class():
     return TextureWorker
 
 
-def _clean_stale_temporaries(split_dir: Path) -> None:
-    """Temporary shards left by a killed run are never final; remove them before resuming."""
-    for tmp in split_dir.glob(".*.tmp-*"):
-        tmp.unlink(missing_ok=True)
-
-
 def _init_ray(num_cpus: int | None = None) -> None:
     import ray
 
@@ -243,7 +237,6 @@ def run(config: JobConfig, listing: Listing, *, show_progress: bool = True) -> J
         raise ValueError("no source images to process")
     split_dir = Path(config.out) / config.split
     split_dir.mkdir(parents=True, exist_ok=True)
-    _clean_stale_temporaries(split_dir)
     specs = plan_shards(listing, config)
     records: dict[int, dict[str, Any]] = {}
     for spec in specs:

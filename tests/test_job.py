@@ -1,0 +1,166 @@
+"""The Ray job end to end: real Ray, real tar files, real webdataset, real kill -9."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import contract, job
+from pipeline.sources import folder_listing
+from tests.conftest import TINY, make_tree
+
+
+def run_job(out: Path, listing, **kwargs):
+    config = job.JobConfig(out=out, synthesis=TINY, shard_size=3, max_skip_fraction=0.9, **kwargs)
+    return job.run(config, listing, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return make_tree(tmp_path_factory.mktemp("imagenet"))
+
+
+@pytest.fixture(scope="module")
+def built(tree, tmp_path_factory, ray_session):
+    out = tmp_path_factory.mktemp("shards")
+    listing = folder_listing(tree, "train")
+    return out, listing, run_job(out, listing)
+
+
+def test_bad_inputs_are_converted_or_skipped_with_reasons(built):
+    out, listing, summary = built
+    manifest = contract.load_manifest(out)
+    reasons = {Path(s["path"]).name: s["reason"] for s in manifest["splits"]["train"]["skipped"]}
+    assert set(reasons) == {"corrupt.jpg", "truncated.jpg", "tiny.png", "empty.jpg"}
+    assert reasons["tiny.png"].startswith("too small") and reasons["corrupt.jpg"].startswith("unreadable")
+    assert manifest["splits"]["train"]["samples"] == len(listing.images) - 4 == summary.textures_written
+    conversions = {s.meta["source_name"]: s.meta["conversions"] for s in contract.iter_samples(out, "train")}
+    assert conversions["cmyk.jpg"] == ["cmyk->rgb"] and conversions["rotated.jpg"] == ["exif-orientation-6"]
+    assert conversions["sixteen.png"] == ["I;16->rgb"] and conversions["palette.png"] == ["P->rgb"]
+
+
+def test_manifest_and_contract_round_trip(built):
+    out, listing, _ = built
+    manifest = contract.load_manifest(out)
+    assert manifest["format"] == contract.FORMAT_NAME and manifest["classes"] == listing.classes
+    assert manifest["splits"]["train"]["complete"] is True
+    assert manifest["generator"]["synthesis"]["steps"] == list(TINY.steps)
+    assert contract.verify(out) == []
+    by_key = {im.key: im for im in listing.images}
+    samples = list(contract.iter_samples(out, "train"))
+    for s in samples:
+        assert "." not in s.key and s.texture.size == (224, 224) and s.texture.mode == "RGB"
+        source = by_key[s.key]
+        assert s.cls == source.cls and s.meta["wnid"] == source.wnid
+        assert s.source_bytes == Path(source.path).read_bytes()  # original bytes, unchanged
+        assert set(s.meta["crop_boxes"]) == {"center", "random"} and s.meta["seed"] == job.image_seed(0, s.key)
+    dotted = [s for s in samples if s.meta["source_name"] == "with.dots.in.name.png"]
+    assert len(dotted) == 1 and dotted[0].key.startswith("with_dots_in_name-")
+
+
+def test_shards_read_with_plain_tar_and_are_homogeneous(built):
+    out, _, _ = built
+    for shard in contract.shard_paths(out, "train"):
+        listed = subprocess.run(["tar", "-tf", str(shard)], capture_output=True, text=True, check=True).stdout.split()
+        with tarfile.open(shard) as tar:
+            assert listed == tar.getnames()
+        keys = {}
+        for name in listed:
+            key, field = name.split(".", 1)
+            keys.setdefault(key, set()).add(field)
+        assert all(fields == {"texture.png", "source.img", "cls", "json"} for fields in keys.values())
+
+
+def test_shards_read_with_webdataset(built):
+    import webdataset as wds
+
+    out, _, _ = built
+    urls = [str(p) for p in contract.shard_paths(out, "train")]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
+    assert len(samples) == contract.load_manifest(out)["splits"]["train"]["samples"]
+    assert samples[0]["texture.png"].size == (224, 224) and isinstance(samples[0]["cls"], int)
+    assert isinstance(samples[0]["json"], dict)
+
+
+def test_shards_read_with_ray_data(built):
+    import ray.data
+
+    out, _, _ = built
+    urls = [str(p) for p in contract.shard_paths(out, "train")]
+    rows = ray.data.read_webdataset(urls, decoder=None).take_all()
+    assert len(rows) == contract.load_manifest(out)["splits"]["train"]["samples"]
+    assert {"texture.png", "json", "cls", "source.img"} <= set(rows[0])
+
+
+def test_rerun_skips_finished_shards_and_reproduces_bytes(built, tmp_path):
+    out, listing, _ = built
+    before = contract.load_manifest(out)
+    again = run_job(out, listing)
+    assert again.shards_written == 0 and contract.load_manifest(out) == before
+    fresh = run_job(tmp_path / "fresh", listing)  # same seed, other directory: byte-identical shards
+    assert fresh.shards_written == fresh.shards
+    assert contract.load_manifest(tmp_path / "fresh")["splits"] == before["splits"]
+
+
+def test_changed_settings_refuse_to_mix_into_existing_shards(built):
+    out, listing, _ = built
+    with pytest.raises(RuntimeError, match="other images or settings"):
+        run_job(out, listing, seed=1)
+
+
+def test_skip_threshold_fails_clearly_and_keeps_finished_shards(tmp_path, ray_session):
+    tree = make_tree(tmp_path / "tree", n_per_class=1)
+    config = job.JobConfig(out=tmp_path / "out", synthesis=TINY, shard_size=3, max_skip_fraction=0.05)
+    with pytest.raises(job.SkipThresholdExceeded, match="max-skip-fraction"):
+        job.run(config, folder_listing(tree, "train"), show_progress=False)
+    manifest = contract.load_manifest(tmp_path / "out")
+    assert manifest["splits"]["train"]["complete"] is False and contract.verify(tmp_path / "out") == []
+
+
+def test_a_killed_worker_is_restarted_and_its_shard_retried(tmp_path, ray_session):
+    ray = ray_session
+    from ray.util.queue import Queue
+
+    listing = folder_listing(make_tree(tmp_path / "tree", bad=False), "train")
+    config = job.JobConfig(out=tmp_path / "out", synthesis=replace(TINY, steps=(150, 20, 5)), shard_size=6)
+    spec = job.plan_shards(listing, config)[0]
+    (tmp_path / "out" / "train").mkdir(parents=True)
+    progress = Queue(actor_options={"num_cpus": 0})  # kept referenced: its actor lives as long as this
+    worker = job._worker_class().remote(config, progress)
+    pid = ray.get(worker.pid.remote())
+    pending = worker.process.remote(spec)
+    time.sleep(3)  # mid-shard
+    os.kill(pid, signal.SIGKILL)
+    record = ray.get(pending, timeout=240)
+    assert ray.get(worker.pid.remote()) != pid  # a new process took over
+    assert record["samples"] == 6 and contract.sha256_file(Path(spec.path)) == record["sha256"]
+    assert not list((tmp_path / "out" / "train").glob(".*tmp*"))
+
+
+def test_kill_9_loses_only_shards_in_flight_and_resume_completes(tmp_path):
+    tree = make_tree(tmp_path / "tree", n_per_class=4, bad=False)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipeline.cli", "build", "--imagenet", str(tree), "--out", str(out),
+           "--shard-size", "1", "--steps", "30,10,3", "--batch-size", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((out / "train").glob("*.tar"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = sorted((out / "train").glob("*.tar"))
+    assert 2 <= len(finished) < 8, "the job must be killed mid-run"
+    for tar in finished:  # every final name is a complete, checksummed shard
+        assert contract.sha256_file(tar) == json.loads(contract.record_path(tar).read_text())["sha256"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"({8 - len(finished)} written now, {len(finished)} already done)" in done.stdout
+    assert contract.verify(out) == [] and contract.load_manifest(out)["splits"]["train"]["samples"] == 8
+    assert not list((out / "train").glob(".*tmp*"))
