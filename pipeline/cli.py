@@ -8,6 +8,9 @@ import click
 
 from pipeline import contract
 from pipeline.images import RESIZE_SHORT
+from pipeline.synthesis import SynthesisConfig
+
+DEFAULTS = SynthesisConfig()
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -28,10 +31,10 @@ def main() -> None:
 @click.option("--encoder", type=click.Choice(["random", "vgg19"]), default="random", show_default=True,
               help="vgg19 needs pretrained weights in the torch hub cache or --weights.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--sizes", default="56,112,224", show_default=True, help="coarse-to-fine resolutions")
-@click.option("--steps", default="150,50,20", show_default=True, help="Adam steps per resolution")
-@click.option("--lr", type=float, default=0.04, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True, help="images synthesised together")
+@click.option("--sizes", default=",".join(map(str, DEFAULTS.sizes)), show_default=True, help="coarse-to-fine resolutions")
+@click.option("--steps", default=",".join(map(str, DEFAULTS.steps)), show_default=True, help="Adam steps per resolution")
+@click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True)
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True, help="images synthesised together")
 @click.option("--shard-size", type=int, default=None, help="images per shard [default: 1000; 4 for the demo]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=None, help="synthesis actors [default: one per GPU, else 1]")
@@ -51,7 +54,6 @@ def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batc
     from pipeline import job, preview as preview_mod
     from pipeline.encoders import WeightsNotFound, load_vgg19_state_dict
     from pipeline.sources import embedded_listing, folder_listing
-    from pipeline.synthesis import SynthesisConfig
 
     try:
         if encoder == "vgg19":

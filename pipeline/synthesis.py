@@ -32,8 +32,8 @@ class SynthesisConfig:
     weights: str | None = None
     encoder_seed: int = 0
     sizes: tuple[int, ...] = (56, 112, 224)
-    steps: tuple[int, ...] = (150, 50, 20)
-    lr: float = 0.04
+    steps: tuple[int, ...] = (120, 40, 14)
+    lr: float = 0.03
     batch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -82,14 +82,14 @@ class TextureSynthesizer:
         if self.cuda:
             self.encoder = self.encoder.to(memory_format=torch.channels_last)
 
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return self.encoder(x)
         return self.encoder(x)
 
-    def _targets(self, crops: torch.Tensor, size: int) -> list[torch.Tensor]:
+    def targets(self, crops: torch.Tensor, size: int) -> list[torch.Tensor]:
         """Pooled Gram matrices of both crops at the scale of a ``size`` px texture."""
         b = crops.shape[0]
         flat = crops.reshape(b * 2, 3, CROP_SIZE, CROP_SIZE)
@@ -97,7 +97,7 @@ class TextureSynthesizer:
         if crop_px != CROP_SIZE:
             flat = F.interpolate(flat, size=(crop_px, crop_px), mode="bilinear", antialias=True, align_corners=False)
         with torch.no_grad():
-            return [gram(f).reshape(b, 2, f.shape[1], f.shape[1]).mean(dim=1) for f in self._features(flat)]
+            return [gram(f).reshape(b, 2, f.shape[1], f.shape[1]).mean(dim=1) for f in self.features(flat)]
 
     def _init(self, crops: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         """Per-image seeded noise around the crops' mean colour: an image's start ignores its batch."""
@@ -121,17 +121,20 @@ class TextureSynthesizer:
         for size, steps in zip(self.config.sizes, self.config.steps):
             if x.shape[-1] != size:
                 x = F.interpolate(x.detach(), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-            targets = self._targets(crops_t, size)
+            targets = self.targets(crops_t, size)
             x = x.detach().requires_grad_(True)
             optimizer = torch.optim.Adam([x], lr=self.config.lr)
+            # Decay within each stage: big moves early, then settle (fewer steps for the same loss).
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1), eta_min=self.config.lr / 10)
             for _ in range(steps):
                 optimizer.zero_grad(set_to_none=True)
-                per_image = gram_loss([gram(f) for f in self._features(x)], targets)
+                per_image = gram_loss([gram(f) for f in self.features(x)], targets)
                 per_image.sum().backward()  # a sum, so each image's gradient is its own
                 optimizer.step()
+                schedule.step()
                 with torch.no_grad():
                     x.clamp_(0, 1)
             with torch.no_grad():
-                losses = gram_loss([gram(f) for f in self._features(x)], targets).float().cpu()
+                losses = gram_loss([gram(f) for f in self.features(x)], targets).float().cpu()
         textures = (x.detach() * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return SynthesisResult(textures=textures, losses=losses.numpy())
