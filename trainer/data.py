@@ -1,0 +1,136 @@
+"""Streaming training data: shards -> decoded (query, key, texture) crops -> batches.
+
+A webdataset pipeline of small stages. Sources are a local shard directory (its
+manifest is checked and every shard's sha256 verified before training), or a comma list
+or brace pattern of shard URLs (file paths, http(s)://). Shards are resampled, split by
+node and worker, and every epoch has exactly ``steps_per_epoch`` batches on every rank,
+so DDP ranks never wait on an uneven shard.
+
+The loader does the geometric part of MoCo v2's augmentation (RandomResizedCrop) on the
+decoded images: two independent crops of the source for q and k, and for the texture
+negative a crop with the *query's* parameters (same area fraction and aspect ratio, same
+relative centre). Photometric augmentation happens batched on the device
+(``trainer.augment``).
+"""
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline import contract
+
+SCALE = (0.2, 1.0)
+RATIO = (3 / 4, 4 / 3)
+
+
+class BadShards(RuntimeError):
+    pass
+
+
+def resolve_urls(spec: str, verify: bool = True) -> tuple[list[str], int | None]:
+    """-> (shard urls, number of samples or None when unknown).
+
+    A directory with a manifest: its train split, verified against the manifest's sha256
+    (a shard that does not match is refused: it is never read). Otherwise a comma list or
+    brace pattern of urls.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        manifest = contract.load_manifest(path)
+        if not manifest["has_source"]:
+            raise BadShards(f"{spec} carries no source pixels (--no-source); pair it with ImageNet first")
+        if verify:
+            problems = contract.verify(path)
+            if problems:
+                raise BadShards("shards do not match their manifest, refusing to train on them:\n  " + "\n  ".join(problems))
+        return [str(p) for p in contract.shard_paths(path, "train", manifest)], manifest["splits"]["train"]["samples"]
+    import braceexpand
+
+    urls = [u for part in spec.split(",") if part.strip() for u in braceexpand.braceexpand(part.strip())]
+    if not urls:
+        raise BadShards(f"no shards in {spec!r}")
+    return urls, None
+
+
+def crop_box(width: int, height: int, rng: random.Random) -> tuple[float, float, float, float]:
+    """RandomResizedCrop's sampling (torchvision's algorithm) -> (area fraction, aspect ratio, cx, cy relative)."""
+    area = width * height
+    log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*SCALE)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            x, y = rng.randint(0, width - w), rng.randint(0, height - h)
+            return w * h / area, w / h, (x + w / 2) / width, (y + h / 2) / height
+    side = min(width, height)  # fallback: central crop, as torchvision does
+    return side * side / area, 1.0, 0.5, 0.5
+
+
+def apply_box(img: Image.Image, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
+    """Crop ``img`` with a relative box (area fraction, ratio, centre) and resize -> uint8 [3,size,size]."""
+    fraction, ratio, cx, cy = box
+    area = img.width * img.height * fraction
+    w = min(img.width, max(1, round(math.sqrt(area * ratio))))
+    h = min(img.height, max(1, round(math.sqrt(area / ratio))))
+    left = min(max(0, round(cx * img.width - w / 2)), img.width - w)
+    top = min(max(0, round(cy * img.height - h / 2)), img.height - h)
+    crop = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    return torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def worker_seed(seed: int) -> int:
+    """A seed for this rank and DataLoader worker: streams differ across workers, repeat across runs."""
+    import webdataset as wds
+
+    return wds.utils.make_seed(seed, wds.utils.pytorch_worker_seed())
+
+
+def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple]:
+    """Raw samples -> (q, k, t) uint8 crops and the number of undecodable samples skipped before.
+
+    A sample that fails to decode is skipped and counted; the count travels with the next
+    good sample so the trainer can report it and stop past its threshold.
+    """
+    rng = random.Random(worker_seed(seed))
+    skipped = 0
+    for raw in samples:
+        try:
+            sample = contract.decode_sample(raw)
+            source = sample.source()
+            if source is None:
+                raise ValueError("sample has no source image")
+        except Exception:
+            skipped += 1
+            continue
+        box_q, box_k = crop_box(*source.size, rng), crop_box(*source.size, rng)
+        q, k = apply_box(source, box_q, image_size), apply_box(source, box_k, image_size)
+        t = apply_box(sample.texture, box_q, image_size)
+        yield q, k, t, skipped
+        skipped = 0
+
+
+def make_loader(urls: list[str], *, batch_size: int, image_size: int, steps: int, workers: int, seed: int,
+                shuffle_buffer: int = 1000) -> "torch.utils.data.DataLoader":
+    """Per-rank loader for one epoch: exactly ``steps`` batches of ``batch_size`` (per rank).
+
+    Shards are resampled with a seed from (``seed``, rank, worker), so a given seed gives
+    the same stream again -- make one loader per epoch with a per-epoch seed.
+    """
+    import webdataset as wds
+
+    pipeline = wds.DataPipeline(
+        wds.ResampledShards(urls, seed=seed, deterministic=True),
+        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        lambda src: wds.shuffle(shuffle_buffer, seed=worker_seed(seed))(src),
+        lambda src: views(src, image_size, seed),
+        wds.batched(batch_size, partial=False),
+    )
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers)
+    return loader.with_epoch(steps)

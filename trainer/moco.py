@@ -1,0 +1,138 @@
+"""MoCo v2 with non-semantic negatives, after facebookresearch/moco ``moco/builder.py``.
+
+Symbols as in the papers: query encoder (``encoder_q``), momentum key encoder
+(``encoder_k``, momentum ``m``), a queue of ``K`` keys, temperature ``T``. Non-semantic
+negatives ``t`` (the image's texture, patch-shuffled views) are encoded by the key
+encoder without gradient and enter the softmax with logit ``alpha * q.t / T``; they are
+never enqueued (Ge et al. 2021).
+
+Batch-norm must not see a key and its query in the same statistics (MoCo's "shuffle
+BN"): with DDP the keys are shuffled across GPUs; in one process the keys are shuffled
+and every BN computes statistics over ``bn_splits`` sub-batches, as if on that many GPUs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics come from ``num_splits`` sub-batches separately,
+    so one process behaves like MoCo's per-GPU BN on that many GPUs. Sub-batch ``b`` holds
+    samples ``b, b + num_splits, ...`` (a reshape, no copy)."""
+
+    def __init__(self, num_features: int, num_splits: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.num_splits = num_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if not self.training or self.num_splits == 1:
+            return super().forward(x)
+        if n % self.num_splits:
+            raise ValueError(f"batch {n} is not divisible by bn_splits {self.num_splits}")
+        running_mean = self.running_mean.repeat(self.num_splits)
+        running_var = self.running_var.repeat(self.num_splits)
+        out = F.batch_norm(
+            x.reshape(n // self.num_splits, c * self.num_splits, h, w), running_mean, running_var,
+            self.weight.repeat(self.num_splits), self.bias.repeat(self.num_splits),
+            True, self.momentum, self.eps,
+        ).reshape(n, c, h, w)
+        self.running_mean.copy_(running_mean.view(self.num_splits, c).mean(dim=0))
+        self.running_var.copy_(running_var.view(self.num_splits, c).mean(dim=0))
+        return out
+
+
+def build_encoder(arch: str, dim: int = 128, bn_splits: int = 1, small_images: bool = False) -> nn.Module:
+    """A torchvision ResNet whose ``fc`` is MoCo v2's 2-layer MLP head (same keys as MoCo's checkpoints).
+
+    ``small_images``: a 3x3 stride-1 stem without max-pool (as for CIFAR), for 32-96 px training.
+    """
+    norm = (lambda c: SplitBatchNorm2d(c, bn_splits)) if bn_splits > 1 else nn.BatchNorm2d
+    net = getattr(torchvision.models, arch)(weights=None, num_classes=dim, norm_layer=norm)
+    if small_images:
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    dim_mlp = net.fc.weight.shape[1]
+    net.fc = nn.Sequential(nn.Linear(dim_mlp, dim_mlp), nn.ReLU(), net.fc)
+    return net
+
+
+def backbone_of(encoder: nn.Module) -> nn.Module:
+    """The encoder without its MLP head: pooled features for kNN and linear probes."""
+    encoder.fc = nn.Identity()
+    return encoder
+
+
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, x.contiguous())
+    return torch.cat(gathered)
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class MoCo(nn.Module):
+    def __init__(self, encoder_q: nn.Module, encoder_k: nn.Module, dim: int = 128, K: int = 16384,
+                 m: float = 0.99, T: float = 0.2, alpha: float = 2.0):
+        super().__init__()
+        self.K, self.m, self.T, self.alpha = K, m, T, alpha
+        self.encoder_q, self.encoder_k = encoder_q, encoder_k
+        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            param_k.data.copy_(param_q.data)
+            param_k.requires_grad = False
+        self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def _momentum_update_key_encoder(self) -> None:
+        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            param_k.mul_(self.m).add_(param_q.detach(), alpha=1.0 - self.m)
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
+        if distributed():
+            keys = concat_all_gather(keys)
+        batch_size = keys.shape[0]
+        ptr = int(self.queue_ptr)
+        if self.K % batch_size:
+            raise ValueError(f"queue size K={self.K} must be a multiple of the global batch {batch_size}")
+        self.queue[:, ptr : ptr + batch_size] = keys.T
+        self.queue_ptr[0] = (ptr + batch_size) % self.K
+
+    @torch.no_grad()
+    def _encode_keys(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Key encoder on a shuffled batch (shuffle BN), features returned in the original order."""
+        if distributed():
+            x_all = concat_all_gather(x)
+            idx_shuffle = torch.randperm(x_all.shape[0], device=x.device)
+            dist.broadcast(idx_shuffle, src=0)
+            idx_this = idx_shuffle.view(dist.get_world_size(), -1)[dist.get_rank()]
+            k = F.normalize(self.encoder_k(x_all[idx_this]), dim=1)
+            idx_unshuffle = torch.argsort(idx_shuffle).view(dist.get_world_size(), -1)[dist.get_rank()]
+            return concat_all_gather(k)[idx_unshuffle]
+        idx_shuffle = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        k = F.normalize(self.encoder_k(x[idx_shuffle]), dim=1)
+        return k[torch.argsort(idx_shuffle)]
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, im_t: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """im_q, im_k: [B,3,H,W]; im_t: non-semantic negatives [B,N,3,H,W] or None. -> logits, labels."""
+        q = F.normalize(self.encoder_q(im_q), dim=1)
+        with torch.no_grad():
+            self._momentum_update_key_encoder()
+            k = self._encode_keys(im_k, generator)
+            ts = [self._encode_keys(im_t[:, n].contiguous(), generator) for n in range(im_t.shape[1])] if im_t is not None else []
+        l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
+        l_neg = torch.einsum("nc,ck->nk", q, self.queue.clone().detach())
+        l_nonsem = [self.alpha * torch.einsum("nc,nc->n", q, t).unsqueeze(-1) for t in ts]
+        logits = torch.cat([l_pos, l_neg, *l_nonsem], dim=1) / self.T
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        self._dequeue_and_enqueue(k)
+        return logits, labels

@@ -1,0 +1,298 @@
+"""``nsneg-train``: MoCo v2 pre-training with non-semantic negatives, CPU to multi-node.
+
+    nsneg-train --negatives shards/ --negatives-kind texture+patch --alpha 2 --out runs/x
+    torchrun --nproc-per-node 8 -m trainer.train --negatives shards/ ...
+
+Every random choice of epoch ``e`` derives from (``--seed``, ``e``, rank), so a run
+resumed from an end-of-epoch checkpoint continues exactly as if never stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from trainer import checkpoint
+from trainer.augment import augment, sample_params
+from trainer.data import BadShards, make_loader, resolve_urls
+from trainer.moco import MoCo, build_encoder
+from trainer.negatives import patch_negatives
+
+KINDS = ("none", "texture", "patch", "texture+patch")
+
+
+@dataclass
+class TrainConfig:
+    negatives: str
+    out: str
+    negatives_kind: str = "texture+patch"
+    num_nonsem: int = 1
+    alpha: float = 2.0
+    patch_size_range: tuple[int, int] = (16, 72)
+    arch: str = "resnet50"
+    image_size: int = 224
+    small_images: bool = False
+    batch_size: int = 512  # global, over all ranks
+    lr: float | None = None  # default 0.8 * batch_size / 512
+    epochs: int = 200
+    steps_per_epoch: int | None = None
+    moco_dim: int = 128
+    moco_k: int = 16384
+    moco_m: float = 0.99
+    moco_t: float = 0.2
+    bn_splits: int = 8
+    weight_decay: float = 1e-4
+    workers: int = 4
+    shuffle_buffer: int = 1000
+    checkpoint_every: int = 1
+    max_skip_fraction: float = 0.01
+    compile: bool = False
+    seed: int = 0
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else 0.8 * self.batch_size / 512
+
+
+class StopRequested(Exception):
+    pass
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, device: str | None = None, show_progress: bool = True):
+        self.config = c = config
+        if c.negatives_kind not in KINDS:
+            raise click.BadParameter(f"--negatives-kind must be one of {KINDS}")
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if c.batch_size % self.world:
+            raise click.BadParameter(f"--batch-size {c.batch_size} is not divisible by {self.world} processes")
+        if c.moco_k % c.batch_size:
+            raise click.BadParameter(f"--moco-k {c.moco_k} must be a multiple of --batch-size {c.batch_size}")
+        self.per_rank = c.batch_size // self.world
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.cuda = self.device.type == "cuda"
+        self.show_progress = show_progress and self.rank == 0
+        self.urls, samples = resolve_urls(c.negatives)
+        self.steps_per_epoch = c.steps_per_epoch or (max(1, samples // c.batch_size) if samples else None)
+        if not self.steps_per_epoch:
+            raise click.BadParameter("give --steps-per-epoch: the number of samples behind these urls is unknown")
+        torch.manual_seed(c.seed)  # same initial weights and queue on every rank
+        bn_splits = 1 if self.world > 1 else math.gcd(self.per_rank, c.bn_splits)
+        encoders = [build_encoder(c.arch, c.moco_dim, bn_splits, c.small_images) for _ in range(2)]
+        self.model = MoCo(*encoders, dim=c.moco_dim, K=c.moco_k, m=c.moco_m, T=c.moco_t, alpha=c.alpha).to(self.device)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=c.base_lr, momentum=0.9,
+                                         weight_decay=c.weight_decay)
+        self.forward = self.model
+        if self.world > 1:
+            self.forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.cuda else None)
+        if c.compile:
+            self.model.encoder_q.compile()
+        self.epoch, self.step, self.samples_seen, self.skipped = 0, 0, 0, 0
+        self.stop_signal: int | None = None
+        self.out = Path(c.out)
+        self.checkpoint_path = self.out / "checkpoint.pt"
+
+    # ------------------------------------------------------------------ state
+    def state(self, epoch_complete: bool) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch + 1 if epoch_complete else self.epoch,  # the epoch to run next
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "skipped": self.skipped,
+            "config": {**asdict(self.config), "patch_size_range": list(self.config.patch_size_range)},
+        }
+
+    def save(self, epoch_complete: bool) -> None:
+        if self.rank == 0:
+            checkpoint.save(self.checkpoint_path, self.state(epoch_complete))
+
+    def restore(self, path: Path) -> None:
+        state = checkpoint.load(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.samples_seen, self.skipped = state["samples_seen"], state["skipped"]
+
+    # ------------------------------------------------------------------ one step
+    def nonsemantic(self, im_q: torch.Tensor, t: torch.Tensor, params_q, generator) -> torch.Tensor | None:
+        """[B, N, 3, H, W]: the texture with its query's augmentation, then N patch-shuffled query views."""
+        c, negatives = self.config, []
+        if "texture" in c.negatives_kind:
+            negatives.append(augment(t, params_q).unsqueeze(1))
+        if "patch" in c.negatives_kind:
+            negatives.append(patch_negatives(im_q, c.num_nonsem, tuple(c.patch_size_range), generator))
+        return torch.cat(negatives, dim=1) if negatives else None
+
+    def lr_at(self, step: int) -> float:
+        total = self.config.epochs * self.steps_per_epoch
+        return self.config.base_lr * 0.5 * (1 + math.cos(math.pi * step / total))
+
+    def train_step(self, batch, generator: torch.Generator) -> dict[str, float]:
+        q, k, t, skipped = batch
+        to = lambda x: x.to(self.device, non_blocking=True).float().div_(255)  # noqa: E731
+        q, k, t = to(q), to(k), to(t)
+        params_q = sample_params(q.shape[0], generator)
+        im_q, im_k = augment(q, params_q), augment(k, sample_params(k.shape[0], generator))
+        im_t = self.nonsemantic(im_q, t, params_q, generator)
+        if self.cuda:
+            im_q, im_k = (x.contiguous(memory_format=torch.channels_last) for x in (im_q, im_k))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            logits, labels = self.forward(im_q, im_k, im_t, generator=generator)
+            loss = F.cross_entropy(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {self.step}; stopping. The last good checkpoint "
+                f"({self.checkpoint_path}) is intact: resume from it with a lower --lr.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        self.samples_seen += q.shape[0]
+        self.skipped += int(skipped.sum())
+        if self.skipped > self.config.max_skip_fraction * (self.samples_seen + self.skipped):
+            raise BadShards(f"{self.skipped} undecodable samples out of {self.samples_seen + self.skipped}: "
+                            f"above --max-skip-fraction {self.config.max_skip_fraction}")
+        acc = (logits.argmax(dim=1) == 0).float().mean()
+        return {"loss": loss.item(), "acc": acc.item(), "lr": self.lr_at(self.step - 1)}
+
+    # ------------------------------------------------------------------ loop
+    def _request_stop(self, signum, _frame) -> None:
+        self.stop_signal = signum
+
+    def fit(self) -> dict[str, float]:
+        from tqdm import tqdm
+
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        log = open(self.out / "log.jsonl", "a") if self.rank == 0 else None
+        metrics: dict[str, float] = {}
+        try:
+            while self.epoch < c.epochs:
+                epoch_seed = c.seed * 1_000_003 + self.epoch
+                generator = torch.Generator().manual_seed(epoch_seed * 1009 + self.rank)
+                loader = make_loader(self.urls, batch_size=self.per_rank, image_size=c.image_size,
+                                     steps=self.steps_per_epoch, workers=c.workers, seed=epoch_seed,
+                                     shuffle_buffer=c.shuffle_buffer)
+                bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="step",
+                           disable=not self.show_progress)
+                start, losses, accs = time.time(), [], []
+                for batch in loader:
+                    metrics = self.train_step(batch, generator)
+                    losses.append(metrics["loss"])
+                    accs.append(metrics["acc"])
+                    rate = len(losses) * c.batch_size / (time.time() - start)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.2f}", img_s=f"{rate:.0f}")
+                    bar.update()
+                    if log:
+                        log.write(json.dumps({"epoch": self.epoch, "step": self.step, **metrics, "img_per_s": rate}) + "\n")
+                    if self.stop_signal is not None:
+                        raise StopRequested
+                bar.close()
+                metrics = {"epoch": self.epoch, "loss": sum(losses) / len(losses), "acc": sum(accs) / len(accs),
+                           "img_per_s": len(losses) * c.batch_size / (time.time() - start)}
+                if log:
+                    log.write(json.dumps({"epoch_end": True, **metrics}) + "\n")
+                    log.flush()
+                done = self.epoch + 1 == c.epochs
+                if done or (self.epoch + 1) % c.checkpoint_every == 0:
+                    self.save(epoch_complete=True)
+                self.epoch += 1
+        except StopRequested:
+            self.save(epoch_complete=False)  # resuming repeats this epoch from its start
+            if self.rank == 0:
+                print(f"\nstopped by signal {self.stop_signal}; checkpoint {self.checkpoint_path} "
+                      f"(resume with --resume {self.checkpoint_path})")
+            raise SystemExit(128 + int(self.stop_signal))
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if log:
+                log.close()
+        return metrics
+
+
+def _setup_distributed() -> str | None:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL on GPUs, gloo on CPUs. Returns the device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if torch.cuda.is_available():
+        local_rank = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        return f"cuda:{local_rank}"
+    dist.init_process_group("gloo")
+    return "cpu"
+
+
+@click.command()
+@click.option("--negatives", required=True, help="shard directory (with manifest.json), or comma list / brace pattern of shard urls")
+@click.option("--out", default="runs/nsneg", show_default=True, type=click.Path(file_okay=False))
+@click.option("--negatives-kind", type=click.Choice(KINDS), default="texture+patch", show_default=True)
+@click.option("--num-nonsem", type=int, default=1, show_default=True, help="patch negatives per query")
+@click.option("--alpha", type=float, default=2.0, show_default=True, help="logit of a non-semantic negative = alpha q.t / T")
+@click.option("--patch-size-range", type=(int, int), default=(16, 72), show_default=True, help="at 224 px; scales with the view")
+@click.option("--arch", default="resnet50", show_default=True)
+@click.option("--image-size", type=int, default=224, show_default=True)
+@click.option("--small-images/--no-small-images", default=None, help="3x3 stem, no max-pool [default: on at 48 px and below]")
+@click.option("--batch-size", type=int, default=512, show_default=True, help="global batch over all processes")
+@click.option("--lr", type=float, default=None, help="[default: 0.8 * batch / 512]")
+@click.option("--epochs", type=int, default=200, show_default=True)
+@click.option("--steps-per-epoch", type=int, default=None, help="[default: samples // batch]")
+@click.option("--moco-dim", type=int, default=128, show_default=True)
+@click.option("--moco-k", type=int, default=16384, show_default=True)
+@click.option("--moco-m", type=float, default=0.99, show_default=True)
+@click.option("--moco-t", type=float, default=0.2, show_default=True)
+@click.option("--bn-splits", type=int, default=8, show_default=True, help="single process: BN sub-batches (shuffle BN)")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--workers", type=int, default=4, show_default=True, help="DataLoader workers per process")
+@click.option("--shuffle-buffer", type=int, default=1000, show_default=True)
+@click.option("--checkpoint-every", type=int, default=1, show_default=True, help="epochs")
+@click.option("--max-skip-fraction", type=float, default=0.01, show_default=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the query encoder")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", type=click.Path(dir_okay=False), default=None, help="continue from a checkpoint (its settings)")
+@click.option("--device", default=None, help="[default: cuda if available]")
+def main(resume, device, compile_, small_images, **options) -> None:
+    """Pre-train MoCo v2 against non-semantic negatives streamed from texture shards."""
+    try:
+        if resume:
+            stored = checkpoint.load(Path(resume))["config"]
+            config = TrainConfig(**{**stored, "patch_size_range": tuple(stored["patch_size_range"])})
+        else:
+            if small_images is None:
+                small_images = options["image_size"] <= 48
+            config = TrainConfig(**options, compile=compile_, small_images=small_images)
+        device = _setup_distributed() or device
+        trainer = Trainer(config, device=device)
+        if resume:
+            trainer.restore(Path(resume))
+        metrics = trainer.fit()
+    except (BadShards, FileNotFoundError, ValueError, FloatingPointError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    click.echo(f"done: epoch {metrics.get('epoch', config.epochs - 1) + 1}, loss {metrics.get('loss', float('nan')):.4f}, "
+               f"checkpoint {trainer.checkpoint_path}")
+
+
+if __name__ == "__main__":
+    main()
