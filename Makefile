@@ -30,6 +30,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_synthesis.py
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_patch_negatives.py
+	$(BIN)/python benchmarks/bench_train_step.py
 
 clean:
 	rm -rf $(VENV) shards

@@ -173,6 +173,12 @@ class Trainer:
         return {"loss": loss.item(), "acc": acc.item(), "lr": self.lr_at(self.step - 1)}
 
     # ------------------------------------------------------------------ loop
+    def loader(self, seed: int, steps: int):
+        """This rank's batches for one epoch: a function of ``seed`` alone, so epochs repeat on resume."""
+        c = self.config
+        return make_loader(self.urls, batch_size=self.per_rank, image_size=c.image_size, steps=steps,
+                           workers=c.workers, seed=seed, shuffle_buffer=c.shuffle_buffer)
+
     def _request_stop(self, signum, _frame) -> None:
         self.stop_signal = signum
 
@@ -188,9 +194,7 @@ class Trainer:
             while self.epoch < c.epochs:
                 epoch_seed = c.seed * 1_000_003 + self.epoch
                 generator = torch.Generator().manual_seed(epoch_seed * 1009 + self.rank)
-                loader = make_loader(self.urls, batch_size=self.per_rank, image_size=c.image_size,
-                                     steps=self.steps_per_epoch, workers=c.workers, seed=epoch_seed,
-                                     shuffle_buffer=c.shuffle_buffer)
+                loader = self.loader(epoch_seed, self.steps_per_epoch)
                 bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="step",
                            disable=not self.show_progress)
                 start, losses, accs = time.time(), [], []
