@@ -176,6 +176,30 @@ def write_shard(synthesize, spec: ShardSpec, config: JobConfig, report=lambda n:
         raise
 
 
+def _progress_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class ProgressCounter:
+        """Images handled by all workers since the driver last asked: feeds the live progress bar.
+
+        Workers find it by name: an actor handle passed to a restartable actor's constructor
+        lives in the object store, which Ray warns an actor restart cannot rely on.
+        """
+
+        def __init__(self) -> None:
+            self.count = 0
+
+        def add(self, n: int) -> None:
+            self.count += n
+
+        def take(self) -> int:
+            n, self.count = self.count, 0
+            return n
+
+    return ProgressCounter
+
+
 def _worker_class():
     import ray
 
@@ -183,7 +207,7 @@ def _worker_class():
     class TextureWorker:
         """Long-lived: loads the encoder once, then makes shard after shard."""
 
-        def __init__(self, config: JobConfig, progress):
+        def __init__(self, config: JobConfig, progress_name: str):
             import torch
 
             from pipeline.synthesis import TextureSynthesizer
@@ -193,14 +217,14 @@ def _worker_class():
                 torch.set_num_threads(max(1, int(cpus)))
             device = "cuda" if torch.cuda.is_available() else "cpu"
             self.config = config
-            self.progress = progress
+            self.progress = ray.get_actor(progress_name)
             self.synthesizer = TextureSynthesizer(config.synthesis, device=device)
 
         def pid(self) -> int:
             return os.getpid()
 
         def process(self, spec: ShardSpec) -> dict[str, Any]:
-            return write_shard(self.synthesizer, spec, self.config, report=self.progress.put)
+            return write_shard(self.synthesizer, spec, self.config, report=self.progress.add.remote)
 
     return TextureWorker
 
@@ -269,7 +293,6 @@ def run(config: JobConfig, listing: Listing, *, show_progress: bool = True) -> J
 def _run_pending(config, pending, records, bar, total_images) -> tuple[int, list[str]]:
     import ray
     from ray.util.actor_pool import ActorPool
-    from ray.util.queue import Empty, Queue
 
     _init_ray()
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -277,9 +300,10 @@ def _run_pending(config, pending, records, bar, total_images) -> tuple[int, list
     workers = config.workers or (gpus if gpus else 1)
     workers = min(workers, len(pending))
     options = {"num_gpus": 1} if gpus else {"num_cpus": max(1, cpus // workers)}
-    progress = Queue(actor_options={"num_cpus": 0})
+    progress_name = f"nsneg-progress-{os.getpid()}-{time.time_ns()}"
+    progress = _progress_class().options(name=progress_name).remote()
     worker_cls = _worker_class()
-    pool = ActorPool([worker_cls.options(**options).remote(config, progress) for _ in range(workers)])
+    pool = ActorPool([worker_cls.options(**options).remote(config, progress_name) for _ in range(workers)])
     for spec in pending:
         pool.submit(lambda actor, s: actor.process.remote(s), spec)
     written, failed = 0, []
@@ -292,11 +316,8 @@ def _run_pending(config, pending, records, bar, total_images) -> tuple[int, list
         except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
             failed.append(str(e).splitlines()[0])
             record = None
-        while True:
-            try:
-                bar.update(progress.get_nowait())
-            except Empty:
-                break
+        if done_now := ray.get(progress.take.remote()):
+            bar.update(done_now)
         if record is not None:
             records[record["index"]] = record
             written += record["samples"]

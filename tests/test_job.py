@@ -126,14 +126,12 @@ def test_skip_threshold_fails_clearly_and_keeps_finished_shards(tmp_path, ray_se
 
 def test_a_killed_worker_is_restarted_and_its_shard_retried(tmp_path, ray_session):
     ray = ray_session
-    from ray.util.queue import Queue
-
     listing = folder_listing(make_tree(tmp_path / "tree", bad=False), "train")
     config = job.JobConfig(out=tmp_path / "out", synthesis=replace(TINY, steps=(150, 20, 5)), shard_size=6)
     spec = job.plan_shards(listing, config)[0]
     (tmp_path / "out" / "train").mkdir(parents=True)
-    progress = Queue(actor_options={"num_cpus": 0})  # kept referenced: its actor lives as long as this
-    worker = job._worker_class().remote(config, progress)
+    progress = job._progress_class().options(name="test-progress").remote()  # noqa: F841 (kept alive)
+    worker = job._worker_class().remote(config, "test-progress")
     pid = ray.get(worker.pid.remote())
     pending = worker.process.remote(spec)
     time.sleep(3)  # mid-shard
