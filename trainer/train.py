@@ -68,6 +68,34 @@ class StopRequested(Exception):
     pass
 
 
+class MetricsLog:
+    """Metrics as JSON lines in ``OUT/log.jsonl``; also TensorBoard where it is installed."""
+
+    def __init__(self, out: Path):
+        self.file = open(out / "log.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            self.tensorboard = None
+
+    def write(self, record: dict[str, Any], tag: str, step: int) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        if self.tensorboard:
+            for name, value in record.items():
+                if isinstance(value, float):
+                    self.tensorboard.add_scalar(f"{tag}/{name}", value, step)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard:
+            self.tensorboard.close()
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, device: str | None = None, show_progress: bool = True):
         self.config = c = config
@@ -188,7 +216,7 @@ class Trainer:
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        log = open(self.out / "log.jsonl", "a") if self.rank == 0 else None
+        log = MetricsLog(self.out) if self.rank == 0 else None
         metrics: dict[str, float] = {}
         try:
             while self.epoch < c.epochs:
@@ -206,14 +234,14 @@ class Trainer:
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.2f}", img_s=f"{rate:.0f}")
                     bar.update()
                     if log:
-                        log.write(json.dumps({"epoch": self.epoch, "step": self.step, **metrics, "img_per_s": rate}) + "\n")
+                        log.write({"epoch": self.epoch, "step": self.step, **metrics, "img_per_s": rate}, "step", self.step)
                     if self.stop_signal is not None:
                         raise StopRequested
                 bar.close()
                 metrics = {"epoch": self.epoch, "loss": sum(losses) / len(losses), "acc": sum(accs) / len(accs),
                            "img_per_s": len(losses) * c.batch_size / (time.time() - start)}
                 if log:
-                    log.write(json.dumps({"epoch_end": True, **metrics}) + "\n")
+                    log.write({"epoch_end": True, **metrics}, "epoch", self.epoch)
                     log.flush()
                 done = self.epoch + 1 == c.epochs
                 if done or (self.epoch + 1) % c.checkpoint_every == 0:
