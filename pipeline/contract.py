@@ -217,18 +217,99 @@ def build_manifest(
     }
 
 
+_SHARD_SCHEMA = {
+    "type": "object",
+    "required": ["name", "sha256", "bytes", "samples"],
+    "properties": {
+        "name": {"type": "string", "pattern": r"^[A-Za-z0-9_-][A-Za-z0-9._-]*\.tar$"},
+        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "bytes": {"type": "integer", "minimum": 0},
+        "samples": {"type": "integer", "minimum": 0},
+        "url": {"type": "string"},  # published sets only
+    },
+}
+
+#: The manifest schema. A published set (``datasets_manifest``) is the same document plus
+#: ``name``, ``version``, ``base_url`` and a ``url`` per shard.
+MANIFEST_SCHEMA = {
+    "type": "object",
+    "required": ["format", "format_version", "classes", "has_source", "fields", "generator", "splits"],
+    "properties": {
+        "format": {"const": FORMAT_NAME},
+        "format_version": {"type": "integer"},
+        "classes": {"type": "array", "items": {"type": "string"}},
+        "has_source": {"type": "boolean"},
+        "fields": {"type": "array", "items": {"type": "string"}},
+        "generator": {"type": "object"},
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"},
+        "version": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"},
+        "base_url": {"type": "string"},
+        "splits": {
+            "type": "object",
+            "propertyNames": {"pattern": "^[A-Za-z0-9_-]+$"},
+            "additionalProperties": {
+                "type": "object",
+                "required": ["shards", "samples", "bytes", "skipped", "complete"],
+                "properties": {
+                    "shards": {"type": "array", "items": _SHARD_SCHEMA},
+                    "samples": {"type": "integer"},
+                    "bytes": {"type": "integer"},
+                    "skipped": {"type": "array"},
+                    "complete": {"type": "boolean"},
+                },
+            },
+        },
+    },
+}
+
+
+class ManifestError(ValueError):
+    pass
+
+
+def validate_manifest(manifest: Any, where: str = "manifest") -> dict[str, Any]:
+    """Check a manifest (local or published) before anything trusts it; clear errors, not KeyErrors.
+
+    Beyond the schema: a known format version, unique shard names, names that cannot
+    escape their directory, and shard urls under the set's ``base_url``.
+    """
+    import jsonschema
+
+    if isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME:
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ManifestError(
+                f"{where}: format_version {manifest.get('format_version')!r}; this nsneg reads version "
+                f"{FORMAT_VERSION} (upgrade nsneg to read newer shard sets)"
+            )
+    try:
+        jsonschema.validate(manifest, MANIFEST_SCHEMA)
+    except jsonschema.ValidationError as e:
+        path = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ManifestError(f"{where}: invalid at {path}: {e.message}") from None
+    base = manifest.get("base_url")
+    for split, info in manifest["splits"].items():
+        names = [s["name"] for s in info["shards"]]
+        if len(set(names)) != len(names):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            raise ManifestError(f"{where}: duplicate shard names in split {split!r}: {duplicates}")
+        for shard in info["shards"]:
+            if ".." in shard["name"] or "/" in shard["name"] or "\\" in shard["name"]:
+                raise ManifestError(f"{where}: shard name {shard['name']!r} must be a plain file name")
+            url = shard.get("url")
+            if url is not None and (base is None or not url.startswith(base.rstrip("/") + "/") or "/../" in url):
+                raise ManifestError(f"{where}: shard url {url!r} is outside the set's base_url {base!r}")
+    return manifest
+
+
 def load_manifest(root: Path) -> dict[str, Any]:
     path = Path(root) / MANIFEST_NAME
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {root} a shard directory written by `nsneg-textures build`?")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format_version {manifest.get('format_version')!r}; this nsneg reads version {FORMAT_VERSION}"
-        )
-    return manifest
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    return validate_manifest(manifest, str(path))
 
 
 def shard_paths(root: Path, split: str, manifest: dict[str, Any] | None = None) -> list[Path]:

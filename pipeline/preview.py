@@ -36,11 +36,13 @@ def _row(sample: contract.TextureSample, classes: list[str]) -> Image.Image:
     return row
 
 
-def contact_sheet(root: Path, split: str, out: Path, n: int = 16) -> Path:
-    """Write a PNG of the first ``n`` samples of ``split`` (atomically) and return its path."""
+def contact_sheet(root: Path, split: str, out: Path, n: int = 16, classes: set[str] | None = None) -> Path:
+    """Write a PNG of the first ``n`` samples of ``split`` (only of ``classes`` if given), atomically."""
     manifest = contract.load_manifest(root)
     rows = []
     for sample in contract.iter_samples(root, split):
+        if classes and manifest["classes"][sample.cls] not in classes:
+            continue
         rows.append(_row(sample, manifest["classes"]))
         if len(rows) >= n:
             break

@@ -33,12 +33,13 @@ class BadShards(RuntimeError):
     pass
 
 
-def resolve_urls(spec: str, verify: bool = True) -> tuple[list[str], int | None]:
+def resolve_urls(spec: str, verify: bool = True, manifest_dirs: tuple[str, ...] = ()) -> tuple[list[str], int | None]:
     """-> (shard urls, number of samples or None when unknown).
 
     A directory with a manifest: its train split, verified against the manifest's sha256
-    (a shard that does not match is refused: it is never read). Otherwise a comma list or
-    brace pattern of urls.
+    (a shard that does not match is refused: it is never read). A published set's name
+    (``NAME[@VERSION]``, see ``nsneg-data list``): its urls, streamed without download.
+    Otherwise a comma list or brace pattern of urls.
     """
     path = Path(spec)
     if path.is_dir():
@@ -50,6 +51,17 @@ def resolve_urls(spec: str, verify: bool = True) -> tuple[list[str], int | None]
             if problems:
                 raise BadShards("shards do not match their manifest, refusing to train on them:\n  " + "\n  ".join(problems))
         return [str(p) for p in contract.shard_paths(path, "train", manifest)], manifest["splits"]["train"]["samples"]
+    if "/" not in spec and not spec.endswith(".tar"):
+        from datasets_manifest import registry
+
+        try:
+            published = registry.find(spec, [Path(d) for d in manifest_dirs])
+        except KeyError as e:
+            raise BadShards(str(e).strip('"')) from None
+        if not published.manifest["has_source"]:
+            raise BadShards(f"{spec} carries no source pixels; fetch it and pair it with ImageNet "
+                            "(nsneg-textures pair) first")
+        return published.urls("train"), published.manifest["splits"]["train"]["samples"]
     import braceexpand
 
     urls = [u for part in spec.split(",") if part.strip() for u in braceexpand.braceexpand(part.strip())]

@@ -58,6 +58,7 @@ class TrainConfig:
     max_skip_fraction: float = 0.01
     compile: bool = False
     seed: int = 0
+    manifest_dirs: tuple[str, ...] = ()
 
     @property
     def base_lr(self) -> float:
@@ -110,7 +111,7 @@ class Trainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cuda = self.device.type == "cuda"
         self.show_progress = show_progress and self.rank == 0
-        self.urls, samples = resolve_urls(c.negatives)
+        self.urls, samples = resolve_urls(c.negatives, manifest_dirs=tuple(c.manifest_dirs))
         self.steps_per_epoch = c.steps_per_epoch or (max(1, samples // c.batch_size) if samples else None)
         if not self.steps_per_epoch:
             raise click.BadParameter("give --steps-per-epoch: the number of samples behind these urls is unknown")
@@ -142,7 +143,8 @@ class Trainer:
             "step": self.step,
             "samples_seen": self.samples_seen,
             "skipped": self.skipped,
-            "config": {**asdict(self.config), "patch_size_range": list(self.config.patch_size_range)},
+            "config": {**asdict(self.config), "patch_size_range": list(self.config.patch_size_range),
+                       "manifest_dirs": list(self.config.manifest_dirs)},
         }
 
     def save(self, epoch_complete: bool) -> None:
@@ -275,7 +277,9 @@ def _setup_distributed() -> str | None:
 
 
 @click.command()
-@click.option("--negatives", required=True, help="shard directory (with manifest.json), or comma list / brace pattern of shard urls")
+@click.option("--negatives", required=True,
+              help="shard directory (with manifest.json), a published set's NAME[@VERSION], or comma list / brace pattern of shard urls")
+@click.option("--manifest-dir", "manifest_dirs", multiple=True, help="more published manifests (see nsneg-data list)")
 @click.option("--out", default="runs/nsneg", show_default=True, type=click.Path(file_okay=False))
 @click.option("--negatives-kind", type=click.Choice(KINDS), default="texture+patch", show_default=True)
 @click.option("--num-nonsem", type=int, default=1, show_default=True, help="patch negatives per query")
@@ -307,11 +311,13 @@ def main(resume, device, compile_, small_images, **options) -> None:
     try:
         if resume:
             stored = checkpoint.load(Path(resume))["config"]
-            config = TrainConfig(**{**stored, "patch_size_range": tuple(stored["patch_size_range"])})
+            config = TrainConfig(**{**stored, "patch_size_range": tuple(stored["patch_size_range"]),
+                                    "manifest_dirs": tuple(stored["manifest_dirs"])})
         else:
             if small_images is None:
                 small_images = options["image_size"] <= 48
-            config = TrainConfig(**options, compile=compile_, small_images=small_images)
+            config = TrainConfig(**{**options, "manifest_dirs": tuple(options["manifest_dirs"])}, compile=compile_,
+                                 small_images=small_images)
         device = _setup_distributed() or device
         trainer = Trainer(config, device=device)
         if resume:

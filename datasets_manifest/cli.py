@@ -1,0 +1,172 @@
+"""``nsneg-data``: publish, list, fetch, verify, preview and describe ImageNet-Texture shard sets."""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from datasets_manifest import registry
+from pipeline import contract
+
+manifest_dir_option = click.option(
+    "--manifest-dir", "manifest_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+    help="more published manifests, besides the ones shipped with nsneg (repeatable)")
+
+
+def _find(spec: str, manifest_dirs) -> registry.PublishedSet:
+    try:
+        return registry.find(spec, manifest_dirs)
+    except (KeyError, FileNotFoundError, contract.ManifestError) as e:
+        raise click.ClickException(str(e).strip('"')) from None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+@click.group()
+def main() -> None:
+    """Published ImageNet-Texture shard sets."""
+
+
+@main.command()
+@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--base-url", required=True, help="where the shard files will be served: BASE/<split>/<shard>.tar")
+@click.option("--name", default="imagenet-texture", show_default=True)
+@click.option("--version", "version", default="1", show_default=True)
+@click.option("--manifest-dir", type=click.Path(file_okay=False, path_type=Path), default=registry.SHIPPED_DIR,
+              show_default=True)
+def publish(shards, base_url, name, version, manifest_dir) -> None:
+    """Write the manifest that lets anyone fetch SHARDS later (upload the files under BASE_URL yourself)."""
+    try:
+        path = registry.publish(shards, base_url, name, version, manifest_dir)
+    except (FileNotFoundError, contract.ManifestError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"published {name}@{version}: {path}")
+
+
+@main.command("list")
+@manifest_dir_option
+def list_(manifest_dirs) -> None:
+    """The known shard sets."""
+    try:
+        sets = registry.known_sets(manifest_dirs)
+    except (FileNotFoundError, contract.ManifestError) as e:
+        raise click.ClickException(str(e)) from None
+    if not sets:
+        click.echo("no published shard sets known (add --manifest-dir DIR)")
+        return
+    click.echo(f"{'name@version':32s} {'splits':14s} {'samples':>9s} {'size':>10s}  source pixels")
+    for s in sets:
+        splits = s.manifest["splits"]
+        click.echo(f"{s.name + '@' + s.version:32s} {','.join(sorted(splits)):14s} "
+                   f"{sum(i['samples'] for i in splits.values()):9d} {_size(sum(i['bytes'] for i in splits.values())):>10s}  "
+                   f"{'yes' if s.manifest['has_source'] else 'no'}")
+
+
+@main.command()
+@click.argument("spec", metavar="NAME[@VERSION]")
+@click.option("--to", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--split", "splits", multiple=True, help="[default: all splits]")
+@click.option("--jobs", type=int, default=4, show_default=True, help="parallel downloads")
+@click.option("--retries", type=int, default=5, show_default=True)
+@click.option("--quiet", is_flag=True)
+@manifest_dir_option
+def fetch(spec, to, splits, jobs, retries, quiet, manifest_dirs) -> None:
+    """Download a published set: resumable, every shard verified before it is kept."""
+    from datasets_manifest.fetch import fetch as run_fetch
+
+    published = _find(spec, manifest_dirs)
+    try:
+        report = run_fetch(published, to, list(splits) or None, jobs=jobs, retries=retries, show_progress=not quiet)
+    except KeyError as e:
+        raise click.ClickException(str(e).strip('"')) from None
+    click.echo(f"{published.name}@{published.version} -> {to}: {len(report.downloaded)} downloaded, "
+               f"{len(report.already_verified)} already verified, {report.retries} retries, {len(report.failed)} failed")
+    for shard, error in sorted(report.failed.items()):
+        click.echo(f"  FAILED {shard}: {error}", err=True)
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def verify(directory) -> None:
+    """Re-hash every shard against the manifest; exit status 1 on any mismatch."""
+    try:
+        manifest = contract.load_manifest(directory)
+    except (FileNotFoundError, contract.ManifestError) as e:
+        raise click.ClickException(str(e)) from None
+    problems = {p.split(":")[0]: p for p in contract.verify(directory)}
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            path = str(Path(directory) / split / shard["name"])
+            click.echo(f"{'BAD' if path in problems else 'ok ':3s} {split}/{shard['name']}"
+                       + (f"  {problems[path].split(': ', 1)[1]}" if path in problems else ""))
+    click.echo(f"{len(problems)} of {sum(len(i['shards']) for i in manifest['splits'].values())} shards bad")
+    if problems:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("source", metavar="DIR|NAME[@VERSION]")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--n", type=int, default=32, show_default=True)
+@click.option("--classes", default=None, help="comma-separated class names (wnids) to show")
+@click.option("--split", default="train", show_default=True)
+@manifest_dir_option
+def preview(source, out, n, classes, split, manifest_dirs) -> None:
+    """A contact sheet of source/texture pairs (texture only for sets without source pixels)."""
+    from pipeline.preview import contact_sheet
+
+    wanted = set(classes.split(",")) if classes else None
+    if Path(source).is_dir():
+        contact_sheet(Path(source), split, out, n, wanted)
+    else:
+        from datasets_manifest.fetch import fetch as run_fetch
+
+        published = _find(source, manifest_dirs)
+        with tempfile.TemporaryDirectory() as tmp:  # only the first shard, verified like any fetch
+            report = run_fetch(published, Path(tmp), [split], jobs=1, show_progress=False, first_shards=1)
+            if report.failed:
+                raise click.ClickException(f"could not fetch a shard to preview: {report.failed}")
+            contact_sheet(Path(tmp), split, out, n, wanted)
+    click.echo(f"preview {out}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="histogram PNG of texture losses [default: DIRECTORY/losses.png]")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def stats(directory, plot, json_out) -> None:
+    """Samples per class, skipped inputs, generator config, texture-loss histogram."""
+    from datasets_manifest.stats import loss_histogram, shard_stats
+
+    try:
+        info = shard_stats(directory)
+    except (FileNotFoundError, contract.ManifestError) as e:
+        raise click.ClickException(str(e)) from None
+    synthesis = info["generator"].get("synthesis", {})
+    click.echo(f"generator: encoder {synthesis.get('encoder')}, sizes {synthesis.get('sizes')}, "
+               f"steps {synthesis.get('steps')}, seed {info['generator'].get('seed')}; source pixels: {info['has_source']}")
+    for split, s in info["splits"].items():
+        click.echo(f"{split}: {s['samples']} samples in {s['shards']} shards ({_size(s['bytes'])})"
+                   f"{'' if s['complete'] else ', INCOMPLETE'}; skipped {s['skipped']} {s['skip_reasons'] or ''}")
+        for cls, count in s["per_class"].items():
+            click.echo(f"  {cls:24s} {count}")
+    plot_path = loss_histogram(info, plot or Path(directory) / "losses.png")
+    click.echo(f"loss histogram {plot_path}")
+    if json_out:
+        contract.atomic_write_json(json_out, info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""What a shard set holds: samples per class, skips, generator, and the texture losses' spread."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pipeline import contract
+
+
+def shard_stats(root: Path) -> dict[str, Any]:
+    """Counts from the manifest plus one pass over the samples' json (textures are not decoded)."""
+    import json
+
+    manifest = contract.load_manifest(root)
+    stats: dict[str, Any] = {"generator": manifest["generator"], "has_source": manifest["has_source"], "splits": {}}
+    for split, info in manifest["splits"].items():
+        per_class: Counter[str] = Counter()
+        losses = []
+        for raw in contract.iter_raw(contract.shard_paths(root, split, manifest)):
+            per_class[manifest["classes"][int(raw[contract.CLASS_FIELD])]] += 1
+            losses.append(json.loads(raw[contract.META_FIELD])["loss"])
+        reasons = Counter(s["reason"].split(":")[0].split(" (")[0] for s in info["skipped"])
+        stats["splits"][split] = {
+            "samples": info["samples"], "shards": len(info["shards"]), "bytes": info["bytes"],
+            "complete": info["complete"], "per_class": dict(sorted(per_class.items())),
+            "skipped": len(info["skipped"]), "skip_reasons": dict(reasons), "losses": losses,
+        }
+    return stats
+
+
+def loss_histogram(stats: dict[str, Any], out: Path) -> Path:
+    """PNG histogram of the final Gram loss per texture, one series per split (lower = closer match)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for split, info in stats["splits"].items():
+        if info["losses"]:
+            ax.hist(info["losses"], bins=30, alpha=0.6, label=f"{split} ({len(info['losses'])})")
+    ax.set_xlabel("final Gram loss of the texture (relative, summed over layers)")
+    ax.set_ylabel("textures")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    contract.atomic_write_bytes(Path(out), buf.getvalue())
+    return Path(out)

@@ -1,0 +1,192 @@
+"""Published shard sets over a real HTTP server on 127.0.0.1: publish -> list -> fetch (cut,
+5xx, corrupted) -> verify -> preview -> stats -> stream into the trainer's loader."""
+import copy
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from datasets_manifest import registry
+from datasets_manifest.cli import main as data_cli
+from datasets_manifest.fetch import fetch
+from pipeline import contract, job
+from pipeline.sources import folder_listing
+from tests.conftest import TINY, make_tree
+
+
+class ShardServer(ThreadingHTTPServer):
+    """Serves files under ``root`` with HTTP Range support, and misbehaves on request:
+    ``faults[path]`` is a list of 'cut' (half the body, then hang up), '503' or 'corrupt'."""
+
+    daemon_threads = True
+
+    def __init__(self, root: Path):
+        super().__init__(("127.0.0.1", 0), ShardHandler)
+        self.root = root
+        self.faults: dict[str, list[str]] = {}
+        self.requests: list[tuple[str, str | None]] = []
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class ShardHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        server: ShardServer = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        fault = server.faults.get(self.path, []).pop(0) if server.faults.get(self.path) else None
+        path = server.root / self.path.lstrip("/")
+        if fault == "503":
+            return self.send_error(503)
+        if not path.is_file():
+            return self.send_error(404)
+        data = path.read_bytes()
+        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+        if start >= len(data) and start:
+            return self.send_error(416)
+        body = data[start:]
+        if fault == "corrupt":
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if fault == "cut":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("published")
+    listing = folder_listing(make_tree(root / "tree", n_per_class=3, bad=False), "train")
+    shards = root / "www" / "set"
+    job.run(job.JobConfig(out=shards, synthesis=TINY, shard_size=2), listing, show_progress=False)
+    server = ShardServer(root / "www")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    manifests = root / "manifests"
+    registry.publish(shards, f"{server.base}/set", "demo", "1", manifests)
+    yield server, shards, manifests
+    server.shutdown()
+
+
+def names(shards: Path) -> list[str]:
+    return [s["name"] for s in contract.load_manifest(shards)["splits"]["train"]["shards"]]
+
+
+def test_publish_and_list(served):
+    server, shards, manifests = served
+    published = json.loads((manifests / "demo-1.json").read_text())
+    assert published["splits"]["train"]["shards"][0]["url"] == f"{server.base}/set/train/{names(shards)[0]}"
+    result = CliRunner().invoke(data_cli, ["list", "--manifest-dir", str(manifests)])
+    assert result.exit_code == 0 and "demo@1" in result.output and " 6 " in result.output
+
+
+def test_fetch_survives_cut_connections_server_errors_and_corruption(served, tmp_path):
+    server, shards, manifests = served
+    first, second, third = (f"/set/train/{n}" for n in names(shards)[:3])
+    server.faults = {first: ["cut"], second: ["503", "503"], third: ["corrupt"]}
+    server.requests.clear()
+    report = fetch(registry.find("demo@1", [manifests]), tmp_path, jobs=2, show_progress=False, backoff=0.01)
+    assert not report.failed and len(report.downloaded) == 3 and report.retries == 4
+    resumed = [rng for path, rng in server.requests if path == first]
+    assert resumed[0] is None and resumed[1].startswith("bytes=") and resumed[1] != "bytes=0-"  # HTTP Range resume
+    assert [rng for path, rng in server.requests if path == third] == [None, None]  # corrupt: deleted, fetched anew
+    for n in names(shards):
+        assert (tmp_path / "train" / n).read_bytes() == (shards / "train" / n).read_bytes()
+    assert contract.verify(tmp_path) == [] and not list(tmp_path.glob("train/.*part"))
+    result = CliRunner().invoke(data_cli, ["verify", str(tmp_path)])
+    assert result.exit_code == 0 and "0 of 3 shards bad" in result.output
+
+    server.requests.clear()  # a rerun downloads nothing that is already verified
+    again = fetch(registry.find("demo", [manifests]), tmp_path, show_progress=False)
+    assert again.downloaded == [] and len(again.already_verified) == 3 and server.requests == []
+
+
+def test_a_shard_that_keeps_failing_is_reported_and_never_kept(served, tmp_path):
+    server, shards, manifests = served
+    bad = f"/set/train/{names(shards)[0]}"
+    server.faults = {bad: ["corrupt"] * 3}
+    report = fetch(registry.find("demo@1", [manifests]), tmp_path, show_progress=False, retries=2, backoff=0.01)
+    assert list(report.failed) == [f"train/{names(shards)[0]}"] and "sha256" in report.failed[f"train/{names(shards)[0]}"]
+    assert not (tmp_path / "train" / names(shards)[0]).exists()
+    local = contract.load_manifest(tmp_path)
+    assert local["splits"]["train"]["complete"] is False and len(local["splits"]["train"]["shards"]) == 2
+    assert contract.verify(tmp_path) == []
+
+
+def test_cli_fetch_verify_preview_stats(served, tmp_path):
+    server, shards, manifests = served
+    server.faults = {}
+    runner = CliRunner()
+    result = runner.invoke(data_cli, ["fetch", "demo@1", "--to", str(tmp_path / "got"), "--manifest-dir", str(manifests), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "3 downloaded, 0 already verified" in result.output
+    sheet = tmp_path / "sheet.png"
+    result = runner.invoke(data_cli, ["preview", "demo@1", "-o", str(sheet), "--n", "2", "--manifest-dir", str(manifests)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(sheet).size[1] > 2 * 160
+    result = runner.invoke(data_cli, ["preview", str(tmp_path / "got"), "-o", str(sheet), "--classes", "n00000002"])
+    assert result.exit_code == 0 and Image.open(sheet).size[1] > 3 * 160
+    result = runner.invoke(data_cli, ["stats", str(tmp_path / "got"), "--json", str(tmp_path / "stats.json")])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["splits"]["train"]["per_class"] == {"n00000001": 3, "n00000002": 3}
+    assert len(stats["splits"]["train"]["losses"]) == 6 and (tmp_path / "got" / "losses.png").exists()
+    # a tampered local shard is reported by verify
+    tar = tmp_path / "got" / "train" / names(shards)[1]
+    tar.write_bytes(tar.read_bytes()[:-10])
+    result = runner.invoke(data_cli, ["verify", str(tmp_path / "got")])
+    assert result.exit_code == 1 and f"BAD train/{names(shards)[1]}" in result.output
+
+
+def test_trainer_streams_a_published_set_by_name(served):
+    from trainer.data import make_loader, resolve_urls
+
+    server, shards, manifests = served
+    server.faults = {}
+    urls, samples = resolve_urls("demo@1", manifest_dirs=(str(manifests),))
+    assert samples == 6 and all(u.startswith(server.base) for u in urls)
+    batches = list(make_loader(urls, batch_size=2, image_size=32, steps=3, workers=0, seed=0, shuffle_buffer=4))
+    assert len(batches) == 3 and batches[0][0].shape == (2, 3, 32, 32)
+
+
+def manifest_variants(shards: Path, base: str) -> dict:
+    good = json.loads((shards / contract.MANIFEST_NAME).read_text())
+    good.update(name="x", version="1", base_url=base)
+    for s in good["splits"]["train"]["shards"]:
+        s["url"] = f"{base}/train/{s['name']}"
+    variants = {}
+    v = copy.deepcopy(good); v["format_version"] = 99; variants["format_version 99"] = v  # noqa: E702
+    v = copy.deepcopy(good); del v["classes"]; variants["'classes' is a required property"] = v  # noqa: E702
+    v = copy.deepcopy(good); v["splits"]["train"]["shards"][1]["name"] = v["splits"]["train"]["shards"][0]["name"]  # noqa: E702
+    variants["duplicate shard names"] = v
+    v = copy.deepcopy(good); v["splits"]["train"]["shards"][0]["url"] = "http://evil.example/x.tar"  # noqa: E702
+    variants["outside the set's base_url"] = v
+    v = copy.deepcopy(good); v["splits"]["train"]["shards"][0]["name"] = "evil..x.tar"  # noqa: E702
+    variants["plain file name"] = v
+    v = copy.deepcopy(good); v["splits"]["train"]["shards"][0]["name"] = "a/b.tar"  # noqa: E702
+    variants["invalid at splits/train/shards/0/name"] = v
+    return variants
+
+
+def test_manifests_are_validated_with_clear_errors(served, tmp_path):
+    server, shards, _ = served
+    for i, (message, manifest) in enumerate(manifest_variants(shards, f"{server.base}/set").items()):
+        directory = tmp_path / str(i)
+        directory.mkdir()
+        (directory / "x-1.json").write_text(json.dumps(manifest))
+        with pytest.raises(contract.ManifestError, match=message.replace("'", ".").replace("(", ".").replace(")", ".")):
+            registry.find("x", [directory])
