@@ -68,7 +68,7 @@ def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batc
                            resize_short=resize_short, max_skip_fraction=max_skip_fraction, workers=workers)
     try:
         summary = job.run(config, listing, show_progress=not quiet)
-    except (job.SkipThresholdExceeded, RuntimeError) as e:
+    except (job.SkipThresholdExceeded, RuntimeError, contract.ManifestError) as e:
         raise click.ClickException(str(e)) from None
     preview_path = preview or out / f"preview-{split}.png"
     manifest = contract.load_manifest(out)
@@ -89,6 +89,40 @@ def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batc
         for f in summary.failed_shards:
             click.echo(f"  {f}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--textures", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="texture-only shard set (built with --no-source, e.g. a published one)")
+@click.option("--imagenet", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="local ImageNet root with <split>/<wnid>/<file> folders")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="where the paired shards and manifest go")
+@click.option("--split", default="train", show_default=True)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def pair(textures, imagenet, out, split, quiet) -> None:
+    """Add the ImageNet source pixels to a texture-only shard set, for training.
+
+    Resumable: rerun the same command after an interruption and finished shards are kept.
+    """
+    from pipeline import pair as pairing
+
+    try:
+        summary = pairing.run(textures, imagenet, out, split, show_progress=not quiet)
+    except (pairing.PairError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"textures   {summary.samples} samples in {summary.shards} shards ({split})")
+    click.echo(f"paired     {summary.paired}")
+    click.echo(f"shards     {summary.shards} ({summary.shards_written} written now, "
+               f"{summary.shards - summary.shards_written} already done)")
+    click.echo(f"missing    {len(summary.missing)} texture samples without their ImageNet file (skipped)")
+    for s in summary.missing[:10]:
+        click.echo(f"  {s['path']}: {s['reason']}")
+    click.echo(f"skipped    {summary.previously_skipped} by the texture job (still listed as skipped)")
+    click.echo(f"unpaired   {summary.unpaired} ImageNet files of these classes have no texture")
+    for path in summary.unpaired_examples[:10]:
+        click.echo(f"  {path}")
+    click.echo(f"manifest   {out / contract.MANIFEST_NAME}")
 
 
 if __name__ == "__main__":

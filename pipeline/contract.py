@@ -312,6 +312,34 @@ def load_manifest(root: Path) -> dict[str, Any]:
     return validate_manifest(manifest, str(path))
 
 
+def check_mergeable(root: Path, classes: list[str], generator: dict[str, Any], has_source: bool) -> dict[str, Any] | None:
+    """The manifest already in ``root`` (None if none), after refusing one of another shard set."""
+    if not (Path(root) / MANIFEST_NAME).exists():
+        return None
+    old = load_manifest(root)
+    if (old["classes"], old["generator"], old["has_source"]) != (classes, generator, has_source):
+        raise ManifestError(
+            f"{Path(root) / MANIFEST_NAME} describes another shard set (classes, generator or source pixels "
+            "differ); use a new output directory instead of mixing two datasets"
+        )
+    return old
+
+
+def merge_split(root: Path, classes: list[str], generator: dict[str, Any], has_source: bool, split: str,
+                split_info: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """Write ``root/manifest.json`` with ``split`` (re)placed and the other splits kept.
+
+    ``extra``: top-level per-split entries (``{key: value}`` stored as ``manifest[key][split]``).
+    """
+    old = check_mergeable(root, classes, generator, has_source) or {}
+    splits = {**old.get("splits", {}), split: split_info}
+    manifest = build_manifest(classes, splits, generator, has_source)
+    for key, value in (extra or {}).items():
+        manifest[key] = {**old.get(key, {}), split: value}
+    Path(root).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(root) / MANIFEST_NAME, manifest)
+
+
 def shard_paths(root: Path, split: str, manifest: dict[str, Any] | None = None) -> list[Path]:
     manifest = manifest or load_manifest(root)
     if split not in manifest["splits"]:

@@ -328,19 +328,12 @@ def _run_pending(config, pending, records, bar, total_images) -> tuple[int, list
 
 
 def _write_manifest(config: JobConfig, listing: Listing, specs, records) -> None:
-    """Merge this split into the manifest (other splits kept); lists only finished shards."""
-    manifest_path = Path(config.out) / contract.MANIFEST_NAME
-    splits: dict[str, dict[str, Any]] = {}
-    if manifest_path.exists():
-        old = contract.load_manifest(config.out)
-        if old["classes"] != listing.classes or old["generator"] != config.generator_config():
-            raise RuntimeError(f"{manifest_path} describes another class list or generator; use a new --out")
-        splits = old["splits"]
+    """This split's finished shards into the manifest (other splits kept)."""
     ordered = [records[s.index] for s in specs if s.index in records]
-    splits[config.split] = {
+    split_info = {
         "shards": ordered,
         "skipped": [s for r in ordered for s in r["skipped"]],
         "complete": len(ordered) == len(specs),
     }
-    manifest = contract.build_manifest(listing.classes, splits, config.generator_config(), config.include_source)
-    contract.atomic_write_json(manifest_path, manifest)
+    contract.merge_split(config.out, listing.classes, config.generator_config(), config.include_source,
+                         config.split, split_info)

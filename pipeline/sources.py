@@ -58,16 +58,19 @@ class Listing:
     images: list[SourceImage]
 
 
+def key_candidates(wnid: str, stem: str) -> tuple[str, str]:
+    """The key a source file gets: the safe stem, or -- when two classes share the stem -- the safe ``<wnid>_<stem>``."""
+    return safe_key(stem), safe_key(f"{wnid}_{stem}")
+
+
 def _assign_keys(entries: list[tuple[Path, int, str]]) -> list[SourceImage]:
-    """Safe keys from stems; a stem seen twice (same name in two classes) gets its class appended."""
     seen: dict[str, int] = {}
     for path, _, _ in entries:
         seen[safe_key(path.stem)] = seen.get(safe_key(path.stem), 0) + 1
     images = []
     for path, cls, wnid in entries:
-        key = safe_key(path.stem)
-        if seen[key] > 1:
-            key = safe_key(f"{wnid}_{path.stem}")
+        plain, with_class = key_candidates(wnid, path.stem)
+        key = with_class if seen[plain] > 1 else plain
         images.append(SourceImage(key=key, path=str(path), cls=cls, wnid=wnid))
     if len({im.key for im in images}) != len(images):
         raise ValueError("source keys are not unique even after adding class names; rename the duplicates")
