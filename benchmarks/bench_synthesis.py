@@ -9,6 +9,7 @@ engine. Both use the same encoder and are scored by the same network-free measur
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import click
 import numpy as np
@@ -67,10 +68,11 @@ def sync(device: str) -> None:
 @click.option("--encoder", type=click.Choice(["random", "vgg19"]), default="random", show_default=True)
 @click.option("--weights", default=None)
 @click.option("--batch-size", type=int, default=10, show_default=True)
+@click.option("--steps", default=None, help="steps per stage, e.g. 120,40,14 [default: the engine's default]")
 @click.option("--repeat", type=int, default=1, show_default=True, help="batches timed for the default engine")
 @click.option("--reference-images", type=int, default=3, show_default=True)
 @click.option("--reference-iterations", type=int, default=300, show_default=True)
-def main(device, encoder, weights, batch_size, repeat, reference_images, reference_iterations) -> None:
+def main(device, encoder, weights, batch_size, steps, repeat, reference_images, reference_iterations) -> None:
     listing = embedded_listing()
     crops, others = [], []
     for i in range(batch_size):
@@ -78,7 +80,10 @@ def main(device, encoder, weights, batch_size, repeat, reference_images, referen
         crops.append(make_crops(data, np.random.default_rng(i)).pixels)
         others.append(make_crops(data, np.random.default_rng(1000 + i)).pixels[1])
     crops, others = np.stack(crops), np.stack(others)
-    synth = TextureSynthesizer(SynthesisConfig(encoder=encoder, weights=weights, batch_size=batch_size), device)
+    config = SynthesisConfig(encoder=encoder, weights=weights, batch_size=batch_size)
+    if steps:
+        config = replace(config, steps=tuple(int(s) for s in steps.split(",")))
+    synth = TextureSynthesizer(config, device)
     synth(crops[:2], [0, 1])  # warm-up (cuDNN autotune, allocator)
     sync(device)
     start = time.perf_counter()
