@@ -67,6 +67,9 @@ def resolve_urls(spec: str, verify: bool = True, manifest_dirs: tuple[str, ...] 
     urls = [u for part in spec.split(",") if part.strip() for u in braceexpand.braceexpand(part.strip())]
     if not urls:
         raise BadShards(f"no shards in {spec!r}")
+    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+    if missing:
+        raise BadShards(f"no such shard directory or file: {', '.join(missing[:5])}")
     return urls, None
 
 
