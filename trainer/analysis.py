@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from pipeline import contract
 from trainer import checkpoint
 from trainer.evaluate import (
-    IMAGENET_MEAN, IMAGENET_STD, LINEAR_LR, _device, eval_transform, extract_features, load_dataset,
+    IMAGENET_MEAN, IMAGENET_STD, LINEAR_LR, eval_transform, extract_features, load_dataset, resolve_device,
     load_linear_head, save_linear_head, top1, train_linear,
 )
 
@@ -638,7 +638,7 @@ def texture_classes(shards: Path, split: str, val_dir: Path | None, val_split: s
     """Per-class accuracy of a linear probe trained on textures: on held-out textures and on real images."""
     if checkpoint_path is not None and feature_kind is not None:
         raise click.UsageError("give --checkpoint or --features pixels, not both")
-    torch_device = _device(device)
+    torch_device = resolve_device(device)
     try:
         manifest = contract.load_manifest(shards)
     except (FileNotFoundError, ValueError) as e:
@@ -749,7 +749,7 @@ def shape_bias_command(checkpoint_path: Path, head_path: Path, cue_dir: Path | N
     """Shape bias on cue-conflict images: shape decisions / (shape + texture decisions)."""
     if (cue_dir is None) == (shards is None):
         raise click.UsageError("give exactly one of --cue-conflict DIR or --from-shards DIR")
-    torch_device = _device(device)
+    torch_device = resolve_device(device)
     try:
         head, head_info = load_linear_head(head_path)
     except (FileNotFoundError, ValueError) as e:

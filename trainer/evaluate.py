@@ -258,7 +258,7 @@ def load_linear_head(path: Path) -> tuple[nn.Linear, dict[str, Any]]:
 # --------------------------------------------------------------------------- command line
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -302,7 +302,7 @@ def _features(device: torch.device, checkpoint_path: Path, train_dir: Path, val_
     return train_x, train_y, val_x, val_to_train[val_y], classes, report
 
 
-def _write_json(path: Path | None, report: dict[str, Any]) -> None:
+def write_json(path: Path | None, report: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         contract.atomic_write_json(path, report)
@@ -346,11 +346,11 @@ def main() -> None:
               help="temperature of the exp(sim / T) vote weights")
 def knn(k: int, temperature: float, json_path: Path | None, device: str, **data: Any) -> None:
     """Weighted kNN top-1 of val images against train images (the InstDisc / MoCo monitor)."""
-    device = _device(device)
+    device = resolve_device(device)
     train_x, train_y, val_x, val_y, classes, report = _features(device, **data)
     acc = knn_accuracy(train_x.to(device), train_y, val_x, val_y, k=k, T=temperature, num_classes=len(classes))
     click.echo(f"knn top-1: {100 * acc:.2f}% (k={k}, T={temperature}, {len(val_y)} val / {len(train_y)} train images)")
-    _write_json(json_path, {"metric": "knn", "top1": acc, "k": k, "t": temperature, **report})
+    write_json(json_path, {"metric": "knn", "top1": acc, "k": k, "t": temperature, **report})
 
 
 @main.command()
@@ -365,7 +365,7 @@ def knn(k: int, temperature: float, json_path: Path | None, device: str, **data:
 def linear(epochs: int, lr: float, weight_decay: float, seed: int, out_path: Path, json_path: Path | None,
            device: str, **data: Any) -> None:
     """Train a linear probe on frozen centre-crop features; report val top-1 and save the head."""
-    device = _device(device)
+    device = resolve_device(device)
     train_x, train_y, val_x, val_y, classes, report = _features(device, **data)
     train_x = train_x.to(device)
     head = train_linear(train_x, train_y, len(classes), epochs=epochs, lr=lr,
@@ -374,6 +374,39 @@ def linear(epochs: int, lr: float, weight_decay: float, seed: int, out_path: Pat
     save_linear_head(out_path, head, classes, report["arch"], report["image_size"], report["checkpoint"])
     click.echo(f"linear top-1: {100 * acc:.2f}% (train {100 * train_acc:.2f}%, {len(val_y)} val / "
                f"{len(train_y)} train images, {epochs} epochs, lr {lr}); head saved to {out_path}")
-    _write_json(json_path, {"metric": "linear", "top1": acc, "train_top1": train_acc, "epochs": epochs, "lr": lr,
+    write_json(json_path, {"metric": "linear", "top1": acc, "train_top1": train_acc, "epochs": epochs, "lr": lr,
                             "batch_size": data["batch_size"], "weight_decay": weight_decay, "seed": seed,
                             "head": str(out_path), **report})
+
+
+@main.command()
+@click.option("--checkpoint", "checkpoint_path", required=True, type=click.Path(path_type=Path),
+              help="nsneg checkpoint, or a released MoCo .pth.tar")
+@click.option("--linear-head", "head_path", required=True, type=click.Path(path_type=Path),
+              help="head saved by `nsneg-eval linear` for this checkpoint (its classes are the ones evaluated)")
+@click.option("--imagenet-val", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="ImageNet(-100) val as DIR/<wnid>/<image>")
+@click.option("--imagenet-c", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="released ImageNet-C tree DIR/<corruption>/<severity>/<wnid>/* [default: generate from val]")
+@click.option("--sketch", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="ImageNet-Sketch DIR/<wnid>/*")
+@click.option("--rendition", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="ImageNet-R DIR/<wnid>/*")
+@click.option("--stylized", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Stylized-ImageNet val DIR/<wnid>/*")
+@click.option("--corruptions", default="all", show_default=True, help="all, none, or names separated by commas")
+@click.option("--severities", default="1,2,3,4,5", show_default=True)
+@click.option("--max-per-class", type=click.IntRange(1), default=None, help="at most N images per class and set")
+@click.option("--compare", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="robustness.json of another checkpoint to show alongside (repeatable)")
+@click.option("--name", default=None, help="this checkpoint's label [default: its run directory or file name]")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where robustness.{md,json,png} go [default: robustness/<name>]")
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="DataLoader workers")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+def robustness(device: str, **options: Any) -> None:
+    """Top-1 of the frozen encoder + linear head on ImageNet val, ImageNet-C, -Sketch, -R and Stylized-ImageNet."""
+    from trainer import robustness as robust  # imported here: it imports this module
+
+    robust.command(device=resolve_device(device), **options)
