@@ -10,7 +10,7 @@ SUBSET ?= all
 IMAGENET ?=
 ARGS ?=
 
-.PHONY: setup texture-shards test bench clean
+.PHONY: setup texture-shards test bench mini-repro clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_patch_negatives.py
 	$(BIN)/python benchmarks/bench_train_step.py
+
+mini-repro: $(STAMP)
+	$(BIN)/python benchmarks/mini_repro.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) shards
