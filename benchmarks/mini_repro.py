@@ -18,6 +18,7 @@ setting is tuned on the out-of-domain sets (they are only ever evaluated).
 """
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sys
@@ -32,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: benchmarks/ is not a package on its own
 import shapes  # noqa: E402
+from pipeline import contract  # noqa: E402
 
 # --------------------------------------------------------------------------- the protocol (fixed in advance)
 
@@ -244,8 +246,10 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    contract.atomic_write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- main
@@ -282,9 +286,9 @@ def run(out: Path, protocol: Protocol, quick: bool = False, log=print) -> dict[s
                            "class_texture_probability": shapes.CLASS_TEXTURE_PROBABILITY},
               "quick": quick, "textures": shards, "runs": runs, "summary": summary, "wall_s": round(wall, 1),
               "torch_threads": torch.get_num_threads()}
-    (out / "results.json").write_text(json.dumps(report, indent=2))
+    contract.atomic_write_bytes(out / "results.json", json.dumps(report, indent=2).encode("utf-8"))  # variant order kept
     table = markdown(summary, protocol, wall, quick)
-    (out / "results.md").write_text(table)
+    contract.atomic_write_bytes(out / "results.md", table.encode("utf-8"))
     plot(summary, out / "results.png")
     log(table)
     log(f"wall time: {wall:.0f} s ({wall / 60:.1f} min); wrote {out}/results.md, results.json, results.png")
