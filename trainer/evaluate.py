@@ -24,10 +24,9 @@ from torchvision import datasets, transforms
 from tqdm import tqdm
 
 from pipeline import contract
+from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
 from trainer import checkpoint
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HEAD_FORMAT = "nsneg-linear-head"
 HEAD_VERSION = 1
 #: Probe step size on standardised features with a zero-initialised layer (see ``train_linear``).
