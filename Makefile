@@ -10,7 +10,7 @@ SUBSET ?= all
 IMAGENET ?=
 ARGS ?=
 
-.PHONY: setup texture-shards test bench mini-repro clean
+.PHONY: setup texture-shards test lint format bench mini-repro clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,14 @@ texture-shards: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_synthesis.py

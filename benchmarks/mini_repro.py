@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: benchmarks/ is not a package on its own
 import shapes  # noqa: E402
-from pipeline import contract  # noqa: E402
+from pipeline import contract, files  # noqa: E402
 
 # --------------------------------------------------------------------------- the protocol (fixed in advance)
 
@@ -249,7 +249,7 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    contract.atomic_write_bytes(path, buf.getvalue())
+    files.atomic_write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- main
@@ -286,9 +286,9 @@ def run(out: Path, protocol: Protocol, quick: bool = False, log=print) -> dict[s
                            "class_texture_probability": shapes.CLASS_TEXTURE_PROBABILITY},
               "quick": quick, "textures": shards, "runs": runs, "summary": summary, "wall_s": round(wall, 1),
               "torch_threads": torch.get_num_threads()}
-    contract.atomic_write_bytes(out / "results.json", json.dumps(report, indent=2).encode("utf-8"))  # variant order kept
+    files.atomic_write_bytes(out / "results.json", json.dumps(report, indent=2).encode("utf-8"))  # variant order kept
     table = markdown(summary, protocol, wall, quick)
-    contract.atomic_write_bytes(out / "results.md", table.encode("utf-8"))
+    files.atomic_write_bytes(out / "results.md", table.encode("utf-8"))
     plot(summary, out / "results.png")
     log(table)
     log(f"wall time: {wall:.0f} s ({wall / 60:.1f} min); wrote {out}/results.md, results.json, results.png")

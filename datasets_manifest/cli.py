@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from datasets_manifest import registry
-from pipeline import contract
+from pipeline import contract, files
 
 manifest_dir_option = click.option(
     "--manifest-dir", "manifest_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
@@ -165,7 +165,7 @@ def stats(directory, plot, json_out) -> None:
     plot_path = loss_histogram(info, plot or Path(directory) / "losses.png")
     click.echo(f"loss histogram {plot_path}")
     if json_out:
-        contract.atomic_write_json(json_out, info)
+        files.atomic_write_json(json_out, info)
 
 
 if __name__ == "__main__":

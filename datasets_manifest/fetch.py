@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import contract
+from pipeline import contract, files
 from datasets_manifest.registry import PublishedSet
 
 CHUNK = 1 << 16  # small enough that a cut connection leaves most of what arrived on disk
@@ -92,7 +92,7 @@ def fetch_shard(url: str, dest: Path, sha256: str, size: int, progress=lambda n:
             continue  # keep the part: the next attempt resumes it
         except OSError as e:
             raise OSError(f"{dest}: {e} (the partial download {part} is kept; rerun to resume)") from None
-        if part.stat().st_size == size and contract.sha256_file(part) == sha256:
+        if part.stat().st_size == size and files.sha256_file(part) == sha256:
             os.replace(part, dest)
             return attempt
         last_error = f"size or sha256 mismatch ({part.stat().st_size} of {size} bytes)"
@@ -102,7 +102,7 @@ def fetch_shard(url: str, dest: Path, sha256: str, size: int, progress=lambda n:
 
 
 def _verified(path: Path, shard: dict[str, Any]) -> bool:
-    return path.exists() and path.stat().st_size == shard["bytes"] and contract.sha256_file(path) == shard["sha256"]
+    return path.exists() and path.stat().st_size == shard["bytes"] and files.sha256_file(path) == shard["sha256"]
 
 
 def fetch(published: PublishedSet, to: Path, splits: list[str] | None = None, jobs: int = 4,
@@ -164,4 +164,4 @@ def _write_local_manifest(published: PublishedSet, to: Path, splits: list[str], 
     m = published.manifest
     local = contract.build_manifest(m["classes"], local_splits, m["generator"], m["has_source"])
     local.update(name=m["name"], version=m["version"], base_url=m["base_url"])
-    contract.atomic_write_json(to / contract.MANIFEST_NAME, local)
+    files.atomic_write_json(to / contract.MANIFEST_NAME, local)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline import contract
+from pipeline import contract, files
 
 SHIPPED_DIR = Path(__file__).parent / "sets"
 
@@ -87,5 +87,5 @@ def publish(shards: Path, base_url: str, name: str, version: str, manifest_dir: 
     contract.validate_manifest(published, f"{name}@{version}")
     out = Path(manifest_dir) / f"{name}-{version}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    contract.atomic_write_json(out, published)
+    files.atomic_write_json(out, published)
     return out

@@ -5,7 +5,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline import contract
+from pipeline import contract, files
 
 
 def shard_stats(root: Path) -> dict[str, Any]:
@@ -49,5 +49,5 @@ def loss_histogram(stats: dict[str, Any], out: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    contract.atomic_write_bytes(Path(out), buf.getvalue())
+    files.atomic_write_bytes(Path(out), buf.getvalue())
     return Path(out)

@@ -36,6 +36,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from pipeline.files import atomic_write_json, png_bytes, sha256_file
+
 FORMAT_NAME = "nsneg-imagenet-texture"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -76,36 +78,6 @@ def safe_key(stem: str) -> str:
     return key
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` is either absent, old, or complete: temp + fsync + rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """uint8 HxWx3 array -> PNG bytes (lossless; compress_level fixed so bytes are reproducible)."""
-    buf = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
 def encode_sample(
     key: str, texture: np.ndarray, cls: int, meta: dict[str, Any], source_bytes: bytes | None
 ) -> dict[str, Any]:
@@ -116,7 +88,7 @@ def encode_sample(
         raise ValueError(f"sample key {key!r} contains a dot")
     sample: dict[str, Any] = {
         "__key__": key,
-        TEXTURE_FIELD: encode_png(texture),
+        TEXTURE_FIELD: png_bytes(texture),
         CLASS_FIELD: str(int(cls)).encode("ascii"),
         META_FIELD: json.dumps(meta, sort_keys=True).encode("utf-8"),
     }

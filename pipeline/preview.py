@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pipeline import contract
+from pipeline import contract, files
 from pipeline.images import decode_rgb, resize_short
 
 CELL = 160
@@ -60,5 +60,5 @@ def contact_sheet(root: Path, split: str, out: Path, n: int = 16, classes: set[s
         y += r.height
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
-    contract.atomic_write_bytes(Path(out), buf.getvalue())
+    files.atomic_write_bytes(Path(out), buf.getvalue())
     return Path(out)

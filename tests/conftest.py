@@ -1,76 +1,8 @@
+"""Shared fixtures. Plain helpers (photos, encoded bytes, trees) live in tests/helpers.py."""
+
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
-import numpy as np
 import pytest
-from PIL import Image
-
-from pipeline.synthesis import SynthesisConfig
-
-#: Few steps: the job tests exercise plumbing; quality is tested with the default config.
-TINY = SynthesisConfig(steps=(4, 2, 1), batch_size=4)
-
-
-def photo(name: str = "chelsea.png", size: tuple[int, int] | None = (160, 128)) -> Image.Image:
-    """A real photograph bundled with scikit-image, optionally shrunk to keep tests fast."""
-    import skimage
-
-    img = Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB")
-    return img.resize(size) if size else img
-
-
-def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
-def exif_rotated_jpeg() -> bytes:
-    """A 160x128 photo stored with EXIF orientation 6 (display rotated 90 degrees)."""
-    img = photo()
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return encode(img, "JPEG", exif=exif)
-
-
-def bad_inputs() -> dict[str, bytes]:
-    """Every kind of awkward file a real collection holds, by name -> bytes."""
-    base = photo()
-    rgb16 = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-    palette = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
-    jpeg = encode(base, "JPEG", quality=90)
-    return {
-        "cmyk.jpg": encode(base.convert("CMYK"), "JPEG"),
-        "gray.png": encode(base.convert("L")),
-        "palette.png": encode(palette, transparency=0),
-        "sixteen.png": encode(Image.fromarray(rgb16)),
-        "rotated.jpg": exif_rotated_jpeg(),
-        "corrupt.jpg": b"\xff\xd8\xff\xe0 this is not a jpeg" + bytes(200),
-        "truncated.jpg": jpeg[: len(jpeg) // 2],
-        "tiny.png": encode(photo(size=(80, 60))),
-        "empty.jpg": b"",
-    }
-
-
-def make_tree(root: Path, *, n_per_class: int = 3, bad: bool = True, split: str = "train") -> Path:
-    """An ImageFolder tree of real photos (two classes), plus the bad inputs in a third class."""
-    names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "brick.png"]
-    for c, wnid in enumerate(["n00000001", "n00000002"]):
-        d = root / split / wnid
-        d.mkdir(parents=True)
-        for i in range(n_per_class):
-            name = names[(c * n_per_class + i) % len(names)]
-            img = photo(name, (160 + 8 * i, 128))
-            (d / f"{wnid}_{i}.JPEG").write_bytes(encode(img, "JPEG", quality=92))
-    if bad:
-        d = root / split / "n00000003"
-        d.mkdir(parents=True)
-        for name, data in bad_inputs().items():
-            (d / name).write_bytes(data)
-        (d / "with.dots.in.name.png").write_bytes(encode(photo("coffee.png")))
-    return root
 
 
 @pytest.fixture(scope="session")

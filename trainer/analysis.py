@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from pipeline import contract
+from pipeline import contract, files
 from trainer import checkpoint
 from trainer.evaluate import (
     IMAGENET_MEAN, IMAGENET_STD, LINEAR_LR, eval_transform, extract_features, load_dataset, resolve_device,
@@ -275,8 +275,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def _write_report(out_dir: Path, stem: str, report: dict[str, Any], markdown: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    contract.atomic_write_json(out_dir / f"{stem}.json", report)
-    contract.atomic_write_bytes(out_dir / f"{stem}.md", (markdown.rstrip() + "\n").encode("utf-8"))
+    files.atomic_write_json(out_dir / f"{stem}.json", report)
+    files.atomic_write_bytes(out_dir / f"{stem}.md", (markdown.rstrip() + "\n").encode("utf-8"))
 
 
 def _figure(width: float, height: float):
@@ -537,14 +537,14 @@ def cue_conflict_from_shards(root: Path, split: str, head_classes: Sequence[str]
         shape, texture = classes[cls_a], classes[cls_b]
         name = f"{shape}/{i:04d}_{shape}-{texture}.png"
         (out_dir / shape).mkdir(parents=True, exist_ok=True)
-        contract.atomic_write_bytes(out_dir / name, contract.encode_png(np.asarray(image)))
+        files.atomic_write_bytes(out_dir / name, files.png_bytes(np.asarray(image)))
         images.append(CueImage(name, shape, texture, image))
         records.append({"file": name, "shape": shape, "shape_key": key_a, "texture": texture, "texture_key": key_b,
                         "mask_fraction": round(float(mask.mean()), 4)})
         if i < 8:
             tiles = [a, b, Image.fromarray(mask).convert("RGB"), image]
             sheet_rows.append((f"shape {shape}  texture {texture}", tiles))
-    contract.atomic_write_bytes(out_dir / "contact-sheet.png", _png_bytes(contact_sheet(sheet_rows)))
+    files.atomic_write_bytes(out_dir / "contact-sheet.png", files.png_bytes(contact_sheet(sheet_rows)))
     return images, records
 
 
@@ -558,12 +558,6 @@ def contact_sheet(rows: list[tuple[str, list[Image.Image]]], thumb: int = 112) -
         for col, tile in enumerate(tiles):
             sheet.paste(centre_view(tile, thumb), (col * thumb, y + 14))
     return sheet
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def plot_shape_bias(counts: dict[str, int], per_category: dict[str, dict[str, Any]], bias: float | None,

@@ -6,13 +6,13 @@ checkpoints (``state_dict`` with ``module.encoder_q.*`` keys in a ``.pth.tar``).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from pipeline.files import atomic_path
 from trainer.moco import backbone_of, build_encoder
 
 FORMAT = "nsneg-moco"
@@ -22,11 +22,8 @@ VERSION = 1
 def save(path: Path, state: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from pipeline import contract
+from pipeline import contract, files
 from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
 from trainer import checkpoint
 
@@ -304,7 +304,7 @@ def _features(device: torch.device, checkpoint_path: Path, train_dir: Path, val_
 def write_json(path: Path | None, report: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        contract.atomic_write_json(path, report)
+        files.atomic_write_json(path, report)
 
 
 def _data_options(command: Callable) -> Callable:

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from pipeline import contract, job
+from pipeline import contract, files, job
 from pipeline.sources import folder_listing
-from tests.conftest import TINY, make_tree
+from tests.helpers import TINY, make_tree
 from trainer import checkpoint
 from trainer.augment import augment, sample_params
 from trainer.data import BadShards, apply_box, crop_box, resolve_urls, views
@@ -87,7 +87,7 @@ def test_texture_gets_exactly_its_querys_augmentation():
 def test_texture_gets_its_querys_crop_box():
     """Source == texture image: the loader's texture crop must equal the query crop pixel for pixel."""
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8))
-    png = contract.encode_png(np.asarray(img))
+    png = files.png_bytes(np.asarray(img))
     raw = {"__key__": "a", "texture.png": png, "source.img": png, "cls": b"0", "json": b"{}"}
     for q, k, t, skipped in views(iter([raw] * 5), 64, seed=1):
         assert torch.equal(q, t) and skipped == 0
@@ -98,7 +98,7 @@ def test_texture_gets_its_querys_crop_box():
 
 
 def test_undecodable_samples_are_skipped_and_counted():
-    good = {"__key__": "g", "texture.png": contract.encode_png(np.zeros((224, 224, 3), np.uint8)), "cls": b"0", "json": b"{}"}
+    good = {"__key__": "g", "texture.png": files.png_bytes(np.zeros((224, 224, 3), np.uint8)), "cls": b"0", "json": b"{}"}
     good["source.img"] = good["texture.png"]
     bad = {**good, "__key__": "b", "source.img": b"not an image"}
     counts = [s for *_, s in views(iter([good, bad, bad, good, bad]), 32, seed=0)]

@@ -9,7 +9,7 @@ from pipeline import contract, job
 from pipeline import pair as pairing
 from pipeline.cli import main
 from pipeline.sources import folder_listing
-from tests.conftest import TINY, make_tree
+from tests.helpers import TINY, make_tree
 
 TEXTURE_MEMBERS = (contract.TEXTURE_FIELD, contract.CLASS_FIELD, contract.META_FIELD)
 

@@ -8,7 +8,7 @@ from pipeline.encoders import VGG19Encoder, WeightsNotFound, build_encoder, load
 from pipeline.images import make_crops
 from pipeline.sources import embedded_listing
 from pipeline.synthesis import SynthesisConfig, TextureSynthesizer
-from tests.conftest import encode
+from tests.helpers import encode
 
 FAST = SynthesisConfig(steps=(20, 5, 2))
 

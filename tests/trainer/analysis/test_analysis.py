@@ -14,7 +14,7 @@ from pipeline import contract, job
 from pipeline.sources import IMAGENET100, folder_listing
 from trainer import analysis, checkpoint, evaluate
 from trainer.moco import build_encoder
-from tests.conftest import TINY, encode, photo
+from tests.helpers import TINY, encode, photo
 
 #: Two dog breeds (one outside Geirhos' "dog" list: Chihuahua), a tabby cat, a computer keyboard, jean, window screen.
 CLASSES = {"n02085620": "astronaut.png", "n02099849": "coffee.png", "n02123045": "chelsea.png",

@@ -15,7 +15,7 @@ from datasets_manifest.cli import main as data_cli
 from datasets_manifest.fetch import fetch
 from pipeline import contract, job
 from pipeline.sources import folder_listing
-from tests.conftest import TINY, make_tree
+from tests.helpers import TINY, make_tree
 
 
 class ShardServer(ThreadingHTTPServer):

@@ -10,7 +10,7 @@ from scipy import ndimage, stats
 from skimage.color import hsv2rgb, rgb2hsv
 
 from trainer import corruptions as C
-from tests.conftest import photo
+from tests.helpers import photo
 
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",

@@ -16,7 +16,7 @@ from torchvision import transforms
 from trainer import checkpoint, evaluate
 from trainer.corruptions import corrupt
 from trainer.moco import MoCo, build_encoder
-from tests.conftest import encode, photo
+from tests.helpers import encode, photo
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]  # tench, English springer, cassette player
 PHOTOS = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "brick.png"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import contract, job
+from pipeline import contract, files, job
 from pipeline.sources import folder_listing
-from tests.conftest import TINY, make_tree
+from tests.helpers import TINY, make_tree
 
 
 def run_job(out: Path, listing, **kwargs):
@@ -138,7 +138,7 @@ def test_a_killed_worker_is_restarted_and_its_shard_retried(tmp_path, ray_sessio
     os.kill(pid, signal.SIGKILL)
     record = ray.get(pending, timeout=240)
     assert ray.get(worker.pid.remote()) != pid  # a new process took over
-    assert record["samples"] == 6 and contract.sha256_file(Path(spec.path)) == record["sha256"]
+    assert record["samples"] == 6 and files.sha256_file(Path(spec.path)) == record["sha256"]
     assert not list((tmp_path / "out" / "train").glob(".*tmp*"))
 
 
@@ -156,7 +156,7 @@ def test_kill_9_loses_only_shards_in_flight_and_resume_completes(tmp_path):
     finished = sorted((out / "train").glob("*.tar"))
     assert 2 <= len(finished) < 8, "the job must be killed mid-run"
     for tar in finished:  # every final name is a complete, checksummed shard
-        assert contract.sha256_file(tar) == json.loads(contract.record_path(tar).read_text())["sha256"]
+        assert files.sha256_file(tar) == json.loads(contract.record_path(tar).read_text())["sha256"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"({8 - len(finished)} written now, {len(finished)} already done)" in done.stdout

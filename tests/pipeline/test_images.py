@@ -3,7 +3,7 @@ import pytest
 
 from pipeline import images
 from pipeline.images import BadImage, decode_rgb, make_crops
-from tests.conftest import bad_inputs, encode, photo
+from tests.helpers import bad_inputs, encode, photo
 
 BAD = bad_inputs()
 

@@ -16,7 +16,7 @@ from pipeline.sources import folder_listing
 from pipeline.synthesis import SynthesisConfig
 from trainer import checkpoint, evaluate
 from trainer.moco import MoCo, build_encoder
-from tests.conftest import encode, photo
+from tests.helpers import encode, photo
 
 COLOURS = {"n01440764": (200, 40, 40), "n01443537": (40, 180, 60), "n01484850": (50, 70, 210)}
 PHOTOS = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "brick.png"]
