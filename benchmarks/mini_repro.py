@@ -8,7 +8,7 @@ texture are (``benchmarks/shapes.py``; texture is a class shortcut in training):
 1. generate the ImageFolder trees (train, test, sketch, unseen_textures, cue_conflict);
 2. make the train split's textures with the real Ray job (``pipeline.job.run``) into shards;
 3. pre-train every variant with the real ``trainer.train.Trainer`` on those shards;
-4. linear probe (``trainer.evaluate.train_linear``) on frozen features of ``train``, shape
+4. linear probe (``trainer.eval.probes.train_linear``) on frozen features of ``train``, shape
    labels; report top-1 on test and the three out-of-domain sets, mean +- std over seeds.
 
     python benchmarks/mini_repro.py [--out runs/mini-repro] [--quick]
@@ -158,7 +158,8 @@ def probe(checkpoint_path: Path, data: Path, protocol: Protocol, seed: int) -> d
     from torch.utils.data import DataLoader
 
     from trainer.checkpoint import load_backbone
-    from trainer.evaluate import align_classes, extract_features, load_dataset, top1, train_linear
+    from trainer.eval.features import align_classes, extract_features, load_dataset
+    from trainer.eval.probes import top1, train_linear
 
     backbone, _ = load_backbone(checkpoint_path)
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.files import atomic_path
-from trainer.moco import backbone_of, build_encoder
+from trainer.moco import build_encoder, strip_projection_head
 
 FORMAT = "nsneg-moco"
 VERSION = 1
@@ -69,4 +69,4 @@ def load_backbone(path: Path, arch: str | None = None) -> tuple[nn.Module, dict[
         encoder.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit a {arch} MoCo encoder: {str(e)[:300]}") from None
-    return backbone_of(encoder).eval(), config
+    return strip_projection_head(encoder).eval(), config

@@ -61,7 +61,7 @@ def build_encoder(arch: str, dim: int = 128, bn_splits: int = 1, small_images: b
     return net
 
 
-def backbone_of(encoder: nn.Module) -> nn.Module:
+def strip_projection_head(encoder: nn.Module) -> nn.Module:
     """The encoder without its MLP head: pooled features for kNN and linear probes."""
     encoder.fc = nn.Identity()
     return encoder

@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
