@@ -1,4 +1,4 @@
-"""trainer.corruptions: every ImageNet-C corruption against its definition, and what all of them
+"""trainer.eval.corruptions: every ImageNet-C corruption against its definition, and what all of them
 promise (shape, range, seeding, batch independence, distortion growing with severity)."""
 import io
 
@@ -9,8 +9,8 @@ from PIL import Image
 from scipy import ndimage, stats
 from skimage.color import hsv2rgb, rgb2hsv
 
-from trainer import corruptions as C
 from tests.helpers import photo
+from trainer.eval import corruptions as C
 
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",

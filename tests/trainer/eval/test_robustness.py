@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 
-from trainer import checkpoint, evaluate
-from trainer.corruptions import corrupt
-from trainer.moco import MoCo, build_encoder
+from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
 from tests.helpers import encode, photo
+from trainer import checkpoint
+from trainer.eval import features, probes
+from trainer.eval.cli import main
+from trainer.eval.corruptions import corrupt
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]  # tench, English springer, cassette player
 PHOTOS = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "brick.png"]
@@ -38,7 +39,12 @@ def write(root: Path, wnid: str, name: str, img: Image.Image) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def invoke(cli):
+    return lambda *args: cli(main, *args)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, make_checkpoint, invoke):
     root = tmp_path_factory.mktemp("robustness")
     for c, wnid in enumerate(CLASSES):  # 4 val images per class
         for i in range(4):
@@ -52,15 +58,8 @@ def world(tmp_path_factory):
         write(root / "rendition", CLASSES[2], f"art_{i}.png", ImageOps.posterize(class_photo(2, i), 2))
     write(root / "stylized", "n09999999", "style.png", class_photo(1, 1))
 
-    torch.manual_seed(0)
-    released = root / "moco_v2_released.pth.tar"
-    encoder = build_encoder("resnet18")
-    torch.save({"state_dict": {"module.encoder_q." + k: v for k, v in encoder.state_dict().items()},
-                "arch": "resnet18"}, released)
-    ours = root / "runs" / "ours" / "checkpoint.pt"
-    model = MoCo(build_encoder("resnet18", small_images=True), build_encoder("resnet18", small_images=True), K=64)
-    checkpoint.save(ours, {"model": model.state_dict(),
-                           "config": {"arch": "resnet18", "small_images": True, "image_size": 32}})
+    released = make_checkpoint(root / "moco_v2_released.pth.tar", released=True)
+    ours = make_checkpoint(root / "runs" / "ours" / "checkpoint.pt")
     heads = {}
     for key, ckpt, extra in (("released", released, ["--image-size", 64]), ("ours", ours, [])):
         heads[key] = root / f"head_{key}.pt"
@@ -70,14 +69,7 @@ def world(tmp_path_factory):
     return {"root": root, "released": released, "ours": ours, "heads": heads}
 
 
-def invoke(*args):
-    result = CliRunner().invoke(evaluate.main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def robustness(world, key: str, out: Path, *args):
+def robustness(invoke, world, key: str, out: Path, *args):
     return invoke("robustness", "--checkpoint", world[key], "--linear-head", world["heads"][key],
                   "--imagenet-val", world["root"] / "val", "--workers", 0, "--out-dir", out, *args)
 
@@ -93,15 +85,15 @@ def listing(root: Path) -> list[tuple[Path, int]]:
 
 def direct_top1(world, key: str, images: torch.Tensor, labels: list[int]) -> float:
     backbone, _ = checkpoint.load_backbone(world[key])
-    head, _ = evaluate.load_linear_head(world["heads"][key])
-    features, y = evaluate.extract_features(backbone, [(images, torch.tensor(labels))], "cpu")
-    return evaluate.top1(head, features, y)
+    head, _ = probes.load_linear_head(world["heads"][key])
+    x, y = features.extract_features(backbone, [(images, torch.tensor(labels))], "cpu")
+    return probes.top1(head, x, y)
 
 
 def folder_top1(world, key: str, root: Path, size: int) -> tuple[float, int, int]:
     """Top-1, classes and images of a wnid folder through the plain evaluation view."""
     samples = listing(root)
-    view = evaluate.eval_transform(size)
+    view = features.eval_transform(size)
     images = torch.stack([view(Image.open(p).convert("RGB")) for p, _ in samples])
     labels = [c for _, c in samples]
     return direct_top1(world, key, images, labels), len(set(labels)), len(labels)
@@ -116,7 +108,7 @@ def generated_c_top1(world, key: str, name: str, severity: int, size: int) -> fl
     crops = torch.stack([crop(Image.open(p).convert("RGB")) for p, _ in samples])
     seeds = [zlib.crc32(p.relative_to(val).as_posix().encode()) for p, _ in samples]
     view = transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
-                               transforms.Normalize(evaluate.IMAGENET_MEAN, evaluate.IMAGENET_STD)])
+                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     return direct_top1(world, key, view(corrupt(crops, name, severity, seeds)), [c for _, c in samples])
 
 
@@ -124,10 +116,10 @@ def generated_c_top1(world, key: str, name: str, severity: int, size: int) -> fl
 
 
 @pytest.fixture(scope="module")
-def released_run(world, tmp_path_factory):
+def released_run(invoke, world, tmp_path_factory):
     out = tmp_path_factory.mktemp("out_released")
     root = world["root"]
-    result = robustness(world, "released", out, "--sketch", root / "sketch", "--rendition", root / "rendition",
+    result = robustness(invoke, world, "released", out, "--sketch", root / "sketch", "--rendition", root / "rendition",
                         "--stylized", root / "stylized", *C_ARGS)
     return result, out
 
@@ -175,9 +167,9 @@ def test_report_files_markdown_and_plot(released_run):
         assert png.format == "PNG" and png.width > 300 and png.height > 300
 
 
-def test_compare_puts_checkpoints_side_by_side(world, released_run, tmp_path):
+def test_compare_puts_checkpoints_side_by_side(invoke, world, released_run, tmp_path):
     _, released_out = released_run
-    result = robustness(world, "ours", tmp_path, "--sketch", world["root"] / "sketch", *C_ARGS,
+    result = robustness(invoke, world, "ours", tmp_path, "--sketch", world["root"] / "sketch", *C_ARGS,
                         "--compare", released_out / "robustness.json")
     assert result.exit_code == 0, result.output
     ours = json.loads((tmp_path / "robustness.json").read_text())
@@ -191,20 +183,20 @@ def test_compare_puts_checkpoints_side_by_side(world, released_run, tmp_path):
     assert f"| ImageNet-R | – | {100 * released['sets']['rendition']['top1']:.2f} |" in text  # only one evaluated it
     assert (tmp_path / "robustness.png").stat().st_size > 10_000
     # Comparing a report with itself labels the copies apart.
-    again = robustness(world, "ours", tmp_path / "again", "--corruptions", "none",
+    again = robustness(invoke, world, "ours", tmp_path / "again", "--corruptions", "none",
                        "--compare", tmp_path / "robustness.json")
     assert again.exit_code == 0 and "| Set | ours | ours (2) |" in again.output
     assert "ImageNet-C mean *" not in again.output and "| ImageNet-C mean | – |" in again.output
 
 
-def test_imagenet_c_tree_on_disk(world, tmp_path):
+def test_imagenet_c_tree_on_disk(invoke, world, tmp_path):
     """A released-style tree DIR/<corruption>/<severity>/<wnid>/*: evaluated as it is, any classes it has."""
     tree = tmp_path / "imagenet-c"
     for c in (0, 2):
         for i in range(2):
             img = Image.fromarray((np.asarray(class_photo(c, i, (224, 224))) * 0.6).astype(np.uint8))
             write(tree / "contrast" / "2", CLASSES[c], f"ILSVRC2012_val_{c}{i}.JPEG", img)
-    result = robustness(world, "released", tmp_path / "out", "--imagenet-c", tree,
+    result = robustness(invoke, world, "released", tmp_path / "out", "--imagenet-c", tree,
                         "--corruptions", "contrast", "--severities", "2")
     assert result.exit_code == 0, result.output
     variant = json.loads((tmp_path / "out" / "robustness.json").read_text())["imagenet_c"]["corruptions"]["contrast"]
@@ -212,13 +204,13 @@ def test_imagenet_c_tree_on_disk(world, tmp_path):
     assert variant["severities"]["2"]["top1"] == pytest.approx(top1, abs=1e-12)
     assert (variant["severities"]["2"]["classes"], variant["severities"]["2"]["images"]) == (classes, images) == (2, 4)
 
-    result = robustness(world, "released", tmp_path / "out", "--imagenet-c", tree, "--corruptions", "contrast,fog")
+    result = robustness(invoke, world, "released", tmp_path / "out", "--imagenet-c", tree, "--corruptions", "contrast,fog")
     assert result.exit_code == 1 and "lacks 9 of the requested corruption/severity folders" in result.output
     assert "contrast/1, contrast/3" in result.output and "--corruptions" in result.output
 
 
-def test_max_per_class_limits_every_set(world, tmp_path):
-    result = robustness(world, "ours", tmp_path, "--max-per-class", 2, "--sketch", world["root"] / "sketch",
+def test_max_per_class_limits_every_set(invoke, world, tmp_path):
+    result = robustness(invoke, world, "ours", tmp_path, "--max-per-class", 2, "--sketch", world["root"] / "sketch",
                         "--corruptions", "contrast", "--severities", "5")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "robustness.json").read_text())
@@ -230,13 +222,13 @@ def test_max_per_class_limits_every_set(world, tmp_path):
 # --------------------------------------------------------------------------- errors
 
 
-def test_checkpoint_and_head_errors(world, tmp_path):
+def test_checkpoint_and_head_errors(invoke, world, tmp_path):
     root = world["root"]
     foreign = tmp_path / "foreign.pt"
     torch.save({"foo": 1}, foreign)
     (tmp_path / "garbage.pt").write_text("not a checkpoint")
     wrong_arch = tmp_path / "resnet50_head.pt"
-    evaluate.save_linear_head(wrong_arch, torch.nn.Linear(512, 3), CLASSES, "resnet50", 64, "elsewhere.pt")
+    probes.save_linear_head(wrong_arch, torch.nn.Linear(512, 3), CLASSES, "resnet50", 64, "elsewhere.pt")
     cases = [
         (tmp_path / "missing.pt", world["heads"]["released"], f"checkpoint {tmp_path / 'missing.pt'} not found"),
         (foreign, world["heads"]["released"], "expected an nsneg checkpoint"),
@@ -253,7 +245,7 @@ def test_checkpoint_and_head_errors(world, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_data_and_option_errors(world, tmp_path):
+def test_data_and_option_errors(invoke, world, tmp_path):
     root = world["root"]
     not_a_report = tmp_path / "other.json"
     not_a_report.write_text(json.dumps({"metric": "linear", "top1": 0.5}))
