@@ -6,7 +6,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from pipeline.synthesis import SynthesisConfig
@@ -73,3 +72,23 @@ def make_tree(root: Path, *, n_per_class: int = 3, bad: bool = True, split: str 
             (d / name).write_bytes(data)
         (d / "with.dots.in.name.png").write_bytes(encode(photo("coffee.png")))
     return root
+
+
+def keep_sample(path: Path, tmp_root: Path, name: str | None = None) -> None:
+    """With ``NSNEG_SAMPLES_DIR`` set, copy a test's output file there (as ``name``, default its own); in text
+    files every path under ``tmp_root`` (the test session's temporary folder) becomes ``<tmp>``.
+    docs/samples is made so: ``NSNEG_SAMPLES_DIR=docs/samples pytest tests/trainer/eval/test_robustness.py
+    tests/trainer/analysis``."""
+    import os
+    import re
+    import shutil
+
+    target = os.environ.get("NSNEG_SAMPLES_DIR")
+    if not target:
+        return
+    Path(target).mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".md", ".json", ".txt"):
+        text = re.sub(re.escape(str(tmp_root)) + r"[^\s`()|]*", "<tmp>", path.read_text())
+        (Path(target) / (name or path.name)).write_text(text)
+    else:
+        shutil.copyfile(path, Path(target) / (name or path.name))

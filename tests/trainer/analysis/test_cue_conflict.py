@@ -24,7 +24,8 @@ def test_sobel_gradients_of_ramps():
     """Unit gain on a unit ramp along x (gy 0) and along y (gx 0), replicated at the border."""
     ramp = torch.arange(6.0).repeat(6, 1)[None, None]  # [1, 1, 6, 6], value = column
     gx, gy = cue_conflict.sobel_gradients(ramp, cue_conflict.sobel_kernel())
-    assert torch.allclose(gx[0, :, 1:-1], torch.full((6, 4), 0.25 * 2))  # (x+1) - (x-1) = 2, times 1/8 * (1+2+1)
+    assert torch.allclose(gx[0, :, 1:-1], torch.ones(6, 4))  # ((x+1) - (x-1)) * (1+2+1) / 8
+    assert torch.allclose(gx[0, :, 0], torch.full((6,), 0.5))  # replicated border: (1 - 0) * 4 / 8
     assert torch.allclose(gy, torch.zeros_like(gy))
     gx, gy = cue_conflict.sobel_gradients(ramp.transpose(2, 3), cue_conflict.sobel_kernel())
-    assert torch.allclose(gy[0, 1:-1, :], torch.full((4, 6), 0.5)) and torch.allclose(gx, torch.zeros_like(gx))
+    assert torch.allclose(gy[0, 1:-1, :], torch.ones(4, 6)) and torch.allclose(gx, torch.zeros_like(gx))

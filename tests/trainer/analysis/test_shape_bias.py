@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pipeline import contract
-from tests.helpers import encode, photo
+from tests.helpers import encode, keep_sample, photo
 from tests.trainer.analysis.common import CLASSES, SIZE, direct_predictions
 from trainer import checkpoint
 from trainer.analysis import categories, cue_conflict, shape_bias, texture_classes
@@ -85,7 +85,7 @@ def test_shape_bias_on_cue_conflict_dir(invoke, tree, ckpt, head, tmp_path):
     assert report["shape_bias"] == pytest.approx(counts["shape"] / (counts["shape"] + counts["texture"]))
 
 
-def test_shape_bias_from_shards(invoke, shards, ckpt, head, tmp_path):
+def test_shape_bias_from_shards(invoke, shards, ckpt, head, tmp_path, tmp_path_factory):
     out = tmp_path / "out"
     result = invoke("shape-bias", "--checkpoint", ckpt, "--linear-head", head, "--from-shards", shards,
                     "--n", 8, "--seed", 3, "--workers", 0, "--out-dir", out)
@@ -119,6 +119,9 @@ def test_shape_bias_from_shards(invoke, shards, ckpt, head, tmp_path):
     assert report["counts"] == {"shape": outcomes.count("shape"), "texture": outcomes.count("texture"),
                                 "other": outcomes.count("other"), "uncovered": 0}
     assert report["shape_bias"] == shape_bias.shape_bias(outcomes)
+    for name in ("shape-bias.md", "shape-bias.png"):
+        keep_sample(out / name, tmp_path_factory.getbasetemp())
+    keep_sample(made_dir / "contact-sheet.png", tmp_path_factory.getbasetemp(), "cue-conflict-contact-sheet.png")
 
 
 def test_shape_bias_errors(invoke, shards, ckpt, head, tmp_path):

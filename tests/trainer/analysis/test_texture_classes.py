@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipeline import contract
 from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from tests.helpers import keep_sample
 from tests.trainer.analysis.common import CLASSES, SIZE, direct_counts, write_tree
 from trainer import checkpoint
 from trainer.analysis import texture_classes
@@ -44,7 +45,7 @@ def test_held_out_split_is_by_key_alone():
 # --------------------------------------------------------------------------- texture-classes
 
 
-def test_texture_classes_with_released_checkpoint(invoke, shards, ckpt, tmp_path):
+def test_texture_classes_with_released_checkpoint(invoke, shards, ckpt, tmp_path, tmp_path_factory):
     out = tmp_path / "out"
     result = invoke("texture-classes", "--shards", shards, "--checkpoint", ckpt, "--image-size", SIZE,
                     "--holdout", 0.35, "--epochs", 20, "--batch-size", 8, "--workers", 0, "--top", 2, "--out-dir", out)
@@ -88,6 +89,8 @@ def test_texture_classes_with_released_checkpoint(invoke, shards, ckpt, tmp_path
     assert report["least_recognisable"] == [r["wnid"] for r in least[:2]]
     md = (out / "texture-classes.md").read_text()
     assert "## Fine-grained classes vs the rest" in md and all(w in md for w in classes)
+    for name in ("texture-classes.md", "texture-classes.png"):
+        keep_sample(out / name, tmp_path_factory.getbasetemp())
 
 
 def test_texture_classes_default_pixels_with_val_tree(invoke, shards, tmp_path):

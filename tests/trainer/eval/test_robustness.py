@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 
 from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
-from tests.helpers import encode, photo
+from tests.helpers import encode, keep_sample, photo
 from trainer import checkpoint
 from trainer.eval import features, probes
 from trainer.eval.cli import main
@@ -167,7 +167,7 @@ def test_report_files_markdown_and_plot(released_run):
         assert png.format == "PNG" and png.width > 300 and png.height > 300
 
 
-def test_compare_puts_checkpoints_side_by_side(invoke, world, released_run, tmp_path):
+def test_compare_puts_checkpoints_side_by_side(invoke, world, released_run, tmp_path, tmp_path_factory):
     _, released_out = released_run
     result = robustness(invoke, world, "ours", tmp_path, "--sketch", world["root"] / "sketch", *C_ARGS,
                         "--compare", released_out / "robustness.json")
@@ -182,6 +182,8 @@ def test_compare_puts_checkpoints_side_by_side(invoke, world, released_run, tmp_
     assert val in text
     assert f"| ImageNet-R | – | {100 * released['sets']['rendition']['top1']:.2f} |" in text  # only one evaluated it
     assert (tmp_path / "robustness.png").stat().st_size > 10_000
+    for name in ("robustness.md", "robustness.png"):
+        keep_sample(tmp_path / name, tmp_path_factory.getbasetemp())
     # Comparing a report with itself labels the copies apart.
     again = robustness(invoke, world, "ours", tmp_path / "again", "--corruptions", "none",
                        "--compare", tmp_path / "robustness.json")
