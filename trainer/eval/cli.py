@@ -101,13 +101,13 @@ def main() -> None:
 def knn(k: int, temperature: float, json_path: Path | None, device: torch.device, **data: Any) -> None:
     """Weighted kNN top-1 of val images against train images (the InstDisc / MoCo monitor)."""
     with click_errors():
-        f = probe_features(device, **data)
-    acc = probes.knn_accuracy(f.train_features.to(device), f.train_labels, f.val_features, f.val_labels, k=k,
-                              T=temperature, num_classes=len(f.classes))
-    click.echo(f"knn top-1: {100 * acc:.2f}% (k={k}, T={temperature}, {len(f.val_labels)} val / "
-               f"{len(f.train_labels)} train images)")
+        sets = probe_features(device, **data)
+    acc = probes.knn_accuracy(sets.train_features.to(device), sets.train_labels, sets.val_features, sets.val_labels, k=k,
+                              T=temperature, num_classes=len(sets.classes))
+    click.echo(f"knn top-1: {100 * acc:.2f}% (k={k}, T={temperature}, {len(sets.val_labels)} val / "
+               f"{len(sets.train_labels)} train images)")
     if json_path is not None:
-        report.write_json(json_path, {"metric": "knn", "top1": acc, "k": k, "t": temperature, **f.info})
+        report.write_json(json_path, {"metric": "knn", "top1": acc, "k": k, "t": temperature, **sets.info})
 
 
 @main.command()
@@ -123,18 +123,18 @@ def linear(epochs: int, lr: float, weight_decay: float, seed: int, out_path: Pat
            device: torch.device, **data: Any) -> None:
     """Train a linear probe on frozen centre-crop features; report val top-1 and save the head."""
     with click_errors():
-        f = probe_features(device, **data)
-    train_x = f.train_features.to(device)
-    head = probes.train_linear(train_x, f.train_labels, len(f.classes), epochs=epochs, lr=lr,
+        sets = probe_features(device, **data)
+    train_x = sets.train_features.to(device)
+    head = probes.train_linear(train_x, sets.train_labels, len(sets.classes), epochs=epochs, lr=lr,
                                batch_size=data["batch_size"], weight_decay=weight_decay, seed=seed)
-    acc, train_acc = probes.top1(head, f.val_features, f.val_labels), probes.top1(head, train_x, f.train_labels)
-    probes.save_linear_head(out_path, head, f.classes, f.info["arch"], f.info["image_size"], f.info["checkpoint"])
-    click.echo(f"linear top-1: {100 * acc:.2f}% (train {100 * train_acc:.2f}%, {len(f.val_labels)} val / "
-               f"{len(f.train_labels)} train images, {epochs} epochs, lr {lr}); head saved to {out_path}")
+    acc, train_acc = probes.top1(head, sets.val_features, sets.val_labels), probes.top1(head, train_x, sets.train_labels)
+    probes.save_linear_head(out_path, head, sets.classes, sets.info["arch"], sets.info["image_size"], sets.info["checkpoint"])
+    click.echo(f"linear top-1: {100 * acc:.2f}% (train {100 * train_acc:.2f}%, {len(sets.val_labels)} val / "
+               f"{len(sets.train_labels)} train images, {epochs} epochs, lr {lr}); head saved to {out_path}")
     if json_path is not None:
         report.write_json(json_path, {"metric": "linear", "top1": acc, "train_top1": train_acc, "epochs": epochs,
                                       "lr": lr, "batch_size": data["batch_size"], "weight_decay": weight_decay,
-                                      "seed": seed, "head": str(out_path), **f.info})
+                                      "seed": seed, "head": str(out_path), **sets.info})
 
 
 # --------------------------------------------------------------------------- robustness
