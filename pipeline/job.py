@@ -211,7 +211,7 @@ def _check_skips(skipped: int, total: int, max_fraction: float) -> None:
         raise SkipThresholdExceeded(
             f"{skipped} of {total} images skipped ({skipped / total:.1%}), above --max-skip-fraction "
             f"{max_fraction:.1%}: the input looks broken. Finished shards are kept; see their "
-            "*.tar.json records for the reasons, fix the input, then rerun to resume."
+            "records/*.tar.json for the reasons, fix the input, then rerun to resume."
         )
 
 

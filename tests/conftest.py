@@ -30,3 +30,20 @@ def texture_shards(tmp_path_factory, ray_session):
     shards = base / "shards"
     job.run(job.JobConfig(out=shards, synthesis=TINY, shard_size=2), folder_listing(tree, "train"), show_progress=False)
     return shards, tree
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nsneg_user_dirs(tmp_path_factory):
+    """The verified-shard cache and the user's manifest folder live in a temporary folder, never in
+    the real home (set in os.environ so subprocesses inherit them)."""
+    import os
+
+    base = tmp_path_factory.mktemp("nsneg-user")
+    saved = {k: os.environ.get(k) for k in ("NSNEG_CACHE_DIR", "NSNEG_MANIFEST_DIR")}
+    os.environ.update(NSNEG_CACHE_DIR=str(base / "cache"), NSNEG_MANIFEST_DIR=str(base / "sets"))
+    yield base
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
