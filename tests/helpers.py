@@ -73,3 +73,21 @@ def make_tree(root: Path, *, n_per_class: int = 3, bad: bool = True, split: str 
             (d / name).write_bytes(data)
         (d / "with.dots.in.name.png").write_bytes(encode(photo("coffee.png")))
     return root
+
+
+def as_v1(shards: Path, dest: Path) -> Path:
+    """A copy of a shard set laid out as format version 1 wrote it: records beside the shards."""
+    import json
+    import shutil
+
+    from pipeline import contract
+
+    old = Path(shutil.copytree(shards, dest))
+    manifest = json.loads((old / contract.MANIFEST_NAME).read_text())
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            tar = old / split / shard["name"]
+            contract.record_path(tar).rename(contract.v1_record_path(tar))
+    (old / contract.RECORDS_DIR).rmdir()
+    (old / contract.MANIFEST_NAME).write_text(json.dumps({**manifest, "format_version": 1}))
+    return old

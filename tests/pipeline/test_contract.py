@@ -11,19 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline import contract, files
-
-
-def as_v1(shards: Path, dest: Path) -> Path:
-    """A copy of a current set laid out as format version 1 wrote it: records beside the shards."""
-    old = Path(shutil.copytree(shards, dest))
-    manifest = json.loads((old / contract.MANIFEST_NAME).read_text())
-    for split, info in manifest["splits"].items():
-        for shard in info["shards"]:
-            tar = old / split / shard["name"]
-            contract.record_path(tar).rename(contract.v1_record_path(tar))
-    (old / contract.RECORDS_DIR).rmdir()
-    (old / contract.MANIFEST_NAME).write_text(json.dumps({**manifest, "format_version": 1}))
-    return old
+from tests.helpers import as_v1
 
 
 def test_safe_key_has_no_dot_and_keeps_distinct_stems_apart():
