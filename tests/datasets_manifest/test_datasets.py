@@ -228,7 +228,8 @@ def test_publish_writes_a_card_that_hf_datasets_reads_and_warns_about_imagenet_p
 
 
 def test_fetch_by_folder_url_over_fsspec_and_a_mocked_hub(served, tmp_path, monkeypatch):
-    import fsspec
+    import importlib
+
     from fsspec.implementations.local import LocalFileSystem
 
     _, shards, _ = served
@@ -244,7 +245,7 @@ def test_fetch_by_folder_url_over_fsspec_and_a_mocked_hub(served, tmp_path, monk
         def _strip_protocol(cls, path):
             return str(hub / str(path).removeprefix("hf://"))
 
-    monkeypatch.setitem(fsspec.registry._registry, "hf", LocalHub)
+    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "hf", LocalHub)
     for url, to in (("hf://datasets/org/demo", tmp_path / "from-hub"), (f"file://{shards}", tmp_path / "from-file")):
         result = CliRunner().invoke(data_cli, ["fetch", url, "--to", str(to), "--quiet"])
         assert result.exit_code == 0, result.output
