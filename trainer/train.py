@@ -279,8 +279,8 @@ def _setup_distributed() -> str | None:
 
 
 @click.command()
-@click.option("--negatives", required=True,
-              help="shard directory (with manifest.json), a published set's NAME[@VERSION], or comma list / brace pattern of shard urls")
+@click.option("--negatives", default=None,
+              help="[required unless --resume] shard directory (with manifest.json), a published set's NAME[@VERSION], or comma list / brace pattern of shard urls")
 @click.option("--manifest-dir", "manifest_dirs", multiple=True, help="more published manifests (see nsneg-data list)")
 @click.option("--out", default="runs/nsneg", show_default=True, type=click.Path(file_okay=False))
 @click.option("--negatives-kind", type=click.Choice(KINDS), default="texture+patch", show_default=True)
@@ -329,6 +329,8 @@ def main(resume, force, reverify, device, compile_, small_images, **options) -> 
                 return
             _refuse_other_run(Path(config.out), force, resume)
         else:
+            if not options["negatives"]:
+                raise click.UsageError("Missing option '--negatives' (or --resume CHECKPOINT)")
             if small_images is None:
                 small_images = options["image_size"] <= 48
             config = TrainConfig(**{**options, "manifest_dirs": tuple(options["manifest_dirs"])},
