@@ -128,7 +128,9 @@ def resolve_urls(spec: str, verify: bool = True, manifest_dirs: tuple[str, ...] 
         if not published.manifest["has_source"]:
             raise BadShards(f"{spec} carries no source pixels; fetch it and pair it with ImageNet "
                             "(nsneg-textures pair) first")
-        shards = published.manifest["splits"].get(SPLIT, {"shards": []})["shards"]
+        if SPLIT not in published.manifest["splits"]:
+            raise BadShards(f"{spec} has no {SPLIT!r} split (has {sorted(published.manifest['splits'])})")
+        shards = published.manifest["splits"][SPLIT]["shards"]
         urls = published.urls(SPLIT)
         return [f"{u}{HASH_FRAGMENT}{s['sha256']}" for u, s in zip(urls, shards)], published.manifest["splits"][SPLIT]["samples"]
     import braceexpand

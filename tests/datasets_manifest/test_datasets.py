@@ -15,6 +15,7 @@ from datasets_manifest import registry
 from datasets_manifest.cli import main as data_cli
 from datasets_manifest.fetch import fetch
 from pipeline import contract, files
+from tests.helpers import as_v1
 
 
 class ShardServer(ThreadingHTTPServer):
@@ -339,3 +340,13 @@ def test_a_streamed_shard_that_changed_is_refused_before_any_of_its_samples_is_u
         assert len(good) == 2
     finally:
         server.shutdown()
+
+
+def test_upgrade_command_moves_a_version_1_sets_records(texture_shards, tmp_path):
+    old = as_v1(texture_shards[0], tmp_path / "v1")
+    assert any(p.suffix == ".json" for p in (old / "train").iterdir())
+    result = CliRunner().invoke(data_cli, ["upgrade", str(old)])
+    assert result.exit_code == 0 and "upgraded to format version 2" in result.output
+    assert {p.suffix for p in (old / "train").iterdir()} == {".tar"} and contract.verify(old) == []
+    result = CliRunner().invoke(data_cli, ["upgrade", str(old)])
+    assert result.exit_code == 0 and "already format version 2; nothing to do" in result.output
