@@ -39,40 +39,40 @@ def test_an_existing_run_folder_is_refused_without_resume_or_force(shards, tmp_p
     assert again.exit_code == 2 and "already holds a run (checkpoint.pt, log.jsonl)" in again.output
     assert f"--resume {out / 'checkpoint.pt'}" in again.output and "--force" in again.output
     assert ((out / "checkpoint.pt").read_bytes(), (out / "log.jsonl").read_text()) == before
-    forced = train("--negatives", shards, "--out", out, "--epochs", "1", "--force")
+    forced = train("--negatives", shards, "--out", out, "--epochs", "1", "--force", "--verify")
     assert forced.exit_code == 0 and "--force: removed" in forced.output
+    assert "verified 3 train shards" in forced.output  # --verify: hashed again though verified before
     assert epochs_logged(out) == 1  # the log holds one run, not two
 
 
-def test_resume_takes_epochs_says_what_changed_and_never_prints_nan(shards, tmp_path):
+def test_resume_takes_epochs_says_what_changed_and_hashes_local_shards_once(shards, tmp_path):
     out = tmp_path / "run"
-    assert train("--negatives", shards, "--out", out, "--epochs", "2").exit_code == 0
+    first = train("--negatives", shards, "--out", out, "--epochs", "2")
+    assert first.exit_code == 0 and f"verified 3 train shards of {shards}" in first.output
     ckpt = out / "checkpoint.pt"
     longer = train("--resume", ckpt, "--epochs", "3")
     assert longer.exit_code == 0, longer.output
+    assert "train shards verified before on this machine" in longer.output  # cached by path, size and mtime
     assert "resume: --epochs 2 -> 3; the cosine learning-rate schedule now spans 3 epochs" in longer.output
     assert "done: epoch 3" in longer.output and "nan" not in longer.output
     assert checkpoint.load(ckpt)["epoch"] == 3 and epochs_logged(out) == 3
-    finished = train("--resume", ckpt)
+    finished = train("--resume", ckpt, "--verify")
     assert finished.exit_code == 0 and "nan" not in finished.output
     assert f"nothing to do: {ckpt} has finished 3 of 3 epochs (pass --epochs N with N > 3" in finished.output
     assert epochs_logged(out) == 3
     unsafe = train("--resume", ckpt, "--epochs", "4", "--moco-t", "0.5")
     assert unsafe.exit_code == 2 and "--moco-t cannot change on --resume (the run used 0.2)" in unsafe.output
-    assert checkpoint.load(ckpt)["epoch"] == 3
 
-
-def test_local_shards_are_hashed_once_per_machine_unless_verify(shards, tmp_path):
-    first = train("--negatives", shards, "--out", tmp_path / "a", "--epochs", "1")
-    assert first.exit_code == 0 and f"verified 3 train shards of {shards}" in first.output
-    resumed = train("--resume", tmp_path / "a" / "checkpoint.pt", "--epochs", "2")
-    assert resumed.exit_code == 0 and "train shards verified before on this machine" in resumed.output
-    forced = train("--resume", tmp_path / "a" / "checkpoint.pt", "--epochs", "3", "--verify")
-    assert forced.exit_code == 0 and "verified 3 train shards" in forced.output
     tar = sorted((shards / "train").glob("*.tar"))[0]
     data = bytearray(tar.read_bytes())
     data[600] ^= 1  # same size, new mtime: hashed again and refused
     tar.write_bytes(bytes(data))
-    bad = train("--resume", tmp_path / "a" / "checkpoint.pt", "--epochs", "4")
+    bad = train("--resume", ckpt, "--epochs", "4")
     assert bad.exit_code == 1 and f"{tar}: sha256 mismatch" in bad.output
-    assert checkpoint.load(tmp_path / "a" / "checkpoint.pt")["epoch"] == 3
+    assert checkpoint.load(ckpt)["epoch"] == 3
+
+
+def test_verify_rehashes_shards_verified_before(shards, tmp_path):
+    from trainer.data import verify_local
+
+    assert verify_local(shards) == 3 and verify_local(shards) == 0 and verify_local(shards, reverify=True) == 3
