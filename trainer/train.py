@@ -324,9 +324,9 @@ def main(resume, force, reverify, device, compile_, small_images, **options) -> 
             state = checkpoint.load(Path(resume))
             config, changes = _resumed_config(state["config"], options, given)
             if state["epoch"] >= config.epochs:
-                done = (f"{state['epoch']} of {config.epochs}" if state["epoch"] == config.epochs
+                done = (f"{state['epoch']} of {config.epochs} epochs" if state["epoch"] == config.epochs
                         else f"{state['epoch']} epochs, more than --epochs {config.epochs}")
-                click.echo(f"nothing to do: {resume} has finished {done} epochs "
+                click.echo(f"nothing to do: {resume} has finished {done} "
                            f"(pass --epochs N with N > {state['epoch']} to train further)")
                 return
             _refuse_other_run(Path(config.out), force, resume)
