@@ -62,6 +62,8 @@ def verify_local(root: Path, split: str = SPLIT, *, reverify: bool = False, show
     from tqdm import tqdm
 
     manifest = contract.load_manifest(root)
+    if split not in manifest["splits"]:
+        raise BadShards(f"{root} has no {split!r} split (has {sorted(manifest['splits'])})")
     cache_path = verified_cache_path()
     try:
         cache = json.loads(cache_path.read_text())
@@ -87,8 +89,11 @@ def verify_local(root: Path, split: str = SPLIT, *, reverify: bool = False, show
                 cache[str(path)] = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": shard["sha256"]}
             bar.update(shard["bytes"])
     if todo:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cache_path, cache)
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cache_path, cache)
+        except OSError:  # an unwritable cache only costs the next start a re-hash
+            pass
     if problems:
         raise BadShards("shards do not match their manifest, refusing to train on them:\n  " + "\n  ".join(problems))
     return len(todo)
