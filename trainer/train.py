@@ -280,7 +280,8 @@ def _setup_distributed() -> str | None:
 
 @click.command()
 @click.option("--negatives", default=None,
-              help="[required unless --resume] shard directory (with manifest.json), a published set's NAME[@VERSION], or comma list / brace pattern of shard urls")
+              help="[required unless --resume] shard directory (with manifest.json), a published set's NAME[@VERSION] "
+                   "or folder url (hf://datasets/ORG/NAME, https://...), or comma list / brace pattern of shard urls")
 @click.option("--manifest-dir", "manifest_dirs", multiple=True, help="more published manifests (see nsneg-data list)")
 @click.option("--out", default="runs/nsneg", show_default=True, type=click.Path(file_okay=False))
 @click.option("--negatives-kind", type=click.Choice(KINDS), default="texture+patch", show_default=True)
