@@ -42,8 +42,8 @@ def main() -> None:
 @click.option("--name", default="imagenet-texture", show_default=True)
 @click.option("--version", "version", default="1", show_default=True)
 @click.option("--manifest-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"where the published manifest goes [default: {registry.user_manifest_dir()}, "
-                   "or $NSNEG_MANIFEST_DIR]")
+              help="where the published manifest goes [default: $NSNEG_MANIFEST_DIR, else "
+                   "~/.local/share/nsneg/sets]")
 def publish(shards, base_url, name, version, manifest_dir) -> None:
     """Write the manifest that lets anyone fetch SHARDS later, and SHARDS/README.md, the dataset card
     that makes the folder a Hugging Face dataset (upload SHARDS as it is under BASE_URL yourself)."""

@@ -33,6 +33,11 @@ KINDS = ("none", "texture", "patch", "texture+patch")
 SAFE_ON_RESUME = ("epochs", "out", "workers", "checkpoint_every", "max_skip_fraction", "compile", "manifest_dirs")
 
 
+def _flag(name: str) -> str:
+    """A TrainConfig field's command-line option."""
+    return "--manifest-dir" if name == "manifest_dirs" else "--" + name.replace("_", "-")
+
+
 @dataclass
 class TrainConfig:
     negatives: str
@@ -309,7 +314,7 @@ def _setup_distributed() -> str | None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="continue from a checkpoint, with its settings; of these only "
-                   f"{', '.join('--' + n.replace('_', '-') for n in SAFE_ON_RESUME)} may change")
+                   f"{', '.join(_flag(n) for n in SAFE_ON_RESUME)} may change")
 @click.option("--force", is_flag=True, help="start over in an --out that already holds a run (its log and checkpoint go)")
 @click.option("--verify", "reverify", is_flag=True,
               help="re-hash every local shard, even those verified before on this machine")
@@ -365,8 +370,7 @@ def _resumed_config(stored: dict[str, Any], options: dict[str, Any], given: set[
         if new == stored.get(name):
             continue
         if name not in SAFE_ON_RESUME:
-            flag = "--" + name.replace("_", "-")
-            raise click.UsageError(f"{flag} cannot change on --resume (the run used {stored.get(name)!r}): "
+            raise click.UsageError(f"{_flag(name)} cannot change on --resume (the run used {stored.get(name)!r}): "
                                    f"start a new run in another --out instead")
         changes[name] = (stored[name], new)
     config = TrainConfig(**{**stored, **{name: new for name, (_, new) in changes.items()}})
@@ -416,7 +420,7 @@ def _verify_once_per_node(negatives: str, reverify: bool) -> None:
 
 def _report_changes(trainer: Trainer, changes: dict[str, tuple[Any, Any]]) -> None:
     for name, (old, new) in changes.items():
-        line = f"resume: --{name.replace('_', '-')} {old} -> {new}"
+        line = f"resume: {_flag(name)} {old} -> {new}"
         if name == "epochs":
             steps = trainer.steps_per_epoch
             before = trainer.config.base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, trainer.step / (old * steps))))
