@@ -1,7 +1,6 @@
-"""``nsneg-data``: publish, list, fetch, verify, preview and describe ImageNet-Texture shard sets."""
+"""``nsneg-data``: publish, list, fetch, verify, upgrade, preview and describe ImageNet-Texture shard sets."""
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -17,8 +16,9 @@ manifest_dir_option = click.option(
 
 
 def _find(spec: str, manifest_dirs) -> registry.PublishedSet:
+    """A set by ``NAME[@VERSION]``, or by the url of its folder (``hf://datasets/ORG/NAME``, ``https://...``)."""
     try:
-        return registry.find(spec, manifest_dirs)
+        return registry.from_url(spec) if "://" in spec else registry.find(spec, manifest_dirs)
     except (KeyError, FileNotFoundError, contract.ManifestError) as e:
         raise click.ClickException(str(e).strip('"')) from None
 
@@ -41,15 +41,21 @@ def main() -> None:
 @click.option("--base-url", required=True, help="where the shard files will be served: BASE/<split>/<shard>.tar")
 @click.option("--name", default="imagenet-texture", show_default=True)
 @click.option("--version", "version", default="1", show_default=True)
-@click.option("--manifest-dir", type=click.Path(file_okay=False, path_type=Path), default=registry.SHIPPED_DIR,
-              show_default=True)
+@click.option("--manifest-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where the published manifest goes [default: $NSNEG_MANIFEST_DIR, else "
+                   "~/.local/share/nsneg/sets]")
 def publish(shards, base_url, name, version, manifest_dir) -> None:
-    """Write the manifest that lets anyone fetch SHARDS later (upload the files under BASE_URL yourself)."""
+    """Write the manifest that lets anyone fetch SHARDS later, and SHARDS/README.md, the dataset card
+    that makes the folder a Hugging Face dataset (upload SHARDS as it is under BASE_URL yourself)."""
     try:
+        has_source = contract.load_manifest(shards)["has_source"]
         path = registry.publish(shards, base_url, name, version, manifest_dir)
     except (FileNotFoundError, contract.ManifestError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"published {name}@{version}: {path}")
+    if has_source:
+        click.echo(f"warning: {shards} carries ImageNet pixels (source.img); ImageNet's terms do not allow "
+                   "redistributing them. Publish a set built with --no-source instead.", err=True)
+    click.echo(f"published {name}@{version}: {path}\ndataset card {Path(shards) / 'README.md'}")
 
 
 @main.command("list")
@@ -72,7 +78,7 @@ def list_(manifest_dirs) -> None:
 
 
 @main.command()
-@click.argument("spec", metavar="NAME[@VERSION]")
+@click.argument("spec", metavar="NAME[@VERSION]|URL")
 @click.option("--to", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--split", "splits", multiple=True, help="[default: all splits]")
 @click.option("--jobs", type=int, default=4, show_default=True, help="parallel downloads")
@@ -80,7 +86,8 @@ def list_(manifest_dirs) -> None:
 @click.option("--quiet", is_flag=True)
 @manifest_dir_option
 def fetch(spec, to, splits, jobs, retries, quiet, manifest_dirs) -> None:
-    """Download a published set: resumable, every shard verified before it is kept."""
+    """Download a published set, by name or by its folder's url (hf://datasets/ORG/NAME, https://...):
+    resumable, every shard verified before it is kept."""
     from datasets_manifest.fetch import fetch as run_fetch
 
     published = _find(spec, manifest_dirs)
@@ -89,7 +96,8 @@ def fetch(spec, to, splits, jobs, retries, quiet, manifest_dirs) -> None:
     except KeyError as e:
         raise click.ClickException(str(e).strip('"')) from None
     click.echo(f"{published.name}@{published.version} -> {to}: {len(report.downloaded)} downloaded, "
-               f"{len(report.already_verified)} already verified, {report.retries} retries, {len(report.failed)} failed")
+               f"{len(report.already_verified)} already verified, {len(report.failed)} failed "
+               f"({report.retries} retries in all)")
     for shard, error in sorted(report.failed.items()):
         click.echo(f"  FAILED {shard}: {error}", err=True)
     if report.failed:
@@ -116,7 +124,19 @@ def verify(directory) -> None:
 
 
 @main.command()
-@click.argument("source", metavar="DIR|NAME[@VERSION]")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def upgrade(directory) -> None:
+    """Bring a shard set written by an older nsneg to the current layout, in place (records leave the split folders)."""
+    try:
+        changed = contract.upgrade(directory)
+    except (FileNotFoundError, contract.ManifestError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{directory}: " + (f"upgraded to format version {contract.FORMAT_VERSION}" if changed
+                                   else f"already format version {contract.FORMAT_VERSION}; nothing to do"))
+
+
+@main.command()
+@click.argument("source", metavar="DIR|NAME[@VERSION]|URL")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--n", type=int, default=32, show_default=True)
 @click.option("--classes", default=None, help="comma-separated class names (wnids) to show")
@@ -127,17 +147,20 @@ def preview(source, out, n, classes, split, manifest_dirs) -> None:
     from pipeline.preview import contact_sheet
 
     wanted = set(classes.split(",")) if classes else None
-    if Path(source).is_dir():
-        contact_sheet(Path(source), split, out, n, wanted)
-    else:
-        from datasets_manifest.fetch import fetch as run_fetch
+    try:
+        if Path(source).is_dir():
+            contact_sheet(Path(source), split, out, n, wanted)
+        else:
+            from datasets_manifest.fetch import fetch as run_fetch
 
-        published = _find(source, manifest_dirs)
-        with tempfile.TemporaryDirectory() as tmp:  # only the first shard, verified like any fetch
-            report = run_fetch(published, Path(tmp), [split], jobs=1, show_progress=False, first_shards=1)
-            if report.failed:
-                raise click.ClickException(f"could not fetch a shard to preview: {report.failed}")
-            contact_sheet(Path(tmp), split, out, n, wanted)
+            published = _find(source, manifest_dirs)
+            with tempfile.TemporaryDirectory() as tmp:  # only the first shard, verified like any fetch
+                report = run_fetch(published, Path(tmp), [split], jobs=1, show_progress=False, first_shards=1)
+                if report.failed:
+                    raise click.ClickException(f"could not fetch a shard to preview: {report.failed}")
+                contact_sheet(Path(tmp), split, out, n, wanted)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e).strip('"')) from None
     click.echo(f"preview {out}")
 
 

@@ -18,14 +18,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import contract, files
 from datasets_manifest.registry import PublishedSet
+from pipeline import contract, files
 
 CHUNK = 1 << 16  # small enough that a cut connection leaves most of what arrived on disk
 
 
 class TransientError(Exception):
     """Worth retrying: the network or the server hiccuped."""
+
+
+class PermanentError(Exception):
+    """Not worth retrying: the server answered, and the answer is no (404, 403, ...)."""
+
+
+class FetchFailed(RuntimeError):
+    """A shard could not be fetched; ``retries``: how many times it was retried before giving up."""
+
+    def __init__(self, message: str, retries: int):
+        super().__init__(message)
+        self.retries = retries
 
 
 @dataclass
@@ -46,7 +58,8 @@ def _stream_http(url: str, offset: int, out, progress) -> None:
                 return
             if response.status_code >= 500 or response.status_code == 429:
                 raise TransientError(f"HTTP {response.status_code}")
-            response.raise_for_status()
+            if response.status_code >= 400:
+                raise PermanentError(f"HTTP {response.status_code} {response.reason}")
             if offset and response.status_code != 206:  # server ignored Range: start over
                 out.seek(0)
                 out.truncate()
@@ -70,7 +83,11 @@ def _stream_fsspec(url: str, offset: int, out, progress) -> None:
 
 def fetch_shard(url: str, dest: Path, sha256: str, size: int, progress=lambda n: None, retries: int = 5,
                 backoff: float = 1.0) -> int:
-    """Download ``url`` to ``dest`` (verified); returns how many retries it took."""
+    """Download ``url`` to ``dest`` (verified); returns how many retries it took.
+
+    ``progress(n)`` is told of every byte that joins (or, negative, leaves) the partial file;
+    bytes already in it when the call starts were counted by the caller.
+    """
     part = dest.with_name(f".{dest.name}.part")
     stream = _stream_http if url.startswith(("http://", "https://")) else _stream_fsspec
     last_error = ""
@@ -90,15 +107,29 @@ def fetch_shard(url: str, dest: Path, sha256: str, size: int, progress=lambda n:
         except TransientError as e:
             last_error = str(e)
             continue  # keep the part: the next attempt resumes it
+        except PermanentError as e:
+            if part.exists() and part.stat().st_size == 0:
+                part.unlink()
+            raise FetchFailed(f"{url}: {e} (not retried: check the set's base url)", attempt) from None
         except OSError as e:
-            raise OSError(f"{dest}: {e} (the partial download {part} is kept; rerun to resume)") from None
+            kept = part.exists() and part.stat().st_size > 0
+            if not kept:
+                part.unlink(missing_ok=True)
+            hint = f" (the partial download {part} is kept; rerun to resume)" if kept else ""
+            raise FetchFailed(f"{dest}: {e}{hint}", attempt) from None
         if part.stat().st_size == size and files.sha256_file(part) == sha256:
             os.replace(part, dest)
             return attempt
         last_error = f"size or sha256 mismatch ({part.stat().st_size} of {size} bytes)"
         progress(-part.stat().st_size)
         part.unlink()  # never kept, never read
-    raise RuntimeError(f"{url}: gave up after {retries + 1} attempts: {last_error}")
+    raise FetchFailed(f"{url}: gave up after {retries + 1} attempts: {last_error}", retries)
+
+
+def _partial_bytes(dest: Path, size: int) -> int:
+    """Bytes of ``dest`` an earlier run left in its partial file (what a resume starts from)."""
+    part = dest.with_name(f".{dest.name}.part")
+    return part.stat().st_size if part.exists() and part.stat().st_size <= size else 0
 
 
 def _verified(path: Path, shard: dict[str, Any]) -> bool:
@@ -128,7 +159,9 @@ def fetch(published: PublishedSet, to: Path, splits: list[str] | None = None, jo
             else:
                 todo.append((split, shard, dest))
     total = sum(shard["bytes"] for _, shard, _ in todo)
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="fetch", disable=not show_progress)
+    already = sum(_partial_bytes(dest, shard["bytes"]) for _, shard, dest in todo)  # resumed below
+    bar = tqdm(total=total, initial=already, unit="B", unit_scale=True, unit_divisor=1024, desc="fetch",
+               disable=not show_progress)
     lock = threading.Lock()
 
     def progress(n: int) -> None:
@@ -145,7 +178,8 @@ def fetch(published: PublishedSet, to: Path, splits: list[str] | None = None, jo
             try:
                 report.retries += future.result()
                 report.downloaded.append(futures[future])
-            except (RuntimeError, OSError) as e:
+            except FetchFailed as e:
+                report.retries += e.retries
                 report.failed[futures[future]] = str(e)
     bar.close()
     _write_local_manifest(published, to, splits, report)

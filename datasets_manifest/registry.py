@@ -1,20 +1,32 @@
 """Published shard sets: their manifests, found by name, and how one is published.
 
 A published manifest is the pipeline's manifest (``pipeline.contract``) plus ``name``,
-``version``, ``base_url`` and a ``url`` per shard, stored as
-``datasets_manifest/sets/<name>-<version>.json`` next to the code, or in any directory
-passed as ``--manifest-dir``.
+``version``, ``base_url`` and a ``url`` per shard, stored as ``<name>-<version>.json``
+in ``datasets_manifest/sets/`` (shipped with nsneg), in the user's manifest folder
+(``user_manifest_dir``: where ``publish`` writes by default) or in any directory passed
+as ``--manifest-dir``. A set's folder itself, wherever it is served (``https://``,
+``hf://datasets/ORG/NAME``, ``file://``), is also a published set: ``from_url``.
 """
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pipeline import contract, files
 
 SHIPPED_DIR = Path(__file__).parent / "sets"
+
+
+def user_manifest_dir() -> Path:
+    """``$NSNEG_MANIFEST_DIR``, else ``$XDG_DATA_HOME/nsneg/sets`` (``~/.local/share/nsneg/sets``)."""
+    if os.environ.get("NSNEG_MANIFEST_DIR"):
+        return Path(os.environ["NSNEG_MANIFEST_DIR"])
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "nsneg" / "sets"
 
 
 @dataclass(frozen=True)
@@ -46,9 +58,11 @@ def _read(path: Path) -> PublishedSet:
 
 
 def known_sets(manifest_dirs: Iterable[Path] = ()) -> list[PublishedSet]:
-    """Every published manifest shipped with nsneg and in ``manifest_dirs``, sorted by name and version."""
+    """Every published manifest shipped with nsneg, in the user's folder and in ``manifest_dirs``,
+    sorted by name and version."""
     sets = []
-    for directory in [SHIPPED_DIR, *manifest_dirs]:
+    user = [user_manifest_dir()] if user_manifest_dir().is_dir() else []
+    for directory in dict.fromkeys([SHIPPED_DIR, *user, *manifest_dirs]):
         if not Path(directory).is_dir():
             raise FileNotFoundError(f"manifest directory {directory} does not exist")
         sets += [_read(p) for p in sorted(Path(directory).glob("*.json"))]
@@ -70,8 +84,45 @@ def _version_key(version: str) -> tuple:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in version.replace("-", ".").split("."))
 
 
-def publish(shards: Path, base_url: str, name: str, version: str, manifest_dir: Path = SHIPPED_DIR) -> Path:
-    """Write the published manifest of a local, verified shard set whose files will be served under ``base_url``."""
+def from_url(url: str) -> PublishedSet:
+    """The set whose folder is served at ``url`` (http(s), hf://, file://, any fsspec url): its
+    ``manifest.json``, with every shard's url under ``url``."""
+    base = url.rstrip("/")
+    where = f"{base}/{contract.MANIFEST_NAME}"
+    try:
+        if base.startswith(("http://", "https://")):
+            import requests
+
+            response = requests.get(where, timeout=(10, 60))
+            response.raise_for_status()
+            text = response.text
+        else:
+            import fsspec
+
+            with fsspec.open(where, "rt") as f:
+                text = f.read()
+    except (OSError, ValueError, ImportError) as e:  # requests' errors are OSErrors
+        raise FileNotFoundError(f"cannot read {where}: {e}") from None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise contract.ManifestError(f"{where}: not valid JSON ({e})") from None
+    contract.validate_manifest(manifest, where)
+    splits = {split: {**info, "shards": [{**s, "url": f"{base}/{split}/{s['name']}"} for s in info["shards"]]}
+              for split, info in manifest["splits"].items()}
+    name = manifest.get("name") or base.rsplit("/", 1)[-1]
+    version = manifest.get("version") or "0"
+    published = {**manifest, "name": name, "version": version, "base_url": base, "splits": splits}
+    return PublishedSet(name, version, contract.validate_manifest(published, where), Path(where))
+
+
+def publish(shards: Path, base_url: str, name: str, version: str, manifest_dir: Path | None = None) -> Path:
+    """Write the published manifest of a local, verified shard set whose files will be served under
+    ``base_url`` (into ``manifest_dir``, default ``user_manifest_dir()``), and the set's dataset card
+    (``SHARDS/README.md``) so that its folder, uploaded as it is, loads with Hugging Face ``datasets``."""
+    from datasets_manifest.card import write_card
+
+    contract.upgrade(shards)  # a version-1 folder would not load as a dataset: its records move out
     problems = contract.verify(shards)
     if problems:
         raise contract.ManifestError("refusing to publish shards that do not match their manifest:\n  " + "\n  ".join(problems))
@@ -85,7 +136,8 @@ def publish(shards: Path, base_url: str, name: str, version: str, manifest_dir: 
         for split, info in manifest["splits"].items()
     }
     contract.validate_manifest(published, f"{name}@{version}")
-    out = Path(manifest_dir) / f"{name}-{version}.json"
+    out = Path(manifest_dir or user_manifest_dir()) / f"{name}-{version}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    write_card(shards, name, version)
     files.atomic_write_json(out, published)
     return out

@@ -3,11 +3,18 @@
 Everything that writes or reads shards (the pipeline, the trainer, the analysis,
 ``datasets_manifest``) goes through this module, so the format lives in one place.
 
-Layout::
+Layout (format version 2)::
 
     <root>/manifest.json
-    <root>/<split>/imagenet-texture-<split>-000000.tar
-    <root>/<split>/imagenet-texture-<split>-000000.tar.json   # per-shard record (resume)
+    <root>/<split>/imagenet-texture-<split>-000000.tar          # a split folder holds only shards
+    <root>/records/imagenet-texture-<split>-000000.tar.json     # per-shard record (resume)
+    <root>/README.md                                            # dataset card (``nsneg-data publish``)
+
+A split folder holds nothing but ``.tar`` shards, so any client reads it as a folder:
+Hugging Face ``load_dataset(root)``, Ray Data ``read_webdataset(root/split)``,
+``webdataset`` and ``tar``. Version 1 kept each record beside its shard
+(``<split>/<shard>.tar.json``); version-1 sets still read, and ``upgrade`` (run by any
+write into such a set, or ``nsneg-data upgrade``) moves their records.
 
 One sample per source image, every sample with the same members (Hugging Face's
 webdataset loader requires a homogeneous set):
@@ -17,7 +24,8 @@ webdataset loader requires a homogeneous set):
   ``--no-source`` set). One member name whatever the source format, so the set stays
   homogeneous; ``json["source_format"]`` names the format, and PIL sniffs it.
 * ``<key>.cls`` -- the class index as decimal text
-* ``<key>.json`` -- wnid, source path, crop boxes, seed, encoder, steps, loss, version
+* ``<key>.json`` -- wnid, source path (relative to the ImageNet root: ``<split>/<wnid>/<file>``),
+  crop boxes, seed, encoder, steps, loss, version
 
 Only PNG/image bytes, JSON and text: nothing in a shard is ever unpickled.
 """
@@ -29,18 +37,21 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from pipeline.files import atomic_write_json, png_bytes, sha256_file
+from pipeline.files import atomic_write_bytes, atomic_write_json, png_bytes, sha256_file
 
 FORMAT_NAME = "nsneg-imagenet-texture"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
+RECORDS_DIR = "records"
 TEXTURE_SIZE = 224
 CROP_SIZE = 96
 
@@ -61,8 +72,18 @@ def shard_path(root: Path, split: str, index: int) -> Path:
 
 
 def record_path(tar_path: Path) -> Path:
-    """The per-shard record written next to a finished shard (sha256, count, skips)."""
-    return tar_path.with_name(tar_path.name + ".json")
+    """The record of a finished shard (sha256, count, skips): ``<root>/records/<shard>.json``.
+
+    Shard names carry their split, so one flat folder holds every split's records and no
+    path of it names a split (Hugging Face would read a ``records/train/`` folder as data).
+    """
+    tar_path = Path(tar_path)
+    return tar_path.parent.parent / RECORDS_DIR / f"{tar_path.name}.json"
+
+
+def v1_record_path(tar_path: Path) -> Path:
+    """Where format version 1 kept a shard's record: beside the shard, in the split folder."""
+    return Path(tar_path).with_name(Path(tar_path).name + ".json")
 
 
 def safe_key(stem: str) -> str:
@@ -133,6 +154,7 @@ class ShardWriter:
             "samples": self.samples,
             **extra_record,
         }
+        record_path(self.final_path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(record_path(self.final_path), record)
         os.replace(self.tmp_path, self.final_path)
         return record
@@ -147,6 +169,8 @@ class ShardWriter:
 def read_record(tar_path: Path) -> dict[str, Any] | None:
     """The record of a finished shard, or None when the shard is not (validly) finished."""
     rec_path = record_path(tar_path)
+    if not rec_path.exists():
+        rec_path = v1_record_path(tar_path)  # a version-1 set not yet upgraded
     if not (tar_path.exists() and rec_path.exists()):
         return None
     try:
@@ -248,10 +272,10 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> dict[str, Any]:
     import jsonschema
 
     if isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME:
-        if manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("format_version") not in READABLE_VERSIONS:
             raise ManifestError(
-                f"{where}: format_version {manifest.get('format_version')!r}; this nsneg reads version "
-                f"{FORMAT_VERSION} (upgrade nsneg to read newer shard sets)"
+                f"{where}: format_version {manifest.get('format_version')!r}; this nsneg reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))} (upgrade nsneg to read newer shard sets)"
             )
     try:
         jsonschema.validate(manifest, MANIFEST_SCHEMA)
@@ -284,8 +308,32 @@ def load_manifest(root: Path) -> dict[str, Any]:
     return validate_manifest(manifest, str(path))
 
 
+def upgrade(root: Path) -> bool:
+    """Bring a version-1 set to the current layout in place: records leave the split folders.
+
+    Each record is written to its new place before the old one is removed, and the manifest
+    is rewritten last, so an interrupted upgrade is finished by the next. Returns whether
+    anything changed.
+    """
+    root = Path(root)
+    manifest = load_manifest(root)
+    old_records = sorted(p for split in manifest["splits"] for p in (root / split).glob("*.tar.json"))
+    if manifest["format_version"] == FORMAT_VERSION and not old_records:
+        return False
+    for old in old_records:
+        new = record_path(old.with_suffix(""))
+        new.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(new, old.read_bytes())
+        old.unlink()
+    atomic_write_json(root / MANIFEST_NAME, {**manifest, "format_version": FORMAT_VERSION})
+    return True
+
+
 def check_mergeable(root: Path, classes: list[str], generator: dict[str, Any], has_source: bool) -> dict[str, Any] | None:
-    """The manifest already in ``root`` (None if none), after refusing one of another shard set."""
+    """The manifest already in ``root`` (None if none), after refusing one of another shard set.
+
+    A version-1 set that may be written into is upgraded first (its records move).
+    """
     if not (Path(root) / MANIFEST_NAME).exists():
         return None
     old = load_manifest(root)
@@ -294,6 +342,7 @@ def check_mergeable(root: Path, classes: list[str], generator: dict[str, Any], h
             f"{Path(root) / MANIFEST_NAME} describes another shard set (classes, generator or source pixels "
             "differ); use a new output directory instead of mixing two datasets"
         )
+    upgrade(root)
     return old
 
 
@@ -319,19 +368,26 @@ def shard_paths(root: Path, split: str, manifest: dict[str, Any] | None = None) 
     return [Path(root) / split / s["name"] for s in manifest["splits"][split]["shards"]]
 
 
-def verify(root: Path) -> list[str]:
-    """Re-hash every shard listed in the manifest; returns a list of problems (empty = verified)."""
+def shard_problem(path: Path, shard: dict[str, Any], *, hash_it: bool = True) -> str | None:
+    """Why the file at ``path`` is not the manifest's ``shard`` (None when it is)."""
+    if not path.exists():
+        return f"{path}: missing"
+    if path.stat().st_size != shard["bytes"]:
+        return f"{path}: {path.stat().st_size} bytes, manifest says {shard['bytes']}"
+    if hash_it and (actual := sha256_file(path)) != shard["sha256"]:
+        return f"{path}: sha256 mismatch (manifest {shard['sha256']}, file {actual})"
+    return None
+
+
+def verify(root: Path, splits: Iterable[str] | None = None) -> list[str]:
+    """Re-hash every shard of ``splits`` (default: all) listed in the manifest; returns a list of
+    problems (empty = verified)."""
     manifest = load_manifest(root)
     problems = []
-    for split, info in manifest["splits"].items():
-        for shard in info["shards"]:
-            path = Path(root) / split / shard["name"]
-            if not path.exists():
-                problems.append(f"{path}: missing")
-            elif path.stat().st_size != shard["bytes"]:
-                problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard['bytes']}")
-            elif sha256_file(path) != shard["sha256"]:
-                problems.append(f"{path}: sha256 mismatch")
+    for split in manifest["splits"] if splits is None else splits:
+        for shard in manifest["splits"][split]["shards"]:
+            if problem := shard_problem(Path(root) / split / shard["name"], shard):
+                problems.append(problem)
     return problems
 
 

@@ -9,7 +9,6 @@ worker dies; bad images are skipped with a reason and counted against a threshol
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ import numpy as np
 
 from pipeline import contract
 from pipeline.images import RESIZE_SHORT, BadImage, Crops, make_crops
+from pipeline.shards import ShardSpec, finished_record
+from pipeline.shards import plan_shards as plan
 from pipeline.sources import Listing, SourceImage
 from pipeline.synthesis import SynthesisConfig
 
@@ -57,14 +58,6 @@ class JobConfig:
         }
 
 
-@dataclass(frozen=True)
-class ShardSpec:
-    index: int
-    path: str
-    images: list[SourceImage]
-    fingerprint: str
-
-
 @dataclass
 class JobSummary:
     images: int
@@ -87,44 +80,14 @@ def image_seed(global_seed: int, key: str) -> int:
 
 
 def plan_shards(listing: Listing, config: JobConfig) -> list[ShardSpec]:
-    generator = json.dumps(config.generator_config(), sort_keys=True)
-    specs = []
-    for index, start in enumerate(range(0, len(listing.images), config.shard_size)):
-        images = listing.images[start : start + config.shard_size]
-        content = generator + "".join(f"\n{im.key}\t{im.path}\t{im.cls}" for im in images)
-        specs.append(
-            ShardSpec(
-                index=index,
-                path=str(contract.shard_path(config.out, config.split, index)),
-                images=images,
-                fingerprint=hashlib.sha256(content.encode()).hexdigest(),
-            )
-        )
-    return specs
-
-
-def finished_record(spec: ShardSpec) -> dict[str, Any] | None:
-    """The record of an already finished shard, or None. A shard made with other inputs or
-    settings is an error, not something to silently mix into this dataset."""
-    path = Path(spec.path)
-    record = contract.read_record(path)
-    if record is None:
-        return None
-    if record.get("fingerprint") != spec.fingerprint:
-        raise RuntimeError(
-            f"{path} was made from other images or settings than this run's. "
-            "Use a new --out directory (or delete the old shards) instead of mixing two datasets."
-        )
-    if path.stat().st_size != record["bytes"]:
-        return None  # damaged after the fact: redo it
-    return record
+    return plan(listing.images, config.out, config.split, config.shard_size, config.generator_config())
 
 
 def _sample_meta(image: SourceImage, crops: Crops, seed: int, loss: float, config: JobConfig) -> dict[str, Any]:
     return {
         "key": image.key,
         "wnid": image.wnid,
-        "source_path": image.path,
+        "source_path": image.relpath,  # below the --imagenet root: no private path leaves this machine
         "source_name": Path(image.path).name,
         "source_format": crops.source_format,
         "resized_size": list(crops.resized_size),
@@ -157,10 +120,10 @@ def write_shard(synthesize, spec: ShardSpec, config: JobConfig, report=lambda n:
                     data = Path(image.path).read_bytes()
                     crops = make_crops(data, np.random.default_rng(seed), config.resize_short)
                 except BadImage as e:
-                    skipped.append({"path": image.path, "key": image.key, "reason": e.reason})
+                    skipped.append({"path": image.relpath, "key": image.key, "reason": e.reason})
                     continue
                 except OSError as e:
-                    skipped.append({"path": image.path, "key": image.key, "reason": f"cannot read: {e}"})
+                    skipped.append({"path": image.relpath, "key": image.key, "reason": f"cannot read: {e}"})
                     continue
                 ready.append((image, seed, data, crops))
             if ready:
@@ -248,7 +211,7 @@ def _check_skips(skipped: int, total: int, max_fraction: float) -> None:
         raise SkipThresholdExceeded(
             f"{skipped} of {total} images skipped ({skipped / total:.1%}), above --max-skip-fraction "
             f"{max_fraction:.1%}: the input looks broken. Finished shards are kept; see their "
-            "*.tar.json records for the reasons, fix the input, then rerun to resume."
+            "records/*.tar.json for the reasons, fix the input, then rerun to resume."
         )
 
 

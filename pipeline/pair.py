@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from pipeline import contract, job
+from pipeline import contract
+from pipeline.shards import ShardSpec, finished_record
 from pipeline.sources import folder_listing, key_candidates
 
 #: How many ImageNet files without a texture the manifest names (the count is always exact).
@@ -89,7 +91,7 @@ def _source_bytes(key: str, meta: dict[str, Any], split_dir: Path) -> tuple[Path
         return path, None, f"cannot read: {e}"
 
 
-def pair_shard(input_path: Path, spec: job.ShardSpec, split_dir: Path,
+def pair_shard(input_path: Path, spec: ShardSpec, split_dir: Path,
                report: Callable[[int], Any] = lambda n: None) -> dict[str, Any]:
     """Write one paired shard; returns its record.
 
@@ -135,10 +137,10 @@ def run(textures: Path, imagenet: Path, out: Path, split: str = "train", *,
     except ValueError as e:
         raise PairError(str(e)) from None
     info = manifest["splits"][split]
-    specs = [job.ShardSpec(index=i, path=str(out / split / s["name"]), images=[],
-                           fingerprint=shard_fingerprint(s["sha256"], imagenet, split))
+    specs = [ShardSpec(index=i, path=str(out / split / s["name"]),
+                       fingerprint=shard_fingerprint(s["sha256"], imagenet, split))
              for i, s in enumerate(info["shards"])]
-    records = {s.index: r for s in specs if (r := job.finished_record(s)) is not None}
+    records = {s.index: r for s in specs if (r := finished_record(s)) is not None}
     pending = [s for s in specs if s.index not in records]
     done = sum(info["shards"][i]["samples"] for i in records)
     bar = tqdm(total=info["samples"], initial=done, unit="img", desc="pairing", disable=not show_progress)

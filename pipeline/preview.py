@@ -39,6 +39,12 @@ def _row(sample: contract.TextureSample, classes: list[str]) -> Image.Image:
 def contact_sheet(root: Path, split: str, out: Path, n: int = 16, classes: set[str] | None = None) -> Path:
     """Write a PNG of the first ``n`` samples of ``split`` (only of ``classes`` if given), atomically."""
     manifest = contract.load_manifest(root)
+    if split not in manifest["splits"]:
+        raise ValueError(f"{root} has no split {split!r} (has {sorted(manifest['splits'])})")
+    unknown = sorted(set(classes or ()) - set(manifest["classes"]))
+    if unknown:
+        shown = ", ".join(manifest["classes"][:10]) + (", ..." if len(manifest["classes"]) > 10 else "")
+        raise ValueError(f"no class {', '.join(unknown)} in {root} (its classes: {shown})")
     rows = []
     for sample in contract.iter_samples(root, split):
         if classes and manifest["classes"][sample.cls] not in classes:
@@ -47,7 +53,8 @@ def contact_sheet(root: Path, split: str, out: Path, n: int = 16, classes: set[s
         if len(rows) >= n:
             break
     if not rows:
-        raise ValueError(f"{root}/{split} holds no samples to preview")
+        raise ValueError(f"{root}/{split} holds no samples" + (f" of classes {', '.join(sorted(classes))}"
+                                                              if classes else "") + " to preview")
     header = Image.new("RGB", (4 * CELL, 16), "white")
     hd = ImageDraw.Draw(header)
     for i, title in enumerate(("source (boxes)", "center crop", "random crop", "texture")):

@@ -47,9 +47,10 @@ n04229816 n02100583 n03642806 n04336792 n03259280 n02116738 n02108089 n03424325 
 @dataclass(frozen=True)
 class SourceImage:
     key: str  # safe webdataset key, unique in the listing
-    path: str  # absolute path of the source file
+    path: str  # absolute path of the source file: read here, never stored in a shard
     cls: int  # index into the listing's classes
     wnid: str
+    relpath: str  # the path below the listing's root (``<split>/<wnid>/<file>``): what shards and manifests record
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ def key_candidates(wnid: str, stem: str) -> tuple[str, str]:
     return safe_key(stem), safe_key(f"{wnid}_{stem}")
 
 
-def _assign_keys(entries: list[tuple[Path, int, str]]) -> list[SourceImage]:
+def _assign_keys(entries: list[tuple[Path, int, str]], root: Path) -> list[SourceImage]:
+    """``entries``: (path under ``root``, class index, wnid)."""
     seen: dict[str, int] = {}
     for path, _, _ in entries:
         seen[safe_key(path.stem)] = seen.get(safe_key(path.stem), 0) + 1
@@ -71,7 +73,8 @@ def _assign_keys(entries: list[tuple[Path, int, str]]) -> list[SourceImage]:
     for path, cls, wnid in entries:
         plain, with_class = key_candidates(wnid, path.stem)
         key = with_class if seen[plain] > 1 else plain
-        images.append(SourceImage(key=key, path=str(path), cls=cls, wnid=wnid))
+        images.append(SourceImage(key=key, path=str(path.resolve()), cls=cls, wnid=wnid,
+                                  relpath=path.relative_to(root).as_posix()))
     if len({im.key for im in images}) != len(images):
         raise ValueError("source keys are not unique even after adding class names; rename the duplicates")
     return images
@@ -86,7 +89,7 @@ def embedded_listing() -> Listing:
     missing = [str(p) for p, _, _ in entries if not p.exists()]
     if missing:
         raise FileNotFoundError(f"scikit-image's bundled photos are missing: {missing}")
-    return Listing(classes=classes, images=_assign_keys(sorted(entries)))
+    return Listing(classes=classes, images=_assign_keys(sorted(entries), data_dir))
 
 
 def folder_listing(root: Path, split: str, subset: str = "all") -> Listing:
@@ -108,7 +111,7 @@ def folder_listing(root: Path, split: str, subset: str = "all") -> Listing:
     for cls, wnid in enumerate(classes):
         for path in sorted((split_dir / wnid).iterdir()):
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                entries.append((path.resolve(), cls, wnid))
+                entries.append((path, cls, wnid))
     if not entries:
         raise FileNotFoundError(f"{split_dir} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return Listing(classes=classes, images=_assign_keys(entries))
+    return Listing(classes=classes, images=_assign_keys(entries, Path(root)))

@@ -1,10 +1,13 @@
 """Streaming training data: shards -> decoded (query, key, texture) crops -> batches.
 
 A webdataset pipeline of small stages. Sources are a local shard directory (its
-manifest is checked and every shard's sha256 verified before training), or a comma list
-or brace pattern of shard URLs (file paths, http(s)://). Shards are resampled, split by
-node and worker, and every epoch has exactly ``steps_per_epoch`` batches on every rank,
-so DDP ranks never wait on an uneven shard.
+manifest is checked and its train shards' sha256 verified before training, once per
+node, remembered by size and mtime: ``verify_local``), a published set by name or by its
+folder's url (streamed; every shard hashed as it is read and refused on a mismatch before
+any of its samples is used: ``open_verified``), or a comma list or brace pattern of shard
+URLs (file paths, http(s)://). Shards are resampled, split by node and worker, and every
+epoch has exactly ``steps_per_epoch`` batches on every rank, so DDP ranks never wait on
+an uneven shard.
 
 The loader does the geometric part of MoCo v2's augmentation (RandomResizedCrop) on the
 decoded images: two independent crops of the source for q and k, and for the texture
@@ -14,32 +17,108 @@ relative centre). Photometric augmentation happens batched on the device
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import random
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from pipeline import contract
+from pipeline.files import atomic_write_json
 
 SCALE = (0.2, 1.0)
 RATIO = (3 / 4, 4 / 3)
+SPLIT = "train"
+#: A url's expected sha256 travels with it as a fragment (as pip's ``#sha256=``): ``open_verified`` checks it.
+HASH_FRAGMENT = "#sha256="
+SPOOL_BYTES = 64 << 20  # a streamed shard is held in memory up to this size, on disk beyond
 
 
 class BadShards(RuntimeError):
     pass
 
 
+def verified_cache_path() -> Path:
+    """``$NSNEG_CACHE_DIR/verified.json``, else ``$XDG_CACHE_HOME/nsneg/`` (``~/.cache/nsneg/``)."""
+    root = os.environ.get("NSNEG_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nsneg"
+    return Path(root) / "verified.json"
+
+
+def verify_local(root: Path, split: str = SPLIT, *, reverify: bool = False, show_progress: bool = False) -> int:
+    """Hash ``split``'s shards of a local set against its manifest; returns how many were hashed now.
+
+    A shard already verified on this machine (``verified_cache_path``: keyed by path, size and
+    mtime, and the sha256 it matched) is not read again unless ``reverify``. Raises ``BadShards``
+    naming every shard that does not match.
+    """
+    from tqdm import tqdm
+
+    manifest = contract.load_manifest(root)
+    if split not in manifest["splits"]:
+        raise BadShards(f"{root} has no {split!r} split (has {sorted(manifest['splits'])})")
+    cache_path = verified_cache_path()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    shards = [(Path(root).resolve() / split / s["name"], s) for s in manifest["splits"][split]["shards"]]
+
+    def known(path: Path, shard: dict[str, Any]) -> bool:
+        entry, stat = cache.get(str(path)), path.stat() if path.exists() else None
+        return (not reverify and stat is not None and entry == {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                                               "sha256": shard["sha256"]})
+
+    todo = [(p, s) for p, s in shards if not known(p, s)]
+    problems = []
+    with tqdm(total=sum(s["bytes"] for _, s in todo), unit="B", unit_scale=True, unit_divisor=1024,
+              desc=f"verify {split}", disable=not (show_progress and todo)) as bar:
+        for path, shard in todo:
+            if problem := contract.shard_problem(path, shard):
+                problems.append(problem)
+                cache.pop(str(path), None)
+            else:
+                stat = path.stat()
+                cache[str(path)] = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": shard["sha256"]}
+            bar.update(shard["bytes"])
+    if todo:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cache_path, cache)
+        except OSError:  # an unwritable cache only costs the next start a re-hash
+            pass
+    if problems:
+        raise BadShards("shards do not match their manifest, refusing to train on them:\n  " + "\n  ".join(problems))
+    return len(todo)
+
+
+def _published(spec: str, manifest_dirs: tuple[str, ...]):
+    from datasets_manifest import registry
+
+    try:
+        if "://" in spec:
+            return registry.from_url(spec)
+        return registry.find(spec, [Path(d) for d in manifest_dirs])
+    except (KeyError, FileNotFoundError, contract.ManifestError) as e:
+        raise BadShards(str(e).strip('"')) from None
+
+
 def resolve_urls(spec: str, verify: bool = True, manifest_dirs: tuple[str, ...] = ()) -> tuple[list[str], int | None]:
     """-> (shard urls, number of samples or None when unknown).
 
     A directory with a manifest: its train split, verified against the manifest's sha256
-    (a shard that does not match is refused: it is never read). A published set's name
-    (``NAME[@VERSION]``, see ``nsneg-data list``): its urls, streamed without download.
-    Otherwise a comma list or brace pattern of urls.
+    (``verify_local``; a shard that does not match is refused: it is never read). A
+    published set's name (``NAME[@VERSION]``, see ``nsneg-data list``) or its folder's url
+    (``hf://datasets/ORG/NAME``, ``https://...``, no ``.tar`` at the end): its urls, each
+    with its expected sha256 (``HASH_FRAGMENT``), streamed without download and verified
+    as read. Otherwise a comma list or brace pattern of urls.
     """
     path = Path(spec)
     if path.is_dir():
@@ -47,21 +126,18 @@ def resolve_urls(spec: str, verify: bool = True, manifest_dirs: tuple[str, ...] 
         if not manifest["has_source"]:
             raise BadShards(f"{spec} carries no source pixels (--no-source); pair it with ImageNet first")
         if verify:
-            problems = contract.verify(path)
-            if problems:
-                raise BadShards("shards do not match their manifest, refusing to train on them:\n  " + "\n  ".join(problems))
-        return [str(p) for p in contract.shard_paths(path, "train", manifest)], manifest["splits"]["train"]["samples"]
-    if "/" not in spec and not spec.endswith(".tar"):
-        from datasets_manifest import registry
-
-        try:
-            published = registry.find(spec, [Path(d) for d in manifest_dirs])
-        except KeyError as e:
-            raise BadShards(str(e).strip('"')) from None
+            verify_local(path)
+        return [str(p) for p in contract.shard_paths(path, SPLIT, manifest)], manifest["splits"][SPLIT]["samples"]
+    if ("/" not in spec or "://" in spec) and not spec.endswith(".tar") and not any(c in spec for c in ",{"):
+        published = _published(spec, manifest_dirs)
         if not published.manifest["has_source"]:
             raise BadShards(f"{spec} carries no source pixels; fetch it and pair it with ImageNet "
                             "(nsneg-textures pair) first")
-        return published.urls("train"), published.manifest["splits"]["train"]["samples"]
+        if SPLIT not in published.manifest["splits"]:
+            raise BadShards(f"{spec} has no {SPLIT!r} split (has {sorted(published.manifest['splits'])})")
+        shards = published.manifest["splits"][SPLIT]["shards"]
+        urls = published.urls(SPLIT)
+        return [f"{u}{HASH_FRAGMENT}{s['sha256']}" for u, s in zip(urls, shards)], published.manifest["splits"][SPLIT]["samples"]
     import braceexpand
 
     urls = [u for part in spec.split(",") if part.strip() for u in braceexpand.braceexpand(part.strip())]
@@ -71,6 +147,57 @@ def resolve_urls(spec: str, verify: bool = True, manifest_dirs: tuple[str, ...] 
     if missing:
         raise BadShards(f"no such shard directory or file: {', '.join(missing[:5])}")
     return urls, None
+
+
+def _read_verified(url: str, expected: str):
+    """The whole shard at ``url``, hashed as it is read, as a file object rewound to its start.
+
+    Nothing of a shard is passed on before all of it has matched ``expected``, so a changed
+    shard never reaches a batch, however decodable its samples are.
+    """
+    import webdataset as wds
+
+    digest, spool = hashlib.sha256(), tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+    with wds.gopen(url) as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+            spool.write(block)
+    if digest.hexdigest() != expected:
+        spool.close()
+        raise BadShards(f"shard {url}: sha256 {digest.hexdigest()}, but its manifest says {expected}; refusing "
+                        "to train on it (it changed where it is served, or arrived damaged)")
+    spool.seek(0)
+    return spool
+
+
+def open_verified(src: Iterator[dict], handler=None) -> Iterator[dict]:
+    """webdataset's ``url_opener`` stage, verifying every url that carries ``HASH_FRAGMENT``.
+
+    A mismatch raises ``BadShards`` (never passed to ``handler``: it stops the run); other
+    errors in opening go to ``handler`` as in webdataset (True: skip the shard).
+    """
+    import webdataset as wds
+
+    handler = handler or wds.reraise_exception
+    for sample in src:
+        url, _, expected = sample["url"].partition(HASH_FRAGMENT)
+        try:
+            stream = _read_verified(url, expected) if expected else wds.gopen(url)
+        except BadShards:
+            raise
+        except Exception as exn:
+            exn.args = exn.args + (url,)
+            if handler(exn):
+                continue
+            break
+        yield {**sample, "url": url, "stream": stream}
+
+
+def tar_samples(src: Iterator[dict], handler) -> Iterator[dict]:
+    """Shard urls -> raw samples: ``wds.tarfile_to_samples`` with ``open_verified`` as its opener."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    return group_by_keys(tar_file_expander(open_verified(src, handler), handler=handler), handler=handler)
 
 
 def crop_box(width: int, height: int, rng: random.Random) -> tuple[float, float, float, float]:
@@ -142,7 +269,7 @@ def make_loader(urls: list[str], *, batch_size: int, image_size: int, steps: int
 
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        lambda src: tar_samples(src, wds.warn_and_continue),
         lambda src: wds.shuffle(shuffle_buffer, seed=worker_seed(seed))(src),
         lambda src: views(src, image_size, seed),
         wds.batched(batch_size, partial=False),

@@ -2,6 +2,7 @@
 5xx, corrupted) -> verify -> preview -> stats -> stream into the trainer's loader."""
 import copy
 import json
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,14 +14,14 @@ from PIL import Image
 from datasets_manifest import registry
 from datasets_manifest.cli import main as data_cli
 from datasets_manifest.fetch import fetch
-from pipeline import contract, job
-from pipeline.sources import folder_listing
-from tests.helpers import TINY, make_tree
+from pipeline import contract, files
+from tests.helpers import as_v1
 
 
 class ShardServer(ThreadingHTTPServer):
     """Serves files under ``root`` with HTTP Range support, and misbehaves on request:
-    ``faults[path]`` is a list of 'cut' (half the body, then hang up), '503' or 'corrupt'."""
+    ``faults[path]`` is a list of 'cut' (half the body, then hang up), '503', 'corrupt' or
+    'norange' (the whole file with status 200, whatever Range asked)."""
 
     daemon_threads = True
 
@@ -50,6 +51,7 @@ class ShardHandler(BaseHTTPRequestHandler):
             return self.send_error(404)
         data = path.read_bytes()
         start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+        start = 0 if fault == "norange" else start
         if start >= len(data) and start:
             return self.send_error(416)
         body = data[start:]
@@ -69,11 +71,9 @@ class ShardHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, ray_session):
+def served(tmp_path_factory, texture_shards):
     root = tmp_path_factory.mktemp("published")
-    listing = folder_listing(make_tree(root / "tree", n_per_class=3, bad=False), "train")
-    shards = root / "www" / "set"
-    job.run(job.JobConfig(out=shards, synthesis=TINY, shard_size=2), listing, show_progress=False)
+    shards = Path(shutil.copytree(texture_shards[0], root / "www" / "set"))
     server = ShardServer(root / "www")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     manifests = root / "manifests"
@@ -190,3 +190,163 @@ def test_manifests_are_validated_with_clear_errors(served, tmp_path):
         (directory / "x-1.json").write_text(json.dumps(manifest))
         with pytest.raises(contract.ManifestError, match=message.replace("'", ".").replace("(", ".").replace(")", ".")):
             registry.find("x", [directory])
+
+
+def test_publish_writes_a_card_that_hf_datasets_reads_and_warns_about_imagenet_pixels(served, tmp_path):
+    from datasets import load_dataset
+
+    _, shards, _ = served
+    folder = Path(shutil.copytree(shards, tmp_path / "set"))
+    (folder / "README.md").unlink()
+    manifest = json.loads((folder / contract.MANIFEST_NAME).read_text())
+    (folder / "holdout").mkdir()  # a split only the card names: HF's own guess would load train alone
+    for shard in manifest["splits"]["train"]["shards"]:
+        shutil.copy(folder / "train" / shard["name"], folder / "holdout" / shard["name"])
+    manifest["splits"]["holdout"] = manifest["splits"]["train"]
+    (folder / contract.MANIFEST_NAME).write_text(json.dumps(manifest))
+    args = ["publish", str(folder), "--base-url", "https://example.org/set", "--name", "carded"]
+    result = CliRunner().invoke(data_cli, args)
+    assert result.exit_code == 0, result.output
+    assert "carries ImageNet pixels (source.img)" in result.output
+    user_dir = registry.user_manifest_dir()  # the default: outside the installed package
+    assert (user_dir / "carded-1.json").exists() and registry.SHIPPED_DIR.resolve() not in user_dir.resolve().parents
+    assert registry.find("carded").path == user_dir / "carded-1.json"
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlicense: other\n") and '- split: "holdout"\n    path: "holdout/*.tar"' in card
+    assert "ImageNet terms of access" in card and "@inproceedings{ge2021robust" in card
+    assert f'"steps": [\n      {manifest["generator"]["synthesis"]["steps"][0]},' in card
+    loaded = load_dataset(str(folder), cache_dir=str(tmp_path / "hf"))
+    assert set(loaded) == {"train", "holdout"} and loaded["holdout"].num_rows == manifest["splits"]["train"]["samples"]
+
+    manifest["has_source"] = False  # a texture-only set: no warning
+    (folder / contract.MANIFEST_NAME).write_text(json.dumps(manifest))
+    result = CliRunner().invoke(data_cli, args + ["--version", "2"])
+    assert result.exit_code == 0 and "ImageNet pixels" not in result.output
+    (folder / "README.md").write_text("my own notes\n")  # a README nsneg did not write is never replaced
+    result = CliRunner().invoke(data_cli, args + ["--version", "3"])
+    assert result.exit_code == 1 and "was not written by nsneg-data publish" in result.output
+    assert (folder / "README.md").read_text() == "my own notes\n"
+
+
+def test_fetch_by_folder_url_over_fsspec_and_a_mocked_hub(served, tmp_path, monkeypatch):
+    import importlib
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    _, shards, _ = served
+    hub = tmp_path / "hub"
+    shutil.copytree(shards, hub / "datasets" / "org" / "demo")
+
+    class LocalHub(LocalFileSystem):
+        """``hf://datasets/ORG/NAME/...`` answered from a local folder: huggingface_hub's HfFileSystem, no network."""
+
+        protocol = "hf"
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return str(hub / str(path).removeprefix("hf://"))
+
+    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "hf", LocalHub)
+    for url, to in (("hf://datasets/org/demo", tmp_path / "from-hub"), (f"file://{shards}", tmp_path / "from-file")):
+        result = CliRunner().invoke(data_cli, ["fetch", url, "--to", str(to), "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert "3 downloaded, 0 already verified, 0 failed" in result.output
+        assert contract.verify(to) == [] and names(to) == names(shards)
+    result = CliRunner().invoke(data_cli, ["fetch", "hf://datasets/org/nosuch", "--to", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "cannot read hf://datasets/org/nosuch/manifest.json" in result.output
+
+
+def test_fetch_messages_a_404_and_counts_retries_of_failed_shards(served, tmp_path):
+    server, shards, manifests = served
+    server.faults = {}
+    moved = json.loads((manifests / "demo-1.json").read_text())
+    moved.update(name="moved", base_url=f"{server.base}/nowhere")
+    for shard in moved["splits"]["train"]["shards"]:
+        shard["url"] = f"{server.base}/nowhere/train/{shard['name']}"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "moved-1.json").write_text(json.dumps(moved))
+    to = tmp_path / "got"
+    result = CliRunner().invoke(data_cli, ["fetch", "moved", "--to", str(to), "--manifest-dir", str(tmp_path / "m"), "--quiet"])
+    assert result.exit_code == 1 and "HTTP 404 Not Found (not retried: check the set's base url)" in result.output
+    assert "3 failed (0 retries in all)" in result.output and ".part" not in result.output
+    assert not list(to.rglob("*.part"))
+
+    bad = f"/set/train/{names(shards)[0]}"
+    server.faults = {bad: ["corrupt"] * 3}
+    report = fetch(registry.find("demo@1", [manifests]), tmp_path / "again", show_progress=False, retries=2, backoff=0.01)
+    assert "gave up after 3 attempts" in report.failed[f"train/{names(shards)[0]}"] and report.retries == 2
+
+
+def test_progress_bar_ends_full_when_the_server_ignores_range(served, tmp_path, capsys):
+    server, shards, manifests = served
+    name = names(shards)[0]
+    data = (shards / "train" / name).read_bytes()
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / f".{name}.part").write_bytes(data[: len(data) // 2])  # left by an earlier run
+    server.faults = {f"/set/train/{name}": ["norange"]}
+    server.requests.clear()
+    report = fetch(registry.find("demo@1", [manifests]), tmp_path, show_progress=True)
+    assert not report.failed and (tmp_path / "train" / name).read_bytes() == data
+    assert (f"/set/train/{name}", f"bytes={len(data) // 2}-") in server.requests  # asked to resume, got it all
+    last = capsys.readouterr().err.rsplit("\r", 1)[-1]
+    assert "fetch: 100%" in last
+
+
+def test_preview_of_a_class_not_in_the_set_says_so(served, tmp_path):
+    _, shards, _ = served
+    result = CliRunner().invoke(data_cli, ["preview", str(shards), "-o", str(tmp_path / "s.png"), "--classes", "nosuch"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"no class nosuch in {shards} (its classes: n00000001, n00000002)" in result.output
+
+
+def altered(shard: Path) -> None:
+    """Change the first sample's label in place: the shard stays a valid, decodable tar."""
+    import io
+    import tarfile
+
+    with tarfile.open(shard) as src:
+        members = [(m, src.extractfile(m).read()) for m in src.getmembers()]
+    first_cls = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".cls"))
+    member, label = members[first_cls]
+    members[first_cls] = (member, b"1" if label != b"1" else b"0")
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as out:
+        for member, data in members:
+            member.size = len(data)
+            out.addfile(member, io.BytesIO(data))
+
+
+def test_a_streamed_shard_that_changed_is_refused_before_any_of_its_samples_is_used(texture_shards, tmp_path):
+    from trainer.data import BadShards, make_loader, resolve_urls
+
+    folder = Path(shutil.copytree(texture_shards[0], tmp_path / "www" / "set"))
+    server = ShardServer(tmp_path / "www")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        shard = contract.shard_paths(folder, "train")[1]
+        expected = contract.load_manifest(folder)["splits"]["train"]["shards"][1]["sha256"]
+        altered(shard)
+        assert len(list(contract.iter_raw([shard]))) == 2  # still decodes
+        urls, samples = resolve_urls(f"{server.base}/set")  # the set's folder url: its manifest's sha256 travel along
+        assert samples == 6 and urls[1] == f"{server.base}/set/train/{shard.name}#sha256={expected}"
+        batches = []
+        with pytest.raises(BadShards) as refused:
+            for batch in make_loader([urls[1]], batch_size=1, image_size=32, steps=4, workers=0, seed=0, shuffle_buffer=1):
+                batches.append(batch)
+        actual = files.sha256_file(shard)
+        assert str(refused.value).startswith(f"shard {server.base}/set/train/{shard.name}: sha256 {actual}, "
+                                             f"but its manifest says {expected}")
+        assert batches == []  # not one sample of it reached a batch
+        good = list(make_loader([urls[0]], batch_size=2, image_size=32, steps=2, workers=0, seed=0, shuffle_buffer=2))
+        assert len(good) == 2
+    finally:
+        server.shutdown()
+
+
+def test_upgrade_command_moves_a_version_1_sets_records(texture_shards, tmp_path):
+    old = as_v1(texture_shards[0], tmp_path / "v1")
+    assert any(p.suffix == ".json" for p in (old / "train").iterdir())
+    result = CliRunner().invoke(data_cli, ["upgrade", str(old)])
+    assert result.exit_code == 0 and "upgraded to format version 2" in result.output
+    assert {p.suffix for p in (old / "train").iterdir()} == {".tar"} and contract.verify(old) == []
+    result = CliRunner().invoke(data_cli, ["upgrade", str(old)])
+    assert result.exit_code == 0 and "already format version 2; nothing to do" in result.output

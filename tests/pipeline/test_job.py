@@ -9,12 +9,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline import contract, files, job
 from pipeline.sources import folder_listing
-from tests.helpers import TINY, make_tree
+from tests.helpers import TINY, as_v1, make_tree
 
 
 def run_job(out: Path, listing, **kwargs):
@@ -63,6 +62,26 @@ def test_manifest_and_contract_round_trip(built):
         assert set(s.meta["crop_boxes"]) == {"center", "random"} and s.meta["seed"] == job.image_seed(0, s.key)
     dotted = [s for s in samples if s.meta["source_name"] == "with.dots.in.name.png"]
     assert len(dotted) == 1 and dotted[0].key.startswith("with_dots_in_name-")
+
+
+def test_no_private_path_is_stored(built, tree):
+    out, _, _ = built
+    private = str(tree.resolve())
+    assert private not in (out / contract.MANIFEST_NAME).read_text()
+    assert all(private.encode() not in p.read_bytes() for p in [*(out / "train").iterdir(), *(out / "records").iterdir()])
+    for s in contract.iter_samples(out, "train"):
+        assert s.meta["source_path"] == f"train/{s.meta['wnid']}/{s.meta['source_name']}"
+    skipped = contract.load_manifest(out)["splits"]["train"]["skipped"]
+    assert skipped and all(s["path"].startswith("train/n00000003/") for s in skipped)
+
+
+def test_a_version_1_set_resumes_and_is_upgraded(built, tmp_path):
+    out, listing, _ = built
+    old = as_v1(out, tmp_path / "v1")
+    again = run_job(old, listing)
+    assert again.shards_written == 0 and contract.load_manifest(old)["format_version"] == 2
+    assert {p.suffix for p in (old / "train").iterdir()} == {".tar"} and contract.verify(old) == []
+    assert contract.load_manifest(old)["splits"] == contract.load_manifest(out)["splits"]
 
 
 def test_shards_read_with_plain_tar_and_are_homogeneous(built):

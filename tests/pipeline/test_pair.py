@@ -147,3 +147,11 @@ def test_refuses_inputs_that_cannot_be_paired(built, tmp_path):
     data[len(data) // 3] ^= 0xFF
     shard.write_bytes(bytes(data))
     refused(tampered, tree, "sha256 mismatch")
+
+
+def test_pair_needs_no_ray():
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.pair; assert 'ray' not in sys.modules and 'pipeline.job' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,57 @@
+"""Shard specs, planning and finished-shard records: shared by the Ray job and ``pair``.
+
+A ``ShardSpec`` says which shard to write and from what (its ``fingerprint``); a
+finished shard has a record (``contract.record_path``) holding its sha256, size and
+fingerprint. A rerun keeps a finished shard whose fingerprint matches and refuses one
+made from other inputs. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import contract
+from pipeline.sources import SourceImage
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    index: int
+    path: str
+    fingerprint: str
+    images: list[SourceImage] = field(default_factory=list)  # empty where the inputs are shards (``pair``)
+
+
+def plan_shards(images: list[SourceImage], out: Path, split: str, shard_size: int,
+                generator: dict[str, Any]) -> list[ShardSpec]:
+    """Fixed shards of ``shard_size`` images each; a shard's fingerprint covers its images and ``generator``."""
+    settings = json.dumps(generator, sort_keys=True)
+    specs = []
+    for index, start in enumerate(range(0, len(images), shard_size)):
+        chunk = images[start : start + shard_size]
+        # the absolute path, as format 1 did, so older sets resume; only its hash is stored
+        content = settings + "".join(f"\n{im.key}\t{im.path}\t{im.cls}" for im in chunk)
+        specs.append(ShardSpec(index=index, path=str(contract.shard_path(out, split, index)),
+                               fingerprint=hashlib.sha256(content.encode()).hexdigest(), images=chunk))
+    return specs
+
+
+def finished_record(spec: ShardSpec) -> dict[str, Any] | None:
+    """The record of an already finished shard, or None. A shard made with other inputs or
+    settings is an error, not something to silently mix into this dataset."""
+    path = Path(spec.path)
+    record = contract.read_record(path)
+    if record is None:
+        return None
+    if record.get("fingerprint") != spec.fingerprint:
+        raise RuntimeError(
+            f"{path} was made from other images or settings than this run's. "
+            "Use a new --out directory (or delete the old shards) instead of mixing two datasets."
+        )
+    if path.stat().st_size != record["bytes"]:
+        return None  # damaged after the fact: redo it
+    return record
