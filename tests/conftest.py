@@ -58,6 +58,7 @@ def make_checkpoint():
     return make
 
 
+@pytest.fixture(scope="session")
 def texture_shards(tmp_path_factory, ray_session):
     """(shard set, ImageNet tree): one set made by the real Ray job for the whole session.
 
