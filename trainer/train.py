@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from trainer import checkpoint
 from trainer.augment import augment, sample_params
 from trainer.data import BadShards, make_loader, resolve_urls
-from trainer.moco import MoCo, build_encoder
+from trainer.moco import MoCo, build_backbone
 from trainer.negatives import patch_negatives
 
 KINDS = ("none", "texture", "patch", "texture+patch")
@@ -117,7 +117,7 @@ class Trainer:
             raise click.BadParameter("give --steps-per-epoch: the number of samples behind these urls is unknown")
         torch.manual_seed(c.seed)  # same initial weights and queue on every rank
         bn_splits = 1 if self.world > 1 else math.gcd(self.per_rank, c.bn_splits)
-        encoders = [build_encoder(c.arch, c.moco_dim, bn_splits, c.small_images) for _ in range(2)]
+        encoders = [build_backbone(c.arch, c.moco_dim, bn_splits, c.small_images) for _ in range(2)]
         self.model = MoCo(*encoders, dim=c.moco_dim, K=c.moco_k, m=c.moco_m, T=c.moco_t, alpha=c.alpha).to(self.device)
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from pipeline import contract, job
 from pipeline.sources import IMAGENET100, folder_listing
 from trainer import analysis, checkpoint, evaluate
-from trainer.moco import build_encoder
+from trainer.moco import build_backbone
 from tests.helpers import TINY, encode, photo
 
 #: Two dog breeds (one outside Geirhos' "dog" list: Chihuahua), a tabby cat, a computer keyboard, jean, window screen.
@@ -52,7 +52,7 @@ def shards(tree, tmp_path_factory, ray_session) -> Path:
 def ckpt(tmp_path_factory) -> Path:
     """A resnet18 MoCo checkpoint as the paper released theirs: ``state_dict`` of ``module.encoder_q.*``."""
     torch.manual_seed(0)
-    enc = build_encoder("resnet18")
+    enc = build_backbone("resnet18")
     path = tmp_path_factory.mktemp("ckpt") / "moco_v2_released.pth.tar"
     state = {"module.encoder_q." + k: v for k, v in enc.state_dict().items()}
     torch.save({"state_dict": state, "arch": "resnet18"}, path)

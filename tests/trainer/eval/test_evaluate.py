@@ -15,7 +15,7 @@ from pipeline import contract, job
 from pipeline.sources import folder_listing
 from pipeline.synthesis import SynthesisConfig
 from trainer import checkpoint, evaluate
-from trainer.moco import MoCo, build_encoder
+from trainer.moco import MoCo, build_backbone
 from tests.helpers import encode, photo
 
 COLOURS = {"n01440764": (200, 40, 40), "n01443537": (40, 180, 60), "n01484850": (50, 70, 210)}
@@ -48,7 +48,7 @@ def trees(tmp_path_factory):
 def ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "moco.pt"
-    model = MoCo(build_encoder("resnet18", small_images=True), build_encoder("resnet18", small_images=True), K=64)
+    model = MoCo(build_backbone("resnet18", small_images=True), build_backbone("resnet18", small_images=True), K=64)
     checkpoint.save(path, {"model": model.state_dict(),
                            "config": {"arch": "resnet18", "small_images": True, "image_size": 32}})
     return path

@@ -15,7 +15,7 @@ from torchvision import transforms
 
 from trainer import checkpoint, evaluate
 from trainer.corruptions import corrupt
-from trainer.moco import MoCo, build_encoder
+from trainer.moco import MoCo, build_backbone
 from tests.helpers import encode, photo
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]  # tench, English springer, cassette player
@@ -54,11 +54,11 @@ def world(tmp_path_factory):
 
     torch.manual_seed(0)
     released = root / "moco_v2_released.pth.tar"
-    encoder = build_encoder("resnet18")
+    encoder = build_backbone("resnet18")
     torch.save({"state_dict": {"module.encoder_q." + k: v for k, v in encoder.state_dict().items()},
                 "arch": "resnet18"}, released)
     ours = root / "runs" / "ours" / "checkpoint.pt"
-    model = MoCo(build_encoder("resnet18", small_images=True), build_encoder("resnet18", small_images=True), K=64)
+    model = MoCo(build_backbone("resnet18", small_images=True), build_backbone("resnet18", small_images=True), K=64)
     checkpoint.save(ours, {"model": model.state_dict(),
                            "config": {"arch": "resnet18", "small_images": True, "image_size": 32}})
     heads = {}
