@@ -223,7 +223,7 @@ class Trainer:
         """This rank's batches for one epoch: a function of ``seed`` alone, so epochs repeat on resume."""
         c = self.config
         return make_loader(self.urls, batch_size=self.per_rank, image_size=c.image_size, steps=steps,
-                           workers=c.workers, seed=seed, shuffle_buffer=c.shuffle_buffer)
+                           workers=c.workers, seed=seed, shuffle_buffer=c.shuffle_buffer, pin_memory=self.cuda)
 
     def _request_stop(self, signum, _frame) -> None:
         self.stop_signal = signum

@@ -1,5 +1,6 @@
 """The loader: crops (the texture gets its query's box), skipped samples, refused shards."""
 
+import io
 import random
 import shutil
 
@@ -9,7 +10,16 @@ import torch
 from PIL import Image
 
 from pipeline import files
-from trainer.data import BadShards, apply_box, crop_box, resolve_urls, views
+from tests.helpers import encode, photo
+from trainer.data import (
+    BadShards,
+    apply_box,
+    crop_box,
+    draft_for_crops,
+    resolve_urls,
+    views,
+    worker_seed,
+)
 
 
 def test_texture_gets_its_querys_crop_box():
@@ -17,7 +27,7 @@ def test_texture_gets_its_querys_crop_box():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8))
     png = files.png_bytes(np.asarray(img))
     raw = {"__key__": "a", "texture.png": png, "source.img": png, "cls": b"0", "json": b"{}"}
-    for q, k, t, skipped in views(iter([raw] * 5), 64, seed=1):
+    for q, _k, t, skipped in views(iter([raw] * 5), 64, seed=1):
         assert torch.equal(q, t) and skipped == 0
     rng = random.Random(0)
     boxes = [crop_box(300, 200, rng) for _ in range(50)]
@@ -44,3 +54,37 @@ def test_tampered_shards_are_refused(shards, tmp_path):
         resolve_urls(str(copy))
     urls, samples = resolve_urls(str(shards))
     assert len(urls) == 2 and samples == 8
+
+
+def jpeg(size: tuple[int, int], quality: int = 90) -> bytes:
+    return encode(photo("chelsea.png", size), "JPEG", quality=quality)
+
+
+def test_jpeg_is_decoded_downscaled_only_as_far_as_the_crops_allow():
+    data = jpeg((480, 400))
+    whole = (1.0, 480 / 400, 0.5, 0.5)
+    img = Image.open(io.BytesIO(data))
+    draft_for_crops(img, [whole], 48)  # 400 px shortest side for 48 px out: 1/8 keeps 50 >= 48
+    assert img.convert("RGB").size == (60, 50)
+    img = Image.open(io.BytesIO(data))
+    draft_for_crops(img, [whole, (0.2, 1.0, 0.5, 0.5)], 48)  # a 196 px crop allows 1/4 only
+    assert img.convert("RGB").size == (120, 100)
+    img = Image.open(io.BytesIO(data))
+    draft_for_crops(img, [(0.2, 1.0, 0.5, 0.5)], 224)  # would lose pixels: decoded whole
+    assert img.convert("RGB").size == (480, 400)
+    png = Image.open(io.BytesIO(files.png_bytes(np.zeros((400, 480, 3), np.uint8))))
+    draft_for_crops(png, [whole], 48)
+    assert png.convert("RGB").size == (480, 400)  # not a JPEG: untouched
+
+
+def test_drafted_crops_match_full_decodes_closely():
+    data = jpeg((500, 375))
+    png = files.png_bytes(np.zeros((64, 64, 3), np.uint8))
+    raw = {"__key__": "a", "texture.png": png, "source.img": data, "cls": b"0", "json": b"{}"}
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    rng = random.Random(worker_seed(3))
+    for q, k, _t, _skipped in views(iter([raw] * 6), 32, seed=3):
+        box_q, box_k = crop_box(*full.size, rng), crop_box(*full.size, rng)
+        diff = lambda view, box: (view.float() - apply_box(full, box, 32).float()).abs().mean()  # noqa: E731
+        assert diff(q, box_q) < 4 and diff(k, box_k) < 4  # of 255
+        assert diff(q, box_k) > 3 * diff(q, box_q)  # while another crop of the same photo is far off
