@@ -60,6 +60,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     max_skip_fraction: float = 0.01
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": traced, no code generation)
     channels_last: bool | None = None  # default: on CUDA
     bf16: bool | None = None  # bf16 autocast; default: on CUDA
     log_every: int = 10  # steps between reads of the loss (each read waits for the device)
@@ -138,8 +139,8 @@ class Trainer:
             self.forward = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.cuda else None)
         if c.compile:  # both encoders; each step's first call compiles (minutes for a resnet50)
-            self.model.encoder_q.compile()
-            self.model.encoder_k.compile()
+            self.model.encoder_q.compile(backend=c.compile_backend)
+            self.model.encoder_k.compile(backend=c.compile_backend)
         self.epoch, self.step, self.samples_seen, self.skipped = 0, 0, 0, 0
         self.stop_signal: int | None = None
         self.out = Path(c.out)
