@@ -138,6 +138,36 @@ def loader_rate(trainer: Trainer, steps: int) -> float:
     return steps * trainer.per_rank / (time.perf_counter() - start)
 
 
+def decode_rates(urls: list[str], image_size: int, samples: int = 64) -> tuple[float, float]:
+    """One core, in this process: img/s of the loader's decode + 3 crops, and of the same with every
+    source decoded at full size (draft mode off) -- the anchor for the loader."""
+    import itertools
+
+    from trainer.data import apply_box, crop_box, views
+
+    raws = list(itertools.islice(contract.iter_raw(urls), samples))
+    rng = random.Random(0)
+
+    def full_decode():
+        for raw in raws:
+            sample = contract.decode_sample(raw)
+            source = sample.source()
+            box_q, box_k = crop_box(*source.size, rng), crop_box(*source.size, rng)
+            apply_box(source, box_q, image_size), apply_box(source, box_k, image_size)
+            apply_box(sample.texture, box_q, image_size)
+
+    best = {"loader": float("inf"), "full": float("inf")}
+    for _ in range(2):
+        start = time.perf_counter()
+        for _batch in views(iter(raws), image_size, 0):
+            pass
+        best["loader"] = min(best["loader"], time.perf_counter() - start)
+        start = time.perf_counter()
+        full_decode()
+        best["full"] = min(best["full"], time.perf_counter() - start)
+    return len(raws) / best["loader"], len(raws) / best["full"]
+
+
 def end_to_end_rate(trainer: Trainer, steps: int) -> float:
     """img/s of loader + train_step as ``Trainer.fit`` runs them (timed from the first step's end)."""
     generator = torch.Generator().manual_seed(0)
@@ -186,6 +216,10 @@ def main(arch, image_size, batch_size, steps, workers, images, bn_splits, device
                                  channels_last=channels_last, bf16=bf16, shuffle_buffer=64)
             return Trainer(config, device=str(device), show_progress=False)
 
+        draft, full = decode_rates(urls, image_size)
+        results["decode_one_core_img_s"] = {"loader": draft, "full_decode": full}
+        print(f"decode + 3 crops, one core: {draft:8.1f} img/s (full-size decode: {full:.1f} img/s, "
+              f"{draft / full:.2f}x)")
         results["loader_img_s"] = loader_rate(trainer("none"), steps)
         print(f"loader ({workers} workers, {images} JPEGs, decode + 3 crops): {results['loader_img_s']:8.1f} img/s")
         if not loader_only:

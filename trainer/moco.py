@@ -20,6 +20,43 @@ import torchvision
 from torch import nn
 
 
+class _ChunkedBatchNorm(torch.autograd.Function):
+    """Training-mode BN over ``s`` chunks along N, each chunk normalised with its own statistics.
+
+    The chunks of the input, the output and the input's gradient are slices along N, hence
+    contiguous in NCHW and channels_last alike: the native kernels read and write them in
+    place (``out=`` variants), so no layer copies an activation or its gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running: list[tuple[torch.Tensor, torch.Tensor]], momentum: float, eps: float):
+        out = torch.empty_like(x)  # [N, C, H, W] in x's memory format
+        saved = []
+        for x_b, out_b, (mean_b, var_b) in zip(x.chunk(len(running)), out.chunk(len(running)), running):
+            save_mean, save_invstd = torch.empty_like(mean_b), torch.empty_like(mean_b)  # [C]
+            torch.ops.aten.native_batch_norm.out(x_b, weight, bias, mean_b, var_b, True, momentum, eps,
+                                                 out=out_b, save_mean=save_mean, save_invstd=save_invstd)
+            saved += [save_mean, save_invstd]
+        ctx.save_for_backward(x, weight, *saved)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, *saved = ctx.saved_tensors
+        s = len(saved) // 2
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        grad_out = grad_out.contiguous(memory_format=fmt)
+        grad_x = torch.empty_like(x)
+        grad_b = torch.empty(s, *weight.shape, dtype=weight.dtype, device=weight.device)
+        grad_w = torch.empty_like(grad_b)
+        for b, (x_b, g_b, gx_b) in enumerate(zip(x.chunk(s), grad_out.chunk(s), grad_x.chunk(s))):
+            torch.ops.aten.native_batch_norm_backward.out(
+                g_b, x_b, weight, None, None, saved[2 * b], saved[2 * b + 1], True, ctx.eps, [True, True, True],
+                out0=gx_b, out1=grad_w[b], out2=grad_b[b])
+        return grad_x, grad_w.sum(dim=0), grad_b.sum(dim=0), None, None, None
+
+
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose training statistics come from ``num_splits`` sub-batches separately,
     so one process behaves like MoCo's per-GPU BN on that many GPUs.
@@ -39,12 +76,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         if x.shape[0] % self.num_splits:
             raise ValueError(f"batch {x.shape[0]} is not divisible by bn_splits {self.num_splits}")
-        s = self.num_splits
-        running = [(self.running_mean.clone(), self.running_var.clone()) for _ in range(s)]
-        out = torch.cat([
-            F.batch_norm(x_b, mean_b, var_b, self.weight, self.bias, True, self.momentum, self.eps)
-            for x_b, (mean_b, var_b) in zip(x.chunk(s), running)
-        ])  # [N, C, H, W] in x's memory format
+        running = [(self.running_mean.clone(), self.running_var.clone()) for _ in range(self.num_splits)]
+        out = _ChunkedBatchNorm.apply(x, self.weight, self.bias, running, self.momentum, self.eps)
         with torch.no_grad():
             self.running_mean.copy_(torch.stack([mean_b for mean_b, _ in running]).mean(dim=0))
             self.running_var.copy_(torch.stack([var_b for _, var_b in running]).mean(dim=0))
