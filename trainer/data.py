@@ -104,7 +104,7 @@ def apply_box(img: Image.Image, box: tuple[float, float, float, float], size: in
     left = min(max(0.0, cx * img.width - w / 2), img.width - w)
     top = min(max(0.0, cy * img.height - h / 2), img.height - h)
     crop = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
-    return torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)  # one copy out of PIL
 
 
 def draft_for_crops(img: Image.Image, boxes: list[tuple[float, float, float, float]], size: int) -> None:
@@ -143,7 +143,8 @@ def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple
             source = Image.open(io.BytesIO(sample.source_bytes))  # header only: size known, pixels not decoded
             box_q, box_k = crop_box(*source.size, rng), crop_box(*source.size, rng)
             draft_for_crops(source, [box_q, box_k], image_size)
-            source = source.convert("RGB")
+            source.load()
+            source = source if source.mode == "RGB" else source.convert("RGB")  # convert() would copy an RGB image
         except Exception:
             skipped += 1
             continue
