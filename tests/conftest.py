@@ -39,17 +39,17 @@ def make_checkpoint():
     import torch
 
     from trainer import checkpoint
-    from trainer.moco import MoCo, build_encoder
+    from trainer.moco import MoCo, build_backbone
 
     def make(path, released: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
         if released:
-            encoder = build_encoder("resnet18")
+            encoder = build_backbone("resnet18")
             state = {"module.encoder_q." + k: v for k, v in encoder.state_dict().items()}
             torch.save({"state_dict": state, "arch": "resnet18"}, path)
         else:
-            model = MoCo(build_encoder("resnet18", small_images=True), build_encoder("resnet18", small_images=True),
+            model = MoCo(build_backbone("resnet18", small_images=True), build_backbone("resnet18", small_images=True),
                          K=64)
             checkpoint.save(path, {"model": model.state_dict(),
                                    "config": {"arch": "resnet18", "small_images": True, "image_size": 32}})

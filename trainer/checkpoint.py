@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.files import atomic_path
-from trainer.moco import build_encoder, strip_projection_head
+from trainer.moco import build_backbone, strip_projection_head
 
 FORMAT = "nsneg-moco"
 VERSION = 1
@@ -63,7 +63,7 @@ def load_backbone(path: Path, arch: str | None = None) -> tuple[nn.Module, dict[
     """Frozen-ready backbone (MLP head removed, pooled features out) of a checkpoint, in eval mode."""
     weights, config = encoder_q_state(path)
     arch = arch or config.get("arch", "resnet50")
-    encoder = build_encoder(arch, dim=weights["fc.2.weight"].shape[0] if "fc.2.weight" in weights else 128,
+    encoder = build_backbone(arch, dim=weights["fc.2.weight"].shape[0] if "fc.2.weight" in weights else 128,
                             small_images=config.get("small_images", False))
     try:
         encoder.load_state_dict(weights, strict=True)

@@ -13,11 +13,14 @@ The loader does the geometric part of MoCo v2's augmentation (RandomResizedCrop)
 decoded images: two independent crops of the source for q and k, and for the texture
 negative a crop with the *query's* parameters (same area fraction and aspect ratio, same
 relative centre). Photometric augmentation happens batched on the device
-(``trainer.augment``).
+(``trainer.augment``). The crop boxes are drawn from the source's size before it is
+decoded, so a JPEG is decoded already downscaled (by 1/2, 1/4 or 1/8, ``Image.draft``)
+as far as both crops still have at least ``image_size`` source pixels per side.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -216,15 +219,32 @@ def crop_box(width: int, height: int, rng: random.Random) -> tuple[float, float,
 
 
 def apply_box(img: Image.Image, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
-    """Crop ``img`` with a relative box (area fraction, ratio, centre) and resize -> uint8 [3,size,size]."""
+    """Crop ``img`` with a relative box (area fraction, ratio, centre) and resize -> uint8 [3,size,size].
+
+    The box is placed in sub-pixel coordinates, so the same relative box lands on the same
+    part of the picture at any decoded scale (a draft-mode JPEG, a texture of another size).
+    """
     fraction, ratio, cx, cy = box
     area = img.width * img.height * fraction
-    w = min(img.width, max(1, round(math.sqrt(area * ratio))))
-    h = min(img.height, max(1, round(math.sqrt(area / ratio))))
-    left = min(max(0, round(cx * img.width - w / 2)), img.width - w)
-    top = min(max(0, round(cy * img.height - h / 2)), img.height - h)
+    w = min(float(img.width), max(1.0, math.sqrt(area * ratio)))
+    h = min(float(img.height), max(1.0, math.sqrt(area / ratio)))
+    left = min(max(0.0, cx * img.width - w / 2), img.width - w)
+    top = min(max(0.0, cy * img.height - h / 2), img.height - h)
     crop = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
-    return torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)  # one copy out of PIL
+
+
+def draft_for_crops(img: Image.Image, boxes: list[tuple[float, float, float, float]], size: int) -> None:
+    """Let a not yet decoded JPEG decode at 1/2, 1/4 or 1/8 scale where every crop in ``boxes``
+    keeps >= ``size`` pixels per side (so resizing it to ``size`` loses nothing). Other formats: no-op."""
+    if img.format != "JPEG":
+        return
+    width, height = img.size
+    area = width * height
+    side = min(min(math.sqrt(area * f * r), math.sqrt(area * f / r)) for f, r, _, _ in boxes)  # shortest crop side
+    scale = side / size
+    if scale >= 2:
+        img.draft("RGB", (math.ceil(width / scale), math.ceil(height / scale)))  # PIL keeps >= the size asked
 
 
 def worker_seed(seed: int) -> int:
@@ -245,13 +265,16 @@ def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple
     for raw in samples:
         try:
             sample = contract.decode_sample(raw)
-            source = sample.source()
-            if source is None:
+            if sample.source_bytes is None:
                 raise ValueError("sample has no source image")
+            source = Image.open(io.BytesIO(sample.source_bytes))  # header only: size known, pixels not decoded
+            box_q, box_k = crop_box(*source.size, rng), crop_box(*source.size, rng)
+            draft_for_crops(source, [box_q, box_k], image_size)
+            source.load()
+            source = source if source.mode == "RGB" else source.convert("RGB")  # convert() would copy an RGB image
         except Exception:
             skipped += 1
             continue
-        box_q, box_k = crop_box(*source.size, rng), crop_box(*source.size, rng)
         q, k = apply_box(source, box_q, image_size), apply_box(source, box_k, image_size)
         t = apply_box(sample.texture, box_q, image_size)
         yield q, k, t, skipped
@@ -259,11 +282,12 @@ def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple
 
 
 def make_loader(urls: list[str], *, batch_size: int, image_size: int, steps: int, workers: int, seed: int,
-                shuffle_buffer: int = 1000) -> "torch.utils.data.DataLoader":
+                shuffle_buffer: int = 1000, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """Per-rank loader for one epoch: exactly ``steps`` batches of ``batch_size`` (per rank).
 
     Shards are resampled with a seed from (``seed``, rank, worker), so a given seed gives
-    the same stream again -- make one loader per epoch with a per-epoch seed.
+    the same stream again -- make one loader per epoch with a per-epoch seed. ``pin_memory``:
+    batches in page-locked memory, for ``non_blocking`` copies to a GPU.
     """
     import webdataset as wds
 
@@ -274,5 +298,5 @@ def make_loader(urls: list[str], *, batch_size: int, image_size: int, steps: int
         lambda src: views(src, image_size, seed),
         wds.batched(batch_size, partial=False),
     )
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers)
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory)
     return loader.with_epoch(steps)
