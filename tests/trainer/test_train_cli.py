@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from trainer import checkpoint
-from trainer.train import main
+from trainer.cli import main
 
 SMALL = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--moco-k", "16", "--steps-per-epoch", "1",
          "--workers", "0", "--bn-splits", "2", "--shuffle-buffer", "4", "--device", "cpu"]
