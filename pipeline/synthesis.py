@@ -177,7 +177,23 @@ class TextureSynthesizer:
             raise ValueError(f"crops must be [B, 2, 96, 96, 3] uint8, got {tuple(crops_t.shape)}")
         if len(seeds) != crops_t.shape[0]:
             raise ValueError(f"{len(seeds)} seeds for {crops_t.shape[0]} images")
-        crops_t = crops_t.to(self.device)
+        try:
+            return self._synthesize(crops_t.to(self.device), seeds)
+        except torch.OutOfMemoryError:
+            if len(seeds) == 1:
+                raise
+        # The batch did not fit (the automatic batch size is an estimate): halve it, for this
+        # call and the next ones. Images are independent, so the split changes no texture.
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = (len(seeds) + 1) // 2
+        self.batch_size = min(self.batch_size, half)
+        parts = [self(crops_t[:half], seeds[:half]), self(crops_t[half:], seeds[half:])]
+        return SynthesisResult(textures=np.concatenate([p.textures for p in parts]),
+                               losses=np.concatenate([p.losses for p in parts]))
+
+    def _synthesize(self, crops_t: torch.Tensor, seeds: list[int]) -> SynthesisResult:
+        """crops_t float [B, 2, 3, 96, 96] on the device."""
         x = self._init(crops_t, seeds)  # [B, 3, s0, s0] float32
         memory_format = torch.channels_last if self.accelerated else torch.contiguous_format
         for size, steps in zip(self.config.sizes, self.config.steps):

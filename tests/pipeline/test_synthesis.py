@@ -225,3 +225,20 @@ def test_batch_size_is_chosen_for_the_device():
     assert batch_size_for_memory("vgg19", 2**20) == 1  # never zero
     with pytest.raises(ValueError, match="batch_size"):
         SynthesisConfig(batch_size=0)
+
+
+def test_a_batch_that_does_not_fit_is_split_and_the_batch_size_lowered(crops):
+    class SmallDevice(TextureSynthesizer):
+        def _synthesize(self, crops_t, seeds):
+            if len(seeds) > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super()._synthesize(crops_t, seeds)
+
+    synth = SmallDevice(replace(FAST, batch_size=5))
+    result = synth(crops[:5], [0, 1, 2, 3, 4])
+    assert synth.batch_size == 2 and result.textures.shape == (5, 224, 224, 3) and result.losses.shape == (5,)
+    alone = TextureSynthesizer(FAST)(crops[4:5], [4])
+    assert np.abs(alone.textures[0].astype(int) - result.textures[4].astype(int)).max() <= 2
+    SmallDevice._synthesize = lambda self, crops_t, seeds: (_ for _ in ()).throw(torch.OutOfMemoryError("full"))  # nothing fits
+    with pytest.raises(torch.OutOfMemoryError, match="full"):
+        synth(crops[:3], [0, 1, 2])
