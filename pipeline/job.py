@@ -1,7 +1,8 @@
 """The Ray job: source listing -> fixed shards -> one Ray task per shard -> manifest.
 
 Each shard is one task on a long-lived ``TextureWorker`` actor that keeps its encoder
-loaded. A shard is written under a temporary name and renamed only when complete
+loaded (one actor per GPU where there are GPUs); within a shard, decoding the next batch and
+writing the previous one overlap the synthesis of the current one. A shard is written under a temporary name and renamed only when complete
 (``contract.ShardWriter``), so a rerun skips finished shards and a killed job loses at
 most the shards in flight. Actors are restarted and their tasks retried by Ray when a
 worker dies; bad images are skipped with a reason and counted against a threshold.
