@@ -389,8 +389,8 @@ def _run_pending(config, pending, records, bar, total_images) -> tuple[int, list
 
 
 def _progress_postfix(skipped: int, shards: int, rates: dict[int, float]) -> str:
-    """The bar's tail: e.g. ``skipped=0, shards=3, textures/s w0=41.2 w1=39.8``."""
-    per_worker = " ".join(f"w{w}={r:.1f}" for w, r in rates.items())
+    """The bar's tail: e.g. ``skipped=0, shards=3, textures/s w0=41.2 w1=39.8`` (3 significant digits)."""
+    per_worker = " ".join(f"w{w}={r:.3g}" for w, r in rates.items())
     return f"skipped={skipped}, shards={shards}" + (f", textures/s {per_worker}" if per_worker else "")
 
 

@@ -216,4 +216,4 @@ def test_progress_reports_textures_per_second_per_worker(ray_session):
     assert images == 6 and set(rates) == {1}  # worker 0 has one report: no interval yet
     assert 3 / 0.5 < rates[1] <= 3 / 0.2
     assert ray.get(progress.take.remote())[0] == 0
-    assert job._progress_postfix(1, 2, rates) == f"skipped=1, shards=2, textures/s w1={rates[1]:.1f}"
+    assert job._progress_postfix(1, 2, rates) == f"skipped=1, shards=2, textures/s w1={rates[1]:.3g}"
