@@ -10,7 +10,7 @@ SUBSET ?= all
 IMAGENET ?=
 ARGS ?=
 
-.PHONY: setup texture-shards test lint format bench mini-repro clean
+.PHONY: setup texture-shards test lint format bench bench-gpu mini-repro clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_patch_negatives.py
 	$(BIN)/python benchmarks/bench_train_step.py
+
+# On a GPU machine: synthesis (both encoders, batch 64/128/256), train step and loader -> bench-gpu/results.{json,md}.
+# Fails clearly without a CUDA device.
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/bench_gpu.py --out bench-gpu $(ARGS)
 
 mini-repro: $(STAMP)
 	$(BIN)/python benchmarks/mini_repro.py $(ARGS)

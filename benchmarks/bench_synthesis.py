@@ -4,12 +4,18 @@ Reference (Gatys et al. style): one image at a time, full 224 px resolution from
 start, L-BFGS for a few hundred iterations. Default: the batched coarse-to-fine Adam
 engine. Both use the same encoder and are scored by the same network-free measure.
 
-    python benchmarks/bench_synthesis.py [--device cuda] [--encoder vgg19 --weights FILE]
+    python benchmarks/bench_synthesis.py [--device cuda] [--encoder vgg19 --weights FILE | --random-weights]
+        [--json FILE]
+
+Also reported: the final Gram loss at fixed steps (quality for any encoder, random VGG19
+weights included) and the achieved TFLOP/s as a share of a plain matmul's rate on the same
+device in the same run (bf16 when the accelerated path runs, else fp32).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import click
 import numpy as np
@@ -17,6 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import quality
+from pipeline.files import atomic_write_json
 from pipeline.images import make_crops
 from pipeline.sources import embedded_listing
 from pipeline.synthesis import SynthesisConfig, TextureSynthesizer, gram, gram_loss
@@ -52,6 +59,32 @@ def flops_per_texture(synth: TextureSynthesizer) -> float:
     return total
 
 
+def matmul_rate(device: str, dtype: torch.dtype, n: int = 4096, repeat: int = 10) -> float:
+    """FLOP/s of a plain square matmul on ``device``: the anchor that achieved TFLOP/s is read against."""
+    if not device.startswith("cuda"):
+        n, repeat = 1024, 5  # a CPU does not need a 4096 matmul to reach its rate
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeat / (time.perf_counter() - start)
+
+
+def random_vgg19_file() -> str:
+    """A torchvision VGG19 state_dict with random values in a temporary file: speed only."""
+    import tempfile
+
+    from torchvision.models import vgg19
+
+    path = Path(tempfile.mkdtemp()) / "vgg19-random.pth"
+    torch.save(vgg19(weights=None).state_dict(), path)
+    return str(path)
+
+
 def scores(textures, crops, others) -> tuple[float, float]:
     n = len(textures)
     measured = [quality.measure(textures[i], crops[i], others[i], textures[(i + 1) % n]) for i in range(n)]
@@ -67,12 +100,19 @@ def sync(device: str) -> None:
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
 @click.option("--encoder", type=click.Choice(["random", "vgg19"]), default="random", show_default=True)
 @click.option("--weights", default=None)
+@click.option("--random-weights", is_flag=True, help="vgg19 with random values (speed and Gram loss only)")
 @click.option("--batch-size", type=int, default=10, show_default=True)
 @click.option("--steps", default=None, help="steps per stage, e.g. 120,40,14 [default: the engine's default]")
+@click.option("--accelerated/--no-accelerated", default=None, help="[default: on CUDA only]")
 @click.option("--repeat", type=int, default=1, show_default=True, help="batches timed for the default engine")
-@click.option("--reference-images", type=int, default=3, show_default=True)
+@click.option("--reference-images", type=int, default=3, show_default=True, help="0: no reference run")
 @click.option("--reference-iterations", type=int, default=300, show_default=True)
-def main(device, encoder, weights, batch_size, steps, repeat, reference_images, reference_iterations) -> None:
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write the figures to this JSON file")
+def main(device, encoder, weights, random_weights, batch_size, steps, accelerated, repeat, reference_images,
+         reference_iterations, json_path) -> None:
+    if random_weights:
+        weights = random_vgg19_file()
     listing = embedded_listing()
     crops, others = [], []
     for i in range(batch_size):
@@ -80,7 +120,7 @@ def main(device, encoder, weights, batch_size, steps, repeat, reference_images, 
         crops.append(make_crops(data, np.random.default_rng(i)).pixels)
         others.append(make_crops(data, np.random.default_rng(1000 + i)).pixels[1])
     crops, others = np.stack(crops), np.stack(others)
-    config = SynthesisConfig(encoder=encoder, weights=weights, batch_size=batch_size)
+    config = SynthesisConfig(encoder=encoder, weights=weights, batch_size=batch_size, accelerated=accelerated)
     if steps:
         config = replace(config, steps=tuple(int(s) for s in steps.split(",")))
     synth = TextureSynthesizer(config, device)
@@ -91,24 +131,45 @@ def main(device, encoder, weights, batch_size, steps, repeat, reference_images, 
         result = synth(crops, [r * batch_size + i for i in range(batch_size)])
     sync(device)
     fast_rate = repeat * batch_size / (time.perf_counter() - start)
-    fast_ratio, fast_layout = scores(result.textures[:reference_images], crops[:reference_images], others)
-
-    start = time.perf_counter()
-    reference = np.stack([reference_lbfgs(synth, crops[i], i, reference_iterations) for i in range(reference_images)])
-    sync(device)
-    ref_rate = reference_images / (time.perf_counter() - start)
-    ref_ratio, ref_layout = scores(reference, crops[:reference_images], others)
+    n_quality = min(reference_images or 3, batch_size)
+    fast_ratio, fast_layout = scores(result.textures[:n_quality], crops[:n_quality], others)
     all_ratio, _ = scores(result.textures, crops, others)
 
     flops = flops_per_texture(synth)
+    anchor_dtype = torch.bfloat16 if synth.accelerated else torch.float32
+    peak = matmul_rate(device, anchor_dtype)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}   encoder: {encoder}   default config: sizes {synth.config.sizes} steps {synth.config.steps}")
+    figures = {
+        "device": name, "encoder": encoder, "random_weights": bool(random_weights), "accelerated": synth.accelerated,
+        "batch_size": batch_size, "sizes": list(synth.config.sizes), "steps": list(synth.config.steps),
+        "textures_per_s": fast_rate, "final_gram_loss": float(np.mean(result.losses)),
+        "noise_ratio": fast_ratio, "noise_ratio_all": all_ratio, "max_layout": fast_layout,
+        "gflop_per_texture": flops / 1e9, "tflops": flops * fast_rate / 1e12,
+        "matmul_tflops": peak / 1e12, "matmul_dtype": str(anchor_dtype).removeprefix("torch."),
+    }
+    print(f"device: {name}   encoder: {encoder}{' (random weights)' if random_weights else ''}   "
+          f"accelerated: {synth.accelerated}   sizes {synth.config.sizes} steps {synth.config.steps}")
     print(f"{'':34s}{'textures/s':>12s}{'noise ratio':>13s}{'max layout':>12s}")
-    print(f"{'reference (1 img, 224px, L-BFGS ' + str(reference_iterations) + ')':34s}{ref_rate:12.3f}{ref_ratio:13.3f}{ref_layout:12.3f}")
-    print(f"{'default (batch ' + str(batch_size) + ', coarse-to-fine)':34s}{fast_rate:12.3f}{fast_ratio:13.3f}{fast_layout:12.3f}")
-    print(f"speed-up: {fast_rate / ref_rate:.1f}x   (quality on the same {reference_images} images; "
-          f"lower noise ratio is better; default on all {batch_size}: {all_ratio:.3f})")
-    print(f"work: {flops / 1e9:.1f} GFLOP per texture -> {flops * fast_rate / 1e12:.3f} TFLOP/s achieved")
+    if reference_images:
+        start = time.perf_counter()
+        reference = np.stack([reference_lbfgs(synth, crops[i], i, reference_iterations) for i in range(reference_images)])
+        sync(device)
+        ref_rate = reference_images / (time.perf_counter() - start)
+        ref_ratio, ref_layout = scores(reference, crops[:reference_images], others)
+        figures.update(reference_textures_per_s=ref_rate, reference_noise_ratio=ref_ratio, speedup=fast_rate / ref_rate)
+        print(f"{'reference (1 img, 224px, L-BFGS ' + str(reference_iterations) + ')':34s}{ref_rate:12.3f}"
+              f"{ref_ratio:13.3f}{ref_layout:12.3f}")
+    print(f"{'default (batch ' + str(batch_size) + ', coarse-to-fine)':34s}{fast_rate:12.3f}{fast_ratio:13.3f}"
+          f"{fast_layout:12.3f}")
+    if reference_images:
+        print(f"speed-up: {fast_rate / ref_rate:.1f}x   (quality on the same {reference_images} images; "
+              f"lower noise ratio is better; default on all {batch_size}: {all_ratio:.3f})")
+    print(f"final Gram loss (mean over the batch, fixed steps): {figures['final_gram_loss']:.4f}")
+    print(f"work: {flops / 1e9:.1f} GFLOP per texture -> {figures['tflops']:.3f} TFLOP/s achieved = "
+          f"{100 * flops * fast_rate / peak:.1f} % of this device's {figures['matmul_dtype']} matmul rate "
+          f"({peak / 1e12:.2f} TFLOP/s, measured now)")
+    if json_path:
+        atomic_write_json(json_path, figures)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import click
 
 from pipeline import contract
 from pipeline.images import RESIZE_SHORT
-from pipeline.synthesis import SynthesisConfig
+from pipeline.synthesis import CPU_BATCH_SIZE, SynthesisConfig
 
 DEFAULTS = SynthesisConfig()
 
@@ -34,7 +34,10 @@ def main() -> None:
 @click.option("--sizes", default=",".join(map(str, DEFAULTS.sizes)), show_default=True, help="coarse-to-fine resolutions")
 @click.option("--steps", default=",".join(map(str, DEFAULTS.steps)), show_default=True, help="Adam steps per resolution")
 @click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True)
-@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True, help="images synthesised together")
+@click.option("--batch-size", type=int, default=None,
+              help=f"images synthesised together [default: {CPU_BATCH_SIZE} on a CPU, chosen for the GPU's memory]")
+@click.option("--accelerated/--no-accelerated", default=None,
+              help="channels_last + bf16 autocast [default: on GPUs only]")
 @click.option("--shard-size", type=int, default=None, help="images per shard [default: 1000; 4 for the demo]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=None, help="synthesis actors [default: one per GPU, else 1]")
@@ -45,13 +48,14 @@ def main() -> None:
 @click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="contact sheet PNG [default: OUT/preview-SPLIT.png]")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batch_size, shard_size, seed, workers,
-          no_source, resize_short, max_skip_fraction, preview, quiet) -> None:
+def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batch_size, accelerated, shard_size, seed,
+          workers, no_source, resize_short, max_skip_fraction, preview, quiet) -> None:
     """Synthesise one texture per source image into WebDataset shards with a manifest.
 
     Resumable: rerun the same command after an interruption and finished shards are kept.
     """
-    from pipeline import job, preview as preview_mod
+    from pipeline import job
+    from pipeline import preview as preview_mod
     from pipeline.encoders import WeightsNotFound, load_vgg19_state_dict
     from pipeline.sources import embedded_listing, folder_listing
 
@@ -60,7 +64,8 @@ def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batc
             load_vgg19_state_dict(weights)  # fail here, before any worker starts, if weights are missing
         listing = embedded_listing() if imagenet is None else folder_listing(imagenet, split, subset)
         synthesis = SynthesisConfig(encoder=encoder, weights=str(weights) if weights else None, sizes=_ints(sizes),
-                                    steps=_ints(steps), lr=lr, batch_size=batch_size)
+                                    steps=_ints(steps), lr=lr, batch_size=batch_size,
+                                    accelerated=accelerated)
     except (WeightsNotFound, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     config = job.JobConfig(out=out, split=split, synthesis=synthesis, seed=seed,

@@ -30,7 +30,8 @@ class RandomMultiScaleEncoder(nn.Module):
     """Random ReLU filters over a 4-level image pyramid: receptive fields 5, 10, 20, 40 px.
 
     The pyramid gives large receptive fields for the price of small kernels, which keeps
-    the encoder cheap enough for CPU synthesis.
+    the encoder cheap enough for CPU synthesis. All buffers are rank 4 or less, so the
+    module converts to channels_last like any CNN.
     """
 
     def __init__(self, seed: int = 0, channels: int = 64, kernel: int = 5, levels: int = 4):
@@ -38,23 +39,27 @@ class RandomMultiScaleEncoder(nn.Module):
         g = torch.Generator().manual_seed(seed)
         self.levels = levels
         self.kernel = kernel
+        self.channels = channels
         weights = []
         for _ in range(levels):
             w = torch.randn(channels, 3, kernel, kernel, generator=g)
             w = w - w.mean(dim=(1, 2, 3), keepdim=True)  # zero-mean filters respond to structure, not brightness
             weights.append(w / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
-        self.register_buffer("weight", torch.stack(weights))
-        self.register_buffer("bias", 0.05 * torch.randn(levels, channels, generator=g))
+        self.register_buffer("weight", torch.cat(weights))  # [levels * C, 3, k, k]: level l is rows l*C ... (l+1)*C
+        self.register_buffer("bias", 0.05 * torch.randn(levels * channels, generator=g))  # [levels * C]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = x - 0.5
+        """x [B, 3, H, W] in [0, 1] -> per level l: [B, C, ceil(H / 2^l), ceil(W / 2^l)]."""
+        x = x - 0.5  # centred: the zero-mean filters' sums cancel with less rounding error
         features = []
         pad = self.kernel // 2
+        weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
+        c = self.channels
         for level in range(self.levels):
             if level:
                 x = F.avg_pool2d(x, 2, ceil_mode=True)
             padded = F.pad(x, (pad,) * 4, mode="replicate")
-            features.append(F.relu(F.conv2d(padded, self.weight[level].to(x.dtype), self.bias[level].to(x.dtype))))
+            features.append(F.relu(F.conv2d(padded, weight[level * c : (level + 1) * c], bias[level * c : (level + 1) * c])))
         return features
 
 

@@ -9,10 +9,14 @@ of its two 96 px crops, and the batch is optimised together but independently:
   one shared line search);
 * coarse to fine (56 -> 112 -> 224 px by default), the crops scaled alike, so most
   steps run at 1/16 of the pixels;
-* bf16 autocast and channels_last on CUDA; float32 and deterministic on CPU.
+* ``accelerated`` (default: on CUDA only): channels_last and bf16 autocast, the Gram
+  matrices of bf16 features computed without an fp32 copy of the feature maps. The
+  same path runs on any device when asked for (the CPU tests do); otherwise float32
+  and deterministic.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +27,16 @@ import torch.nn.functional as F
 from pipeline.contract import CROP_SIZE, TEXTURE_SIZE
 from pipeline.encoders import build_encoder
 
-GENERATOR_VERSION = "nsneg-gram-adam-1"
+GENERATOR_VERSION = "nsneg-gram-adam-2"
+
+#: Images per batch on a CPU when the config does not say.
+CPU_BATCH_SIZE = 16
+#: GPU memory one image of a batch is budgeted at 224 px (bf16 features and saved activations,
+#: fp32 pixels, gradients and Adam state, with headroom). Estimates: GPU runs revise them.
+GPU_BYTES_PER_IMAGE = {"vgg19": 256 * 2**20, "random": 64 * 2**20}
+#: Share of the card's memory the automatic batch size plans to use, and its ceiling.
+GPU_MEMORY_SHARE = 0.6
+MAX_AUTO_BATCH_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -34,13 +47,16 @@ class SynthesisConfig:
     sizes: tuple[int, ...] = (56, 112, 224)
     steps: tuple[int, ...] = (120, 40, 14)
     lr: float = 0.03
-    batch_size: int = 16
+    batch_size: int | None = None  # None: CPU_BATCH_SIZE on a CPU, chosen for the card's memory on a GPU
+    accelerated: bool | None = None  # channels_last + bf16 autocast; None: on CUDA only
 
     def __post_init__(self) -> None:
         if len(self.sizes) != len(self.steps) or not self.sizes:
             raise ValueError(f"sizes {self.sizes} and steps {self.steps} must be non-empty and of equal length")
         if self.sizes[-1] != TEXTURE_SIZE:
             raise ValueError(f"the last size must be {TEXTURE_SIZE}, got {self.sizes}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -49,17 +65,59 @@ class SynthesisConfig:
         return d
 
 
+def auto_batch_size(encoder: str, device: str | torch.device) -> int:
+    """Images per batch for ``device``: CPU_BATCH_SIZE on a CPU; on a GPU the largest power of
+    two whose budget (GPU_BYTES_PER_IMAGE) fits GPU_MEMORY_SHARE of the card, at most
+    MAX_AUTO_BATCH_SIZE."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    total = torch.cuda.get_device_properties(device).total_memory
+    return batch_size_for_memory(encoder, total)
+
+
+def batch_size_for_memory(encoder: str, total_bytes: int) -> int:
+    fits = int(GPU_MEMORY_SHARE * total_bytes // GPU_BYTES_PER_IMAGE[encoder])
+    return max(1, min(MAX_AUTO_BATCH_SIZE, 2 ** int(math.log2(fits)) if fits >= 1 else 1))
+
+
 @dataclass
 class SynthesisResult:
     textures: np.ndarray  # uint8 [B, 224, 224, 3]
     losses: np.ndarray  # float [B], final per-image Gram loss
 
 
+class _GramProduct(torch.autograd.Function):
+    """f [B, C, N] -> f f^T [B, C, C] in f's dtype (matmul accumulates in fp32).
+
+    Backward uses that the product is symmetric: one matmul (dG + dG^T) f instead of
+    autograd's two matmuls and the sum of two [B, C, N] tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(f)
+        return torch.bmm(f, f.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (f,) = ctx.saved_tensors
+        return torch.bmm((grad + grad.transpose(1, 2)).to(f.dtype), f)
+
+
 def gram(features: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C, C], averaged over positions so crop and texture sizes compare."""
+    """[B, C, H, W] -> [B, C, C] float32, averaged over positions so crop and texture sizes compare.
+
+    float32 features: an fp32 product. bf16 features (accelerated): a bf16 product with fp32
+    accumulation, no fp32 copy of the (large, early) feature maps; only the C x C result is
+    widened.
+    """
     b, c, h, w = features.shape
-    f = features.float().reshape(b, c, h * w)
-    return f @ f.transpose(1, 2) / (h * w)
+    f = features.reshape(b, c, h * w)
+    if f.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        f = f.float()
+    with torch.autocast(features.device.type, enabled=False):
+        return _GramProduct.apply(f).float() / (h * w)
 
 
 def gram_loss(grams: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
@@ -76,16 +134,20 @@ class TextureSynthesizer:
     def __init__(self, config: SynthesisConfig, device: str | torch.device = "cpu"):
         self.config = config
         self.device = torch.device(device)
+        self.accelerated = self.device.type == "cuda" if config.accelerated is None else config.accelerated
+        #: Images per batch the caller should send (``__call__`` takes any number).
+        self.batch_size = config.batch_size or auto_batch_size(config.encoder, self.device)
         self.encoder = build_encoder(config.encoder, seed=config.encoder_seed, weights=config.weights)
         self.encoder = self.encoder.to(self.device).eval().requires_grad_(False)
-        self.cuda = self.device.type == "cuda"
-        if self.cuda:
+        if self.accelerated:
             self.encoder = self.encoder.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes per stage: pick the fastest kernels once
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.cuda:
+        if self.accelerated:
             x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 return self.encoder(x)
         return self.encoder(x)
 
@@ -115,26 +177,43 @@ class TextureSynthesizer:
             raise ValueError(f"crops must be [B, 2, 96, 96, 3] uint8, got {tuple(crops_t.shape)}")
         if len(seeds) != crops_t.shape[0]:
             raise ValueError(f"{len(seeds)} seeds for {crops_t.shape[0]} images")
-        crops_t = crops_t.to(self.device)
-        x = self._init(crops_t, seeds)
-        losses = torch.zeros(len(seeds))
+        try:
+            return self._synthesize(crops_t.to(self.device), seeds)
+        except torch.OutOfMemoryError:
+            if len(seeds) == 1:
+                raise
+        # The batch did not fit (the automatic batch size is an estimate): halve it, for this
+        # call and the next ones. Images are independent, so the split changes no texture.
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = (len(seeds) + 1) // 2
+        self.batch_size = min(self.batch_size, half)
+        parts = [self(crops_t[:half], seeds[:half]), self(crops_t[half:], seeds[half:])]
+        return SynthesisResult(textures=np.concatenate([p.textures for p in parts]),
+                               losses=np.concatenate([p.losses for p in parts]))
+
+    def _synthesize(self, crops_t: torch.Tensor, seeds: list[int]) -> SynthesisResult:
+        """crops_t float [B, 2, 3, 96, 96] on the device."""
+        x = self._init(crops_t, seeds)  # [B, 3, s0, s0] float32
+        memory_format = torch.channels_last if self.accelerated else torch.contiguous_format
         for size, steps in zip(self.config.sizes, self.config.steps):
             if x.shape[-1] != size:
                 x = F.interpolate(x.detach(), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
             targets = self.targets(crops_t, size)
-            x = x.detach().requires_grad_(True)
-            optimizer = torch.optim.Adam([x], lr=self.config.lr)
+            x = x.detach().contiguous(memory_format=memory_format).requires_grad_(True)
+            # fused: one kernel for the whole update, no per-step temporaries (CPU and CUDA)
+            optimizer = torch.optim.Adam([x], lr=self.config.lr, fused=True)
             # Decay within each stage: big moves early, then settle (fewer steps for the same loss).
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1), eta_min=self.config.lr / 10)
-            for _ in range(steps):
+            for _ in range(steps):  # no host sync inside: the loss is read once, at the end
                 optimizer.zero_grad(set_to_none=True)
-                per_image = gram_loss([gram(f) for f in self.features(x)], targets)
+                per_image = gram_loss([gram(f) for f in self.features(x)], targets)  # [B]
                 per_image.sum().backward()  # a sum, so each image's gradient is its own
                 optimizer.step()
                 schedule.step()
                 with torch.no_grad():
                     x.clamp_(0, 1)
-            with torch.no_grad():
-                losses = gram_loss([gram(f) for f in self.features(x)], targets).float().cpu()
+        with torch.no_grad():
+            losses = gram_loss([gram(f) for f in self.features(x)], targets).float().cpu()
         textures = (x.detach() * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return SynthesisResult(textures=textures, losses=losses.numpy())
+        return SynthesisResult(textures=np.ascontiguousarray(textures), losses=losses.numpy())

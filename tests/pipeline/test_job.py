@@ -181,3 +181,59 @@ def test_kill_9_loses_only_shards_in_flight_and_resume_completes(tmp_path):
     assert f"({8 - len(finished)} written now, {len(finished)} already done)" in done.stdout
     assert contract.verify(out) == [] and contract.load_manifest(out)["splits"]["train"]["samples"] == 8
     assert not list((out / "train").glob(".*tmp*"))
+
+
+def test_host_stages_overlap_synthesis_and_threads_do_not_change_the_bytes(tmp_path, monkeypatch):
+    """While a batch is synthesised the next one is decoded and cropped; any number of host
+    threads gives the same shard, skips listed in input order."""
+    import threading
+
+    from pipeline.synthesis import TextureSynthesizer
+
+    listing = folder_listing(make_tree(tmp_path / "tree"), "train")  # bad inputs included: skips
+    config = job.JobConfig(out=tmp_path / "out", synthesis=TINY, shard_size=len(listing.images))
+    spec = job.plan_shards(listing, config)[0]
+    batch_size = 3
+    second_batch_key = spec.images[batch_size].key
+    second_batch_decoded = threading.Event()
+    prepare = job._prepare_image
+
+    def watched_prepare(image, cfg):
+        outcome = prepare(image, cfg)
+        if image.key == second_batch_key:
+            second_batch_decoded.set()
+        return outcome
+
+    monkeypatch.setattr(job, "_prepare_image", watched_prepare)
+    synth = TextureSynthesizer(TINY)
+    calls = []
+
+    def synthesize(crops, seeds):
+        if not calls:  # the first batch: the second must get decoded meanwhile, not after
+            calls.append(second_batch_decoded.wait(timeout=60))
+        return synth(crops, seeds)
+
+    shards = {}
+    for threads in (1, 4):
+        path = tmp_path / f"out{threads}" / "train" / "shard.tar"
+        record = job.write_shard(synthesize, job.ShardSpec(0, str(path), spec.images, spec.fingerprint), config,
+                                 batch_size=batch_size, host_threads=threads)
+        shards[threads] = (path.read_bytes(), record["skipped"])
+    assert calls == [True]
+    assert shards[1] == shards[4]
+    order = [im.path for im in spec.images]
+    skipped = [s["path"] for s in shards[1][1]]
+    assert len(skipped) == 4 and skipped == sorted(skipped, key=order.index)
+
+
+def test_progress_reports_textures_per_second_per_worker(ray_session):
+    ray = ray_session
+    progress = job._progress_class().remote()
+    ray.get(progress.add.remote(0, 0, 1))
+    time.sleep(0.2)
+    ray.get([progress.add.remote(4, 3, 1), progress.add.remote(2, 2, 0)])
+    images, rates = ray.get(progress.take.remote())
+    assert images == 6 and set(rates) == {1}  # worker 0 has one report: no interval yet
+    assert 3 / 0.5 < rates[1] <= 3 / 0.2
+    assert ray.get(progress.take.remote())[0] == 0
+    assert job._progress_postfix(1, 2, rates) == f"skipped=1, shards=2, textures/s w1={rates[1]:.3g}"

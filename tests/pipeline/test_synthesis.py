@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,14 @@ from pipeline import quality
 from pipeline.encoders import VGG19Encoder, WeightsNotFound, build_encoder, load_vgg19_state_dict
 from pipeline.images import make_crops
 from pipeline.sources import embedded_listing
-from pipeline.synthesis import SynthesisConfig, TextureSynthesizer
+from pipeline.synthesis import (
+    CPU_BATCH_SIZE,
+    SynthesisConfig,
+    TextureSynthesizer,
+    auto_batch_size,
+    batch_size_for_memory,
+    gram,
+)
 from tests.helpers import encode
 
 FAST = SynthesisConfig(steps=(20, 5, 2))
@@ -111,11 +120,18 @@ def test_random_encoder_is_deterministic_from_seed():
     assert not torch.equal(a[0], c[0])
 
 
-def test_vgg19_loads_a_weights_file_and_synthesises(tmp_path):
+@pytest.fixture(scope="module")
+def vgg19_file(tmp_path_factory):
+    """A torchvision VGG19 state_dict with random values: the code path, not the quality."""
     from torchvision.models import vgg19
 
-    path = tmp_path / "vgg19.pth"
+    path = tmp_path_factory.mktemp("weights") / "vgg19.pth"
     torch.save(vgg19(weights=None).state_dict(), path)
+    return path
+
+
+def test_vgg19_loads_a_weights_file_and_synthesises(vgg19_file):
+    path = vgg19_file
     encoder = build_encoder("vgg19", weights=path)
     features = encoder(torch.rand(1, 3, 64, 64))
     assert [f.shape[1] for f in features] == [64, 128, 256, 512, 512]
@@ -134,3 +150,95 @@ def test_vgg19_missing_weights_is_a_clear_error(tmp_path):
 def test_vgg19_rejects_a_foreign_state_dict():
     with pytest.raises(ValueError, match="not a torchvision VGG19"):
         VGG19Encoder({"features.0.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("encoder", ["random", "vgg19"])
+def test_accelerated_path_runs_on_cpu_for_both_encoders(crops, encoder, vgg19_file):
+    """channels_last + bf16 autocast, the path CUDA takes by default, forced on the CPU: a
+    regression there (like a rank-5 buffer refusing channels_last) turns this red."""
+    weights = str(vgg19_file) if encoder == "vgg19" else None
+    config = SynthesisConfig(encoder=encoder, weights=weights, steps=(2, 1, 1), accelerated=True)
+    synth = TextureSynthesizer(config)
+    assert synth.accelerated and not TextureSynthesizer(replace(config, accelerated=None)).accelerated  # auto: CUDA only
+    assert all(b.is_contiguous(memory_format=torch.channels_last) for b in synth.encoder.state_dict().values() if b.dim() == 4)
+    features = synth.features(torch.rand(2, 3, 56, 56))
+    assert all(f.dtype == torch.bfloat16 for f in features)
+    result = synth(crops[:2], [0, 1])
+    assert result.textures.shape == (2, 224, 224, 3) and result.textures.dtype == np.uint8
+    assert np.all(np.isfinite(result.losses)) and result.textures.std() > 0
+
+
+def test_accelerated_bf16_quality_matches_fp32(crops):
+    """bf16 features and Gram products cost no texture quality (noise ratio) and no Gram loss."""
+    images, seeds = crops[:4], [0, 1, 2, 3]
+    config = SynthesisConfig(steps=(30, 10, 3))
+    fp32 = TextureSynthesizer(config)(images, seeds)
+    bf16 = TextureSynthesizer(replace(config, accelerated=True))(images, seeds)
+    others = embedded_crops(seed_offset=100)[:4, 1]
+
+    def mean_ratio(textures):
+        return np.mean([quality.measure(textures[i], images[i], others[i], textures[(i + 1) % 4]).noise_ratio for i in range(4)])
+
+    assert abs(mean_ratio(bf16.textures) - mean_ratio(fp32.textures)) < 0.05
+    assert np.all(np.abs(bf16.losses - fp32.losses) <= 0.25 * fp32.losses + 1e-3)
+
+
+def test_random_encoder_matches_the_rank5_formulation():
+    """The flat [levels * C, 3, k, k] weights give what the old per-level rank-5 buffer gave."""
+    import torch.nn.functional as F
+
+    encoder = build_encoder("random", seed=3)
+    weight = encoder.weight.view(encoder.levels, -1, 3, encoder.kernel, encoder.kernel)
+    bias = encoder.bias.view(encoder.levels, -1)
+    x = torch.rand(2, 3, 56, 56)
+    expected, y = [], x - 0.5
+    for level in range(encoder.levels):
+        if level:
+            y = F.avg_pool2d(y, 2, ceil_mode=True)
+        expected.append(F.relu(F.conv2d(F.pad(y, (2,) * 4, mode="replicate"), weight[level], bias[level])))
+    got = encoder(x)
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(got, expected))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gram_and_its_symmetric_backward_match_autograd(dtype):
+    f = torch.randn(3, 8, 5, 7, dtype=torch.float64).to(dtype).requires_grad_(True)
+    f_ref = f.detach().double().requires_grad_(True)
+    weights = torch.randn(3, 8, 8, dtype=torch.float64)
+    g = gram(f)
+    assert g.dtype == torch.float32
+    (g.double() * weights).sum().backward()
+    flat = f_ref.reshape(3, 8, 35)
+    ((flat @ flat.transpose(1, 2) / 35) * weights).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert torch.allclose(g.double(), (flat @ flat.transpose(1, 2) / 35).detach(), rtol=tol, atol=tol)
+    assert torch.allclose(f.grad.double(), f_ref.grad, rtol=tol, atol=tol * f_ref.grad.abs().max().item())
+
+
+def test_batch_size_is_chosen_for_the_device():
+    assert auto_batch_size("random", "cpu") == auto_batch_size("vgg19", "cpu") == CPU_BATCH_SIZE
+    assert TextureSynthesizer(SynthesisConfig(batch_size=5)).batch_size == 5
+    assert batch_size_for_memory("vgg19", 80 * 2**30) == 128  # H100 80 GB
+    assert batch_size_for_memory("random", 80 * 2**30) == 256  # the ceiling
+    assert batch_size_for_memory("vgg19", 16 * 2**30) == 32
+    assert batch_size_for_memory("vgg19", 2**20) == 1  # never zero
+    with pytest.raises(ValueError, match="batch_size"):
+        SynthesisConfig(batch_size=0)
+
+
+def test_a_batch_that_does_not_fit_is_split_and_the_batch_size_lowered(crops):
+    class SmallDevice(TextureSynthesizer):
+        def _synthesize(self, crops_t, seeds):
+            if len(seeds) > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super()._synthesize(crops_t, seeds)
+
+    synth = SmallDevice(replace(FAST, batch_size=5))
+    result = synth(crops[:5], [0, 1, 2, 3, 4])
+    assert synth.batch_size == 2 and result.textures.shape == (5, 224, 224, 3) and result.losses.shape == (5,)
+    alone = TextureSynthesizer(FAST)(crops[4:5], [4])
+    assert np.abs(alone.textures[0].astype(int) - result.textures[4].astype(int)).max() <= 2
+    SmallDevice._synthesize = lambda self, crops_t, seeds: (_ for _ in ()).throw(torch.OutOfMemoryError("full"))  # nothing fits
+    with pytest.raises(torch.OutOfMemoryError, match="full"):
+        synth(crops[:3], [0, 1, 2])
