@@ -8,6 +8,7 @@ is recorded as failed and the others still run.
 
     python benchmarks/bench_gpu.py [--out bench-gpu] [--batches 64,128,256] [--repeat 3]
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,16 @@ from pipeline.files import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TRAIN_STEP_ARGS = ["--device", "cuda", "--arch", "resnet50", "--image-size", "224", "--batch-size", "256"]
+TRAIN_STEP_ARGS = [
+    "--device",
+    "cuda",
+    "--arch",
+    "resnet50",
+    "--image-size",
+    "224",
+    "--batch-size",
+    "256",
+]
 
 
 def _run(cmd: list[str], log: Path) -> tuple[int, str, float]:
@@ -36,7 +46,10 @@ def _run(cmd: list[str], log: Path) -> tuple[int, str, float]:
     atomic_write_text(log, output)
     click.echo(proc.stdout, err=True)
     if proc.returncode:
-        click.echo(f"FAILED ({proc.returncode}); last lines:\n" + "\n".join(output.splitlines()[-15:]), err=True)
+        click.echo(
+            f"FAILED ({proc.returncode}); last lines:\n" + "\n".join(output.splitlines()[-15:]),
+            err=True,
+        )
     return proc.returncode, output, seconds
 
 
@@ -52,14 +65,20 @@ def markdown(device: str, synthesis: list[dict], train_step: dict) -> str:
     ]
     for r in synthesis:
         if r.get("failed"):
-            lines.append(f"| {r['encoder']} | {r['batch_size']} | failed (rc {r['failed']}, see {r['log']}) | | | | |")
+            lines.append(
+                f"| {r['encoder']} | {r['batch_size']} | failed (rc {r['failed']}, see {r['log']}) | | | | |"
+            )
             continue
         ratio = f"{r['noise_ratio_all']:.3f}" if r["encoder"] == "random" else "—"
         lines.append(
             f"| {r['encoder']} | {r['batch_size']} | {r['textures_per_s']:.1f} | {r['tflops']:.1f} | "
             f"{100 * r['tflops'] / r['matmul_tflops']:.1f} | {r['final_gram_loss']:.4f} | {ratio} |"
         )
-    lines += ["", f"Train step and loader (`benchmarks/bench_train_step.py {' '.join(TRAIN_STEP_ARGS)}`):", ""]
+    lines += [
+        "",
+        f"Train step and loader (`benchmarks/bench_train_step.py {' '.join(TRAIN_STEP_ARGS)}`):",
+        "",
+    ]
     if train_step["rc"]:
         lines.append(f"failed (rc {train_step['rc']}), see {train_step['log']}")
     else:
@@ -68,9 +87,16 @@ def markdown(device: str, synthesis: list[dict], train_step: dict) -> str:
 
 
 @click.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-gpu"), show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-gpu"),
+    show_default=True,
+)
 @click.option("--batches", default="64,128,256", show_default=True)
-@click.option("--repeat", type=int, default=3, show_default=True, help="timed batches per synthesis run")
+@click.option(
+    "--repeat", type=int, default=3, show_default=True, help="timed batches per synthesis run"
+)
 @click.option("--skip-train-step", is_flag=True)
 def main(out: Path, batches: str, repeat: int, skip_train_step: bool) -> None:
     if not torch.cuda.is_available():
@@ -84,24 +110,46 @@ def main(out: Path, batches: str, repeat: int, skip_train_step: bool) -> None:
     for encoder in ("random", "vgg19"):
         for batch in (int(b) for b in batches.split(",")):
             name = f"synthesis-{encoder}-b{batch}"
-            cmd = [sys.executable, str(HERE / "bench_synthesis.py"), "--device", "cuda", "--encoder", encoder,
-                   "--batch-size", str(batch), "--repeat", str(repeat), "--reference-images", "0",
-                   "--json", str(out / f"{name}.json")]
+            cmd = [
+                sys.executable,
+                str(HERE / "bench_synthesis.py"),
+                "--device",
+                "cuda",
+                "--encoder",
+                encoder,
+                "--batch-size",
+                str(batch),
+                "--repeat",
+                str(repeat),
+                "--reference-images",
+                "0",
+                "--json",
+                str(out / f"{name}.json"),
+            ]
             if encoder == "vgg19":
                 cmd.append("--random-weights")
             rc, _, _ = _run(cmd, out / f"{name}.log")
             if rc:
-                synthesis.append({"encoder": encoder, "batch_size": batch, "failed": rc, "log": f"{name}.log"})
+                synthesis.append(
+                    {"encoder": encoder, "batch_size": batch, "failed": rc, "log": f"{name}.log"}
+                )
             else:
                 synthesis.append(json.loads((out / f"{name}.json").read_text()))
     if skip_train_step:
         train_step = {"rc": 0, "output": "(skipped)", "log": None}
     else:
-        rc, output, _ = _run([sys.executable, str(HERE / "bench_train_step.py"), *TRAIN_STEP_ARGS],
-                             out / "train-step.log")
+        rc, output, _ = _run(
+            [sys.executable, str(HERE / "bench_train_step.py"), *TRAIN_STEP_ARGS],
+            out / "train-step.log",
+        )
         train_step = {"rc": rc, "output": output if not rc else "", "log": "train-step.log"}
-    results = {"device": device, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-               "synthesis": synthesis, "train_step": train_step}
+    results = {
+        "device": device,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "synthesis": synthesis,
+        "train_step": train_step,
+    }
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "results.md", markdown(device, synthesis, train_step))
     click.echo((out / "results.md").read_text())

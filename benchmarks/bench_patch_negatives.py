@@ -10,11 +10,12 @@ All three read the same random batch of views on the same device:
 
     python benchmarks/bench_patch_negatives.py [--batch 64 --size 224 --device cpu|cuda --repeat 20 --threads N]
 """
+
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import click
 import numpy as np
@@ -23,7 +24,9 @@ import torch
 from trainer.negatives import REFERENCE_SIZE, patch_negatives
 
 
-def loop_negatives(views: torch.Tensor, size_range: tuple[int, int] = (16, 72), seed: int = 0) -> torch.Tensor:
+def loop_negatives(
+    views: torch.Tensor, size_range: tuple[int, int] = (16, 72), seed: int = 0
+) -> torch.Tensor:
     """Reference: the paper's ``NonSemanticAug`` (moco/loader.py) applied image by image.
 
     Per image: draw a patch size, allocate a canvas of ``(H // s + 1) * s`` pixels a side, copy one
@@ -47,7 +50,9 @@ def loop_negatives(views: torch.Tensor, size_range: tuple[int, int] = (16, 72), 
     return torch.stack(negatives).unsqueeze(1)
 
 
-def median_ms(methods: dict[str, tuple[Callable[[], torch.Tensor], int]], device: torch.device) -> dict[str, float]:
+def median_ms(
+    methods: dict[str, tuple[Callable[[], torch.Tensor], int]], device: torch.device
+) -> dict[str, float]:
     """Median wall time of each method; rounds are interleaved so that load drifts hit all alike."""
 
     def sync() -> None:
@@ -73,8 +78,15 @@ def median_ms(methods: dict[str, tuple[Callable[[], torch.Tensor], int]], device
 @click.option("--batch", default=64, show_default=True)
 @click.option("--size", default=224, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--repeat", default=20, show_default=True, help="timed calls per method (the loop: a quarter, at least 3)")
-@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+@click.option(
+    "--repeat",
+    default=20,
+    show_default=True,
+    help="timed calls per method (the loop: a quarter, at least 3)",
+)
+@click.option(
+    "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+)
 def main(batch: int, size: int, device: str, repeat: int, threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -100,8 +112,10 @@ def main(batch: int, size: int, device: str, repeat: int, threads: int | None) -
     )
     for label, ms in times.items():
         print(f"{label:<11s}{ms:9.2f} ms (median)")
-    print(f"speed-up vs loop: {times['loop'] / times['vectorized']:.1f}x; "
-          f"slowdown vs clone: {times['vectorized'] / times['clone']:.2f}x")
+    print(
+        f"speed-up vs loop: {times['loop'] / times['vectorized']:.1f}x; "
+        f"slowdown vs clone: {times['vectorized'] / times['clone']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ encoder, image decoding, crops, PNG encoding, shard writing and hashing.
 
     python benchmarks/bench_pipeline.py
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -25,20 +26,37 @@ def main() -> None:
     listing = embedded_listing()
     config = SynthesisConfig()
     crops = np.stack(
-        [make_crops(Path(im.path).read_bytes(), np.random.default_rng(job.image_seed(0, im.key))).pixels for im in listing.images]
+        [
+            make_crops(
+                Path(im.path).read_bytes(), np.random.default_rng(job.image_seed(0, im.key))
+            ).pixels
+            for im in listing.images
+        ]
     )
     start = time.perf_counter()
     TextureSynthesizer(config)(crops, [job.image_seed(0, im.key) for im in listing.images])
     bare = len(listing.images) / (time.perf_counter() - start)
 
     with tempfile.TemporaryDirectory() as out:
-        summary = job.run(job.JobConfig(out=Path(out), synthesis=config, shard_size=5), listing, show_progress=False)
+        summary = job.run(
+            job.JobConfig(out=Path(out), synthesis=config, shard_size=5),
+            listing,
+            show_progress=False,
+        )
     end_to_end = summary.textures_per_second
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {device}; {len(listing.images)} embedded photos; steps {config.steps}; 2 shards of 5")
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"device: {device}; {len(listing.images)} embedded photos; steps {config.steps}; 2 shards of 5"
+    )
     print(f"bare synthesiser (in-process, one batch): {bare:.3f} textures/s")
-    print(f"job end to end (Ray start-up included):   {end_to_end:.3f} textures/s "
-          f"({summary.textures_written} textures in {summary.seconds:.1f} s)")
+    print(
+        f"job end to end (Ray start-up included):   {end_to_end:.3f} textures/s "
+        f"({summary.textures_written} textures in {summary.seconds:.1f} s)"
+    )
     print(f"ratio job / bare: {end_to_end / bare:.2f}")
 
 

@@ -11,6 +11,7 @@ Also reported: the final Gram loss at fixed steps (quality for any encoder, rand
 weights included) and the achieved TFLOP/s as a share of a plain matmul's rate on the same
 device in the same run (bf16 when the accelerated path runs, else fp32).
 """
+
 from __future__ import annotations
 
 import time
@@ -29,14 +30,22 @@ from pipeline.sources import embedded_listing
 from pipeline.synthesis import SynthesisConfig, TextureSynthesizer, gram, gram_loss
 
 
-def reference_lbfgs(synth: TextureSynthesizer, crops: np.ndarray, seed: int, iterations: int) -> np.ndarray:
+def reference_lbfgs(
+    synth: TextureSynthesizer, crops: np.ndarray, seed: int, iterations: int
+) -> np.ndarray:
     """One image, 224 px from the start, torch L-BFGS with strong Wolfe line search."""
     c = torch.as_tensor(crops[None]).permute(0, 1, 4, 2, 3).float().div(255).to(synth.device)
     targets = synth.targets(c, 224)
     g = torch.Generator().manual_seed(seed)
     mean = c.mean(dim=(1, 3, 4)).view(1, 3, 1, 1)
-    x = (mean + 0.15 * torch.randn(1, 3, 224, 224, generator=g).to(synth.device)).clamp(0, 1).requires_grad_(True)
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=iterations, history_size=50, line_search_fn="strong_wolfe")
+    x = (
+        (mean + 0.15 * torch.randn(1, 3, 224, 224, generator=g).to(synth.device))
+        .clamp(0, 1)
+        .requires_grad_(True)
+    )
+    opt = torch.optim.LBFGS(
+        [x], lr=1.0, max_iter=iterations, history_size=50, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()
@@ -87,7 +96,9 @@ def random_vgg19_file() -> str:
 
 def scores(textures, crops, others) -> tuple[float, float]:
     n = len(textures)
-    measured = [quality.measure(textures[i], crops[i], others[i], textures[(i + 1) % n]) for i in range(n)]
+    measured = [
+        quality.measure(textures[i], crops[i], others[i], textures[(i + 1) % n]) for i in range(n)
+    ]
     return float(np.mean([q.noise_ratio for q in measured])), float(max(q.layout for q in measured))
 
 
@@ -98,19 +109,45 @@ def sync(device: str) -> None:
 
 @click.command()
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
-@click.option("--encoder", type=click.Choice(["random", "vgg19"]), default="random", show_default=True)
+@click.option(
+    "--encoder", type=click.Choice(["random", "vgg19"]), default="random", show_default=True
+)
 @click.option("--weights", default=None)
-@click.option("--random-weights", is_flag=True, help="vgg19 with random values (speed and Gram loss only)")
+@click.option(
+    "--random-weights", is_flag=True, help="vgg19 with random values (speed and Gram loss only)"
+)
 @click.option("--batch-size", type=int, default=10, show_default=True)
-@click.option("--steps", default=None, help="steps per stage, e.g. 120,40,14 [default: the engine's default]")
+@click.option(
+    "--steps", default=None, help="steps per stage, e.g. 120,40,14 [default: the engine's default]"
+)
 @click.option("--accelerated/--no-accelerated", default=None, help="[default: on CUDA only]")
-@click.option("--repeat", type=int, default=1, show_default=True, help="batches timed for the default engine")
-@click.option("--reference-images", type=int, default=3, show_default=True, help="0: no reference run")
+@click.option(
+    "--repeat", type=int, default=1, show_default=True, help="batches timed for the default engine"
+)
+@click.option(
+    "--reference-images", type=int, default=3, show_default=True, help="0: no reference run"
+)
 @click.option("--reference-iterations", type=int, default=300, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="also write the figures to this JSON file")
-def main(device, encoder, weights, random_weights, batch_size, steps, accelerated, repeat, reference_images,
-         reference_iterations, json_path) -> None:
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="also write the figures to this JSON file",
+)
+def main(
+    device,
+    encoder,
+    weights,
+    random_weights,
+    batch_size,
+    steps,
+    accelerated,
+    repeat,
+    reference_images,
+    reference_iterations,
+    json_path,
+) -> None:
     if random_weights:
         weights = random_vgg19_file()
     listing = embedded_listing()
@@ -120,7 +157,9 @@ def main(device, encoder, weights, random_weights, batch_size, steps, accelerate
         crops.append(make_crops(data, np.random.default_rng(i)).pixels)
         others.append(make_crops(data, np.random.default_rng(1000 + i)).pixels[1])
     crops, others = np.stack(crops), np.stack(others)
-    config = SynthesisConfig(encoder=encoder, weights=weights, batch_size=batch_size, accelerated=accelerated)
+    config = SynthesisConfig(
+        encoder=encoder, weights=weights, batch_size=batch_size, accelerated=accelerated
+    )
     if steps:
         config = replace(config, steps=tuple(int(s) for s in steps.split(",")))
     synth = TextureSynthesizer(config, device)
@@ -138,36 +177,69 @@ def main(device, encoder, weights, random_weights, batch_size, steps, accelerate
     flops = flops_per_texture(synth)
     anchor_dtype = torch.bfloat16 if synth.accelerated else torch.float32
     peak = matmul_rate(device, anchor_dtype)
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.startswith("cuda")
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
     figures = {
-        "device": name, "encoder": encoder, "random_weights": bool(random_weights), "accelerated": synth.accelerated,
-        "batch_size": batch_size, "sizes": list(synth.config.sizes), "steps": list(synth.config.steps),
-        "textures_per_s": fast_rate, "final_gram_loss": float(np.mean(result.losses)),
-        "noise_ratio": fast_ratio, "noise_ratio_all": all_ratio, "max_layout": fast_layout,
-        "gflop_per_texture": flops / 1e9, "tflops": flops * fast_rate / 1e12,
-        "matmul_tflops": peak / 1e12, "matmul_dtype": str(anchor_dtype).removeprefix("torch."),
+        "device": name,
+        "encoder": encoder,
+        "random_weights": bool(random_weights),
+        "accelerated": synth.accelerated,
+        "batch_size": batch_size,
+        "sizes": list(synth.config.sizes),
+        "steps": list(synth.config.steps),
+        "textures_per_s": fast_rate,
+        "final_gram_loss": float(np.mean(result.losses)),
+        "noise_ratio": fast_ratio,
+        "noise_ratio_all": all_ratio,
+        "max_layout": fast_layout,
+        "gflop_per_texture": flops / 1e9,
+        "tflops": flops * fast_rate / 1e12,
+        "matmul_tflops": peak / 1e12,
+        "matmul_dtype": str(anchor_dtype).removeprefix("torch."),
     }
-    print(f"device: {name}   encoder: {encoder}{' (random weights)' if random_weights else ''}   "
-          f"accelerated: {synth.accelerated}   sizes {synth.config.sizes} steps {synth.config.steps}")
+    print(
+        f"device: {name}   encoder: {encoder}{' (random weights)' if random_weights else ''}   "
+        f"accelerated: {synth.accelerated}   sizes {synth.config.sizes} steps {synth.config.steps}"
+    )
     print(f"{'':34s}{'textures/s':>12s}{'noise ratio':>13s}{'max layout':>12s}")
     if reference_images:
         start = time.perf_counter()
-        reference = np.stack([reference_lbfgs(synth, crops[i], i, reference_iterations) for i in range(reference_images)])
+        reference = np.stack(
+            [
+                reference_lbfgs(synth, crops[i], i, reference_iterations)
+                for i in range(reference_images)
+            ]
+        )
         sync(device)
         ref_rate = reference_images / (time.perf_counter() - start)
         ref_ratio, ref_layout = scores(reference, crops[:reference_images], others)
-        figures.update(reference_textures_per_s=ref_rate, reference_noise_ratio=ref_ratio, speedup=fast_rate / ref_rate)
-        print(f"{'reference (1 img, 224px, L-BFGS ' + str(reference_iterations) + ')':34s}{ref_rate:12.3f}"
-              f"{ref_ratio:13.3f}{ref_layout:12.3f}")
-    print(f"{'default (batch ' + str(batch_size) + ', coarse-to-fine)':34s}{fast_rate:12.3f}{fast_ratio:13.3f}"
-          f"{fast_layout:12.3f}")
+        figures.update(
+            reference_textures_per_s=ref_rate,
+            reference_noise_ratio=ref_ratio,
+            speedup=fast_rate / ref_rate,
+        )
+        print(
+            f"{'reference (1 img, 224px, L-BFGS ' + str(reference_iterations) + ')':34s}{ref_rate:12.3f}"
+            f"{ref_ratio:13.3f}{ref_layout:12.3f}"
+        )
+    print(
+        f"{'default (batch ' + str(batch_size) + ', coarse-to-fine)':34s}{fast_rate:12.3f}{fast_ratio:13.3f}"
+        f"{fast_layout:12.3f}"
+    )
     if reference_images:
-        print(f"speed-up: {fast_rate / ref_rate:.1f}x   (quality on the same {reference_images} images; "
-              f"lower noise ratio is better; default on all {batch_size}: {all_ratio:.3f})")
+        print(
+            f"speed-up: {fast_rate / ref_rate:.1f}x   (quality on the same {reference_images} images; "
+            f"lower noise ratio is better; default on all {batch_size}: {all_ratio:.3f})"
+        )
     print(f"final Gram loss (mean over the batch, fixed steps): {figures['final_gram_loss']:.4f}")
-    print(f"work: {flops / 1e9:.1f} GFLOP per texture -> {figures['tflops']:.3f} TFLOP/s achieved = "
-          f"{100 * flops * fast_rate / peak:.1f} % of this device's {figures['matmul_dtype']} matmul rate "
-          f"({peak / 1e12:.2f} TFLOP/s, measured now)")
+    print(
+        f"work: {flops / 1e9:.1f} GFLOP per texture -> {figures['tflops']:.3f} TFLOP/s achieved = "
+        f"{100 * flops * fast_rate / peak:.1f} % of this device's {figures['matmul_dtype']} matmul rate "
+        f"({peak / 1e12:.2f} TFLOP/s, measured now)"
+    )
     if json_path:
         atomic_write_json(json_path, figures)
 

@@ -21,6 +21,7 @@ The data looks like ImageNet: ``--images`` distinct JPEGs (longest side 400-500 
     python benchmarks/bench_train_step.py --device cuda --arch resnet50 --image-size 224 \\
         --batch-size 256 --workers 14 --images 2048 [--compile] --json bench.json
 """
+
 from __future__ import annotations
 
 import random
@@ -52,7 +53,10 @@ def imagenet_like_shards(out: Path, images: int, shard_size: int = 64, seed: int
     from pipeline.sources import EMBEDDED_PHOTOS
 
     rng = random.Random(seed)
-    photos = [Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB") for name in EMBEDDED_PHOTOS]
+    photos = [
+        Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB")
+        for name in EMBEDDED_PHOTOS
+    ]
     paths = []
     for start in range(0, images, shard_size):
         path = contract.shard_path(out, "train", start // shard_size)
@@ -60,19 +64,33 @@ def imagenet_like_shards(out: Path, images: int, shard_size: int = 64, seed: int
         for i in range(start, min(images, start + shard_size)):
             photo = photos[i % len(photos)]
             side = rng.uniform(0.4, 1.0)
-            w, h = max(8, int(photo.width * side)), max(8, int(photo.height * side * rng.uniform(0.75, 1.33)))
+            w, h = (
+                max(8, int(photo.width * side)),
+                max(8, int(photo.height * side * rng.uniform(0.75, 1.33))),
+            )
             w, h = min(w, photo.width), min(h, photo.height)
             x, y = rng.randint(0, photo.width - w), rng.randint(0, photo.height - h)
             img = photo.crop((x, y, x + w, y + h))
             if rng.random() < 0.5:
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             longest = rng.randint(400, 500)
-            img = img.resize((max(1, round(img.width * longest / max(img.size))),
-                              max(1, round(img.height * longest / max(img.size)))), Image.Resampling.BICUBIC)
+            img = img.resize(
+                (
+                    max(1, round(img.width * longest / max(img.size))),
+                    max(1, round(img.height * longest / max(img.size))),
+                ),
+                Image.Resampling.BICUBIC,
+            )
             buffer = io.BytesIO()
             img.save(buffer, "JPEG", quality=rng.randint(85, 95))
-            texture = np.asarray(img.resize((contract.TEXTURE_SIZE, contract.TEXTURE_SIZE)), dtype=np.uint8)
-            writer.write(contract.encode_sample(f"img{i:06d}", texture, i % len(photos), {}, buffer.getvalue()))
+            texture = np.asarray(
+                img.resize((contract.TEXTURE_SIZE, contract.TEXTURE_SIZE)), dtype=np.uint8
+            )
+            writer.write(
+                contract.encode_sample(
+                    f"img{i:06d}", texture, i % len(photos), {}, buffer.getvalue()
+                )
+            )
         writer.commit({})
         paths.append(str(path))
     return paths
@@ -94,7 +112,15 @@ def timed(fn, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def anchor(arch: str, batch: int, size: int, steps: int, device: torch.device, bf16: bool, channels_last: bool):
+def anchor(
+    arch: str,
+    batch: int,
+    size: int,
+    steps: int,
+    device: torch.device,
+    bf16: bool,
+    channels_last: bool,
+):
     """Supervised torchvision ``arch``: (fwd+bwd+SGD img/s, forward-only img/s)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = getattr(torchvision.models, arch)(num_classes=1000).to(device, memory_format=fmt)
@@ -116,8 +142,15 @@ def anchor(arch: str, batch: int, size: int, steps: int, device: torch.device, b
     return batch / timed(train, steps, device), batch / timed(forward, steps, device)
 
 
-def shuffle_bn_cost(arch: str, batch: int, size: int, splits: int, steps: int, device: torch.device,
-                    channels_last: bool) -> tuple[float, float]:
+def shuffle_bn_cost(
+    arch: str,
+    batch: int,
+    size: int,
+    splits: int,
+    steps: int,
+    device: torch.device,
+    channels_last: bool,
+) -> tuple[float, float]:
     """Seconds of the MoCo encoder's fwd+bwd with split BN and with plain BN (interleaved, best of 3)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
@@ -192,56 +225,120 @@ def end_to_end_rate(trainer: Trainer, steps: int) -> float:
 @click.option("--device", default=None, help="[default: cuda if available]")
 @click.option("--channels-last/--no-channels-last", default=None, help="[default: on CUDA]")
 @click.option("--bf16/--no-bf16", default=None, help="bf16 autocast [default: on CUDA]")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile both encoders (the anchor stays eager)")
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile both encoders (the anchor stays eager)",
+)
 @click.option("--loader-only", is_flag=True, help="measure the loader alone")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def main(arch, image_size, batch_size, steps, workers, images, bn_splits, device, channels_last, bf16, compile_,
-         loader_only, json_path) -> None:
+def main(
+    arch,
+    image_size,
+    batch_size,
+    steps,
+    workers,
+    images,
+    bn_splits,
+    device,
+    channels_last,
+    bf16,
+    compile_,
+    loader_only,
+    json_path,
+) -> None:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     bf16 = device.type == "cuda" if bf16 is None else bf16
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    results: dict = {"device": name, "arch": arch, "image_size": image_size, "batch_size": batch_size,
-                     "steps": steps, "workers": workers, "bf16": bf16, "channels_last": channels_last,
-                     "compile": compile_, "torch": torch.__version__}
-    print(f"device: {name}; {arch} at {image_size} px, batch {batch_size}, bf16 {bf16}, channels_last "
-          f"{channels_last}, compile {compile_}, {steps} timed steps")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    results: dict = {
+        "device": name,
+        "arch": arch,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "steps": steps,
+        "workers": workers,
+        "bf16": bf16,
+        "channels_last": channels_last,
+        "compile": compile_,
+        "torch": torch.__version__,
+    }
+    print(
+        f"device: {name}; {arch} at {image_size} px, batch {batch_size}, bf16 {bf16}, channels_last "
+        f"{channels_last}, compile {compile_}, {steps} timed steps"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         urls = imagenet_like_shards(Path(tmp) / "shards", images)
 
         def trainer(kind: str) -> Trainer:
-            config = TrainConfig(negatives=",".join(urls), out=tmp, arch=arch, image_size=image_size,
-                                 batch_size=batch_size, moco_k=batch_size * 16, epochs=1, steps_per_epoch=steps + 1,
-                                 workers=workers, bn_splits=bn_splits, negatives_kind=kind, compile=compile_,
-                                 channels_last=channels_last, bf16=bf16, shuffle_buffer=64)
+            config = TrainConfig(
+                negatives=",".join(urls),
+                out=tmp,
+                arch=arch,
+                image_size=image_size,
+                batch_size=batch_size,
+                moco_k=batch_size * 16,
+                epochs=1,
+                steps_per_epoch=steps + 1,
+                workers=workers,
+                bn_splits=bn_splits,
+                negatives_kind=kind,
+                compile=compile_,
+                channels_last=channels_last,
+                bf16=bf16,
+                shuffle_buffer=64,
+            )
             return Trainer(config, device=str(device), show_progress=False)
 
         draft, full = decode_rates(urls, image_size)
         results["decode_one_core_img_s"] = {"loader": draft, "full_decode": full}
-        print(f"decode + 3 crops, one core: {draft:8.1f} img/s (full-size decode: {full:.1f} img/s, "
-              f"{draft / full:.2f}x)")
+        print(
+            f"decode + 3 crops, one core: {draft:8.1f} img/s (full-size decode: {full:.1f} img/s, "
+            f"{draft / full:.2f}x)"
+        )
         results["loader_img_s"] = loader_rate(trainer("none"), steps)
-        print(f"loader ({workers} workers, {images} JPEGs, decode + 3 crops): {results['loader_img_s']:8.1f} img/s")
+        print(
+            f"loader ({workers} workers, {images} JPEGs, decode + 3 crops): {results['loader_img_s']:8.1f} img/s"
+        )
         if not loader_only:
             fb, f = anchor(arch, batch_size, image_size, steps, device, bf16, channels_last)
             results["anchor"] = {"fwd_bwd_sgd_img_s": fb, "forward_img_s": f}
             print(f"anchor torchvision {arch}: fwd+bwd+SGD {fb:8.1f} img/s, forward {f:8.1f} img/s")
-            split, plain = shuffle_bn_cost(arch, batch_size, image_size, bn_splits, steps, device, channels_last)
+            split, plain = shuffle_bn_cost(
+                arch, batch_size, image_size, bn_splits, steps, device, channels_last
+            )
             results["shuffle_bn"] = {"split_s": split, "plain_s": plain, "cost": split / plain}
-            print(f"shuffle BN ({bn_splits} sub-batches) fwd+bwd: {split * 1e3:.0f} ms vs plain BN "
-                  f"{plain * 1e3:.0f} ms = {split / plain:.2f}x")
+            print(
+                f"shuffle BN ({bn_splits} sub-batches) fwd+bwd: {split * 1e3:.0f} ms vs plain BN "
+                f"{plain * 1e3:.0f} ms = {split / plain:.2f}x"
+            )
             batches = list(trainer("none").loader(0, steps + 1))
             results["variants"] = {}
             for kind, n in KEY_FORWARDS.items():
                 t, generator = trainer(kind), torch.Generator().manual_seed(0)
                 it = iter(batches)
-                rate = batch_size / timed(lambda t=t, it=it, g=generator: t.train_step(next(it), g), steps, device)
+                rate = batch_size / timed(
+                    lambda t=t, it=it, g=generator: t.train_step(next(it), g), steps, device
+                )
                 ceiling = 1 / (1 / fb + n / f)
-                results["variants"][kind] = {"img_s": rate, "ceiling_img_s": ceiling, "of_ceiling": rate / ceiling}
-                print(f"step {kind:14s} {rate:8.1f} img/s   ceiling {ceiling:8.1f}   {100 * rate / ceiling:5.1f} %   "
-                      f"cost vs plain MoCo {results['variants']['none']['img_s'] / rate:.2f}x")
+                results["variants"][kind] = {
+                    "img_s": rate,
+                    "ceiling_img_s": ceiling,
+                    "of_ceiling": rate / ceiling,
+                }
+                print(
+                    f"step {kind:14s} {rate:8.1f} img/s   ceiling {ceiling:8.1f}   {100 * rate / ceiling:5.1f} %   "
+                    f"cost vs plain MoCo {results['variants']['none']['img_s'] / rate:.2f}x"
+                )
             results["end_to_end_img_s"] = end_to_end_rate(trainer("texture+patch"), steps)
-            print(f"end to end (loader + texture+patch steps): {results['end_to_end_img_s']:8.1f} img/s")
+            print(
+                f"end to end (loader + texture+patch steps): {results['end_to_end_img_s']:8.1f} img/s"
+            )
     if json_path:
         atomic_write_json(json_path, results)
 

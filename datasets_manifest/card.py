@@ -35,9 +35,21 @@ IMAGENET_NOTE = (
 
 def _yaml_header(name: str, manifest: dict[str, Any]) -> str:
     """JSON strings are YAML strings: every value is written with ``json.dumps``, so nothing needs escaping."""
-    lines = ["---", "license: other", f"license_name: {json.dumps('imagenet-derived')}",
-             f"pretty_name: {json.dumps(name)}", "task_categories:", "- image-classification",
-             "tags:", "- webdataset", "- texture", "- nsneg", "configs:", "- config_name: default", "  data_files:"]
+    lines = [
+        "---",
+        "license: other",
+        f"license_name: {json.dumps('imagenet-derived')}",
+        f"pretty_name: {json.dumps(name)}",
+        "task_categories:",
+        "- image-classification",
+        "tags:",
+        "- webdataset",
+        "- texture",
+        "- nsneg",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+    ]
     for split in manifest["splits"]:
         lines += [f"  - split: {json.dumps(split)}", f"    path: {json.dumps(f'{split}/*.tar')}"]
     return "\n".join(lines + ["---"])
@@ -45,10 +57,15 @@ def _yaml_header(name: str, manifest: dict[str, Any]) -> str:
 
 def render(manifest: dict[str, Any], name: str, version: str) -> str:
     splits = manifest["splits"]
-    rows = "\n".join(f"| {s} | {i['samples']} | {len(i['shards'])} | {i['bytes']} |" for s, i in splits.items())
-    source = ("**This set carries ImageNet pixels** (`source.img`): redistributing them is not allowed by "
-              "ImageNet's terms." if manifest["has_source"] else
-              "No ImageNet pixels: pair it with a local ImageNet copy (`nsneg-textures pair`) to train.")
+    rows = "\n".join(
+        f"| {s} | {i['samples']} | {len(i['shards'])} | {i['bytes']} |" for s, i in splits.items()
+    )
+    source = (
+        "**This set carries ImageNet pixels** (`source.img`): redistributing them is not allowed by "
+        "ImageNet's terms."
+        if manifest["has_source"]
+        else "No ImageNet pixels: pair it with a local ImageNet copy (`nsneg-textures pair`) to train."
+    )
     fields = ", ".join(f"`{f}`" for f in manifest["fields"])
     first = next(iter(splits), "train")
     return f"""{_yaml_header(f"{name} {version}", manifest)}
@@ -58,8 +75,8 @@ def render(manifest: dict[str, Any], name: str, version: str) -> str:
 
 ImageNet-Texture shards made by nsneg for *Robust Contrastive Learning Using
 Negative Samples with Diminished Semantics* (Ge et al., NeurIPS 2021): one 224 px texture per image,
-synthesised from two 96 px crops, as non-semantic negatives. Format `{manifest['format']}` version
-{manifest['format_version']} (`manifest.json` lists every shard's sha256).
+synthesised from two 96 px crops, as non-semantic negatives. Format `{manifest["format"]}` version
+{manifest["format_version"]} (`manifest.json` lists every shard's sha256).
 
 | split | samples | shards | bytes |
 | --- | --- | --- | --- |
@@ -99,7 +116,9 @@ def write_card(root: Path, name: str, version: str) -> Path:
     """Write ``root/README.md`` for the set in ``root``; a README that nsneg did not write is never replaced."""
     path = Path(root) / CARD_NAME
     if path.exists() and MARKER not in path.read_text(errors="replace"):
-        raise contract.ManifestError(f"{path} exists and was not written by nsneg-data publish; move it "
-                                     "away (the dataset card takes its place)")
+        raise contract.ManifestError(
+            f"{path} exists and was not written by nsneg-data publish; move it "
+            "away (the dataset card takes its place)"
+        )
     files.atomic_write_text(path, render(contract.load_manifest(root), name, version))
     return path

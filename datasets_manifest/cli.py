@@ -1,4 +1,5 @@
 """``nsneg-data``: publish, list, fetch, verify, upgrade, preview and describe ImageNet-Texture shard sets."""
+
 from __future__ import annotations
 
 import sys
@@ -11,8 +12,12 @@ from datasets_manifest import registry
 from pipeline import contract, files
 
 manifest_dir_option = click.option(
-    "--manifest-dir", "manifest_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
-    help="more published manifests, besides the ones shipped with nsneg (repeatable)")
+    "--manifest-dir",
+    "manifest_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="more published manifests, besides the ones shipped with nsneg (repeatable)",
+)
 
 
 def _find(spec: str, manifest_dirs) -> registry.PublishedSet:
@@ -38,12 +43,20 @@ def main() -> None:
 
 @main.command()
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--base-url", required=True, help="where the shard files will be served: BASE/<split>/<shard>.tar")
+@click.option(
+    "--base-url",
+    required=True,
+    help="where the shard files will be served: BASE/<split>/<shard>.tar",
+)
 @click.option("--name", default="imagenet-texture", show_default=True)
 @click.option("--version", "version", default="1", show_default=True)
-@click.option("--manifest-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where the published manifest goes [default: $NSNEG_MANIFEST_DIR, else "
-                   "~/.local/share/nsneg/sets]")
+@click.option(
+    "--manifest-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where the published manifest goes [default: $NSNEG_MANIFEST_DIR, else "
+    "~/.local/share/nsneg/sets]",
+)
 def publish(shards, base_url, name, version, manifest_dir) -> None:
     """Write the manifest that lets anyone fetch SHARDS later, and SHARDS/README.md, the dataset card
     that makes the folder a Hugging Face dataset (upload SHARDS as it is under BASE_URL yourself)."""
@@ -53,8 +66,11 @@ def publish(shards, base_url, name, version, manifest_dir) -> None:
     except (FileNotFoundError, contract.ManifestError) as e:
         raise click.ClickException(str(e)) from None
     if has_source:
-        click.echo(f"warning: {shards} carries ImageNet pixels (source.img); ImageNet's terms do not allow "
-                   "redistributing them. Publish a set built with --no-source instead.", err=True)
+        click.echo(
+            f"warning: {shards} carries ImageNet pixels (source.img); ImageNet's terms do not allow "
+            "redistributing them. Publish a set built with --no-source instead.",
+            err=True,
+        )
     click.echo(f"published {name}@{version}: {path}\ndataset card {Path(shards) / 'README.md'}")
 
 
@@ -72,9 +88,11 @@ def list_(manifest_dirs) -> None:
     click.echo(f"{'name@version':32s} {'splits':14s} {'samples':>9s} {'size':>10s}  source pixels")
     for s in sets:
         splits = s.manifest["splits"]
-        click.echo(f"{s.name + '@' + s.version:32s} {','.join(sorted(splits)):14s} "
-                   f"{sum(i['samples'] for i in splits.values()):9d} {_size(sum(i['bytes'] for i in splits.values())):>10s}  "
-                   f"{'yes' if s.manifest['has_source'] else 'no'}")
+        click.echo(
+            f"{s.name + '@' + s.version:32s} {','.join(sorted(splits)):14s} "
+            f"{sum(i['samples'] for i in splits.values()):9d} {_size(sum(i['bytes'] for i in splits.values())):>10s}  "
+            f"{'yes' if s.manifest['has_source'] else 'no'}"
+        )
 
 
 @main.command()
@@ -92,12 +110,16 @@ def fetch(spec, to, splits, jobs, retries, quiet, manifest_dirs) -> None:
 
     published = _find(spec, manifest_dirs)
     try:
-        report = run_fetch(published, to, list(splits) or None, jobs=jobs, retries=retries, show_progress=not quiet)
+        report = run_fetch(
+            published, to, list(splits) or None, jobs=jobs, retries=retries, show_progress=not quiet
+        )
     except KeyError as e:
         raise click.ClickException(str(e).strip('"')) from None
-    click.echo(f"{published.name}@{published.version} -> {to}: {len(report.downloaded)} downloaded, "
-               f"{len(report.already_verified)} already verified, {len(report.failed)} failed "
-               f"({report.retries} retries in all)")
+    click.echo(
+        f"{published.name}@{published.version} -> {to}: {len(report.downloaded)} downloaded, "
+        f"{len(report.already_verified)} already verified, {len(report.failed)} failed "
+        f"({report.retries} retries in all)"
+    )
     for shard, error in sorted(report.failed.items()):
         click.echo(f"  FAILED {shard}: {error}", err=True)
     if report.failed:
@@ -116,9 +138,13 @@ def verify(directory) -> None:
     for split, info in manifest["splits"].items():
         for shard in info["shards"]:
             path = str(Path(directory) / split / shard["name"])
-            click.echo(f"{'BAD' if path in problems else 'ok ':3s} {split}/{shard['name']}"
-                       + (f"  {problems[path].split(': ', 1)[1]}" if path in problems else ""))
-    click.echo(f"{len(problems)} of {sum(len(i['shards']) for i in manifest['splits'].values())} shards bad")
+            click.echo(
+                f"{'BAD' if path in problems else 'ok ':3s} {split}/{shard['name']}"
+                + (f"  {problems[path].split(': ', 1)[1]}" if path in problems else "")
+            )
+    click.echo(
+        f"{len(problems)} of {sum(len(i['shards']) for i in manifest['splits'].values())} shards bad"
+    )
     if problems:
         sys.exit(1)
 
@@ -131,8 +157,14 @@ def upgrade(directory) -> None:
         changed = contract.upgrade(directory)
     except (FileNotFoundError, contract.ManifestError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"{directory}: " + (f"upgraded to format version {contract.FORMAT_VERSION}" if changed
-                                   else f"already format version {contract.FORMAT_VERSION}; nothing to do"))
+    click.echo(
+        f"{directory}: "
+        + (
+            f"upgraded to format version {contract.FORMAT_VERSION}"
+            if changed
+            else f"already format version {contract.FORMAT_VERSION}; nothing to do"
+        )
+    )
 
 
 @main.command()
@@ -154,10 +186,16 @@ def preview(source, out, n, classes, split, manifest_dirs) -> None:
             from datasets_manifest.fetch import fetch as run_fetch
 
             published = _find(source, manifest_dirs)
-            with tempfile.TemporaryDirectory() as tmp:  # only the first shard, verified like any fetch
-                report = run_fetch(published, Path(tmp), [split], jobs=1, show_progress=False, first_shards=1)
+            with (
+                tempfile.TemporaryDirectory() as tmp
+            ):  # only the first shard, verified like any fetch
+                report = run_fetch(
+                    published, Path(tmp), [split], jobs=1, show_progress=False, first_shards=1
+                )
                 if report.failed:
-                    raise click.ClickException(f"could not fetch a shard to preview: {report.failed}")
+                    raise click.ClickException(
+                        f"could not fetch a shard to preview: {report.failed}"
+                    )
                 contact_sheet(Path(tmp), split, out, n, wanted)
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e).strip('"')) from None
@@ -166,8 +204,12 @@ def preview(source, out, n, classes, split, manifest_dirs) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="histogram PNG of texture losses [default: DIRECTORY/losses.png]")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="histogram PNG of texture losses [default: DIRECTORY/losses.png]",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def stats(directory, plot, json_out) -> None:
     """Samples per class, skipped inputs, generator config, texture-loss histogram."""
@@ -178,11 +220,15 @@ def stats(directory, plot, json_out) -> None:
     except (FileNotFoundError, contract.ManifestError) as e:
         raise click.ClickException(str(e)) from None
     synthesis = info["generator"].get("synthesis", {})
-    click.echo(f"generator: encoder {synthesis.get('encoder')}, sizes {synthesis.get('sizes')}, "
-               f"steps {synthesis.get('steps')}, seed {info['generator'].get('seed')}; source pixels: {info['has_source']}")
+    click.echo(
+        f"generator: encoder {synthesis.get('encoder')}, sizes {synthesis.get('sizes')}, "
+        f"steps {synthesis.get('steps')}, seed {info['generator'].get('seed')}; source pixels: {info['has_source']}"
+    )
     for split, s in info["splits"].items():
-        click.echo(f"{split}: {s['samples']} samples in {s['shards']} shards ({_size(s['bytes'])})"
-                   f"{'' if s['complete'] else ', INCOMPLETE'}; skipped {s['skipped']} {s['skip_reasons'] or ''}")
+        click.echo(
+            f"{split}: {s['samples']} samples in {s['shards']} shards ({_size(s['bytes'])})"
+            f"{'' if s['complete'] else ', INCOMPLETE'}; skipped {s['skipped']} {s['skip_reasons'] or ''}"
+        )
         for cls, count in s["per_class"].items():
             click.echo(f"  {cls:24s} {count}")
     plot_path = loss_histogram(info, plot or Path(directory) / "losses.png")

@@ -8,6 +8,7 @@ final name therefore always holds a verified shard, and a rerun downloads only w
 missing. http(s) goes through requests; every other scheme through fsspec (file://,
 s3://, gs://, hf:// where those filesystems are installed).
 """
+
 from __future__ import annotations
 
 import os
@@ -67,7 +68,11 @@ def _stream_http(url: str, offset: int, out, progress) -> None:
             for chunk in response.iter_content(CHUNK):
                 out.write(chunk)
                 progress(len(chunk))
-    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+    except (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+    ) as e:
         raise TransientError(str(e)) from None
 
 
@@ -81,8 +86,15 @@ def _stream_fsspec(url: str, offset: int, out, progress) -> None:
             progress(len(chunk))
 
 
-def fetch_shard(url: str, dest: Path, sha256: str, size: int, progress=lambda n: None, retries: int = 5,
-                backoff: float = 1.0) -> int:
+def fetch_shard(
+    url: str,
+    dest: Path,
+    sha256: str,
+    size: int,
+    progress=lambda n: None,
+    retries: int = 5,
+    backoff: float = 1.0,
+) -> int:
     """Download ``url`` to ``dest`` (verified); returns how many retries it took.
 
     ``progress(n)`` is told of every byte that joins (or, negative, leaves) the partial file;
@@ -110,7 +122,9 @@ def fetch_shard(url: str, dest: Path, sha256: str, size: int, progress=lambda n:
         except PermanentError as e:
             if part.exists() and part.stat().st_size == 0:
                 part.unlink()
-            raise FetchFailed(f"{url}: {e} (not retried: check the set's base url)", attempt) from None
+            raise FetchFailed(
+                f"{url}: {e} (not retried: check the set's base url)", attempt
+            ) from None
         except OSError as e:
             kept = part.exists() and part.stat().st_size > 0
             if not kept:
@@ -133,12 +147,23 @@ def _partial_bytes(dest: Path, size: int) -> int:
 
 
 def _verified(path: Path, shard: dict[str, Any]) -> bool:
-    return path.exists() and path.stat().st_size == shard["bytes"] and files.sha256_file(path) == shard["sha256"]
+    return (
+        path.exists()
+        and path.stat().st_size == shard["bytes"]
+        and files.sha256_file(path) == shard["sha256"]
+    )
 
 
-def fetch(published: PublishedSet, to: Path, splits: list[str] | None = None, jobs: int = 4,
-          show_progress: bool = True, retries: int = 5, backoff: float = 1.0,
-          first_shards: int | None = None) -> FetchReport:
+def fetch(
+    published: PublishedSet,
+    to: Path,
+    splits: list[str] | None = None,
+    jobs: int = 4,
+    show_progress: bool = True,
+    retries: int = 5,
+    backoff: float = 1.0,
+    first_shards: int | None = None,
+) -> FetchReport:
     """Fetch ``splits`` (default: all) of a published set into ``to``; writes ``to/manifest.json``
     (the pipeline's format) listing the shards that are there and verified.
     ``first_shards``: only the first N shards of each split (a preview needs no more)."""
@@ -160,8 +185,15 @@ def fetch(published: PublishedSet, to: Path, splits: list[str] | None = None, jo
                 todo.append((split, shard, dest))
     total = sum(shard["bytes"] for _, shard, _ in todo)
     already = sum(_partial_bytes(dest, shard["bytes"]) for _, shard, dest in todo)  # resumed below
-    bar = tqdm(total=total, initial=already, unit="B", unit_scale=True, unit_divisor=1024, desc="fetch",
-               disable=not show_progress)
+    bar = tqdm(
+        total=total,
+        initial=already,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="fetch",
+        disable=not show_progress,
+    )
     lock = threading.Lock()
 
     def progress(n: int) -> None:
@@ -170,8 +202,16 @@ def fetch(published: PublishedSet, to: Path, splits: list[str] | None = None, jo
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {
-            pool.submit(fetch_shard, shard["url"], dest, shard["sha256"], shard["bytes"], progress, retries, backoff):
-            f"{split}/{shard['name']}"
+            pool.submit(
+                fetch_shard,
+                shard["url"],
+                dest,
+                shard["sha256"],
+                shard["bytes"],
+                progress,
+                retries,
+                backoff,
+            ): f"{split}/{shard['name']}"
             for split, shard, dest in todo
         }
         for future in as_completed(futures):
@@ -186,15 +226,20 @@ def fetch(published: PublishedSet, to: Path, splits: list[str] | None = None, jo
     return report
 
 
-def _write_local_manifest(published: PublishedSet, to: Path, splits: list[str], report: FetchReport) -> None:
+def _write_local_manifest(
+    published: PublishedSet, to: Path, splits: list[str], report: FetchReport
+) -> None:
     """The fetched set as an ordinary local shard directory: the trainer and analysis read it as such."""
     here = set(report.downloaded) | set(report.already_verified)
     local_splits = {}
     for split in splits:
         info = published.manifest["splits"][split]
         shards = [s for s in info["shards"] if f"{split}/{s['name']}" in here]
-        local_splits[split] = {"shards": shards, "skipped": info["skipped"],
-                               "complete": info["complete"] and len(shards) == len(info["shards"])}
+        local_splits[split] = {
+            "shards": shards,
+            "skipped": info["skipped"],
+            "complete": info["complete"] and len(shards) == len(info["shards"]),
+        }
     m = published.manifest
     local = contract.build_manifest(m["classes"], local_splits, m["generator"], m["has_source"])
     local.update(name=m["name"], version=m["version"], base_url=m["base_url"])

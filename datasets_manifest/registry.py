@@ -7,6 +7,7 @@ in ``datasets_manifest/sets/`` (shipped with nsneg), in the user's manifest fold
 as ``--manifest-dir``. A set's folder itself, wherever it is served (``https://``,
 ``hf://datasets/ORG/NAME``, ``file://``), is also a published set: ``from_url``.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ class PublishedSet:
 
     def urls(self, split: str) -> list[str]:
         if split not in self.manifest["splits"]:
-            raise KeyError(f"{self.name}@{self.version} has no split {split!r} (has {sorted(self.manifest['splits'])})")
+            raise KeyError(
+                f"{self.name}@{self.version} has no split {split!r} (has {sorted(self.manifest['splits'])})"
+            )
         return [s["url"] for s in self.manifest["splits"][split]["shards"]]
 
 
@@ -53,7 +56,9 @@ def _read(path: Path) -> PublishedSet:
             raise contract.ManifestError(f"{path}: a published manifest needs {field!r}")
     for split, info in manifest["splits"].items():
         if any("url" not in s for s in info["shards"]):
-            raise contract.ManifestError(f"{path}: every shard of a published set needs a 'url' (split {split!r})")
+            raise contract.ManifestError(
+                f"{path}: every shard of a published set needs a 'url' (split {split!r})"
+            )
     return PublishedSet(manifest["name"], manifest["version"], manifest, path)
 
 
@@ -72,16 +77,24 @@ def known_sets(manifest_dirs: Iterable[Path] = ()) -> list[PublishedSet]:
 def find(spec: str, manifest_dirs: Iterable[Path] = ()) -> PublishedSet:
     """``NAME`` (newest version) or ``NAME@VERSION``."""
     name, _, version = spec.partition("@")
-    matches = [s for s in known_sets(manifest_dirs) if s.name == name and (not version or s.version == version)]
+    matches = [
+        s
+        for s in known_sets(manifest_dirs)
+        if s.name == name and (not version or s.version == version)
+    ]
     if not matches:
         known = sorted({f"{s.name}@{s.version}" for s in known_sets(manifest_dirs)})
-        raise KeyError(f"no published shard set {spec!r}; known: {', '.join(known) or 'none'} "
-                       "(add --manifest-dir DIR for manifests kept elsewhere)")
+        raise KeyError(
+            f"no published shard set {spec!r}; known: {', '.join(known) or 'none'} "
+            "(add --manifest-dir DIR for manifests kept elsewhere)"
+        )
     return max(matches, key=lambda s: _version_key(s.version))
 
 
 def _version_key(version: str) -> tuple:
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in version.replace("-", ".").split("."))
+    return tuple(
+        (0, int(p)) if p.isdigit() else (1, p) for p in version.replace("-", ".").split(".")
+    )
 
 
 def from_url(url: str) -> PublishedSet:
@@ -108,15 +121,22 @@ def from_url(url: str) -> PublishedSet:
     except json.JSONDecodeError as e:
         raise contract.ManifestError(f"{where}: not valid JSON ({e})") from None
     contract.validate_manifest(manifest, where)
-    splits = {split: {**info, "shards": [{**s, "url": f"{base}/{split}/{s['name']}"} for s in info["shards"]]}
-              for split, info in manifest["splits"].items()}
+    splits = {
+        split: {
+            **info,
+            "shards": [{**s, "url": f"{base}/{split}/{s['name']}"} for s in info["shards"]],
+        }
+        for split, info in manifest["splits"].items()
+    }
     name = manifest.get("name") or base.rsplit("/", 1)[-1]
     version = manifest.get("version") or "0"
     published = {**manifest, "name": name, "version": version, "base_url": base, "splits": splits}
     return PublishedSet(name, version, contract.validate_manifest(published, where), Path(where))
 
 
-def publish(shards: Path, base_url: str, name: str, version: str, manifest_dir: Path | None = None) -> Path:
+def publish(
+    shards: Path, base_url: str, name: str, version: str, manifest_dir: Path | None = None
+) -> Path:
     """Write the published manifest of a local, verified shard set whose files will be served under
     ``base_url`` (into ``manifest_dir``, default ``user_manifest_dir()``), and the set's dataset card
     (``SHARDS/README.md``) so that its folder, uploaded as it is, loads with Hugging Face ``datasets``."""
@@ -125,14 +145,22 @@ def publish(shards: Path, base_url: str, name: str, version: str, manifest_dir: 
     contract.upgrade(shards)  # a version-1 folder would not load as a dataset: its records move out
     problems = contract.verify(shards)
     if problems:
-        raise contract.ManifestError("refusing to publish shards that do not match their manifest:\n  " + "\n  ".join(problems))
+        raise contract.ManifestError(
+            "refusing to publish shards that do not match their manifest:\n  "
+            + "\n  ".join(problems)
+        )
     manifest = contract.load_manifest(shards)
     if not all(info["complete"] for info in manifest["splits"].values()):
-        raise contract.ManifestError(f"{shards}: a split is incomplete (an interrupted job); finish it before publishing")
+        raise contract.ManifestError(
+            f"{shards}: a split is incomplete (an interrupted job); finish it before publishing"
+        )
     base = base_url.rstrip("/")
     published = {**manifest, "name": name, "version": version, "base_url": base}
     published["splits"] = {
-        split: {**info, "shards": [{**s, "url": f"{base}/{split}/{s['name']}"} for s in info["shards"]]}
+        split: {
+            **info,
+            "shards": [{**s, "url": f"{base}/{split}/{s['name']}"} for s in info["shards"]],
+        }
         for split, info in manifest["splits"].items()
     }
     contract.validate_manifest(published, f"{name}@{version}")

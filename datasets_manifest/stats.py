@@ -1,4 +1,5 @@
 """What a shard set holds: samples per class, skips, generator, and the texture losses' spread."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -13,7 +14,11 @@ def shard_stats(root: Path) -> dict[str, Any]:
     import json
 
     manifest = contract.load_manifest(root)
-    stats: dict[str, Any] = {"generator": manifest["generator"], "has_source": manifest["has_source"], "splits": {}}
+    stats: dict[str, Any] = {
+        "generator": manifest["generator"],
+        "has_source": manifest["has_source"],
+        "splits": {},
+    }
     for split, info in manifest["splits"].items():
         per_class: Counter[str] = Counter()
         losses = []
@@ -22,9 +27,14 @@ def shard_stats(root: Path) -> dict[str, Any]:
             losses.append(json.loads(raw[contract.META_FIELD])["loss"])
         reasons = Counter(s["reason"].split(":")[0].split(" (")[0] for s in info["skipped"])
         stats["splits"][split] = {
-            "samples": info["samples"], "shards": len(info["shards"]), "bytes": info["bytes"],
-            "complete": info["complete"], "per_class": dict(sorted(per_class.items())),
-            "skipped": len(info["skipped"]), "skip_reasons": dict(reasons), "losses": losses,
+            "samples": info["samples"],
+            "shards": len(info["shards"]),
+            "bytes": info["bytes"],
+            "complete": info["complete"],
+            "per_class": dict(sorted(per_class.items())),
+            "skipped": len(info["skipped"]),
+            "skip_reasons": dict(reasons),
+            "losses": losses,
         }
     return stats
 

@@ -1,4 +1,5 @@
 """``nsneg-textures``: build ImageNet-Texture shards (``make texture-shards`` calls ``build``)."""
+
 from __future__ import annotations
 
 import sys
@@ -23,33 +24,98 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--imagenet", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="ImageNet root with <split>/<wnid>/* folders. Default: the embedded demo photos.")
+@click.option(
+    "--imagenet",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="ImageNet root with <split>/<wnid>/* folders. Default: the embedded demo photos.",
+)
 @click.option("--split", default="train", show_default=True)
-@click.option("--subset", type=click.Choice(["all", "imagenet100"]), default="all", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"), show_default=True)
-@click.option("--encoder", type=click.Choice(["random", "vgg19"]), default="random", show_default=True,
-              help="vgg19 needs pretrained weights in the torch hub cache or --weights.")
+@click.option(
+    "--subset", type=click.Choice(["all", "imagenet100"]), default="all", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("shards"),
+    show_default=True,
+)
+@click.option(
+    "--encoder",
+    type=click.Choice(["random", "vgg19"]),
+    default="random",
+    show_default=True,
+    help="vgg19 needs pretrained weights in the torch hub cache or --weights.",
+)
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--sizes", default=",".join(map(str, DEFAULTS.sizes)), show_default=True, help="coarse-to-fine resolutions")
-@click.option("--steps", default=",".join(map(str, DEFAULTS.steps)), show_default=True, help="Adam steps per resolution")
+@click.option(
+    "--sizes",
+    default=",".join(map(str, DEFAULTS.sizes)),
+    show_default=True,
+    help="coarse-to-fine resolutions",
+)
+@click.option(
+    "--steps",
+    default=",".join(map(str, DEFAULTS.steps)),
+    show_default=True,
+    help="Adam steps per resolution",
+)
 @click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True)
-@click.option("--batch-size", type=int, default=None,
-              help=f"images synthesised together [default: {CPU_BATCH_SIZE} on a CPU, chosen for the GPU's memory]")
-@click.option("--accelerated/--no-accelerated", default=None,
-              help="channels_last + bf16 autocast [default: on GPUs only]")
-@click.option("--shard-size", type=int, default=None, help="images per shard [default: 1000; 4 for the demo]")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help=f"images synthesised together [default: {CPU_BATCH_SIZE} on a CPU, chosen for the GPU's memory]",
+)
+@click.option(
+    "--accelerated/--no-accelerated",
+    default=None,
+    help="channels_last + bf16 autocast [default: on GPUs only]",
+)
+@click.option(
+    "--shard-size", type=int, default=None, help="images per shard [default: 1000; 4 for the demo]"
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=None, help="synthesis actors [default: one per GPU, else 1]")
+@click.option(
+    "--workers", type=int, default=None, help="synthesis actors [default: one per GPU, else 1]"
+)
 @click.option("--no-source", is_flag=True, help="omit source pixels (for sets to be published)")
 @click.option("--resize-short", type=int, default=RESIZE_SHORT, show_default=True)
-@click.option("--max-skip-fraction", type=float, default=0.01, show_default=True,
-              help="fail when more than this fraction of images is unusable")
-@click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="contact sheet PNG [default: OUT/preview-SPLIT.png]")
+@click.option(
+    "--max-skip-fraction",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="fail when more than this fraction of images is unusable",
+)
+@click.option(
+    "--preview",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="contact sheet PNG [default: OUT/preview-SPLIT.png]",
+)
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batch_size, accelerated, shard_size, seed,
-          workers, no_source, resize_short, max_skip_fraction, preview, quiet) -> None:
+def build(
+    imagenet,
+    split,
+    subset,
+    out,
+    encoder,
+    weights,
+    sizes,
+    steps,
+    lr,
+    batch_size,
+    accelerated,
+    shard_size,
+    seed,
+    workers,
+    no_source,
+    resize_short,
+    max_skip_fraction,
+    preview,
+    quiet,
+) -> None:
     """Synthesise one texture per source image into WebDataset shards with a manifest.
 
     Resumable: rerun the same command after an interruption and finished shards are kept.
@@ -61,16 +127,34 @@ def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batc
 
     try:
         if encoder == "vgg19":
-            load_vgg19_state_dict(weights)  # fail here, before any worker starts, if weights are missing
-        listing = embedded_listing() if imagenet is None else folder_listing(imagenet, split, subset)
-        synthesis = SynthesisConfig(encoder=encoder, weights=str(weights) if weights else None, sizes=_ints(sizes),
-                                    steps=_ints(steps), lr=lr, batch_size=batch_size,
-                                    accelerated=accelerated)
+            load_vgg19_state_dict(
+                weights
+            )  # fail here, before any worker starts, if weights are missing
+        listing = (
+            embedded_listing() if imagenet is None else folder_listing(imagenet, split, subset)
+        )
+        synthesis = SynthesisConfig(
+            encoder=encoder,
+            weights=str(weights) if weights else None,
+            sizes=_ints(sizes),
+            steps=_ints(steps),
+            lr=lr,
+            batch_size=batch_size,
+            accelerated=accelerated,
+        )
     except (WeightsNotFound, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    config = job.JobConfig(out=out, split=split, synthesis=synthesis, seed=seed,
-                           shard_size=shard_size or (4 if imagenet is None else 1000), include_source=not no_source,
-                           resize_short=resize_short, max_skip_fraction=max_skip_fraction, workers=workers)
+    config = job.JobConfig(
+        out=out,
+        split=split,
+        synthesis=synthesis,
+        seed=seed,
+        shard_size=shard_size or (4 if imagenet is None else 1000),
+        include_source=not no_source,
+        resize_short=resize_short,
+        max_skip_fraction=max_skip_fraction,
+        workers=workers,
+    )
     try:
         summary = job.run(config, listing, show_progress=not quiet)
     except (job.SkipThresholdExceeded, RuntimeError, contract.ManifestError) as e:
@@ -80,9 +164,13 @@ def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batc
     if manifest["splits"][split]["samples"]:
         preview_mod.contact_sheet(out, split, preview_path)
     click.echo(f"images     {summary.images} ({len(listing.classes)} classes)")
-    click.echo(f"shards     {summary.shards} ({summary.shards_written} written now, "
-               f"{summary.shards - summary.shards_written - len(summary.failed_shards)} already done)")
-    click.echo(f"textures/s {summary.textures_per_second:.2f} ({summary.textures_written} in {summary.seconds:.1f} s)")
+    click.echo(
+        f"shards     {summary.shards} ({summary.shards_written} written now, "
+        f"{summary.shards - summary.shards_written - len(summary.failed_shards)} already done)"
+    )
+    click.echo(
+        f"textures/s {summary.textures_per_second:.2f} ({summary.textures_written} in {summary.seconds:.1f} s)"
+    )
     click.echo(f"skipped    {len(summary.skipped)}")
     for s in summary.skipped[:10]:
         click.echo(f"  {s['path']}: {s['reason']}")
@@ -90,19 +178,34 @@ def build(imagenet, split, subset, out, encoder, weights, sizes, steps, lr, batc
     if manifest["splits"][split]["samples"]:
         click.echo(f"preview    {preview_path}")
     if summary.failed_shards:
-        click.echo(f"FAILED     {len(summary.failed_shards)} shards after retries; rerun to resume:", err=True)
+        click.echo(
+            f"FAILED     {len(summary.failed_shards)} shards after retries; rerun to resume:",
+            err=True,
+        )
         for f in summary.failed_shards:
             click.echo(f"  {f}", err=True)
         sys.exit(1)
 
 
 @main.command()
-@click.option("--textures", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="texture-only shard set (built with --no-source, e.g. a published one)")
-@click.option("--imagenet", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="local ImageNet root with <split>/<wnid>/<file> folders")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="where the paired shards and manifest go")
+@click.option(
+    "--textures",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="texture-only shard set (built with --no-source, e.g. a published one)",
+)
+@click.option(
+    "--imagenet",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="local ImageNet root with <split>/<wnid>/<file> folders",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="where the paired shards and manifest go",
+)
 @click.option("--split", default="train", show_default=True)
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def pair(textures, imagenet, out, split, quiet) -> None:
@@ -118,12 +221,18 @@ def pair(textures, imagenet, out, split, quiet) -> None:
         raise click.ClickException(str(e)) from None
     click.echo(f"textures   {summary.samples} samples in {summary.shards} shards ({split})")
     click.echo(f"paired     {summary.paired}")
-    click.echo(f"shards     {summary.shards} ({summary.shards_written} written now, "
-               f"{summary.shards - summary.shards_written} already done)")
-    click.echo(f"missing    {len(summary.missing)} texture samples without their ImageNet file (skipped)")
+    click.echo(
+        f"shards     {summary.shards} ({summary.shards_written} written now, "
+        f"{summary.shards - summary.shards_written} already done)"
+    )
+    click.echo(
+        f"missing    {len(summary.missing)} texture samples without their ImageNet file (skipped)"
+    )
     for s in summary.missing[:10]:
         click.echo(f"  {s['path']}: {s['reason']}")
-    click.echo(f"skipped    {summary.previously_skipped} by the texture job (still listed as skipped)")
+    click.echo(
+        f"skipped    {summary.previously_skipped} by the texture job (still listed as skipped)"
+    )
     click.echo(f"unpaired   {summary.unpaired} ImageNet files of these classes have no texture")
     for path in summary.unpaired_examples[:10]:
         click.echo(f"  {path}")

@@ -29,6 +29,7 @@ webdataset loader requires a homogeneous set):
 
 Only PNG/image bytes, JSON and text: nothing in a shard is ever unpickled.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -104,7 +105,9 @@ def encode_sample(
 ) -> dict[str, Any]:
     """One webdataset sample (a dict of member suffix -> bytes) for a texture."""
     if texture.shape != (TEXTURE_SIZE, TEXTURE_SIZE, 3) or texture.dtype != np.uint8:
-        raise ValueError(f"texture must be uint8 {TEXTURE_SIZE}x{TEXTURE_SIZE}x3, got {texture.dtype} {texture.shape}")
+        raise ValueError(
+            f"texture must be uint8 {TEXTURE_SIZE}x{TEXTURE_SIZE}x3, got {texture.dtype} {texture.shape}"
+        )
     if "." in key:
         raise ValueError(f"sample key {key!r} contains a dot")
     sample: dict[str, Any] = {
@@ -194,7 +197,9 @@ def build_manifest(
     """
     out_splits = {}
     for name, split in splits.items():
-        shards = [{k: r[k] for k in ("name", "sha256", "bytes", "samples")} for r in split["shards"]]
+        shards = [
+            {k: r[k] for k in ("name", "sha256", "bytes", "samples")} for r in split["shards"]
+        ]
         out_splits[name] = {
             "shards": shards,
             "samples": sum(s["samples"] for s in shards),
@@ -207,7 +212,9 @@ def build_manifest(
         "format_version": FORMAT_VERSION,
         "classes": classes,
         "has_source": has_source,
-        "fields": sorted([TEXTURE_FIELD, CLASS_FIELD, META_FIELD] + ([SOURCE_FIELD] if has_source else [])),
+        "fields": sorted(
+            [TEXTURE_FIELD, CLASS_FIELD, META_FIELD] + ([SOURCE_FIELD] if has_source else [])
+        ),
         "generator": generator,
         "splits": out_splits,
     }
@@ -229,7 +236,15 @@ _SHARD_SCHEMA = {
 #: ``name``, ``version``, ``base_url`` and a ``url`` per shard.
 MANIFEST_SCHEMA = {
     "type": "object",
-    "required": ["format", "format_version", "classes", "has_source", "fields", "generator", "splits"],
+    "required": [
+        "format",
+        "format_version",
+        "classes",
+        "has_source",
+        "fields",
+        "generator",
+        "splits",
+    ],
     "properties": {
         "format": {"const": FORMAT_NAME},
         "format_version": {"type": "integer"},
@@ -290,17 +305,25 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> dict[str, Any]:
             raise ManifestError(f"{where}: duplicate shard names in split {split!r}: {duplicates}")
         for shard in info["shards"]:
             if ".." in shard["name"] or "/" in shard["name"] or "\\" in shard["name"]:
-                raise ManifestError(f"{where}: shard name {shard['name']!r} must be a plain file name")
+                raise ManifestError(
+                    f"{where}: shard name {shard['name']!r} must be a plain file name"
+                )
             url = shard.get("url")
-            if url is not None and (base is None or not url.startswith(base.rstrip("/") + "/") or "/../" in url):
-                raise ManifestError(f"{where}: shard url {url!r} is outside the set's base_url {base!r}")
+            if url is not None and (
+                base is None or not url.startswith(base.rstrip("/") + "/") or "/../" in url
+            ):
+                raise ManifestError(
+                    f"{where}: shard url {url!r} is outside the set's base_url {base!r}"
+                )
     return manifest
 
 
 def load_manifest(root: Path) -> dict[str, Any]:
     path = Path(root) / MANIFEST_NAME
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {root} a shard directory written by `nsneg-textures build`?")
+        raise FileNotFoundError(
+            f"{path} not found: is {root} a shard directory written by `nsneg-textures build`?"
+        )
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -317,7 +340,9 @@ def upgrade(root: Path) -> bool:
     """
     root = Path(root)
     manifest = load_manifest(root)
-    old_records = sorted(p for split in manifest["splits"] for p in (root / split).glob("*.tar.json"))
+    old_records = sorted(
+        p for split in manifest["splits"] for p in (root / split).glob("*.tar.json")
+    )
     if manifest["format_version"] == FORMAT_VERSION and not old_records:
         return False
     for old in old_records:
@@ -327,38 +352,6 @@ def upgrade(root: Path) -> bool:
         old.unlink()
     atomic_write_json(root / MANIFEST_NAME, {**manifest, "format_version": FORMAT_VERSION})
     return True
-
-
-def check_mergeable(root: Path, classes: list[str], generator: dict[str, Any], has_source: bool) -> dict[str, Any] | None:
-    """The manifest already in ``root`` (None if none), after refusing one of another shard set.
-
-    A version-1 set that may be written into is upgraded first (its records move).
-    """
-    if not (Path(root) / MANIFEST_NAME).exists():
-        return None
-    old = load_manifest(root)
-    if (old["classes"], old["generator"], old["has_source"]) != (classes, generator, has_source):
-        raise ManifestError(
-            f"{Path(root) / MANIFEST_NAME} describes another shard set (classes, generator or source pixels "
-            "differ); use a new output directory instead of mixing two datasets"
-        )
-    upgrade(root)
-    return old
-
-
-def merge_split(root: Path, classes: list[str], generator: dict[str, Any], has_source: bool, split: str,
-                split_info: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-    """Write ``root/manifest.json`` with ``split`` (re)placed and the other splits kept.
-
-    ``extra``: top-level per-split entries (``{key: value}`` stored as ``manifest[key][split]``).
-    """
-    old = check_mergeable(root, classes, generator, has_source) or {}
-    splits = {**old.get("splits", {}), split: split_info}
-    manifest = build_manifest(classes, splits, generator, has_source)
-    for key, value in (extra or {}).items():
-        manifest[key] = {**old.get(key, {}), split: value}
-    Path(root).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(root) / MANIFEST_NAME, manifest)
 
 
 def shard_paths(root: Path, split: str, manifest: dict[str, Any] | None = None) -> list[Path]:
@@ -403,7 +396,11 @@ class TextureSample:
     source_bytes: bytes | None
 
     def source(self) -> Image.Image | None:
-        return None if self.source_bytes is None else Image.open(io.BytesIO(self.source_bytes)).convert("RGB")
+        return (
+            None
+            if self.source_bytes is None
+            else Image.open(io.BytesIO(self.source_bytes)).convert("RGB")
+        )
 
 
 def decode_sample(sample: dict[str, Any]) -> TextureSample:

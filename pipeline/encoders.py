@@ -7,6 +7,7 @@
   (Ustyuzhaninov et al., ICLR 2017 showed random multi-scale filters already make
   natural textures). Deterministic from a seed, no download: the demo and tests use it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,10 +44,16 @@ class RandomMultiScaleEncoder(nn.Module):
         weights = []
         for _ in range(levels):
             w = torch.randn(channels, 3, kernel, kernel, generator=g)
-            w = w - w.mean(dim=(1, 2, 3), keepdim=True)  # zero-mean filters respond to structure, not brightness
+            w = w - w.mean(
+                dim=(1, 2, 3), keepdim=True
+            )  # zero-mean filters respond to structure, not brightness
             weights.append(w / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
-        self.register_buffer("weight", torch.cat(weights))  # [levels * C, 3, k, k]: level l is rows l*C ... (l+1)*C
-        self.register_buffer("bias", 0.05 * torch.randn(levels * channels, generator=g))  # [levels * C]
+        self.register_buffer(
+            "weight", torch.cat(weights)
+        )  # [levels * C, 3, k, k]: level l is rows l*C ... (l+1)*C
+        self.register_buffer(
+            "bias", 0.05 * torch.randn(levels * channels, generator=g)
+        )  # [levels * C]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x [B, 3, H, W] in [0, 1] -> per level l: [B, C, ceil(H / 2^l), ceil(W / 2^l)]."""
@@ -59,7 +66,15 @@ class RandomMultiScaleEncoder(nn.Module):
             if level:
                 x = F.avg_pool2d(x, 2, ceil_mode=True)
             padded = F.pad(x, (pad,) * 4, mode="replicate")
-            features.append(F.relu(F.conv2d(padded, weight[level * c : (level + 1) * c], bias[level * c : (level + 1) * c])))
+            features.append(
+                F.relu(
+                    F.conv2d(
+                        padded,
+                        weight[level * c : (level + 1) * c],
+                        bias[level * c : (level + 1) * c],
+                    )
+                )
+            )
         return features
 
 
@@ -77,7 +92,11 @@ class VGG19Encoder(nn.Module):
             elif isinstance(layer, nn.ReLU):
                 layers[i] = nn.ReLU(inplace=False)
         wanted = {k: v for k, v in state_dict.items() if k.startswith("features.")}
-        wanted = {k[len("features.") :]: v for k, v in wanted.items() if int(k.split(".")[1]) < len(layers)}
+        wanted = {
+            k[len("features.") :]: v
+            for k, v in wanted.items()
+            if int(k.split(".")[1]) < len(layers)
+        }
         try:
             layers.load_state_dict(wanted, strict=True)
         except RuntimeError as e:

@@ -4,6 +4,7 @@ Every way a real image collection goes wrong ends here as either a correct conve
 (CMYK, grayscale, palette, 16-bit, EXIF orientation) or a ``BadImage`` with a reason
 that the job counts and lists in the manifest -- never a crash mid-job.
 """
+
 from __future__ import annotations
 
 import io
@@ -70,7 +71,9 @@ def decode_rgb(data: bytes) -> tuple[Image.Image, list[str], str | None]:
         try:
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > MAX_PIXELS:
-                raise BadImage(f"decompression bomb: {img.width}x{img.height} exceeds {MAX_PIXELS} pixels")
+                raise BadImage(
+                    f"decompression bomb: {img.width}x{img.height} exceeds {MAX_PIXELS} pixels"
+                )
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise BadImage(f"decompression bomb: {e}") from None
@@ -114,5 +117,11 @@ def make_crops(data: bytes, rng: np.random.Generator, resize_to: int = RESIZE_SH
     rx, ry = int(rng.integers(0, w - CROP_SIZE + 1)), int(rng.integers(0, h - CROP_SIZE + 1))
     boxes = [(x, y, x + CROP_SIZE, y + CROP_SIZE) for x, y in ((cx, cy), (rx, ry))]
     arr = np.asarray(img)
-    pixels = np.stack([arr[t:b, l:r] for l, t, r, b in boxes])
-    return Crops(pixels=pixels, boxes=boxes, resized_size=(w, h), conversions=conversions, source_format=source_format)
+    pixels = np.stack([arr[top:bottom, left:right] for left, top, right, bottom in boxes])
+    return Crops(
+        pixels=pixels,
+        boxes=boxes,
+        resized_size=(w, h),
+        conversions=conversions,
+        source_format=source_format,
+    )

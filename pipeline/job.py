@@ -7,6 +7,7 @@ writing the previous one overlap the synthesis of the current one. A shard is wr
 most the shards in flight. Actors are restarted and their tasks retried by Ray when a
 worker dies; bad images are skipped with a reason and counted against a threshold.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import contract
+from pipeline import contract, shards
 from pipeline.images import RESIZE_SHORT, BadImage, Crops, make_crops
 from pipeline.shards import ShardSpec, finished_record
 from pipeline.shards import plan_shards as plan
@@ -77,14 +78,20 @@ class JobSummary:
 
 def image_seed(global_seed: int, key: str) -> int:
     """Per-image seed from (global seed, key): the same image gets the same crops and texture."""
-    return int.from_bytes(hashlib.sha256(f"{global_seed}:{key}".encode()).digest()[:8], "little") >> 1
+    return (
+        int.from_bytes(hashlib.sha256(f"{global_seed}:{key}".encode()).digest()[:8], "little") >> 1
+    )
 
 
 def plan_shards(listing: Listing, config: JobConfig) -> list[ShardSpec]:
-    return plan(listing.images, config.out, config.split, config.shard_size, config.generator_config())
+    return plan(
+        listing.images, config.out, config.split, config.shard_size, config.generator_config()
+    )
 
 
-def _sample_meta(image: SourceImage, crops: Crops, seed: int, loss: float, config: JobConfig) -> dict[str, Any]:
+def _sample_meta(
+    image: SourceImage, crops: Crops, seed: int, loss: float, config: JobConfig
+) -> dict[str, Any]:
     return {
         "key": image.key,
         "wnid": image.wnid,
@@ -116,7 +123,9 @@ def _prepare_image(image: SourceImage, config: JobConfig) -> tuple | dict[str, s
     return image, seed, data, crops
 
 
-def _encode_sample(prepared: tuple, texture: np.ndarray, loss: float, config: JobConfig) -> dict[str, Any]:
+def _encode_sample(
+    prepared: tuple, texture: np.ndarray, loss: float, config: JobConfig
+) -> dict[str, Any]:
     image, seed, data, crops = prepared
     meta = _sample_meta(image, crops, seed, loss, config)
     source = data if config.include_source else None
@@ -143,7 +152,11 @@ def write_shard(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    size = batch_size or config.synthesis.batch_size or auto_batch_size(config.synthesis.encoder, "cpu")
+    size = (
+        batch_size
+        or config.synthesis.batch_size
+        or auto_batch_size(config.synthesis.encoder, "cpu")
+    )
     batches = [spec.images[start : start + size] for start in range(0, len(spec.images), size)]
     writer = contract.ShardWriter(Path(spec.path))
     skipped: list[dict[str, str]] = []
@@ -152,11 +165,16 @@ def write_shard(
         return list(host.map(lambda image: _prepare_image(image, config), batch))
 
     def write(ready: list, result) -> None:
-        for sample in host.map(lambda args: _encode_sample(*args, config), zip(ready, result.textures, result.losses)):
+        for sample in host.map(
+            lambda args: _encode_sample(*args, config), zip(ready, result.textures, result.losses)
+        ):
             writer.write(sample)
 
     try:
-        with ThreadPoolExecutor(max(1, host_threads), "nsneg-host") as host, ThreadPoolExecutor(2, "nsneg-stage") as stage:
+        with (
+            ThreadPoolExecutor(max(1, host_threads), "nsneg-host") as host,
+            ThreadPoolExecutor(2, "nsneg-stage") as stage,
+        ):
             next_batch = stage.submit(prepare, batches[0]) if batches else None
             written = None
             for k, batch in enumerate(batches):
@@ -166,14 +184,18 @@ def write_shard(
                 skipped.extend(o for o in outcomes if isinstance(o, dict))
                 ready = [o for o in outcomes if not isinstance(o, dict)]
                 if ready:
-                    result = synthesize(np.stack([c.pixels for _, _, _, c in ready]), [s for _, s, _, _ in ready])
+                    result = synthesize(
+                        np.stack([c.pixels for _, _, _, c in ready]), [s for _, s, _, _ in ready]
+                    )
                     if written is not None:
                         written.result()  # one batch in the writer at a time: order kept, errors raised here
                     written = stage.submit(write, ready, result)
                 report(len(batch), len(ready))
             if written is not None:
                 written.result()
-        return writer.commit({"fingerprint": spec.fingerprint, "skipped": skipped, "index": spec.index})
+        return writer.commit(
+            {"fingerprint": spec.fingerprint, "skipped": skipped, "index": spec.index}
+        )
     except BaseException:
         writer.abort()
         raise
@@ -193,7 +215,9 @@ def _progress_class():
 
         def __init__(self) -> None:
             self.count = 0
-            self.workers: dict[int, list[float]] = {}  # worker -> [textures, first report, last report]
+            self.workers: dict[
+                int, list[float]
+            ] = {}  # worker -> [textures, first report, last report]
 
         def add(self, images: int, textures: int = 0, worker: int = 0) -> None:
             now = time.monotonic()
@@ -205,7 +229,11 @@ def _progress_class():
         def take(self) -> tuple[int, dict[int, float]]:
             """(images since the last call, {worker: textures/s since its first report})."""
             n, self.count = self.count, 0
-            rates = {w: t / (last - first) for w, (t, first, last) in sorted(self.workers.items()) if last > first}
+            rates = {
+                w: t / (last - first)
+                for w, (t, first, last) in sorted(self.workers.items())
+                if last > first
+            }
             return n, rates
 
     return ProgressCounter
@@ -237,13 +265,21 @@ def _worker_class():
             return os.getpid()
 
         def process(self, spec: ShardSpec) -> dict[str, Any]:
-            self.progress.add.remote(0, 0, self.index)  # the clock of this worker's textures/s starts
+            self.progress.add.remote(
+                0, 0, self.index
+            )  # the clock of this worker's textures/s starts
 
             def report(images: int, textures: int) -> None:
                 self.progress.add.remote(images, textures, self.index)
 
-            return write_shard(self.synthesizer, spec, self.config, report=report,
-                               batch_size=self.synthesizer.batch_size, host_threads=self.host_threads)
+            return write_shard(
+                self.synthesizer,
+                spec,
+                self.config,
+                report=report,
+                batch_size=self.synthesizer.batch_size,
+                host_threads=self.host_threads,
+            )
 
     return TextureWorker
 
@@ -289,7 +325,13 @@ def run(config: JobConfig, listing: Listing, *, show_progress: bool = True) -> J
     done_images = sum(len(specs[i].images) for i in records)
     failed: list[str] = []
     written = 0
-    bar = tqdm(total=len(listing.images), initial=done_images, unit="img", desc="textures", disable=not show_progress)
+    bar = tqdm(
+        total=len(listing.images),
+        initial=done_images,
+        unit="img",
+        desc="textures",
+        disable=not show_progress,
+    )
     try:
         if pending:
             written, failed = _run_pending(config, pending, records, bar, len(listing.images))
@@ -325,7 +367,9 @@ def _run_pending(config, pending, records, bar, total_images) -> tuple[int, list
     progress_name = f"nsneg-progress-{os.getpid()}-{time.time_ns()}"
     progress = _progress_class().options(name=progress_name).remote()
     worker_cls = _worker_class()
-    pool = ActorPool([worker_cls.options(**options).remote(config, progress_name, i) for i in range(workers)])
+    pool = ActorPool(
+        [worker_cls.options(**options).remote(config, progress_name, i) for i in range(workers)]
+    )
     for spec in pending:
         pool.submit(lambda actor, s: actor.process.remote(s), spec)
     written, failed = 0, []
@@ -354,7 +398,9 @@ def _run_pending(config, pending, records, bar, total_images) -> tuple[int, list
 def _progress_postfix(skipped: int, shards: int, rates: dict[int, float]) -> str:
     """The bar's tail: e.g. ``skipped=0, shards=3, textures/s w0=41.2 w1=39.8`` (3 significant digits)."""
     per_worker = " ".join(f"w{w}={r:.3g}" for w, r in rates.items())
-    return f"skipped={skipped}, shards={shards}" + (f", textures/s {per_worker}" if per_worker else "")
+    return f"skipped={skipped}, shards={shards}" + (
+        f", textures/s {per_worker}" if per_worker else ""
+    )
 
 
 def _write_manifest(config: JobConfig, listing: Listing, specs, records) -> None:
@@ -365,5 +411,11 @@ def _write_manifest(config: JobConfig, listing: Listing, specs, records) -> None
         "skipped": [s for r in ordered for s in r["skipped"]],
         "complete": len(ordered) == len(specs),
     }
-    contract.merge_split(config.out, listing.classes, config.generator_config(), config.include_source,
-                         config.split, split_info)
+    shards.merge_split(
+        config.out,
+        listing.classes,
+        config.generator_config(),
+        config.include_source,
+        config.split,
+        split_info,
+    )

@@ -9,6 +9,7 @@ members are copied byte for byte, never re-encoded. Output shards go through
 split), so a rerun keeps finished shards and a killed run leaves no partial final shard.
 Plain Python: the work is file copying, Ray would add nothing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import contract
+from pipeline import contract, shards
 from pipeline.shards import ShardSpec, finished_record
 from pipeline.sources import folder_listing, key_candidates
 
@@ -59,21 +60,27 @@ def open_textures(textures: Path, split: str) -> dict[str, Any]:
         raise PairError(f"split {split!r} not in {textures} (has {sorted(manifest['splits'])})")
     problems = contract.verify(textures)
     if problems:
-        raise PairError(f"{textures}: shards do not match their manifest, refusing to pair them:\n  "
-                        + "\n  ".join(problems))
+        raise PairError(
+            f"{textures}: shards do not match their manifest, refusing to pair them:\n  "
+            + "\n  ".join(problems)
+        )
     return manifest
 
 
 def shard_fingerprint(input_sha256: str, imagenet: Path, split: str) -> str:
     """What an output shard is made of: a finished shard with another fingerprint is never reused."""
-    return hashlib.sha256(f"{input_sha256}\n{Path(imagenet).resolve()}\n{split}".encode()).hexdigest()
+    return hashlib.sha256(
+        f"{input_sha256}\n{Path(imagenet).resolve()}\n{split}".encode()
+    ).hexdigest()
 
 
 def _relative(wnid: str, name: str) -> str:
     return f"{wnid}/{name}"
 
 
-def _source_bytes(key: str, meta: dict[str, Any], split_dir: Path) -> tuple[Path, bytes | None, str | None]:
+def _source_bytes(
+    key: str, meta: dict[str, Any], split_dir: Path
+) -> tuple[Path, bytes | None, str | None]:
     """-> (expected ImageNet path, its bytes or None, the reason when None).
 
     The key must be one the build would have given this file (``sources.key_candidates``).
@@ -91,8 +98,12 @@ def _source_bytes(key: str, meta: dict[str, Any], split_dir: Path) -> tuple[Path
         return path, None, f"cannot read: {e}"
 
 
-def pair_shard(input_path: Path, spec: ShardSpec, split_dir: Path,
-               report: Callable[[int], Any] = lambda n: None) -> dict[str, Any]:
+def pair_shard(
+    input_path: Path,
+    spec: ShardSpec,
+    split_dir: Path,
+    report: Callable[[int], Any] = lambda n: None,
+) -> dict[str, Any]:
     """Write one paired shard; returns its record.
 
     The record also lists every texture sample's ``<wnid>/<source_name>`` (``sources``),
@@ -109,18 +120,28 @@ def pair_shard(input_path: Path, spec: ShardSpec, split_dir: Path,
             if data is None:
                 skipped.append({"path": str(path), "key": key, "reason": reason})
             else:
-                members = {f: raw[f] for f in (contract.TEXTURE_FIELD, contract.CLASS_FIELD, contract.META_FIELD)}
+                members = {
+                    f: raw[f]
+                    for f in (contract.TEXTURE_FIELD, contract.CLASS_FIELD, contract.META_FIELD)
+                }
                 writer.write({"__key__": key, **members, contract.SOURCE_FIELD: data})
             report(1)
-        return writer.commit({"fingerprint": spec.fingerprint, "index": spec.index,
-                              "skipped": skipped, "sources": sources})
+        return writer.commit(
+            {
+                "fingerprint": spec.fingerprint,
+                "index": spec.index,
+                "skipped": skipped,
+                "sources": sources,
+            }
+        )
     except BaseException:
         writer.abort()
         raise
 
 
-def run(textures: Path, imagenet: Path, out: Path, split: str = "train", *,
-        show_progress: bool = True) -> PairSummary:
+def run(
+    textures: Path, imagenet: Path, out: Path, split: str = "train", *, show_progress: bool = True
+) -> PairSummary:
     """Make (or finish making) the paired set for one split under ``out``."""
     from tqdm import tqdm
 
@@ -129,26 +150,39 @@ def run(textures: Path, imagenet: Path, out: Path, split: str = "train", *,
     manifest = open_textures(textures, split)
     split_dir = imagenet / split
     if not split_dir.is_dir():
-        raise PairError(f"{split_dir} is not a directory: expected {imagenet}/{split}/<wnid>/<image files>")
+        raise PairError(
+            f"{split_dir} is not a directory: expected {imagenet}/{split}/<wnid>/<image files>"
+        )
     if out.resolve() == textures.resolve():
-        raise PairError("--out must differ from --textures: paired shards keep the input shards' names")
+        raise PairError(
+            "--out must differ from --textures: paired shards keep the input shards' names"
+        )
     try:  # refuse before any work: pairing another split into ``out`` is fine, another set is not
-        contract.check_mergeable(out, manifest["classes"], manifest["generator"], True)
+        shards.check_mergeable(out, manifest["classes"], manifest["generator"], True)
     except ValueError as e:
         raise PairError(str(e)) from None
     info = manifest["splits"][split]
-    specs = [ShardSpec(index=i, path=str(out / split / s["name"]),
-                       fingerprint=shard_fingerprint(s["sha256"], imagenet, split))
-             for i, s in enumerate(info["shards"])]
+    specs = [
+        ShardSpec(
+            index=i,
+            path=str(out / split / s["name"]),
+            fingerprint=shard_fingerprint(s["sha256"], imagenet, split),
+        )
+        for i, s in enumerate(info["shards"])
+    ]
     records = {s.index: r for s in specs if (r := finished_record(s)) is not None}
     pending = [s for s in specs if s.index not in records]
     done = sum(info["shards"][i]["samples"] for i in records)
-    bar = tqdm(total=info["samples"], initial=done, unit="img", desc="pairing", disable=not show_progress)
+    bar = tqdm(
+        total=info["samples"], initial=done, unit="img", desc="pairing", disable=not show_progress
+    )
     try:
         for spec in pending:
             input_path = textures / split / info["shards"][spec.index]["name"]
             records[spec.index] = pair_shard(input_path, spec, split_dir, bar.update)
-            bar.set_postfix(missing=sum(len(r["skipped"]) for r in records.values()), shards=len(records))
+            bar.set_postfix(
+                missing=sum(len(r["skipped"]) for r in records.values()), shards=len(records)
+            )
     finally:  # whatever happened, the manifest lists exactly the shards that are finished
         bar.close()
         ordered = [records[s.index] for s in specs if s.index in records]
@@ -169,22 +203,35 @@ def run(textures: Path, imagenet: Path, out: Path, split: str = "train", *,
     )
 
 
-def _unpaired_sources(imagenet: Path, split: str, manifest: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+def _unpaired_sources(
+    imagenet: Path, split: str, manifest: dict[str, Any], records: list[dict[str, Any]]
+) -> list[str]:
     """ImageNet files of the set's classes that neither have a texture nor were skipped by the texture job."""
     accounted = {name for r in records for name in r["sources"]}
-    accounted |= {_relative(Path(s["path"]).parent.name, Path(s["path"]).name)
-                  for s in manifest["splits"][split]["skipped"]}
+    accounted |= {
+        _relative(Path(s["path"]).parent.name, Path(s["path"]).name)
+        for s in manifest["splits"][split]["skipped"]
+    }
     classes = set(manifest["classes"])
     try:
         images = folder_listing(imagenet, split).images
     except (FileNotFoundError, ValueError):
         return []  # no image files at all: every texture sample is already reported missing
-    return [im.path for im in images
-            if im.wnid in classes and _relative(im.wnid, Path(im.path).name) not in accounted]
+    return [
+        im.path
+        for im in images
+        if im.wnid in classes and _relative(im.wnid, Path(im.path).name) not in accounted
+    ]
 
 
-def _write_manifest(out: Path, split: str, textures_manifest: dict[str, Any], records: list[dict[str, Any]],
-                    n_shards: int, unpaired: list[str]) -> None:
+def _write_manifest(
+    out: Path,
+    split: str,
+    textures_manifest: dict[str, Any],
+    records: list[dict[str, Any]],
+    n_shards: int,
+    unpaired: list[str],
+) -> None:
     """Merge this split into ``out``'s manifest (other paired splits kept)."""
     info = textures_manifest["splits"][split]
     split_info = {
@@ -192,5 +239,14 @@ def _write_manifest(out: Path, split: str, textures_manifest: dict[str, Any], re
         "skipped": info["skipped"] + [s for r in records for s in r["skipped"]],
         "complete": info["complete"] and len(records) == n_shards,
     }
-    contract.merge_split(out, textures_manifest["classes"], textures_manifest["generator"], True, split, split_info,
-                         extra={"unpaired_sources": {"count": len(unpaired), "examples": unpaired[:UNPAIRED_EXAMPLES]}})
+    shards.merge_split(
+        out,
+        textures_manifest["classes"],
+        textures_manifest["generator"],
+        True,
+        split,
+        split_info,
+        extra={
+            "unpaired_sources": {"count": len(unpaired), "examples": unpaired[:UNPAIRED_EXAMPLES]}
+        },
+    )

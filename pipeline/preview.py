@@ -1,4 +1,5 @@
 """Contact sheet of a shard set: source (crop boxes drawn) | center crop | random crop | texture."""
+
 from __future__ import annotations
 
 import io
@@ -22,7 +23,9 @@ def _row(sample: contract.TextureSample, classes: list[str]) -> Image.Image:
         crops = [source.crop(tuple(meta["crop_boxes"][k])) for k in ("center", "random")]
         thumb = source.copy()
         boxed = ImageDraw.Draw(thumb)
-        for box, colour in zip((meta["crop_boxes"]["center"], meta["crop_boxes"]["random"]), ("red", "lime")):
+        for box, colour in zip(
+            (meta["crop_boxes"]["center"], meta["crop_boxes"]["random"]), ("red", "lime")
+        ):
             boxed.rectangle(box, outline=colour, width=3)
         thumb.thumbnail((CELL, CELL))
         row.paste(thumb, ((CELL - thumb.width) // 2, (CELL - thumb.height) // 2))
@@ -36,14 +39,18 @@ def _row(sample: contract.TextureSample, classes: list[str]) -> Image.Image:
     return row
 
 
-def contact_sheet(root: Path, split: str, out: Path, n: int = 16, classes: set[str] | None = None) -> Path:
+def contact_sheet(
+    root: Path, split: str, out: Path, n: int = 16, classes: set[str] | None = None
+) -> Path:
     """Write a PNG of the first ``n`` samples of ``split`` (only of ``classes`` if given), atomically."""
     manifest = contract.load_manifest(root)
     if split not in manifest["splits"]:
         raise ValueError(f"{root} has no split {split!r} (has {sorted(manifest['splits'])})")
     unknown = sorted(set(classes or ()) - set(manifest["classes"]))
     if unknown:
-        shown = ", ".join(manifest["classes"][:10]) + (", ..." if len(manifest["classes"]) > 10 else "")
+        shown = ", ".join(manifest["classes"][:10]) + (
+            ", ..." if len(manifest["classes"]) > 10 else ""
+        )
         raise ValueError(f"no class {', '.join(unknown)} in {root} (its classes: {shown})")
     rows = []
     for sample in contract.iter_samples(root, split):
@@ -53,8 +60,11 @@ def contact_sheet(root: Path, split: str, out: Path, n: int = 16, classes: set[s
         if len(rows) >= n:
             break
     if not rows:
-        raise ValueError(f"{root}/{split} holds no samples" + (f" of classes {', '.join(sorted(classes))}"
-                                                              if classes else "") + " to preview")
+        raise ValueError(
+            f"{root}/{split} holds no samples"
+            + (f" of classes {', '.join(sorted(classes))}" if classes else "")
+            + " to preview"
+        )
     header = Image.new("RGB", (4 * CELL, 16), "white")
     hd = ImageDraw.Draw(header)
     for i, title in enumerate(("source (boxes)", "center crop", "random crop", "texture")):

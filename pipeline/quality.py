@@ -10,6 +10,7 @@
   (high-passed) anywhere in the texture. A copy scores ~1; a texture whose layout is
   gone scores low.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -106,7 +107,11 @@ class TextureQuality:
 
 
 def measure(
-    texture: np.ndarray, crops: np.ndarray, other_crop: np.ndarray, other_texture: np.ndarray, seed: int = 0
+    texture: np.ndarray,
+    crops: np.ndarray,
+    other_crop: np.ndarray,
+    other_texture: np.ndarray,
+    seed: int = 0,
 ) -> TextureQuality:
     """texture uint8 [224,224,3]; crops uint8 [2,96,96,3]; other_crop: another real crop of the
     same image [96,96,3]; other_texture: the texture of a different image [224,224,3]."""

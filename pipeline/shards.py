@@ -1,4 +1,4 @@
-"""Shard specs, planning and finished-shard records: shared by the Ray job and ``pair``.
+"""Shard specs, planning, finished-shard records and the manifest merge: shared by the Ray job and ``pair``.
 
 A ``ShardSpec`` says which shard to write and from what (its ``fingerprint``); a
 finished shard has a record (``contract.record_path``) holding its sha256, size and
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import contract
+from pipeline import contract, files
 from pipeline.sources import SourceImage
 
 
@@ -23,11 +23,14 @@ class ShardSpec:
     index: int
     path: str
     fingerprint: str
-    images: list[SourceImage] = field(default_factory=list)  # empty where the inputs are shards (``pair``)
+    images: list[SourceImage] = field(
+        default_factory=list
+    )  # empty where the inputs are shards (``pair``)
 
 
-def plan_shards(images: list[SourceImage], out: Path, split: str, shard_size: int,
-                generator: dict[str, Any]) -> list[ShardSpec]:
+def plan_shards(
+    images: list[SourceImage], out: Path, split: str, shard_size: int, generator: dict[str, Any]
+) -> list[ShardSpec]:
     """Fixed shards of ``shard_size`` images each; a shard's fingerprint covers its images and ``generator``."""
     settings = json.dumps(generator, sort_keys=True)
     specs = []
@@ -35,8 +38,14 @@ def plan_shards(images: list[SourceImage], out: Path, split: str, shard_size: in
         chunk = images[start : start + shard_size]
         # the absolute path, as format 1 did, so older sets resume; only its hash is stored
         content = settings + "".join(f"\n{im.key}\t{im.path}\t{im.cls}" for im in chunk)
-        specs.append(ShardSpec(index=index, path=str(contract.shard_path(out, split, index)),
-                               fingerprint=hashlib.sha256(content.encode()).hexdigest(), images=chunk))
+        specs.append(
+            ShardSpec(
+                index=index,
+                path=str(contract.shard_path(out, split, index)),
+                fingerprint=hashlib.sha256(content.encode()).hexdigest(),
+                images=chunk,
+            )
+        )
     return specs
 
 
@@ -55,3 +64,44 @@ def finished_record(spec: ShardSpec) -> dict[str, Any] | None:
     if path.stat().st_size != record["bytes"]:
         return None  # damaged after the fact: redo it
     return record
+
+
+def check_mergeable(
+    root: Path, classes: list[str], generator: dict[str, Any], has_source: bool
+) -> dict[str, Any] | None:
+    """The manifest already in ``root`` (None if none), after refusing one of another shard set.
+
+    A version-1 set that may be written into is upgraded first (its records move).
+    """
+    if not (Path(root) / contract.MANIFEST_NAME).exists():
+        return None
+    old = contract.load_manifest(root)
+    if (old["classes"], old["generator"], old["has_source"]) != (classes, generator, has_source):
+        raise contract.ManifestError(
+            f"{Path(root) / contract.MANIFEST_NAME} describes another shard set (classes, generator or source pixels "
+            "differ); use a new output directory instead of mixing two datasets"
+        )
+    contract.upgrade(root)
+    return old
+
+
+def merge_split(
+    root: Path,
+    classes: list[str],
+    generator: dict[str, Any],
+    has_source: bool,
+    split: str,
+    split_info: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write ``root/manifest.json`` with ``split`` (re)placed and the other splits kept.
+
+    ``extra``: top-level per-split entries (``{key: value}`` stored as ``manifest[key][split]``).
+    """
+    old = check_mergeable(root, classes, generator, has_source) or {}
+    splits = {**old.get("splits", {}), split: split_info}
+    manifest = contract.build_manifest(classes, splits, generator, has_source)
+    for key, value in (extra or {}).items():
+        manifest[key] = {**old.get(key, {}), split: value}
+    Path(root).mkdir(parents=True, exist_ok=True)
+    files.atomic_write_json(Path(root) / contract.MANIFEST_NAME, manifest)

@@ -3,6 +3,7 @@
 Listing is deterministic (sorted), so shard ``i`` always holds the same images and a
 rerun, or a resume, reproduces the same dataset.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,10 +74,19 @@ def _assign_keys(entries: list[tuple[Path, int, str]], root: Path) -> list[Sourc
     for path, cls, wnid in entries:
         plain, with_class = key_candidates(wnid, path.stem)
         key = with_class if seen[plain] > 1 else plain
-        images.append(SourceImage(key=key, path=str(path.resolve()), cls=cls, wnid=wnid,
-                                  relpath=path.relative_to(root).as_posix()))
+        images.append(
+            SourceImage(
+                key=key,
+                path=str(path.resolve()),
+                cls=cls,
+                wnid=wnid,
+                relpath=path.relative_to(root).as_posix(),
+            )
+        )
     if len({im.key for im in images}) != len(images):
-        raise ValueError("source keys are not unique even after adding class names; rename the duplicates")
+        raise ValueError(
+            "source keys are not unique even after adding class names; rename the duplicates"
+        )
     return images
 
 
@@ -85,7 +95,10 @@ def embedded_listing() -> Listing:
 
     data_dir = Path(skimage.__file__).parent / "data"
     classes = sorted(Path(name).stem for name in EMBEDDED_PHOTOS)
-    entries = [(data_dir / name, classes.index(Path(name).stem), Path(name).stem) for name in EMBEDDED_PHOTOS]
+    entries = [
+        (data_dir / name, classes.index(Path(name).stem), Path(name).stem)
+        for name in EMBEDDED_PHOTOS
+    ]
     missing = [str(p) for p, _, _ in entries if not p.exists()]
     if missing:
         raise FileNotFoundError(f"scikit-image's bundled photos are missing: {missing}")
@@ -96,12 +109,16 @@ def folder_listing(root: Path, split: str, subset: str = "all") -> Listing:
     """``root/<split>/<wnid>/*`` (ImageFolder layout). ``subset``: ``all`` or ``imagenet100``."""
     split_dir = Path(root) / split
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir} is not a directory: expected {root}/{split}/<wnid>/<image files>")
+        raise FileNotFoundError(
+            f"{split_dir} is not a directory: expected {root}/{split}/<wnid>/<image files>"
+        )
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     if subset == "imagenet100":
         missing = sorted(set(IMAGENET100) - set(classes))
         if missing:
-            raise FileNotFoundError(f"{split_dir} lacks {len(missing)} ImageNet-100 classes, e.g. {missing[:5]}")
+            raise FileNotFoundError(
+                f"{split_dir} lacks {len(missing)} ImageNet-100 classes, e.g. {missing[:5]}"
+            )
         classes = sorted(IMAGENET100)
     elif subset != "all":
         raise ValueError(f"unknown subset {subset!r}: choose 'all' or 'imagenet100'")
@@ -113,5 +130,7 @@ def folder_listing(root: Path, split: str, subset: str = "all") -> Listing:
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 entries.append((path, cls, wnid))
     if not entries:
-        raise FileNotFoundError(f"{split_dir} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise FileNotFoundError(
+            f"{split_dir} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     return Listing(classes=classes, images=_assign_keys(entries, Path(root)))

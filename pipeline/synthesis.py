@@ -14,6 +14,7 @@ of its two 96 px crops, and the batch is optimised together but independently:
   same path runs on any device when asked for (the CPU tests do); otherwise float32
   and deterministic.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,12 +48,16 @@ class SynthesisConfig:
     sizes: tuple[int, ...] = (56, 112, 224)
     steps: tuple[int, ...] = (120, 40, 14)
     lr: float = 0.03
-    batch_size: int | None = None  # None: CPU_BATCH_SIZE on a CPU, chosen for the card's memory on a GPU
+    batch_size: int | None = (
+        None  # None: CPU_BATCH_SIZE on a CPU, chosen for the card's memory on a GPU
+    )
     accelerated: bool | None = None  # channels_last + bf16 autocast; None: on CUDA only
 
     def __post_init__(self) -> None:
         if len(self.sizes) != len(self.steps) or not self.sizes:
-            raise ValueError(f"sizes {self.sizes} and steps {self.steps} must be non-empty and of equal length")
+            raise ValueError(
+                f"sizes {self.sizes} and steps {self.steps} must be non-empty and of equal length"
+            )
         if self.sizes[-1] != TEXTURE_SIZE:
             raise ValueError(f"the last size must be {TEXTURE_SIZE}, got {self.sizes}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -134,15 +139,21 @@ class TextureSynthesizer:
     def __init__(self, config: SynthesisConfig, device: str | torch.device = "cpu"):
         self.config = config
         self.device = torch.device(device)
-        self.accelerated = self.device.type == "cuda" if config.accelerated is None else config.accelerated
+        self.accelerated = (
+            self.device.type == "cuda" if config.accelerated is None else config.accelerated
+        )
         #: Images per batch the caller should send (``__call__`` takes any number).
         self.batch_size = config.batch_size or auto_batch_size(config.encoder, self.device)
-        self.encoder = build_encoder(config.encoder, seed=config.encoder_seed, weights=config.weights)
+        self.encoder = build_encoder(
+            config.encoder, seed=config.encoder_seed, weights=config.weights
+        )
         self.encoder = self.encoder.to(self.device).eval().requires_grad_(False)
         if self.accelerated:
             self.encoder = self.encoder.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes per stage: pick the fastest kernels once
+            torch.backends.cudnn.benchmark = (
+                True  # fixed shapes per stage: pick the fastest kernels once
+            )
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.accelerated:
@@ -157,14 +168,21 @@ class TextureSynthesizer:
         flat = crops.reshape(b * 2, 3, CROP_SIZE, CROP_SIZE)
         crop_px = round(CROP_SIZE * size / TEXTURE_SIZE)
         if crop_px != CROP_SIZE:
-            flat = F.interpolate(flat, size=(crop_px, crop_px), mode="bilinear", antialias=True, align_corners=False)
+            flat = F.interpolate(
+                flat, size=(crop_px, crop_px), mode="bilinear", antialias=True, align_corners=False
+            )
         with torch.no_grad():
-            return [gram(f).reshape(b, 2, f.shape[1], f.shape[1]).mean(dim=1) for f in self.features(flat)]
+            return [
+                gram(f).reshape(b, 2, f.shape[1], f.shape[1]).mean(dim=1)
+                for f in self.features(flat)
+            ]
 
     def _init(self, crops: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         """Per-image seeded noise around the crops' mean colour: an image's start ignores its batch."""
         size = self.config.sizes[0]
-        noise = torch.stack([torch.randn(3, size, size, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        noise = torch.stack(
+            [torch.randn(3, size, size, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        )
         mean = crops.mean(dim=(1, 3, 4)).cpu().view(-1, 3, 1, 1)
         return (mean + 0.15 * noise).clamp(0, 1).to(self.device)
 
@@ -189,8 +207,10 @@ class TextureSynthesizer:
         half = (len(seeds) + 1) // 2
         self.batch_size = min(self.batch_size, half)
         parts = [self(crops_t[:half], seeds[:half]), self(crops_t[half:], seeds[half:])]
-        return SynthesisResult(textures=np.concatenate([p.textures for p in parts]),
-                               losses=np.concatenate([p.losses for p in parts]))
+        return SynthesisResult(
+            textures=np.concatenate([p.textures for p in parts]),
+            losses=np.concatenate([p.losses for p in parts]),
+        )
 
     def _synthesize(self, crops_t: torch.Tensor, seeds: list[int]) -> SynthesisResult:
         """crops_t float [B, 2, 3, 96, 96] on the device."""
@@ -198,13 +218,17 @@ class TextureSynthesizer:
         memory_format = torch.channels_last if self.accelerated else torch.contiguous_format
         for size, steps in zip(self.config.sizes, self.config.steps):
             if x.shape[-1] != size:
-                x = F.interpolate(x.detach(), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+                x = F.interpolate(
+                    x.detach(), size=(size, size), mode="bicubic", align_corners=False
+                ).clamp(0, 1)
             targets = self.targets(crops_t, size)
             x = x.detach().contiguous(memory_format=memory_format).requires_grad_(True)
             # fused: one kernel for the whole update, no per-step temporaries (CPU and CUDA)
             optimizer = torch.optim.Adam([x], lr=self.config.lr, fused=True)
             # Decay within each stage: big moves early, then settle (fewer steps for the same loss).
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1), eta_min=self.config.lr / 10)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, max(steps, 1), eta_min=self.config.lr / 10
+            )
             for _ in range(steps):  # no host sync inside: the loss is read once, at the end
                 optimizer.zero_grad(set_to_none=True)
                 per_image = gram_loss([gram(f) for f in self.features(x)], targets)  # [B]
@@ -215,5 +239,12 @@ class TextureSynthesizer:
                     x.clamp_(0, 1)
         with torch.no_grad():
             losses = gram_loss([gram(f) for f in self.features(x)], targets).float().cpu()
-        textures = (x.detach() * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        textures = (
+            (x.detach() * 255.0 + 0.5)
+            .clamp(0, 255)
+            .to(torch.uint8)
+            .permute(0, 2, 3, 1)
+            .cpu()
+            .numpy()
+        )
         return SynthesisResult(textures=np.ascontiguousarray(textures), losses=losses.numpy())

@@ -49,10 +49,18 @@ def make_checkpoint():
             state = {"module.encoder_q." + k: v for k, v in encoder.state_dict().items()}
             torch.save({"state_dict": state, "arch": "resnet18"}, path)
         else:
-            model = MoCo(build_backbone("resnet18", small_images=True), build_backbone("resnet18", small_images=True),
-                         K=64)
-            checkpoint.save(path, {"model": model.state_dict(),
-                                   "config": {"arch": "resnet18", "small_images": True, "image_size": 32}})
+            model = MoCo(
+                build_backbone("resnet18", small_images=True),
+                build_backbone("resnet18", small_images=True),
+                K=64,
+            )
+            checkpoint.save(
+                path,
+                {
+                    "model": model.state_dict(),
+                    "config": {"arch": "resnet18", "small_images": True, "image_size": 32},
+                },
+            )
         return path
 
     return make
@@ -72,7 +80,11 @@ def texture_shards(tmp_path_factory, ray_session):
     base = tmp_path_factory.mktemp("texture-shards")
     tree = make_tree(base / "imagenet", n_per_class=3, bad=False)
     shards = base / "shards"
-    job.run(job.JobConfig(out=shards, synthesis=TINY, shard_size=2), folder_listing(tree, "train"), show_progress=False)
+    job.run(
+        job.JobConfig(out=shards, synthesis=TINY, shard_size=2),
+        folder_listing(tree, "train"),
+        show_progress=False,
+    )
     return shards, tree
 
 

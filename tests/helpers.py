@@ -57,7 +57,14 @@ def bad_inputs() -> dict[str, bytes]:
 
 def make_tree(root: Path, *, n_per_class: int = 3, bad: bool = True, split: str = "train") -> Path:
     """An ImageFolder tree of real photos (two classes), plus the bad inputs in a third class."""
-    names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "brick.png"]
+    names = [
+        "chelsea.png",
+        "coffee.png",
+        "astronaut.png",
+        "rocket.jpg",
+        "motorcycle_left.png",
+        "brick.png",
+    ]
     for c, wnid in enumerate(["n00000001", "n00000002"]):
         d = root / split / wnid
         d.mkdir(parents=True)

@@ -13,6 +13,7 @@ that position is one blend with per-sample ``f`` and ``other`` (``f = 1``: untou
 blur and flip run on the samples that draw them only, written back in place. The
 parameters live on the CPU, so which samples those are is known without asking the device.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -88,9 +89,16 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     p = (v * (1.0 - s)).clamp(0.0, 1.0)
     q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
     t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    sector = (i.unsqueeze(1) == torch.arange(6, device=i.device).view(1, -1, 1, 1)).to(x.dtype)  # [B,6,H,W]
-    table = torch.stack([torch.stack(c, dim=1) for c in ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))],
-                        dim=1)  # [B,3,6,H,W]
+    sector = (i.unsqueeze(1) == torch.arange(6, device=i.device).view(1, -1, 1, 1)).to(
+        x.dtype
+    )  # [B,6,H,W]
+    table = torch.stack(
+        [
+            torch.stack(c, dim=1)
+            for c in ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))
+        ],
+        dim=1,
+    )  # [B,3,6,H,W]
     return torch.einsum("bshw,bcshw->bchw", sector, table)
 
 
@@ -133,10 +141,15 @@ def augment(x: torch.Tensor, p: PhotometricParams) -> torch.Tensor:
         for k in range(3):
             f = torch.where(active & (op == k), factors[:, k], f)
         gray = grayscale(x)  # [B,1,H,W]
-        other = torch.where((op == 2).view(-1, 1, 1, 1), gray,
-                            (op == 1).view(-1, 1, 1, 1) * gray.mean(dim=(1, 2, 3), keepdim=True))
+        other = torch.where(
+            (op == 2).view(-1, 1, 1, 1),
+            gray,
+            (op == 1).view(-1, 1, 1, 1) * gray.mean(dim=(1, 2, 3), keepdim=True),
+        )
         f4 = f.view(-1, 1, 1, 1)
-        x = (f4 * x + (1 - f4) * other).clamp_(0, 1)  # a new tensor: the caller's x is never written
+        x = (f4 * x + (1 - f4) * other).clamp_(
+            0, 1
+        )  # a new tensor: the caller's x is never written
         rows = _rows(p.jitter & (p.order[:, position] == 3), device)
         if rows is not None:
             x[rows] = adjust_hue(x[rows], factors[rows, 3])

@@ -4,6 +4,7 @@ Ours hold everything needed to continue exactly (model with queue, optimizer, ep
 step, RNG states, config). ``load_backbone`` also reads the paper's released MoCo
 checkpoints (``state_dict`` with ``module.encoder_q.*`` keys in a ``.pth.tar``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,9 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an nsneg training checkpoint (expected format {FORMAT!r})")
     if state.get("version") != VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')}, this nsneg reads {VERSION}")
+        raise ValueError(
+            f"{path}: checkpoint version {state.get('version')}, this nsneg reads {VERSION}"
+        )
     return state
 
 
@@ -55,7 +58,9 @@ def encoder_q_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     prefixes = ("module.encoder_q.", "encoder_q.")
     encoder = {k.split("encoder_q.", 1)[1]: v for k, v in weights.items() if k.startswith(prefixes)}
     if not encoder:
-        raise ValueError(f"{path}: no 'encoder_q.*' weights inside (keys look like {list(weights)[:3]})")
+        raise ValueError(
+            f"{path}: no 'encoder_q.*' weights inside (keys look like {list(weights)[:3]})"
+        )
     return encoder, config
 
 
@@ -63,10 +68,15 @@ def load_backbone(path: Path, arch: str | None = None) -> tuple[nn.Module, dict[
     """Frozen-ready backbone (MLP head removed, pooled features out) of a checkpoint, in eval mode."""
     weights, config = encoder_q_state(path)
     arch = arch or config.get("arch", "resnet50")
-    encoder = build_backbone(arch, dim=weights["fc.2.weight"].shape[0] if "fc.2.weight" in weights else 128,
-                            small_images=config.get("small_images", False))
+    encoder = build_backbone(
+        arch,
+        dim=weights["fc.2.weight"].shape[0] if "fc.2.weight" in weights else 128,
+        small_images=config.get("small_images", False),
+    )
     try:
         encoder.load_state_dict(weights, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit a {arch} MoCo encoder: {str(e)[:300]}") from None
+        raise ValueError(
+            f"{path}: weights do not fit a {arch} MoCo encoder: {str(e)[:300]}"
+        ) from None
     return strip_projection_head(encoder).eval(), config

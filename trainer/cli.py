@@ -6,6 +6,7 @@
 A run folder holds one run: another is refused unless ``--force``; ``--resume`` continues
 one and may change only the settings in ``SAFE_ON_RESUME``, saying what changed.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,15 @@ from trainer.data import BadShards
 from trainer.train import KINDS, TrainConfig, Trainer, setup_distributed
 
 #: Settings a resumed run may take from the command line: they change neither the model nor the data.
-SAFE_ON_RESUME = ("epochs", "out", "workers", "checkpoint_every", "max_skip_fraction", "compile", "manifest_dirs")
+SAFE_ON_RESUME = (
+    "epochs",
+    "out",
+    "workers",
+    "checkpoint_every",
+    "max_skip_fraction",
+    "compile",
+    "manifest_dirs",
+)
 
 
 def _flag(name: str) -> str:
@@ -30,19 +39,49 @@ def _flag(name: str) -> str:
 
 
 @click.command()
-@click.option("--negatives", default=None,
-              help="[required unless --resume] shard directory (with manifest.json), a published set's NAME[@VERSION] "
-                   "or folder url (hf://datasets/ORG/NAME, https://...), or comma list / brace pattern of shard urls")
-@click.option("--manifest-dir", "manifest_dirs", multiple=True, help="more published manifests (see nsneg-data list)")
+@click.option(
+    "--negatives",
+    default=None,
+    help="[required unless --resume] shard directory (with manifest.json), a published set's NAME[@VERSION] "
+    "or folder url (hf://datasets/ORG/NAME, https://...), or comma list / brace pattern of shard urls",
+)
+@click.option(
+    "--manifest-dir",
+    "manifest_dirs",
+    multiple=True,
+    help="more published manifests (see nsneg-data list)",
+)
 @click.option("--out", default="runs/nsneg", show_default=True, type=click.Path(file_okay=False))
-@click.option("--negatives-kind", type=click.Choice(KINDS), default="texture+patch", show_default=True)
-@click.option("--num-nonsem", type=int, default=1, show_default=True, help="patch negatives per query")
-@click.option("--alpha", type=float, default=2.0, show_default=True, help="logit of a non-semantic negative = alpha q.t / T")
-@click.option("--patch-size-range", type=(int, int), default=(16, 72), show_default=True, help="at 224 px; scales with the view")
+@click.option(
+    "--negatives-kind", type=click.Choice(KINDS), default="texture+patch", show_default=True
+)
+@click.option(
+    "--num-nonsem", type=int, default=1, show_default=True, help="patch negatives per query"
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="logit of a non-semantic negative = alpha q.t / T",
+)
+@click.option(
+    "--patch-size-range",
+    type=(int, int),
+    default=(16, 72),
+    show_default=True,
+    help="at 224 px; scales with the view",
+)
 @click.option("--arch", default="resnet50", show_default=True)
 @click.option("--image-size", type=int, default=224, show_default=True)
-@click.option("--small-images/--no-small-images", default=None, help="3x3 stem, no max-pool [default: on at 48 px and below]")
-@click.option("--batch-size", type=int, default=512, show_default=True, help="global batch over all processes")
+@click.option(
+    "--small-images/--no-small-images",
+    default=None,
+    help="3x3 stem, no max-pool [default: on at 48 px and below]",
+)
+@click.option(
+    "--batch-size", type=int, default=512, show_default=True, help="global batch over all processes"
+)
 @click.option("--lr", type=float, default=None, help="[default: 0.8 * batch / 512]")
 @click.option("--epochs", type=int, default=200, show_default=True)
 @click.option("--steps-per-epoch", type=int, default=None, help="[default: samples // batch]")
@@ -50,36 +89,65 @@ def _flag(name: str) -> str:
 @click.option("--moco-k", type=int, default=16384, show_default=True)
 @click.option("--moco-m", type=float, default=0.99, show_default=True)
 @click.option("--moco-t", type=float, default=0.2, show_default=True)
-@click.option("--bn-splits", type=int, default=8, show_default=True, help="single process: BN sub-batches (shuffle BN)")
+@click.option(
+    "--bn-splits",
+    type=int,
+    default=8,
+    show_default=True,
+    help="single process: BN sub-batches (shuffle BN)",
+)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--workers", type=int, default=4, show_default=True, help="DataLoader workers per process")
+@click.option(
+    "--workers", type=int, default=4, show_default=True, help="DataLoader workers per process"
+)
 @click.option("--shuffle-buffer", type=int, default=1000, show_default=True)
 @click.option("--checkpoint-every", type=int, default=1, show_default=True, help="epochs")
 @click.option("--max-skip-fraction", type=float, default=0.01, show_default=True)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the query encoder")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", type=click.Path(dir_okay=False), default=None,
-              help="continue from a checkpoint, with its settings; of these only "
-                   f"{', '.join(_flag(n) for n in SAFE_ON_RESUME)} may change")
-@click.option("--force", is_flag=True, help="start over in an --out that already holds a run (its log and checkpoint go)")
-@click.option("--verify", "reverify", is_flag=True,
-              help="re-hash every local shard, even those verified before on this machine")
+@click.option(
+    "--resume",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="continue from a checkpoint, with its settings; of these only "
+    f"{', '.join(_flag(n) for n in SAFE_ON_RESUME)} may change",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="start over in an --out that already holds a run (its log and checkpoint go)",
+)
+@click.option(
+    "--verify",
+    "reverify",
+    is_flag=True,
+    help="re-hash every local shard, even those verified before on this machine",
+)
 @click.option("--device", default=None, help="[default: cuda if available]")
 def main(resume, force, reverify, device, compile_, small_images, **options) -> None:
     """Pre-train MoCo v2 against non-semantic negatives streamed from texture shards."""
     options["compile"] = compile_
     ctx = click.get_current_context()
-    given = {n for n in options if ctx.get_parameter_source("compile_" if n == "compile" else n)
-             is click.core.ParameterSource.COMMANDLINE}
+    given = {
+        n
+        for n in options
+        if ctx.get_parameter_source("compile_" if n == "compile" else n)
+        is click.core.ParameterSource.COMMANDLINE
+    }
     try:
         if resume:
             state = checkpoint.load(Path(resume))
             config, changes = _resumed_config(state["config"], options, given)
             if state["epoch"] >= config.epochs:
-                done = (f"{state['epoch']} of {config.epochs} epochs" if state["epoch"] == config.epochs
-                        else f"{state['epoch']} epochs, more than --epochs {config.epochs}")
-                click.echo(f"nothing to do: {resume} has finished {done} "
-                           f"(pass --epochs N with N > {state['epoch']} to train further)")
+                done = (
+                    f"{state['epoch']} of {config.epochs} epochs"
+                    if state["epoch"] == config.epochs
+                    else f"{state['epoch']} epochs, more than --epochs {config.epochs}"
+                )
+                click.echo(
+                    f"nothing to do: {resume} has finished {done} "
+                    f"(pass --epochs N with N > {state['epoch']} to train further)"
+                )
                 return
             _refuse_other_run(Path(config.out), force, resume)
         else:
@@ -87,8 +155,10 @@ def main(resume, force, reverify, device, compile_, small_images, **options) -> 
                 raise click.UsageError("Missing option '--negatives' (or --resume CHECKPOINT)")
             if small_images is None:
                 small_images = options["image_size"] <= 48
-            config = TrainConfig(**{**options, "manifest_dirs": tuple(options["manifest_dirs"])},
-                                 small_images=small_images)
+            config = TrainConfig(
+                **{**options, "manifest_dirs": tuple(options["manifest_dirs"])},
+                small_images=small_images,
+            )
             _refuse_other_run(Path(config.out), force, None)
         device = setup_distributed() or device
         _verify_once_per_node(config.negatives, reverify)
@@ -102,22 +172,29 @@ def main(resume, force, reverify, device, compile_, small_images, **options) -> 
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    click.echo(f"done: epoch {metrics.get('epoch', config.epochs - 1) + 1}, loss {metrics.get('loss', float('nan')):.4f}, "
-               f"checkpoint {trainer.checkpoint_path}")
+    click.echo(
+        f"done: epoch {metrics.get('epoch', config.epochs - 1) + 1}, loss {metrics.get('loss', float('nan')):.4f}, "
+        f"checkpoint {trainer.checkpoint_path}"
+    )
 
 
 def _resumed_config(stored: dict[str, Any], options: dict[str, Any], given: set[str]):
     """The checkpoint's config with the safe settings given on the command line -> (config, {name: (old, new)})."""
-    stored = {**stored, "patch_size_range": tuple(stored["patch_size_range"]),
-              "manifest_dirs": tuple(stored["manifest_dirs"])}
+    stored = {
+        **stored,
+        "patch_size_range": tuple(stored["patch_size_range"]),
+        "manifest_dirs": tuple(stored["manifest_dirs"]),
+    }
     changes = {}
     for name in sorted(given):
         new = tuple(options[name]) if isinstance(options[name], (list, tuple)) else options[name]
         if new == stored.get(name):
             continue
         if name not in SAFE_ON_RESUME:
-            raise click.UsageError(f"{_flag(name)} cannot change on --resume (the run used {stored.get(name)!r}): "
-                                   f"start a new run in another --out instead")
+            raise click.UsageError(
+                f"{_flag(name)} cannot change on --resume (the run used {stored.get(name)!r}): "
+                f"start a new run in another --out instead"
+            )
         changes[name] = (stored[name], new)
     config = TrainConfig(**{**stored, **{name: new for name, (_, new) in changes.items()}})
     return config, changes
@@ -133,7 +210,8 @@ def _refuse_other_run(out: Path, force: bool, resume: str | None) -> None:
     if not force:
         raise click.UsageError(
             f"{out} already holds a run ({', '.join(p.name for p in existing)}): continue it with "
-            f"--resume {out / 'checkpoint.pt'}, choose another --out, or pass --force to start over there")
+            f"--resume {out / 'checkpoint.pt'}, choose another --out, or pass --force to start over there"
+        )
     if int(os.environ.get("RANK", "0")) == 0:
         for p in existing:
             p.unlink(missing_ok=True)
@@ -152,8 +230,11 @@ def _verify_once_per_node(negatives: str, reverify: bool) -> None:
     if leader:
         try:
             hashed = verify_local(Path(negatives), reverify=reverify, show_progress=True)
-            click.echo(f"verified {hashed} train shards of {negatives}" if hashed else
-                       f"{negatives}: train shards verified before on this machine (--verify re-hashes them)")
+            click.echo(
+                f"verified {hashed} train shards of {negatives}"
+                if hashed
+                else f"{negatives}: train shards verified before on this machine (--verify re-hashes them)"
+            )
         except BadShards as e:
             error = e
     if dist.is_initialized():
@@ -169,9 +250,15 @@ def _report_changes(trainer: Trainer, changes: dict[str, tuple[Any, Any]]) -> No
         line = f"resume: {_flag(name)} {old} -> {new}"
         if name == "epochs":
             steps = trainer.steps_per_epoch
-            before = trainer.config.base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, trainer.step / (old * steps))))
-            line += (f"; the cosine learning-rate schedule now spans {new} epochs "
-                     f"(lr at step {trainer.step}: {before:.4g} -> {trainer.lr_at(trainer.step):.4g})")
+            before = (
+                trainer.config.base_lr
+                * 0.5
+                * (1 + math.cos(math.pi * min(1.0, trainer.step / (old * steps))))
+            )
+            line += (
+                f"; the cosine learning-rate schedule now spans {new} epochs "
+                f"(lr at step {trainer.step}: {before:.4g} -> {trainer.lr_at(trainer.step):.4g})"
+            )
         if trainer.rank == 0:
             click.echo(line)
 

@@ -17,6 +17,7 @@ relative centre). Photometric augmentation happens batched on the device
 decoded, so a JPEG is decoded already downscaled (by 1/2, 1/4 or 1/8, ``Image.draft``)
 as far as both crops still have at least ``image_size`` source pixels per side.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,11 +52,16 @@ class BadShards(RuntimeError):
 
 def verified_cache_path() -> Path:
     """``$NSNEG_CACHE_DIR/verified.json``, else ``$XDG_CACHE_HOME/nsneg/`` (``~/.cache/nsneg/``)."""
-    root = os.environ.get("NSNEG_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nsneg"
+    root = (
+        os.environ.get("NSNEG_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nsneg"
+    )
     return Path(root) / "verified.json"
 
 
-def verify_local(root: Path, split: str = SPLIT, *, reverify: bool = False, show_progress: bool = False) -> int:
+def verify_local(
+    root: Path, split: str = SPLIT, *, reverify: bool = False, show_progress: bool = False
+) -> int:
     """Hash ``split``'s shards of a local set against its manifest; returns how many were hashed now.
 
     A shard already verified on this machine (``verified_cache_path``: keyed by path, size and
@@ -72,24 +78,40 @@ def verify_local(root: Path, split: str = SPLIT, *, reverify: bool = False, show
         cache = json.loads(cache_path.read_text())
     except (OSError, json.JSONDecodeError):
         cache = {}
-    shards = [(Path(root).resolve() / split / s["name"], s) for s in manifest["splits"][split]["shards"]]
+    shards = [
+        (Path(root).resolve() / split / s["name"], s) for s in manifest["splits"][split]["shards"]
+    ]
 
     def known(path: Path, shard: dict[str, Any]) -> bool:
         entry, stat = cache.get(str(path)), path.stat() if path.exists() else None
-        return (not reverify and stat is not None and entry == {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                                                               "sha256": shard["sha256"]})
+        return (
+            not reverify
+            and stat is not None
+            and entry
+            == {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": shard["sha256"]}
+        )
 
     todo = [(p, s) for p, s in shards if not known(p, s)]
     problems = []
-    with tqdm(total=sum(s["bytes"] for _, s in todo), unit="B", unit_scale=True, unit_divisor=1024,
-              desc=f"verify {split}", disable=not (show_progress and todo)) as bar:
+    with tqdm(
+        total=sum(s["bytes"] for _, s in todo),
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=f"verify {split}",
+        disable=not (show_progress and todo),
+    ) as bar:
         for path, shard in todo:
             if problem := contract.shard_problem(path, shard):
                 problems.append(problem)
                 cache.pop(str(path), None)
             else:
                 stat = path.stat()
-                cache[str(path)] = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": shard["sha256"]}
+                cache[str(path)] = {
+                    "bytes": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns,
+                    "sha256": shard["sha256"],
+                }
             bar.update(shard["bytes"])
     if todo:
         try:
@@ -98,7 +120,10 @@ def verify_local(root: Path, split: str = SPLIT, *, reverify: bool = False, show
         except OSError:  # an unwritable cache only costs the next start a re-hash
             pass
     if problems:
-        raise BadShards("shards do not match their manifest, refusing to train on them:\n  " + "\n  ".join(problems))
+        raise BadShards(
+            "shards do not match their manifest, refusing to train on them:\n  "
+            + "\n  ".join(problems)
+        )
     return len(todo)
 
 
@@ -113,7 +138,9 @@ def _published(spec: str, manifest_dirs: tuple[str, ...]):
         raise BadShards(str(e).strip('"')) from None
 
 
-def resolve_urls(spec: str, verify: bool = True, manifest_dirs: tuple[str, ...] = ()) -> tuple[list[str], int | None]:
+def resolve_urls(
+    spec: str, verify: bool = True, manifest_dirs: tuple[str, ...] = ()
+) -> tuple[list[str], int | None]:
     """-> (shard urls, number of samples or None when unknown).
 
     A directory with a manifest: its train split, verified against the manifest's sha256
@@ -127,23 +154,39 @@ def resolve_urls(spec: str, verify: bool = True, manifest_dirs: tuple[str, ...] 
     if path.is_dir():
         manifest = contract.load_manifest(path)
         if not manifest["has_source"]:
-            raise BadShards(f"{spec} carries no source pixels (--no-source); pair it with ImageNet first")
+            raise BadShards(
+                f"{spec} carries no source pixels (--no-source); pair it with ImageNet first"
+            )
         if verify:
             verify_local(path)
-        return [str(p) for p in contract.shard_paths(path, SPLIT, manifest)], manifest["splits"][SPLIT]["samples"]
-    if ("/" not in spec or "://" in spec) and not spec.endswith(".tar") and not any(c in spec for c in ",{"):
+        return [str(p) for p in contract.shard_paths(path, SPLIT, manifest)], manifest["splits"][
+            SPLIT
+        ]["samples"]
+    if (
+        ("/" not in spec or "://" in spec)
+        and not spec.endswith(".tar")
+        and not any(c in spec for c in ",{")
+    ):
         published = _published(spec, manifest_dirs)
         if not published.manifest["has_source"]:
-            raise BadShards(f"{spec} carries no source pixels; fetch it and pair it with ImageNet "
-                            "(nsneg-textures pair) first")
+            raise BadShards(
+                f"{spec} carries no source pixels; fetch it and pair it with ImageNet "
+                "(nsneg-textures pair) first"
+            )
         if SPLIT not in published.manifest["splits"]:
-            raise BadShards(f"{spec} has no {SPLIT!r} split (has {sorted(published.manifest['splits'])})")
+            raise BadShards(
+                f"{spec} has no {SPLIT!r} split (has {sorted(published.manifest['splits'])})"
+            )
         shards = published.manifest["splits"][SPLIT]["shards"]
         urls = published.urls(SPLIT)
-        return [f"{u}{HASH_FRAGMENT}{s['sha256']}" for u, s in zip(urls, shards)], published.manifest["splits"][SPLIT]["samples"]
+        return [
+            f"{u}{HASH_FRAGMENT}{s['sha256']}" for u, s in zip(urls, shards)
+        ], published.manifest["splits"][SPLIT]["samples"]
     import braceexpand
 
-    urls = [u for part in spec.split(",") if part.strip() for u in braceexpand.braceexpand(part.strip())]
+    urls = [
+        u for part in spec.split(",") if part.strip() for u in braceexpand.braceexpand(part.strip())
+    ]
     if not urls:
         raise BadShards(f"no shards in {spec!r}")
     missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
@@ -167,8 +210,10 @@ def _read_verified(url: str, expected: str):
             spool.write(block)
     if digest.hexdigest() != expected:
         spool.close()
-        raise BadShards(f"shard {url}: sha256 {digest.hexdigest()}, but its manifest says {expected}; refusing "
-                        "to train on it (it changed where it is served, or arrived damaged)")
+        raise BadShards(
+            f"shard {url}: sha256 {digest.hexdigest()}, but its manifest says {expected}; refusing "
+            "to train on it (it changed where it is served, or arrived damaged)"
+        )
     spool.seek(0)
     return spool
 
@@ -200,7 +245,9 @@ def tar_samples(src: Iterator[dict], handler) -> Iterator[dict]:
     """Shard urls -> raw samples: ``wds.tarfile_to_samples`` with ``open_verified`` as its opener."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    return group_by_keys(tar_file_expander(open_verified(src, handler), handler=handler), handler=handler)
+    return group_by_keys(
+        tar_file_expander(open_verified(src, handler), handler=handler), handler=handler
+    )
 
 
 def crop_box(width: int, height: int, rng: random.Random) -> tuple[float, float, float, float]:
@@ -234,17 +281,23 @@ def apply_box(img: Image.Image, box: tuple[float, float, float, float], size: in
     return torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)  # one copy out of PIL
 
 
-def draft_for_crops(img: Image.Image, boxes: list[tuple[float, float, float, float]], size: int) -> None:
+def draft_for_crops(
+    img: Image.Image, boxes: list[tuple[float, float, float, float]], size: int
+) -> None:
     """Let a not yet decoded JPEG decode at 1/2, 1/4 or 1/8 scale where every crop in ``boxes``
     keeps >= ``size`` pixels per side (so resizing it to ``size`` loses nothing). Other formats: no-op."""
     if img.format != "JPEG":
         return
     width, height = img.size
     area = width * height
-    side = min(min(math.sqrt(area * f * r), math.sqrt(area * f / r)) for f, r, _, _ in boxes)  # shortest crop side
+    side = min(
+        min(math.sqrt(area * f * r), math.sqrt(area * f / r)) for f, r, _, _ in boxes
+    )  # shortest crop side
     scale = side / size
     if scale >= 2:
-        img.draft("RGB", (math.ceil(width / scale), math.ceil(height / scale)))  # PIL keeps >= the size asked
+        img.draft(
+            "RGB", (math.ceil(width / scale), math.ceil(height / scale))
+        )  # PIL keeps >= the size asked
 
 
 def worker_seed(seed: int) -> int:
@@ -267,11 +320,15 @@ def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple
             sample = contract.decode_sample(raw)
             if sample.source_bytes is None:
                 raise ValueError("sample has no source image")
-            source = Image.open(io.BytesIO(sample.source_bytes))  # header only: size known, pixels not decoded
+            source = Image.open(
+                io.BytesIO(sample.source_bytes)
+            )  # header only: size known, pixels not decoded
             box_q, box_k = crop_box(*source.size, rng), crop_box(*source.size, rng)
             draft_for_crops(source, [box_q, box_k], image_size)
             source.load()
-            source = source if source.mode == "RGB" else source.convert("RGB")  # convert() would copy an RGB image
+            source = (
+                source if source.mode == "RGB" else source.convert("RGB")
+            )  # convert() would copy an RGB image
         except Exception:
             skipped += 1
             continue
@@ -281,8 +338,17 @@ def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple
         skipped = 0
 
 
-def make_loader(urls: list[str], *, batch_size: int, image_size: int, steps: int, workers: int, seed: int,
-                shuffle_buffer: int = 1000, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+def make_loader(
+    urls: list[str],
+    *,
+    batch_size: int,
+    image_size: int,
+    steps: int,
+    workers: int,
+    seed: int,
+    shuffle_buffer: int = 1000,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
     """Per-rank loader for one epoch: exactly ``steps`` batches of ``batch_size`` (per rank).
 
     Shards are resampled with a seed from (``seed``, rank, worker), so a given seed gives

@@ -11,6 +11,7 @@ BN"): with DDP the keys are shuffled across GPUs; in one process every BN comput
 statistics over ``bn_splits`` chunks of the batch, as if on that many GPUs, and the keys
 are shuffled so that none lands in its query's chunk.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,13 +30,34 @@ class _ChunkedBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running: list[tuple[torch.Tensor, torch.Tensor]], momentum: float, eps: float):
+    def forward(
+        ctx,
+        x,
+        weight,
+        bias,
+        running: list[tuple[torch.Tensor, torch.Tensor]],
+        momentum: float,
+        eps: float,
+    ):
         out = torch.empty_like(x)  # [N, C, H, W] in x's memory format
         saved = []
-        for x_b, out_b, (mean_b, var_b) in zip(x.chunk(len(running)), out.chunk(len(running)), running):
+        for x_b, out_b, (mean_b, var_b) in zip(
+            x.chunk(len(running)), out.chunk(len(running)), running
+        ):
             save_mean, save_invstd = torch.empty_like(mean_b), torch.empty_like(mean_b)  # [C]
-            torch.ops.aten.native_batch_norm.out(x_b, weight, bias, mean_b, var_b, True, momentum, eps,
-                                                 out=out_b, save_mean=save_mean, save_invstd=save_invstd)
+            torch.ops.aten.native_batch_norm.out(
+                x_b,
+                weight,
+                bias,
+                mean_b,
+                var_b,
+                True,
+                momentum,
+                eps,
+                out=out_b,
+                save_mean=save_mean,
+                save_invstd=save_invstd,
+            )
             saved += [save_mean, save_invstd]
         ctx.save_for_backward(x, weight, *saved)
         ctx.eps = eps
@@ -45,15 +67,31 @@ class _ChunkedBatchNorm(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, *saved = ctx.saved_tensors
         s = len(saved) // 2
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        fmt = (
+            torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
         grad_out = grad_out.contiguous(memory_format=fmt)
         grad_x = torch.empty_like(x)
         grad_b = torch.empty(s, *weight.shape, dtype=weight.dtype, device=weight.device)
         grad_w = torch.empty_like(grad_b)
         for b, (x_b, g_b, gx_b) in enumerate(zip(x.chunk(s), grad_out.chunk(s), grad_x.chunk(s))):
             torch.ops.aten.native_batch_norm_backward.out(
-                g_b, x_b, weight, None, None, saved[2 * b], saved[2 * b + 1], True, ctx.eps, [True, True, True],
-                out0=gx_b, out1=grad_w[b], out2=grad_b[b])
+                g_b,
+                x_b,
+                weight,
+                None,
+                None,
+                saved[2 * b],
+                saved[2 * b + 1],
+                True,
+                ctx.eps,
+                [True, True, True],
+                out0=gx_b,
+                out1=grad_w[b],
+                out2=grad_b[b],
+            )
         return grad_x, grad_w.sum(dim=0), grad_b.sum(dim=0), None, None, None
 
 
@@ -76,7 +114,9 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         if x.shape[0] % self.num_splits:
             raise ValueError(f"batch {x.shape[0]} is not divisible by bn_splits {self.num_splits}")
-        running = [(self.running_mean.clone(), self.running_var.clone()) for _ in range(self.num_splits)]
+        running = [
+            (self.running_mean.clone(), self.running_var.clone()) for _ in range(self.num_splits)
+        ]
         out = _ChunkedBatchNorm.apply(x, self.weight, self.bias, running, self.momentum, self.eps)
         with torch.no_grad():
             self.running_mean.copy_(torch.stack([mean_b for mean_b, _ in running]).mean(dim=0))
@@ -89,7 +129,9 @@ def bn_splits_of(encoder: nn.Module) -> int:
     return next((m.num_splits for m in encoder.modules() if isinstance(m, SplitBatchNorm2d)), 1)
 
 
-def shuffle_across_splits(n: int, splits: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def shuffle_across_splits(
+    n: int, splits: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A random order of ``n`` samples in which no sample stays in its own sub-batch (chunk along N).
 
     Samples are laid out as ``[splits, n/splits]`` (sub-batch, position), shuffled within
@@ -100,11 +142,19 @@ def shuffle_across_splits(n: int, splits: int, generator: torch.Generator | None
     if splits == 1:
         return torch.randperm(n, generator=generator)
     m = n // splits
-    within = torch.argsort(torch.rand(splits, m, generator=generator), dim=1) + m * torch.arange(splits).view(-1, 1)
+    within = torch.argsort(torch.rand(splits, m, generator=generator), dim=1) + m * torch.arange(
+        splits
+    ).view(-1, 1)
     shift = torch.randint(1, splits, (m,), generator=generator)  # [m]
-    source = (torch.arange(splits).view(-1, 1) + shift) % splits  # [splits, m]: sub-batch each slot takes from
+    source = (
+        torch.arange(splits).view(-1, 1) + shift
+    ) % splits  # [splits, m]: sub-batch each slot takes from
     return within.gather(0, source).flatten()  # [n]
-def build_backbone(arch: str, dim: int = 128, bn_splits: int = 1, small_images: bool = False) -> nn.Module:
+
+
+def build_backbone(
+    arch: str, dim: int = 128, bn_splits: int = 1, small_images: bool = False
+) -> nn.Module:
     """A torchvision ResNet whose ``fc`` is MoCo v2's 2-layer MLP head (same keys as MoCo's checkpoints).
 
     ``small_images``: a 3x3 stride-1 stem without max-pool (as for CIFAR), for 32-96 px training.
@@ -137,8 +187,16 @@ def distributed() -> bool:
 
 
 class MoCo(nn.Module):
-    def __init__(self, encoder_q: nn.Module, encoder_k: nn.Module, dim: int = 128, K: int = 16384,
-                 m: float = 0.99, T: float = 0.2, alpha: float = 2.0):
+    def __init__(
+        self,
+        encoder_q: nn.Module,
+        encoder_k: nn.Module,
+        dim: int = 128,
+        K: int = 16384,
+        m: float = 0.99,
+        T: float = 0.2,
+        alpha: float = 2.0,
+    ):
         super().__init__()
         self.K, self.m, self.T, self.alpha = K, m, T, alpha
         self.encoder_q, self.encoder_k = encoder_q, encoder_k
@@ -164,7 +222,9 @@ class MoCo(nn.Module):
             keys = concat_all_gather(keys)
         batch_size = keys.shape[0]
         if self.K % batch_size:
-            raise ValueError(f"queue size K={self.K} must be a multiple of the global batch {batch_size}")
+            raise ValueError(
+                f"queue size K={self.K} must be a multiple of the global batch {batch_size}"
+            )
         slots = self.queue_ptr + torch.arange(batch_size, device=self.queue_ptr.device)  # [B]
         self.queue.index_copy_(1, slots, keys.T.to(self.queue.dtype))
         self.queue_ptr.add_(batch_size).remainder_(self.K)
@@ -178,22 +238,37 @@ class MoCo(nn.Module):
             dist.broadcast(idx_shuffle, src=0)
             idx_this = idx_shuffle.view(dist.get_world_size(), -1)[dist.get_rank()]
             k = F.normalize(self.encoder_k(x_all[idx_this]), dim=1)
-            idx_unshuffle = torch.argsort(idx_shuffle).view(dist.get_world_size(), -1)[dist.get_rank()]
+            idx_unshuffle = torch.argsort(idx_shuffle).view(dist.get_world_size(), -1)[
+                dist.get_rank()
+            ]
             return concat_all_gather(k)[idx_unshuffle]
-        idx_shuffle = shuffle_across_splits(x.shape[0], self.bn_splits, generator).to(x.device, non_blocking=True)
+        idx_shuffle = shuffle_across_splits(x.shape[0], self.bn_splits, generator).to(
+            x.device, non_blocking=True
+        )
         k = F.normalize(self.encoder_k(x[idx_shuffle]), dim=1)
         return k[torch.argsort(idx_shuffle)]
 
-    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, im_t: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        im_q: torch.Tensor,
+        im_k: torch.Tensor,
+        im_t: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """im_q, im_k: [B,3,H,W]; im_t: non-semantic negatives [B,N,3,H,W] or None. -> logits, labels."""
         q = F.normalize(self.encoder_q(im_q), dim=1)
         with torch.no_grad():
             self._momentum_update_key_encoder()
             k = self._encode_keys(im_k, generator)
-            fmt = torch.channels_last if im_k.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            ts = [self._encode_keys(im_t[:, n].contiguous(memory_format=fmt), generator)
-                  for n in range(im_t.shape[1] if im_t is not None else 0)]
+            fmt = (
+                torch.channels_last
+                if im_k.is_contiguous(memory_format=torch.channels_last)
+                else torch.contiguous_format
+            )
+            ts = [
+                self._encode_keys(im_t[:, n].contiguous(memory_format=fmt), generator)
+                for n in range(im_t.shape[1] if im_t is not None else 0)
+            ]
         l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
         l_neg = torch.einsum("nc,ck->nk", q, self.queue.clone().detach())
         l_nonsem = [self.alpha * torch.einsum("nc,nc->n", q, t).unsqueeze(-1) for t in ts]

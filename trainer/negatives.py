@@ -7,6 +7,7 @@ patches on the CPU. Here one flat source index per output pixel is built from a 
 small per-tile tensors and the whole batch is read with a single ``gather`` on the views'
 device: no Python loop over images or patches, and the same code runs on CUDA.
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,7 +54,9 @@ def patch_negatives(
 
     # Small random draws: a patch size per negative, a patch origin per tile.
     s = torch.randint(lo, hi + 1, (b * num, 1), generator=generator, device=rng_device)
-    u = torch.rand((2, b * num, ty_n, tx_n), generator=generator, device=rng_device, dtype=torch.float64)
+    u = torch.rand(
+        (2, b * num, ty_n, tx_n), generator=generator, device=rng_device, dtype=torch.float64
+    )
     s, u = s.to(device), u.to(device)
     py = (u[0] * (h - s + 1).unsqueeze(-1)).long()  # in [0, H - s]
     px = (u[1] * (w - s + 1).unsqueeze(-1)).long()  # in [0, W - s]

@@ -8,6 +8,7 @@ resumed from an end-of-epoch checkpoint continues exactly as if never stopped.
 A step never waits for the device: the loss and accuracy stay on it and are read (and
 checked for being finite) every ``log_every`` steps and before every checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,8 @@ from trainer.moco import MoCo, build_backbone
 from trainer.negatives import patch_negatives
 
 KINDS = ("none", "texture", "patch", "texture+patch")
+
+
 @dataclass
 class TrainConfig:
     negatives: str
@@ -56,7 +59,9 @@ class TrainConfig:
     checkpoint_every: int = 1
     max_skip_fraction: float = 0.01
     compile: bool = False
-    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": traced, no code generation)
+    compile_backend: str = (
+        "inductor"  # torch.compile backend ("aot_eager": traced, no code generation)
+    )
     channels_last: bool | None = None  # default: on CUDA
     bf16: bool | None = None  # bf16 autocast; default: on CUDA
     log_every: int = 10  # steps between reads of the loss (each read waits for the device)
@@ -107,11 +112,17 @@ class Trainer:
             raise ValueError(f"--negatives-kind must be one of {KINDS}")
         if c.log_every < 1:
             raise ValueError(f"--log-every must be >= 1, got {c.log_every}")
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.rank, self.world = (
+            (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        )
         if c.batch_size % self.world:
-            raise ValueError(f"--batch-size {c.batch_size} is not divisible by {self.world} processes")
+            raise ValueError(
+                f"--batch-size {c.batch_size} is not divisible by {self.world} processes"
+            )
         if c.moco_k % c.batch_size:
-            raise ValueError(f"--moco-k {c.moco_k} must be a multiple of --batch-size {c.batch_size}")
+            raise ValueError(
+                f"--moco-k {c.moco_k} must be a multiple of --batch-size {c.batch_size}"
+            )
         self.per_rank = c.batch_size // self.world
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cuda = self.device.type == "cuda"
@@ -119,21 +130,32 @@ class Trainer:
         self.bf16 = self.cuda if c.bf16 is None else c.bf16
         self.show_progress = show_progress and self.rank == 0
         self.urls, samples = resolve_urls(c.negatives, manifest_dirs=tuple(c.manifest_dirs))
-        self.steps_per_epoch = c.steps_per_epoch or (max(1, samples // c.batch_size) if samples else None)
+        self.steps_per_epoch = c.steps_per_epoch or (
+            max(1, samples // c.batch_size) if samples else None
+        )
         if not self.steps_per_epoch:
-            raise ValueError("give --steps-per-epoch: the number of samples behind these urls is unknown")
+            raise ValueError(
+                "give --steps-per-epoch: the number of samples behind these urls is unknown"
+            )
         torch.manual_seed(c.seed)  # same initial weights and queue on every rank
         bn_splits = 1 if self.world > 1 else math.gcd(self.per_rank, c.bn_splits)
         encoders = [build_backbone(c.arch, c.moco_dim, bn_splits, c.small_images) for _ in range(2)]
-        self.model = MoCo(*encoders, dim=c.moco_dim, K=c.moco_k, m=c.moco_m, T=c.moco_t, alpha=c.alpha).to(self.device)
+        self.model = MoCo(
+            *encoders, dim=c.moco_dim, K=c.moco_k, m=c.moco_m, T=c.moco_t, alpha=c.alpha
+        ).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=c.base_lr, momentum=0.9,
-                                         weight_decay=c.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.model.encoder_q.parameters(),
+            lr=c.base_lr,
+            momentum=0.9,
+            weight_decay=c.weight_decay,
+        )
         self.forward = self.model
         if self.world > 1:
             self.forward = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.cuda else None)
+                self.model, device_ids=[self.device.index] if self.cuda else None
+            )
         if c.compile:  # both encoders; each step's first call compiles (minutes for a resnet50)
             self.model.encoder_q.compile(backend=c.compile_backend)
             self.model.encoder_k.compile(backend=c.compile_backend)
@@ -151,8 +173,11 @@ class Trainer:
             "step": self.step,
             "samples_seen": self.samples_seen,
             "skipped": self.skipped,
-            "config": {**asdict(self.config), "patch_size_range": list(self.config.patch_size_range),
-                       "manifest_dirs": list(self.config.manifest_dirs)},
+            "config": {
+                **asdict(self.config),
+                "patch_size_range": list(self.config.patch_size_range),
+                "manifest_dirs": list(self.config.manifest_dirs),
+            },
         }
 
     def save(self, epoch_complete: bool) -> None:
@@ -167,13 +192,17 @@ class Trainer:
         self.samples_seen, self.skipped = state["samples_seen"], state["skipped"]
 
     # ------------------------------------------------------------------ one step
-    def nonsemantic(self, im_q: torch.Tensor, t: torch.Tensor, params_q, generator) -> torch.Tensor | None:
+    def nonsemantic(
+        self, im_q: torch.Tensor, t: torch.Tensor, params_q, generator
+    ) -> torch.Tensor | None:
         """[B, N, 3, H, W]: the texture with its query's augmentation, then N patch-shuffled query views."""
         c, negatives = self.config, []
         if "texture" in c.negatives_kind:
             negatives.append(augment(t, params_q).unsqueeze(1))
         if "patch" in c.negatives_kind:
-            negatives.append(patch_negatives(im_q, c.num_nonsem, tuple(c.patch_size_range), generator))
+            negatives.append(
+                patch_negatives(im_q, c.num_nonsem, tuple(c.patch_size_range), generator)
+            )
         return torch.cat(negatives, dim=1) if negatives else None
 
     def lr_at(self, step: int) -> float:
@@ -203,8 +232,10 @@ class Trainer:
         self.samples_seen += q.shape[0]
         self.skipped += int(skipped.sum())  # counted by the loader, on the CPU
         if self.skipped > self.config.max_skip_fraction * (self.samples_seen + self.skipped):
-            raise BadShards(f"{self.skipped} undecodable samples out of {self.samples_seen + self.skipped}: "
-                            f"above --max-skip-fraction {self.config.max_skip_fraction}")
+            raise BadShards(
+                f"{self.skipped} undecodable samples out of {self.samples_seen + self.skipped}: "
+                f"above --max-skip-fraction {self.config.max_skip_fraction}"
+            )
         acc = (logits.detach().argmax(dim=1) == 0).float().mean()
         return {"loss": loss.detach(), "acc": acc, "lr": lr}
 
@@ -213,14 +244,23 @@ class Trainer:
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss} at step {self.step}; stopping. The last good checkpoint "
-                f"({self.checkpoint_path}) is intact: resume from it with a lower --lr.")
+                f"({self.checkpoint_path}) is intact: resume from it with a lower --lr."
+            )
 
     # ------------------------------------------------------------------ loop
     def loader(self, seed: int, steps: int):
         """This rank's batches for one epoch: a function of ``seed`` alone, so epochs repeat on resume."""
         c = self.config
-        return make_loader(self.urls, batch_size=self.per_rank, image_size=c.image_size, steps=steps,
-                           workers=c.workers, seed=seed, shuffle_buffer=c.shuffle_buffer, pin_memory=self.cuda)
+        return make_loader(
+            self.urls,
+            batch_size=self.per_rank,
+            image_size=c.image_size,
+            steps=steps,
+            workers=c.workers,
+            seed=seed,
+            shuffle_buffer=c.shuffle_buffer,
+            pin_memory=self.cuda,
+        )
 
     def _request_stop(self, signum, _frame) -> None:
         self.stop_signal = signum
@@ -230,7 +270,9 @@ class Trainer:
 
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)
+        }
         log = MetricsLog(self.out) if self.rank == 0 else None
         metrics: dict[str, float] = {}
         try:
@@ -238,27 +280,55 @@ class Trainer:
                 epoch_seed = c.seed * 1_000_003 + self.epoch
                 generator = torch.Generator().manual_seed(epoch_seed * 1009 + self.rank)
                 loader = self.loader(epoch_seed, self.steps_per_epoch)
-                bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="step",
-                           disable=not self.show_progress)
+                bar = tqdm(
+                    total=self.steps_per_epoch,
+                    desc=f"epoch {self.epoch + 1}/{c.epochs}",
+                    unit="step",
+                    disable=not self.show_progress,
+                )
                 start, steps = time.time(), 0
                 loss_sum = acc_sum = torch.zeros((), device=self.device)
                 for batch in loader:
                     step = self.train_step(batch, generator)
-                    loss_sum, acc_sum, steps = loss_sum + step["loss"], acc_sum + step["acc"], steps + 1
+                    loss_sum, acc_sum, steps = (
+                        loss_sum + step["loss"],
+                        acc_sum + step["acc"],
+                        steps + 1,
+                    )
                     if self.step % c.log_every == 0 or steps == self.steps_per_epoch:
-                        metrics = {"loss": step["loss"].item(), "acc": step["acc"].item(), "lr": step["lr"]}
+                        metrics = {
+                            "loss": step["loss"].item(),
+                            "acc": step["acc"].item(),
+                            "lr": step["lr"],
+                        }
                         self.check_finite(metrics["loss"])
                         rate = steps * c.batch_size / (time.time() - start)
-                        bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.2f}", img_s=f"{rate:.0f}")
+                        bar.set_postfix(
+                            loss=f"{metrics['loss']:.3f}",
+                            acc=f"{metrics['acc']:.2f}",
+                            img_s=f"{rate:.0f}",
+                        )
                         if log:
-                            log.write({"epoch": self.epoch, "step": self.step, **metrics, "img_per_s": rate},
-                                      "step", self.step)
+                            log.write(
+                                {
+                                    "epoch": self.epoch,
+                                    "step": self.step,
+                                    **metrics,
+                                    "img_per_s": rate,
+                                },
+                                "step",
+                                self.step,
+                            )
                     bar.update()
                     if self.stop_signal is not None:
                         raise StopRequested
                 bar.close()
-                metrics = {"epoch": self.epoch, "loss": (loss_sum / steps).item(), "acc": (acc_sum / steps).item(),
-                           "img_per_s": steps * c.batch_size / (time.time() - start)}
+                metrics = {
+                    "epoch": self.epoch,
+                    "loss": (loss_sum / steps).item(),
+                    "acc": (acc_sum / steps).item(),
+                    "img_per_s": steps * c.batch_size / (time.time() - start),
+                }
                 self.check_finite(metrics["loss"])
                 if log:
                     log.write({"epoch_end": True, **metrics}, "epoch", self.epoch)
@@ -270,8 +340,10 @@ class Trainer:
         except StopRequested:
             self.save(epoch_complete=False)  # resuming repeats this epoch from its start
             if self.rank == 0:
-                print(f"\nstopped by signal {self.stop_signal}; checkpoint {self.checkpoint_path} "
-                      f"(resume with --resume {self.checkpoint_path})")
+                print(
+                    f"\nstopped by signal {self.stop_signal}; checkpoint {self.checkpoint_path} "
+                    f"(resume with --resume {self.checkpoint_path})"
+                )
             raise SystemExit(128 + int(self.stop_signal)) from None
         finally:
             for s, handler in previous.items():

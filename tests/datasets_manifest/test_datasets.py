@@ -1,5 +1,6 @@
 """Published shard sets over a real HTTP server on 127.0.0.1: publish -> list -> fetch (cut,
 5xx, corrupted) -> verify -> preview -> stats -> stream into the trainer's loader."""
+
 import copy
 import json
 import shutil
@@ -50,7 +51,11 @@ class ShardHandler(BaseHTTPRequestHandler):
         if not path.is_file():
             return self.send_error(404)
         data = path.read_bytes()
-        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+        start = (
+            int(self.headers["Range"].split("=")[1].split("-")[0])
+            if self.headers.get("Range")
+            else 0
+        )
         start = 0 if fault == "norange" else start
         if start >= len(data) and start:
             return self.send_error(416)
@@ -89,7 +94,10 @@ def names(shards: Path) -> list[str]:
 def test_publish_and_list(served):
     server, shards, manifests = served
     published = json.loads((manifests / "demo-1.json").read_text())
-    assert published["splits"]["train"]["shards"][0]["url"] == f"{server.base}/set/train/{names(shards)[0]}"
+    assert (
+        published["splits"]["train"]["shards"][0]["url"]
+        == f"{server.base}/set/train/{names(shards)[0]}"
+    )
     result = CliRunner().invoke(data_cli, ["list", "--manifest-dir", str(manifests)])
     assert result.exit_code == 0 and "demo@1" in result.output and " 6 " in result.output
 
@@ -99,11 +107,18 @@ def test_fetch_survives_cut_connections_server_errors_and_corruption(served, tmp
     first, second, third = (f"/set/train/{n}" for n in names(shards)[:3])
     server.faults = {first: ["cut"], second: ["503", "503"], third: ["corrupt"]}
     server.requests.clear()
-    report = fetch(registry.find("demo@1", [manifests]), tmp_path, jobs=2, show_progress=False, backoff=0.01)
+    report = fetch(
+        registry.find("demo@1", [manifests]), tmp_path, jobs=2, show_progress=False, backoff=0.01
+    )
     assert not report.failed and len(report.downloaded) == 3 and report.retries == 4
     resumed = [rng for path, rng in server.requests if path == first]
-    assert resumed[0] is None and resumed[1].startswith("bytes=") and resumed[1] != "bytes=0-"  # HTTP Range resume
-    assert [rng for path, rng in server.requests if path == third] == [None, None]  # corrupt: deleted, fetched anew
+    assert (
+        resumed[0] is None and resumed[1].startswith("bytes=") and resumed[1] != "bytes=0-"
+    )  # HTTP Range resume
+    assert [rng for path, rng in server.requests if path == third] == [
+        None,
+        None,
+    ]  # corrupt: deleted, fetched anew
     for n in names(shards):
         assert (tmp_path / "train" / n).read_bytes() == (shards / "train" / n).read_bytes()
     assert contract.verify(tmp_path) == [] and not list(tmp_path.glob("train/.*part"))
@@ -119,11 +134,19 @@ def test_a_shard_that_keeps_failing_is_reported_and_never_kept(served, tmp_path)
     server, shards, manifests = served
     bad = f"/set/train/{names(shards)[0]}"
     server.faults = {bad: ["corrupt"] * 3}
-    report = fetch(registry.find("demo@1", [manifests]), tmp_path, show_progress=False, retries=2, backoff=0.01)
-    assert list(report.failed) == [f"train/{names(shards)[0]}"] and "sha256" in report.failed[f"train/{names(shards)[0]}"]
+    report = fetch(
+        registry.find("demo@1", [manifests]), tmp_path, show_progress=False, retries=2, backoff=0.01
+    )
+    assert (
+        list(report.failed) == [f"train/{names(shards)[0]}"]
+        and "sha256" in report.failed[f"train/{names(shards)[0]}"]
+    )
     assert not (tmp_path / "train" / names(shards)[0]).exists()
     local = contract.load_manifest(tmp_path)
-    assert local["splits"]["train"]["complete"] is False and len(local["splits"]["train"]["shards"]) == 2
+    assert (
+        local["splits"]["train"]["complete"] is False
+        and len(local["splits"]["train"]["shards"]) == 2
+    )
     assert contract.verify(tmp_path) == []
 
 
@@ -131,20 +154,40 @@ def test_cli_fetch_verify_preview_stats(served, tmp_path):
     server, shards, manifests = served
     server.faults = {}
     runner = CliRunner()
-    result = runner.invoke(data_cli, ["fetch", "demo@1", "--to", str(tmp_path / "got"), "--manifest-dir", str(manifests), "--quiet"])
+    result = runner.invoke(
+        data_cli,
+        [
+            "fetch",
+            "demo@1",
+            "--to",
+            str(tmp_path / "got"),
+            "--manifest-dir",
+            str(manifests),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "3 downloaded, 0 already verified" in result.output
     sheet = tmp_path / "sheet.png"
-    result = runner.invoke(data_cli, ["preview", "demo@1", "-o", str(sheet), "--n", "2", "--manifest-dir", str(manifests)])
+    result = runner.invoke(
+        data_cli,
+        ["preview", "demo@1", "-o", str(sheet), "--n", "2", "--manifest-dir", str(manifests)],
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(sheet).size[1] > 2 * 160
-    result = runner.invoke(data_cli, ["preview", str(tmp_path / "got"), "-o", str(sheet), "--classes", "n00000002"])
+    result = runner.invoke(
+        data_cli, ["preview", str(tmp_path / "got"), "-o", str(sheet), "--classes", "n00000002"]
+    )
     assert result.exit_code == 0 and Image.open(sheet).size[1] > 3 * 160
-    result = runner.invoke(data_cli, ["stats", str(tmp_path / "got"), "--json", str(tmp_path / "stats.json")])
+    result = runner.invoke(
+        data_cli, ["stats", str(tmp_path / "got"), "--json", str(tmp_path / "stats.json")]
+    )
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["splits"]["train"]["per_class"] == {"n00000001": 3, "n00000002": 3}
-    assert len(stats["splits"]["train"]["losses"]) == 6 and (tmp_path / "got" / "losses.png").exists()
+    assert (
+        len(stats["splits"]["train"]["losses"]) == 6 and (tmp_path / "got" / "losses.png").exists()
+    )
     # a tampered local shard is reported by verify
     tar = tmp_path / "got" / "train" / names(shards)[1]
     tar.write_bytes(tar.read_bytes()[:-10])
@@ -159,7 +202,9 @@ def test_trainer_streams_a_published_set_by_name(served):
     server.faults = {}
     urls, samples = resolve_urls("demo@1", manifest_dirs=(str(manifests),))
     assert samples == 6 and all(u.startswith(server.base) for u in urls)
-    batches = list(make_loader(urls, batch_size=2, image_size=32, steps=3, workers=0, seed=0, shuffle_buffer=4))
+    batches = list(
+        make_loader(urls, batch_size=2, image_size=32, steps=3, workers=0, seed=0, shuffle_buffer=4)
+    )
     assert len(batches) == 3 and batches[0][0].shape == (2, 3, 32, 32)
 
 
@@ -169,37 +214,54 @@ def manifest_variants(shards: Path, base: str) -> dict:
     for s in good["splits"]["train"]["shards"]:
         s["url"] = f"{base}/train/{s['name']}"
     variants = {}
-    v = copy.deepcopy(good); v["format_version"] = 99; variants["format_version 99"] = v  # noqa: E702
-    v = copy.deepcopy(good); del v["classes"]; variants["'classes' is a required property"] = v  # noqa: E702
-    v = copy.deepcopy(good); v["splits"]["train"]["shards"][1]["name"] = v["splits"]["train"]["shards"][0]["name"]  # noqa: E702
+    v = copy.deepcopy(good)
+    v["format_version"] = 99
+    variants["format_version 99"] = v  # noqa: E702
+    v = copy.deepcopy(good)
+    del v["classes"]
+    variants["'classes' is a required property"] = v  # noqa: E702
+    v = copy.deepcopy(good)
+    v["splits"]["train"]["shards"][1]["name"] = v["splits"]["train"]["shards"][0]["name"]  # noqa: E702
     variants["duplicate shard names"] = v
-    v = copy.deepcopy(good); v["splits"]["train"]["shards"][0]["url"] = "http://evil.example/x.tar"  # noqa: E702
+    v = copy.deepcopy(good)
+    v["splits"]["train"]["shards"][0]["url"] = "http://evil.example/x.tar"  # noqa: E702
     variants["outside the set's base_url"] = v
-    v = copy.deepcopy(good); v["splits"]["train"]["shards"][0]["name"] = "evil..x.tar"  # noqa: E702
+    v = copy.deepcopy(good)
+    v["splits"]["train"]["shards"][0]["name"] = "evil..x.tar"  # noqa: E702
     variants["plain file name"] = v
-    v = copy.deepcopy(good); v["splits"]["train"]["shards"][0]["name"] = "a/b.tar"  # noqa: E702
+    v = copy.deepcopy(good)
+    v["splits"]["train"]["shards"][0]["name"] = "a/b.tar"  # noqa: E702
     variants["invalid at splits/train/shards/0/name"] = v
     return variants
 
 
 def test_manifests_are_validated_with_clear_errors(served, tmp_path):
     server, shards, _ = served
-    for i, (message, manifest) in enumerate(manifest_variants(shards, f"{server.base}/set").items()):
+    for i, (message, manifest) in enumerate(
+        manifest_variants(shards, f"{server.base}/set").items()
+    ):
         directory = tmp_path / str(i)
         directory.mkdir()
         (directory / "x-1.json").write_text(json.dumps(manifest))
-        with pytest.raises(contract.ManifestError, match=message.replace("'", ".").replace("(", ".").replace(")", ".")):
+        with pytest.raises(
+            contract.ManifestError,
+            match=message.replace("'", ".").replace("(", ".").replace(")", "."),
+        ):
             registry.find("x", [directory])
 
 
-def test_publish_writes_a_card_that_hf_datasets_reads_and_warns_about_imagenet_pixels(served, tmp_path):
+def test_publish_writes_a_card_that_hf_datasets_reads_and_warns_about_imagenet_pixels(
+    served, tmp_path
+):
     from datasets import load_dataset
 
     _, shards, _ = served
     folder = Path(shutil.copytree(shards, tmp_path / "set"))
     (folder / "README.md").unlink()
     manifest = json.loads((folder / contract.MANIFEST_NAME).read_text())
-    (folder / "holdout").mkdir()  # a split only the card names: HF's own guess would load train alone
+    (
+        folder / "holdout"
+    ).mkdir()  # a split only the card names: HF's own guess would load train alone
     for shard in manifest["splits"]["train"]["shards"]:
         shutil.copy(folder / "train" / shard["name"], folder / "holdout" / shard["name"])
     manifest["splits"]["holdout"] = manifest["splits"]["train"]
@@ -209,20 +271,30 @@ def test_publish_writes_a_card_that_hf_datasets_reads_and_warns_about_imagenet_p
     assert result.exit_code == 0, result.output
     assert "carries ImageNet pixels (source.img)" in result.output
     user_dir = registry.user_manifest_dir()  # the default: outside the installed package
-    assert (user_dir / "carded-1.json").exists() and registry.SHIPPED_DIR.resolve() not in user_dir.resolve().parents
+    assert (
+        user_dir / "carded-1.json"
+    ).exists() and registry.SHIPPED_DIR.resolve() not in user_dir.resolve().parents
     assert registry.find("carded").path == user_dir / "carded-1.json"
     card = (folder / "README.md").read_text()
-    assert card.startswith("---\nlicense: other\n") and '- split: "holdout"\n    path: "holdout/*.tar"' in card
+    assert (
+        card.startswith("---\nlicense: other\n")
+        and '- split: "holdout"\n    path: "holdout/*.tar"' in card
+    )
     assert "ImageNet terms of access" in card and "@inproceedings{ge2021robust" in card
     assert f'"steps": [\n      {manifest["generator"]["synthesis"]["steps"][0]},' in card
     loaded = load_dataset(str(folder), cache_dir=str(tmp_path / "hf"))
-    assert set(loaded) == {"train", "holdout"} and loaded["holdout"].num_rows == manifest["splits"]["train"]["samples"]
+    assert (
+        set(loaded) == {"train", "holdout"}
+        and loaded["holdout"].num_rows == manifest["splits"]["train"]["samples"]
+    )
 
     manifest["has_source"] = False  # a texture-only set: no warning
     (folder / contract.MANIFEST_NAME).write_text(json.dumps(manifest))
     result = CliRunner().invoke(data_cli, args + ["--version", "2"])
     assert result.exit_code == 0 and "ImageNet pixels" not in result.output
-    (folder / "README.md").write_text("my own notes\n")  # a README nsneg did not write is never replaced
+    (folder / "README.md").write_text(
+        "my own notes\n"
+    )  # a README nsneg did not write is never replaced
     result = CliRunner().invoke(data_cli, args + ["--version", "3"])
     assert result.exit_code == 1 and "was not written by nsneg-data publish" in result.output
     assert (folder / "README.md").read_text() == "my own notes\n"
@@ -247,13 +319,21 @@ def test_fetch_by_folder_url_over_fsspec_and_a_mocked_hub(served, tmp_path, monk
             return str(hub / str(path).removeprefix("hf://"))
 
     monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "hf", LocalHub)
-    for url, to in (("hf://datasets/org/demo", tmp_path / "from-hub"), (f"file://{shards}", tmp_path / "from-file")):
+    for url, to in (
+        ("hf://datasets/org/demo", tmp_path / "from-hub"),
+        (f"file://{shards}", tmp_path / "from-file"),
+    ):
         result = CliRunner().invoke(data_cli, ["fetch", url, "--to", str(to), "--quiet"])
         assert result.exit_code == 0, result.output
         assert "3 downloaded, 0 already verified, 0 failed" in result.output
         assert contract.verify(to) == [] and names(to) == names(shards)
-    result = CliRunner().invoke(data_cli, ["fetch", "hf://datasets/org/nosuch", "--to", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "cannot read hf://datasets/org/nosuch/manifest.json" in result.output
+    result = CliRunner().invoke(
+        data_cli, ["fetch", "hf://datasets/org/nosuch", "--to", str(tmp_path / "x")]
+    )
+    assert (
+        result.exit_code == 1
+        and "cannot read hf://datasets/org/nosuch/manifest.json" in result.output
+    )
 
 
 def test_fetch_messages_a_404_and_counts_retries_of_failed_shards(served, tmp_path):
@@ -266,15 +346,30 @@ def test_fetch_messages_a_404_and_counts_retries_of_failed_shards(served, tmp_pa
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "moved-1.json").write_text(json.dumps(moved))
     to = tmp_path / "got"
-    result = CliRunner().invoke(data_cli, ["fetch", "moved", "--to", str(to), "--manifest-dir", str(tmp_path / "m"), "--quiet"])
-    assert result.exit_code == 1 and "HTTP 404 Not Found (not retried: check the set's base url)" in result.output
+    result = CliRunner().invoke(
+        data_cli,
+        ["fetch", "moved", "--to", str(to), "--manifest-dir", str(tmp_path / "m"), "--quiet"],
+    )
+    assert (
+        result.exit_code == 1
+        and "HTTP 404 Not Found (not retried: check the set's base url)" in result.output
+    )
     assert "3 failed (0 retries in all)" in result.output and ".part" not in result.output
     assert not list(to.rglob("*.part"))
 
     bad = f"/set/train/{names(shards)[0]}"
     server.faults = {bad: ["corrupt"] * 3}
-    report = fetch(registry.find("demo@1", [manifests]), tmp_path / "again", show_progress=False, retries=2, backoff=0.01)
-    assert "gave up after 3 attempts" in report.failed[f"train/{names(shards)[0]}"] and report.retries == 2
+    report = fetch(
+        registry.find("demo@1", [manifests]),
+        tmp_path / "again",
+        show_progress=False,
+        retries=2,
+        backoff=0.01,
+    )
+    assert (
+        "gave up after 3 attempts" in report.failed[f"train/{names(shards)[0]}"]
+        and report.retries == 2
+    )
 
 
 def test_progress_bar_ends_full_when_the_server_ignores_range(served, tmp_path, capsys):
@@ -282,19 +377,26 @@ def test_progress_bar_ends_full_when_the_server_ignores_range(served, tmp_path, 
     name = names(shards)[0]
     data = (shards / "train" / name).read_bytes()
     (tmp_path / "train").mkdir()
-    (tmp_path / "train" / f".{name}.part").write_bytes(data[: len(data) // 2])  # left by an earlier run
+    (tmp_path / "train" / f".{name}.part").write_bytes(
+        data[: len(data) // 2]
+    )  # left by an earlier run
     server.faults = {f"/set/train/{name}": ["norange"]}
     server.requests.clear()
     report = fetch(registry.find("demo@1", [manifests]), tmp_path, show_progress=True)
     assert not report.failed and (tmp_path / "train" / name).read_bytes() == data
-    assert (f"/set/train/{name}", f"bytes={len(data) // 2}-") in server.requests  # asked to resume, got it all
+    assert (
+        f"/set/train/{name}",
+        f"bytes={len(data) // 2}-",
+    ) in server.requests  # asked to resume, got it all
     last = capsys.readouterr().err.rsplit("\r", 1)[-1]
     assert "fetch: 100%" in last
 
 
 def test_preview_of_a_class_not_in_the_set_says_so(served, tmp_path):
     _, shards, _ = served
-    result = CliRunner().invoke(data_cli, ["preview", str(shards), "-o", str(tmp_path / "s.png"), "--classes", "nosuch"])
+    result = CliRunner().invoke(
+        data_cli, ["preview", str(shards), "-o", str(tmp_path / "s.png"), "--classes", "nosuch"]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"no class nosuch in {shards} (its classes: n00000001, n00000002)" in result.output
 
@@ -315,7 +417,9 @@ def altered(shard: Path) -> None:
             out.addfile(member, io.BytesIO(data))
 
 
-def test_a_streamed_shard_that_changed_is_refused_before_any_of_its_samples_is_used(texture_shards, tmp_path):
+def test_a_streamed_shard_that_changed_is_refused_before_any_of_its_samples_is_used(
+    texture_shards, tmp_path
+):
     from trainer.data import BadShards, make_loader, resolve_urls
 
     folder = Path(shutil.copytree(texture_shards[0], tmp_path / "www" / "set"))
@@ -326,17 +430,27 @@ def test_a_streamed_shard_that_changed_is_refused_before_any_of_its_samples_is_u
         expected = contract.load_manifest(folder)["splits"]["train"]["shards"][1]["sha256"]
         altered(shard)
         assert len(list(contract.iter_raw([shard]))) == 2  # still decodes
-        urls, samples = resolve_urls(f"{server.base}/set")  # the set's folder url: its manifest's sha256 travel along
+        urls, samples = resolve_urls(
+            f"{server.base}/set"
+        )  # the set's folder url: its manifest's sha256 travel along
         assert samples == 6 and urls[1] == f"{server.base}/set/train/{shard.name}#sha256={expected}"
         batches = []
         with pytest.raises(BadShards) as refused:
-            for batch in make_loader([urls[1]], batch_size=1, image_size=32, steps=4, workers=0, seed=0, shuffle_buffer=1):
+            for batch in make_loader(
+                [urls[1]], batch_size=1, image_size=32, steps=4, workers=0, seed=0, shuffle_buffer=1
+            ):
                 batches.append(batch)
         actual = files.sha256_file(shard)
-        assert str(refused.value).startswith(f"shard {server.base}/set/train/{shard.name}: sha256 {actual}, "
-                                             f"but its manifest says {expected}")
+        assert str(refused.value).startswith(
+            f"shard {server.base}/set/train/{shard.name}: sha256 {actual}, "
+            f"but its manifest says {expected}"
+        )
         assert batches == []  # not one sample of it reached a batch
-        good = list(make_loader([urls[0]], batch_size=2, image_size=32, steps=2, workers=0, seed=0, shuffle_buffer=2))
+        good = list(
+            make_loader(
+                [urls[0]], batch_size=2, image_size=32, steps=2, workers=0, seed=0, shuffle_buffer=2
+            )
+        )
         assert len(good) == 2
     finally:
         server.shutdown()

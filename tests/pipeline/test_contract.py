@@ -23,7 +23,11 @@ def test_safe_key_has_no_dot_and_keeps_distinct_stems_apart():
 def test_encode_sample_refuses_wrong_textures_and_dotted_keys():
     texture = np.zeros((contract.TEXTURE_SIZE, contract.TEXTURE_SIZE, 3), np.uint8)
     sample = contract.encode_sample("k", texture, 3, {"wnid": "n1"}, b"src")
-    assert sample["cls"] == b"3" and sample["source.img"] == b"src" and json.loads(sample["json"]) == {"wnid": "n1"}
+    assert (
+        sample["cls"] == b"3"
+        and sample["source.img"] == b"src"
+        and json.loads(sample["json"]) == {"wnid": "n1"}
+    )
     assert contract.SOURCE_FIELD not in contract.encode_sample("k", texture, 3, {}, None)
     with pytest.raises(ValueError, match="uint8 224x224x3"):
         contract.encode_sample("k", texture[:10], 0, {}, None)
@@ -52,7 +56,9 @@ def test_manifests_are_validated_with_clear_errors(texture_shards):
     good = contract.load_manifest(shards)
     assert good["format_version"] == contract.FORMAT_VERSION == 2
     assert contract.validate_manifest({**good, "format_version": 1})  # version 1 still reads
-    with pytest.raises(contract.ManifestError, match="format_version 3; this nsneg reads versions 1, 2"):
+    with pytest.raises(
+        contract.ManifestError, match="format_version 3; this nsneg reads versions 1, 2"
+    ):
         contract.validate_manifest({**good, "format_version": 3})
     bad = json.loads(json.dumps(good))
     bad["splits"]["train"]["shards"][0]["name"] = "../escape.tar"
@@ -73,7 +79,10 @@ def test_verify_names_the_shard_and_both_sha256(texture_shards, tmp_path):
     shard.write_bytes(bytes(data))
     expected = contract.load_manifest(copy)["splits"]["train"]["shards"][1]["sha256"]
     (problem,) = contract.verify(copy)
-    assert problem == f"{shard}: sha256 mismatch (manifest {expected}, file {files.sha256_file(shard)})"
+    assert (
+        problem
+        == f"{shard}: sha256 mismatch (manifest {expected}, file {files.sha256_file(shard)})"
+    )
 
 
 def test_split_folders_hold_only_shards_and_samples_keep_no_private_path(texture_shards):
@@ -83,7 +92,10 @@ def test_split_folders_hold_only_shards_and_samples_keep_no_private_path(texture
     assert records == [p.name + ".json" for p in contract.shard_paths(shards, "train")]
     for sample in contract.iter_samples(shards, "train"):
         relpath = sample.meta["source_path"]
-        assert relpath == f"train/{sample.meta['wnid']}/{sample.meta['source_name']}" and not relpath.startswith("/")
+        assert (
+            relpath == f"train/{sample.meta['wnid']}/{sample.meta['source_name']}"
+            and not relpath.startswith("/")
+        )
         assert (tree / relpath).read_bytes() == sample.source_bytes
     assert str(tree) not in (shards / contract.MANIFEST_NAME).read_text()
 
@@ -97,7 +109,9 @@ def test_hf_datasets_loads_the_set_by_folder(texture_shards, tmp_path):
     assert list(by_folder) == ["train"] and by_folder["train"].num_rows == samples
     row = by_folder["train"][0]
     assert row["texture.png"].size == (224, 224) and row["json"]["wnid"].startswith("n0")
-    by_data_dir = load_dataset("webdataset", data_dir=str(shards / "train"), cache_dir=str(tmp_path / "hf2"))
+    by_data_dir = load_dataset(
+        "webdataset", data_dir=str(shards / "train"), cache_dir=str(tmp_path / "hf2")
+    )
     assert by_data_dir["train"].num_rows == samples
 
 
@@ -112,7 +126,9 @@ def test_ray_data_webdataset_and_tar_read_the_split_folder(texture_shards, ray_s
     urls = [str(p) for p in sorted((shards / "train").iterdir())]
     assert len(list(wds.WebDataset(urls, shardshuffle=False))) == samples
     for shard in urls:
-        listed = subprocess.run(["tar", "-tf", shard], capture_output=True, text=True, check=True).stdout.split()
+        listed = subprocess.run(
+            ["tar", "-tf", shard], capture_output=True, text=True, check=True
+        ).stdout.split()
         with tarfile.open(shard) as tar:
             assert listed == tar.getnames()
 
@@ -121,7 +137,10 @@ def test_a_version_1_set_reads_and_upgrades(texture_shards, tmp_path):
     shards, _ = texture_shards
     old = as_v1(shards, tmp_path / "v1")
     assert contract.load_manifest(old)["format_version"] == 1
-    assert len(list(contract.iter_samples(old, "train"))) == contract.load_manifest(shards)["splits"]["train"]["samples"]
+    assert (
+        len(list(contract.iter_samples(old, "train")))
+        == contract.load_manifest(shards)["splits"]["train"]["samples"]
+    )
     first = contract.shard_paths(old, "train")[0]
     assert contract.read_record(first) == json.loads(contract.v1_record_path(first).read_text())
     assert contract.upgrade(old) is True and contract.upgrade(old) is False

@@ -10,7 +10,12 @@ BAD = bad_inputs()
 
 @pytest.mark.parametrize(
     "name, conversion",
-    [("cmyk.jpg", "cmyk->rgb"), ("gray.png", "l->rgb"), ("palette.png", "P->rgb"), ("sixteen.png", "I;16->rgb")],
+    [
+        ("cmyk.jpg", "cmyk->rgb"),
+        ("gray.png", "l->rgb"),
+        ("palette.png", "P->rgb"),
+        ("sixteen.png", "I;16->rgb"),
+    ],
 )
 def test_convertible_modes_become_rgb(name, conversion):
     img, conversions, _ = decode_rgb(BAD[name])
@@ -33,7 +38,12 @@ def test_exif_orientation_is_applied():
 
 @pytest.mark.parametrize(
     "name, reason",
-    [("corrupt.jpg", "unreadable"), ("truncated.jpg", "unreadable"), ("empty.jpg", "unreadable"), ("tiny.png", "too small")],
+    [
+        ("corrupt.jpg", "unreadable"),
+        ("truncated.jpg", "unreadable"),
+        ("empty.jpg", "unreadable"),
+        ("tiny.png", "too small"),
+    ],
 )
 def test_unusable_images_raise_bad_image_with_reason(name, reason):
     with pytest.raises(BadImage) as e:

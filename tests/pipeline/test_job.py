@@ -1,4 +1,5 @@
 """The Ray job end to end: real Ray, real tar files, real webdataset, real kill -9."""
+
 import json
 import os
 import signal
@@ -38,10 +39,20 @@ def test_bad_inputs_are_converted_or_skipped_with_reasons(built):
     manifest = contract.load_manifest(out)
     reasons = {Path(s["path"]).name: s["reason"] for s in manifest["splits"]["train"]["skipped"]}
     assert set(reasons) == {"corrupt.jpg", "truncated.jpg", "tiny.png", "empty.jpg"}
-    assert reasons["tiny.png"].startswith("too small") and reasons["corrupt.jpg"].startswith("unreadable")
-    assert manifest["splits"]["train"]["samples"] == len(listing.images) - 4 == summary.textures_written
-    conversions = {s.meta["source_name"]: s.meta["conversions"] for s in contract.iter_samples(out, "train")}
-    assert conversions["cmyk.jpg"] == ["cmyk->rgb"] and conversions["rotated.jpg"] == ["exif-orientation-6"]
+    assert reasons["tiny.png"].startswith("too small") and reasons["corrupt.jpg"].startswith(
+        "unreadable"
+    )
+    assert (
+        manifest["splits"]["train"]["samples"]
+        == len(listing.images) - 4
+        == summary.textures_written
+    )
+    conversions = {
+        s.meta["source_name"]: s.meta["conversions"] for s in contract.iter_samples(out, "train")
+    }
+    assert conversions["cmyk.jpg"] == ["cmyk->rgb"] and conversions["rotated.jpg"] == [
+        "exif-orientation-6"
+    ]
     assert conversions["sixteen.png"] == ["I;16->rgb"] and conversions["palette.png"] == ["P->rgb"]
 
 
@@ -59,7 +70,9 @@ def test_manifest_and_contract_round_trip(built):
         source = by_key[s.key]
         assert s.cls == source.cls and s.meta["wnid"] == source.wnid
         assert s.source_bytes == Path(source.path).read_bytes()  # original bytes, unchanged
-        assert set(s.meta["crop_boxes"]) == {"center", "random"} and s.meta["seed"] == job.image_seed(0, s.key)
+        assert set(s.meta["crop_boxes"]) == {"center", "random"} and s.meta[
+            "seed"
+        ] == job.image_seed(0, s.key)
     dotted = [s for s in samples if s.meta["source_name"] == "with.dots.in.name.png"]
     assert len(dotted) == 1 and dotted[0].key.startswith("with_dots_in_name-")
 
@@ -68,7 +81,10 @@ def test_no_private_path_is_stored(built, tree):
     out, _, _ = built
     private = str(tree.resolve())
     assert private not in (out / contract.MANIFEST_NAME).read_text()
-    assert all(private.encode() not in p.read_bytes() for p in [*(out / "train").iterdir(), *(out / "records").iterdir()])
+    assert all(
+        private.encode() not in p.read_bytes()
+        for p in [*(out / "train").iterdir(), *(out / "records").iterdir()]
+    )
     for s in contract.iter_samples(out, "train"):
         assert s.meta["source_path"] == f"train/{s.meta['wnid']}/{s.meta['source_name']}"
     skipped = contract.load_manifest(out)["splits"]["train"]["skipped"]
@@ -87,14 +103,18 @@ def test_a_version_1_set_resumes_and_is_upgraded(built, tmp_path):
 def test_shards_read_with_plain_tar_and_are_homogeneous(built):
     out, _, _ = built
     for shard in contract.shard_paths(out, "train"):
-        listed = subprocess.run(["tar", "-tf", str(shard)], capture_output=True, text=True, check=True).stdout.split()
+        listed = subprocess.run(
+            ["tar", "-tf", str(shard)], capture_output=True, text=True, check=True
+        ).stdout.split()
         with tarfile.open(shard) as tar:
             assert listed == tar.getnames()
         keys = {}
         for name in listed:
             key, field = name.split(".", 1)
             keys.setdefault(key, set()).add(field)
-        assert all(fields == {"texture.png", "source.img", "cls", "json"} for fields in keys.values())
+        assert all(
+            fields == {"texture.png", "source.img", "cls", "json"} for fields in keys.values()
+        )
 
 
 def test_shards_read_with_webdataset(built):
@@ -123,7 +143,9 @@ def test_rerun_skips_finished_shards_and_reproduces_bytes(built, tmp_path):
     before = contract.load_manifest(out)
     again = run_job(out, listing)
     assert again.shards_written == 0 and contract.load_manifest(out) == before
-    fresh = run_job(tmp_path / "fresh", listing)  # same seed, other directory: byte-identical shards
+    fresh = run_job(
+        tmp_path / "fresh", listing
+    )  # same seed, other directory: byte-identical shards
     assert fresh.shards_written == fresh.shards
     assert contract.load_manifest(tmp_path / "fresh")["splits"] == before["splits"]
 
@@ -136,17 +158,23 @@ def test_changed_settings_refuse_to_mix_into_existing_shards(built):
 
 def test_skip_threshold_fails_clearly_and_keeps_finished_shards(tmp_path, ray_session):
     tree = make_tree(tmp_path / "tree", n_per_class=1)
-    config = job.JobConfig(out=tmp_path / "out", synthesis=TINY, shard_size=3, max_skip_fraction=0.05)
+    config = job.JobConfig(
+        out=tmp_path / "out", synthesis=TINY, shard_size=3, max_skip_fraction=0.05
+    )
     with pytest.raises(job.SkipThresholdExceeded, match="max-skip-fraction"):
         job.run(config, folder_listing(tree, "train"), show_progress=False)
     manifest = contract.load_manifest(tmp_path / "out")
-    assert manifest["splits"]["train"]["complete"] is False and contract.verify(tmp_path / "out") == []
+    assert (
+        manifest["splits"]["train"]["complete"] is False and contract.verify(tmp_path / "out") == []
+    )
 
 
 def test_a_killed_worker_is_restarted_and_its_shard_retried(tmp_path, ray_session):
     ray = ray_session
     listing = folder_listing(make_tree(tmp_path / "tree", bad=False), "train")
-    config = job.JobConfig(out=tmp_path / "out", synthesis=replace(TINY, steps=(150, 20, 5)), shard_size=6)
+    config = job.JobConfig(
+        out=tmp_path / "out", synthesis=replace(TINY, steps=(150, 20, 5)), shard_size=6
+    )
     spec = job.plan_shards(listing, config)[0]
     (tmp_path / "out" / "train").mkdir(parents=True)
     progress = job._progress_class().options(name="test-progress").remote()  # noqa: F841 (kept alive)
@@ -164,9 +192,26 @@ def test_a_killed_worker_is_restarted_and_its_shard_retried(tmp_path, ray_sessio
 def test_kill_9_loses_only_shards_in_flight_and_resume_completes(tmp_path):
     tree = make_tree(tmp_path / "tree", n_per_class=4, bad=False)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline.cli", "build", "--imagenet", str(tree), "--out", str(out),
-           "--shard-size", "1", "--steps", "30,10,3", "--batch-size", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "build",
+        "--imagenet",
+        str(tree),
+        "--out",
+        str(out),
+        "--shard-size",
+        "1",
+        "--steps",
+        "30,10,3",
+        "--batch-size",
+        "1",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 180
     while time.time() < deadline and len(list((out / "train").glob("*.tar"))) < 2:
         time.sleep(0.2)
@@ -179,7 +224,10 @@ def test_kill_9_loses_only_shards_in_flight_and_resume_completes(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"({8 - len(finished)} written now, {len(finished)} already done)" in done.stdout
-    assert contract.verify(out) == [] and contract.load_manifest(out)["splits"]["train"]["samples"] == 8
+    assert (
+        contract.verify(out) == []
+        and contract.load_manifest(out)["splits"]["train"]["samples"] == 8
+    )
     assert not list((out / "train").glob(".*tmp*"))
 
 
@@ -216,8 +264,13 @@ def test_host_stages_overlap_synthesis_and_threads_do_not_change_the_bytes(tmp_p
     shards = {}
     for threads in (1, 4):
         path = tmp_path / f"out{threads}" / "train" / "shard.tar"
-        record = job.write_shard(synthesize, job.ShardSpec(0, str(path), spec.images, spec.fingerprint), config,
-                                 batch_size=batch_size, host_threads=threads)
+        record = job.write_shard(
+            synthesize,
+            job.ShardSpec(0, str(path), spec.images, spec.fingerprint),
+            config,
+            batch_size=batch_size,
+            host_threads=threads,
+        )
         shards[threads] = (path.read_bytes(), record["skipped"])
     assert calls == [True]
     assert shards[1] == shards[4]
@@ -236,4 +289,6 @@ def test_progress_reports_textures_per_second_per_worker(ray_session):
     assert images == 6 and set(rates) == {1}  # worker 0 has one report: no interval yet
     assert 3 / 0.5 < rates[1] <= 3 / 0.2
     assert ray.get(progress.take.remote())[0] == 0
-    assert job._progress_postfix(1, 2, rates) == f"skipped=1, shards=2, textures/s w1={rates[1]:.3g}"
+    assert (
+        job._progress_postfix(1, 2, rates) == f"skipped=1, shards=2, textures/s w1={rates[1]:.3g}"
+    )

@@ -1,4 +1,5 @@
 """`nsneg-textures pair`: a real texture-only set (made by the real job) joined with a real ImageFolder tree."""
+
 import shutil
 from pathlib import Path
 
@@ -21,14 +22,25 @@ def built(tmp_path_factory, ray_session):
     tree = make_tree(base / "imagenet", n_per_class=3, bad=False)
     (tree / "train" / "n00000002" / "broken.jpg").write_bytes(b"not an image at all")
     textures = base / "textures"
-    config = job.JobConfig(out=textures, synthesis=TINY, shard_size=3, include_source=False, max_skip_fraction=0.5)
+    config = job.JobConfig(
+        out=textures, synthesis=TINY, shard_size=3, include_source=False, max_skip_fraction=0.5
+    )
     job.run(config, folder_listing(tree, "train"), show_progress=False)
     assert contract.load_manifest(textures)["has_source"] is False
     return tree, textures
 
 
 def pair_cli(textures: Path, imagenet: Path, out: Path):
-    args = ["pair", "--textures", str(textures), "--imagenet", str(imagenet), "--out", str(out), "--quiet"]
+    args = [
+        "pair",
+        "--textures",
+        str(textures),
+        "--imagenet",
+        str(imagenet),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     return CliRunner().invoke(main, args)
 
 
@@ -38,7 +50,11 @@ def test_pair_end_to_end(built, tmp_path):
     result = pair_cli(textures, tree, out)
     assert result.exit_code == 0, result.output
     assert "(3 written now, 0 already done)" in result.output
-    assert "missing    0" in result.output and "unpaired   0" in result.output and "skipped    1" in result.output
+    assert (
+        "missing    0" in result.output
+        and "unpaired   0" in result.output
+        and "skipped    1" in result.output
+    )
     assert contract.verify(out) == []
     before, after = contract.load_manifest(textures), contract.load_manifest(out)
     assert after["has_source"] is True and contract.SOURCE_FIELD in after["fields"]
@@ -53,13 +69,17 @@ def test_pair_end_to_end(built, tmp_path):
     samples = list(contract.iter_samples(out, "train"))
     assert len(samples) == 6
     for s in samples:
-        assert s.source_bytes == (tree / "train" / s.meta["wnid"] / s.meta["source_name"]).read_bytes()
+        assert (
+            s.source_bytes == (tree / "train" / s.meta["wnid"] / s.meta["source_name"]).read_bytes()
+        )
     for name in names:  # texture, class and json members copied byte for byte
         original = {raw["__key__"]: raw for raw in contract.iter_raw([textures / "train" / name])}
         for raw in contract.iter_raw([out / "train" / name]):
             assert all(raw[f] == original[raw["__key__"]][f] for f in TEXTURE_MEMBERS)
         fields = sorted(m.split(".", 1)[1] for m in contract.tar_members(out / "train" / name))
-        assert fields == sorted([*TEXTURE_MEMBERS, contract.SOURCE_FIELD] * len(original))  # homogeneous
+        assert fields == sorted(
+            [*TEXTURE_MEMBERS, contract.SOURCE_FIELD] * len(original)
+        )  # homogeneous
 
 
 def test_missing_imagenet_file_is_skipped_and_file_without_texture_is_unpaired(built, tmp_path):
@@ -76,7 +96,10 @@ def test_missing_imagenet_file_is_skipped_and_file_without_texture_is_unpaired(b
     assert "unpaired   1" in result.output and str(extra.resolve()) in result.output
     manifest = contract.load_manifest(out)
     reasons = {Path(s["path"]).name: s["reason"] for s in manifest["splits"]["train"]["skipped"]}
-    assert set(reasons) == {"broken.jpg", "n00000001_1.JPEG"} and reasons["n00000001_1.JPEG"] == pairing.MISSING
+    assert (
+        set(reasons) == {"broken.jpg", "n00000001_1.JPEG"}
+        and reasons["n00000001_1.JPEG"] == pairing.MISSING
+    )
     assert manifest["unpaired_sources"]["train"] == {"count": 1, "examples": [str(extra.resolve())]}
     assert contract.verify(out) == [] and manifest["splits"]["train"]["samples"] == 5
     assert "n00000001_1" not in {s.key for s in contract.iter_samples(out, "train")}
@@ -115,12 +138,19 @@ def test_interrupted_run_leaves_no_partial_shard_and_resumes(built, tmp_path, mo
     assert [p.name for p in (out / "train").glob("*.tar")] == [contract.shard_name("train", 0)]
     assert not list((out / "train").glob(".*tmp*"))
     manifest = contract.load_manifest(out)
-    assert manifest["splits"]["train"]["complete"] is False and len(manifest["splits"]["train"]["shards"]) == 1
+    assert (
+        manifest["splits"]["train"]["complete"] is False
+        and len(manifest["splits"]["train"]["shards"]) == 1
+    )
     assert contract.verify(out) == []
-    stale = out / "train" / f".{contract.shard_name('train', 1)}.tmp-99999"  # what kill -9 leaves behind
+    stale = (
+        out / "train" / f".{contract.shard_name('train', 1)}.tmp-99999"
+    )  # what kill -9 leaves behind
     stale.write_bytes(b"partial")
     result = pair_cli(textures, tree, out)
-    assert result.exit_code == 0 and "(2 written now, 1 already done)" in result.output, result.output
+    assert result.exit_code == 0 and "(2 written now, 1 already done)" in result.output, (
+        result.output
+    )
     assert not stale.exists() and contract.verify(out) == []
     assert contract.load_manifest(out)["splits"]["train"]["samples"] == 6
 

@@ -25,7 +25,10 @@ FAST = SynthesisConfig(steps=(20, 5, 2))
 def embedded_crops(seed_offset: int = 0) -> np.ndarray:
     listing = embedded_listing()
     return np.stack(
-        [make_crops(open(im.path, "rb").read(), np.random.default_rng(i + seed_offset)).pixels for i, im in enumerate(listing.images)]
+        [
+            make_crops(open(im.path, "rb").read(), np.random.default_rng(i + seed_offset)).pixels
+            for i, im in enumerate(listing.images)
+        ]
     )
 
 
@@ -74,7 +77,10 @@ def test_quality_thresholds_on_embedded_photos(crops, default_textures):
     other_crops = embedded_crops(seed_offset=100)[:, 1]
     n = len(crops)
     measured = [
-        quality.measure(default_textures[i], crops[i], other_crops[i], default_textures[(i + 1) % n]) for i in range(n)
+        quality.measure(
+            default_textures[i], crops[i], other_crops[i], default_textures[(i + 1) % n]
+        )
+        for i in range(n)
     ]
     ratios = [q.noise_ratio for q in measured]
     assert np.mean(ratios) <= quality.MAX_MEAN_NOISE_RATIO, ratios
@@ -106,11 +112,15 @@ def test_shape_does_not_survive_while_a_copy_is_detected():
 
 def test_patch_swd_orders_floor_below_noise():
     crops = embedded_crops()[1]  # brick: stationary, so another crop is a true floor
-    other = make_crops(open(embedded_listing().images[1].path, "rb").read(), np.random.default_rng(5)).pixels[1]
+    other = make_crops(
+        open(embedded_listing().images[1].path, "rb").read(), np.random.default_rng(5)
+    ).pixels[1]
     noise = quality.noise_like(crops, np.random.default_rng(0))
     floor = quality.patch_swd(other, crops)
     assert floor < 0.5 * quality.patch_swd(noise, crops)
-    assert quality.patch_swd(crops, crops) < 0.3 * floor  # only patch subsampling separates a set from itself
+    assert (
+        quality.patch_swd(crops, crops) < 0.3 * floor
+    )  # only patch subsampling separates a set from itself
 
 
 def test_random_encoder_is_deterministic_from_seed():
@@ -159,8 +169,14 @@ def test_accelerated_path_runs_on_cpu_for_both_encoders(crops, encoder, vgg19_fi
     weights = str(vgg19_file) if encoder == "vgg19" else None
     config = SynthesisConfig(encoder=encoder, weights=weights, steps=(2, 1, 1), accelerated=True)
     synth = TextureSynthesizer(config)
-    assert synth.accelerated and not TextureSynthesizer(replace(config, accelerated=None)).accelerated  # auto: CUDA only
-    assert all(b.is_contiguous(memory_format=torch.channels_last) for b in synth.encoder.state_dict().values() if b.dim() == 4)
+    assert (
+        synth.accelerated and not TextureSynthesizer(replace(config, accelerated=None)).accelerated
+    )  # auto: CUDA only
+    assert all(
+        b.is_contiguous(memory_format=torch.channels_last)
+        for b in synth.encoder.state_dict().values()
+        if b.dim() == 4
+    )
     features = synth.features(torch.rand(2, 3, 56, 56))
     assert all(f.dtype == torch.bfloat16 for f in features)
     result = synth(crops[:2], [0, 1])
@@ -177,7 +193,14 @@ def test_accelerated_bf16_quality_matches_fp32(crops):
     others = embedded_crops(seed_offset=100)[:4, 1]
 
     def mean_ratio(textures):
-        return np.mean([quality.measure(textures[i], images[i], others[i], textures[(i + 1) % 4]).noise_ratio for i in range(4)])
+        return np.mean(
+            [
+                quality.measure(
+                    textures[i], images[i], others[i], textures[(i + 1) % 4]
+                ).noise_ratio
+                for i in range(4)
+            ]
+        )
 
     assert abs(mean_ratio(bf16.textures) - mean_ratio(fp32.textures)) < 0.05
     assert np.all(np.abs(bf16.losses - fp32.losses) <= 0.25 * fp32.losses + 1e-3)
@@ -195,7 +218,9 @@ def test_random_encoder_matches_the_rank5_formulation():
     for level in range(encoder.levels):
         if level:
             y = F.avg_pool2d(y, 2, ceil_mode=True)
-        expected.append(F.relu(F.conv2d(F.pad(y, (2,) * 4, mode="replicate"), weight[level], bias[level])))
+        expected.append(
+            F.relu(F.conv2d(F.pad(y, (2,) * 4, mode="replicate"), weight[level], bias[level]))
+        )
     got = encoder(x)
     assert [g.shape for g in got] == [e.shape for e in expected]
     assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(got, expected))
@@ -212,8 +237,12 @@ def test_gram_and_its_symmetric_backward_match_autograd(dtype):
     flat = f_ref.reshape(3, 8, 35)
     ((flat @ flat.transpose(1, 2) / 35) * weights).sum().backward()
     tol = 1e-5 if dtype == torch.float32 else 3e-2
-    assert torch.allclose(g.double(), (flat @ flat.transpose(1, 2) / 35).detach(), rtol=tol, atol=tol)
-    assert torch.allclose(f.grad.double(), f_ref.grad, rtol=tol, atol=tol * f_ref.grad.abs().max().item())
+    assert torch.allclose(
+        g.double(), (flat @ flat.transpose(1, 2) / 35).detach(), rtol=tol, atol=tol
+    )
+    assert torch.allclose(
+        f.grad.double(), f_ref.grad, rtol=tol, atol=tol * f_ref.grad.abs().max().item()
+    )
 
 
 def test_batch_size_is_chosen_for_the_device():
@@ -236,9 +265,15 @@ def test_a_batch_that_does_not_fit_is_split_and_the_batch_size_lowered(crops):
 
     synth = SmallDevice(replace(FAST, batch_size=5))
     result = synth(crops[:5], [0, 1, 2, 3, 4])
-    assert synth.batch_size == 2 and result.textures.shape == (5, 224, 224, 3) and result.losses.shape == (5,)
+    assert (
+        synth.batch_size == 2
+        and result.textures.shape == (5, 224, 224, 3)
+        and result.losses.shape == (5,)
+    )
     alone = TextureSynthesizer(FAST)(crops[4:5], [4])
     assert np.abs(alone.textures[0].astype(int) - result.textures[4].astype(int)).max() <= 2
-    SmallDevice._synthesize = lambda self, crops_t, seeds: (_ for _ in ()).throw(torch.OutOfMemoryError("full"))  # nothing fits
+    SmallDevice._synthesize = lambda self, crops_t, seeds: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("full")
+    )  # nothing fits
     with pytest.raises(torch.OutOfMemoryError, match="full"):
         synth(crops[:3], [0, 1, 2])

@@ -39,7 +39,12 @@ def reference(x: torch.Tensor, p) -> torch.Tensor:
         if p.jitter[i]:
             for op in p.order[i].tolist():
                 f = float(p.factors[i, op])
-                img = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue][op](img, f)
+                img = [
+                    TF.adjust_brightness,
+                    TF.adjust_contrast,
+                    TF.adjust_saturation,
+                    TF.adjust_hue,
+                ][op](img, f)
         if p.gray[i]:
             img = TF.rgb_to_grayscale(img, num_output_channels=3)
         if p.flip[i]:

@@ -9,11 +9,24 @@ from trainer.moco import MoCo, build_backbone
 
 def test_save_load_round_trip_and_backbone(tmp_path):
     torch.manual_seed(0)
-    model = MoCo(build_backbone("resnet18", dim=16, small_images=True), build_backbone("resnet18", dim=16,
-                 small_images=True), dim=16, K=32)
+    model = MoCo(
+        build_backbone("resnet18", dim=16, small_images=True),
+        build_backbone("resnet18", dim=16, small_images=True),
+        dim=16,
+        K=32,
+    )
     path = tmp_path / "run" / "checkpoint.pt"
-    checkpoint.save(path, {"model": model.state_dict(), "epoch": 3, "config": {"arch": "resnet18", "small_images": True}})
-    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+    checkpoint.save(
+        path,
+        {
+            "model": model.state_dict(),
+            "epoch": 3,
+            "config": {"arch": "resnet18", "small_images": True},
+        },
+    )
+    assert [p.name for p in path.parent.iterdir()] == [
+        "checkpoint.pt"
+    ]  # no temporary file left behind
     state = checkpoint.load(path)
     assert state["epoch"] == 3 and torch.equal(state["model"]["queue"], model.queue)
     backbone, config = checkpoint.load_backbone(path)
@@ -31,6 +44,8 @@ def test_foreign_and_missing_files_are_clear_errors(tmp_path):
         checkpoint.load(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="expected an nsneg checkpoint or a MoCo checkpoint"):
         checkpoint.load_backbone(tmp_path / "other.pt")
-    torch.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION + 1}, tmp_path / "future.pt")
+    torch.save(
+        {"format": checkpoint.FORMAT, "version": checkpoint.VERSION + 1}, tmp_path / "future.pt"
+    )
     with pytest.raises(ValueError, match="checkpoint version"):
         checkpoint.load(tmp_path / "future.pt")

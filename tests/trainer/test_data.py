@@ -31,12 +31,20 @@ def test_texture_gets_its_querys_crop_box():
         assert torch.equal(q, t) and skipped == 0
     rng = random.Random(0)
     boxes = [crop_box(300, 200, rng) for _ in range(50)]
-    assert all(0.2 - 1e-6 <= fraction <= 1 and 3 / 4 - 0.02 <= ratio <= 4 / 3 + 0.02 for fraction, ratio, _, _ in boxes)
+    assert all(
+        0.2 - 1e-6 <= fraction <= 1 and 3 / 4 - 0.02 <= ratio <= 4 / 3 + 0.02
+        for fraction, ratio, _, _ in boxes
+    )
     assert apply_box(img, boxes[0], 48).shape == (3, 48, 48)
 
 
 def test_undecodable_samples_are_skipped_and_counted():
-    good = {"__key__": "g", "texture.png": files.png_bytes(np.zeros((224, 224, 3), np.uint8)), "cls": b"0", "json": b"{}"}
+    good = {
+        "__key__": "g",
+        "texture.png": files.png_bytes(np.zeros((224, 224, 3), np.uint8)),
+        "cls": b"0",
+        "json": b"{}",
+    }
     good["source.img"] = good["texture.png"]
     bad = {**good, "__key__": "b", "source.img": b"not an image"}
     counts = [s for *_, s in views(iter([good, bad, bad, good, bad]), 32, seed=0)]
@@ -87,4 +95,6 @@ def test_drafted_crops_match_full_decodes_closely():
         box_q, box_k = crop_box(*full.size, rng), crop_box(*full.size, rng)
         diff = lambda view, box: (view.float() - apply_box(full, box, 32).float()).abs().mean()  # noqa: E731
         assert diff(q, box_q) < 4 and diff(k, box_k) < 4  # of 255
-        assert diff(q, box_k) > 3 * diff(q, box_q)  # while another crop of the same photo is far off
+        assert diff(q, box_k) > 3 * diff(
+            q, box_q
+        )  # while another crop of the same photo is far off

@@ -1,4 +1,5 @@
 """Patch-based non-semantic negatives: every pixel comes from its own view, in s x s tiles."""
+
 from __future__ import annotations
 
 import pytest
@@ -40,7 +41,9 @@ def tile_size(y_src: torch.Tensor, x_src: torch.Tensor) -> int:
         first = torch.full((h * w,), -1, dtype=torch.long)
         first.scatter_reduce_(0, cell.flatten(), torch.arange(h * w), "amin", include_self=False)
         anchor = first[cell]  # flat position of the top-left pixel of each pixel's cell
-        if (dy.flatten()[anchor].view(h, w) == dy).all() and (dx.flatten()[anchor].view(h, w) == dx).all():
+        if (dy.flatten()[anchor].view(h, w) == dy).all() and (
+            dx.flatten()[anchor].view(h, w) == dx
+        ).all():
             best = s
     return best
 

@@ -11,8 +11,26 @@ from click.testing import CliRunner
 from trainer import checkpoint
 from trainer.cli import main
 
-SMALL = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--moco-k", "16", "--steps-per-epoch", "1",
-         "--workers", "0", "--bn-splits", "2", "--shuffle-buffer", "4", "--device", "cpu"]
+SMALL = [
+    "--arch",
+    "resnet18",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--moco-k",
+    "16",
+    "--steps-per-epoch",
+    "1",
+    "--workers",
+    "0",
+    "--bn-splits",
+    "2",
+    "--shuffle-buffer",
+    "4",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture
@@ -28,7 +46,9 @@ def train(*args):
 
 
 def epochs_logged(out: Path) -> int:
-    return sum("epoch_end" in json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())
+    return sum(
+        "epoch_end" in json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()
+    )
 
 
 def test_an_existing_run_folder_is_refused_without_resume_or_force(shards, tmp_path):
@@ -41,7 +61,9 @@ def test_an_existing_run_folder_is_refused_without_resume_or_force(shards, tmp_p
     assert ((out / "checkpoint.pt").read_bytes(), (out / "log.jsonl").read_text()) == before
     forced = train("--negatives", shards, "--out", out, "--epochs", "1", "--force", "--verify")
     assert forced.exit_code == 0 and "--force: removed" in forced.output
-    assert "verified 3 train shards" in forced.output  # --verify: hashed again though verified before
+    assert (
+        "verified 3 train shards" in forced.output
+    )  # --verify: hashed again though verified before
     assert epochs_logged(out) == 1  # the log holds one run, not two
 
 
@@ -52,16 +74,27 @@ def test_resume_takes_epochs_says_what_changed_and_hashes_local_shards_once(shar
     ckpt = out / "checkpoint.pt"
     longer = train("--resume", ckpt, "--epochs", "3")
     assert longer.exit_code == 0, longer.output
-    assert "train shards verified before on this machine" in longer.output  # cached by path, size and mtime
-    assert "resume: --epochs 2 -> 3; the cosine learning-rate schedule now spans 3 epochs" in longer.output
+    assert (
+        "train shards verified before on this machine" in longer.output
+    )  # cached by path, size and mtime
+    assert (
+        "resume: --epochs 2 -> 3; the cosine learning-rate schedule now spans 3 epochs"
+        in longer.output
+    )
     assert "done: epoch 3" in longer.output and "nan" not in longer.output
     assert checkpoint.load(ckpt)["epoch"] == 3 and epochs_logged(out) == 3
     finished = train("--resume", ckpt, "--verify")
     assert finished.exit_code == 0 and "nan" not in finished.output
-    assert f"nothing to do: {ckpt} has finished 3 of 3 epochs (pass --epochs N with N > 3" in finished.output
+    assert (
+        f"nothing to do: {ckpt} has finished 3 of 3 epochs (pass --epochs N with N > 3"
+        in finished.output
+    )
     assert epochs_logged(out) == 3
     unsafe = train("--resume", ckpt, "--epochs", "4", "--moco-t", "0.5")
-    assert unsafe.exit_code == 2 and "--moco-t cannot change on --resume (the run used 0.2)" in unsafe.output
+    assert (
+        unsafe.exit_code == 2
+        and "--moco-t cannot change on --resume (the run used 0.2)" in unsafe.output
+    )
 
     tar = sorted((shards / "train").glob("*.tar"))[0]
     data = bytearray(tar.read_bytes())
@@ -75,4 +108,8 @@ def test_resume_takes_epochs_says_what_changed_and_hashes_local_shards_once(shar
 def test_verify_rehashes_shards_verified_before(shards, tmp_path):
     from trainer.data import verify_local
 
-    assert verify_local(shards) == 3 and verify_local(shards) == 0 and verify_local(shards, reverify=True) == 3
+    assert (
+        verify_local(shards) == 3
+        and verify_local(shards) == 0
+        and verify_local(shards, reverify=True) == 3
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import torch
 
-from trainer.analysis import shape_bias, texture_classes
+from trainer.analysis import shape_bias, texture_classes, texture_classes_report
 from trainer.eval.cli import checkpoint_option, click_errors, feature_options, options
 from trainer.eval.probes import LINEAR_LR
 
@@ -17,8 +17,13 @@ _folder = click.Path(exists=True, file_okay=False, path_type=Path)
 
 _analysis_options = options(
     feature_options("the checkpoint's (or head's) training size, else 224"),
-    click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("analysis"),
-                 show_default=True, help="where the Markdown, JSON and PNG go"),
+    click.option(
+        "--out-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("analysis"),
+        show_default=True,
+        help="where the Markdown, JSON and PNG go",
+    ),
 )
 
 
@@ -28,21 +33,51 @@ def main() -> None:
 
 
 @main.command("texture-classes")
-@click.option("--shards", "shards", required=True, type=_folder, help="ImageNet-Texture shard directory")
+@click.option(
+    "--shards", "shards", required=True, type=_folder, help="ImageNet-Texture shard directory"
+)
 @click.option("--split", default="train", show_default=True, help="shard split to read")
-@click.option("--val", "val_dir", type=_folder,
-              help="real images: an ImageFolder tree DIR/<wnid>/<image> or a shard directory [default: the shards' "
-                   "own source photos of the held-out keys]")
-@click.option("--val-split", default="val", show_default=True, help="split read when --val is a shard directory")
-@checkpoint_option(required=False, help="features: this checkpoint's frozen backbone (nsneg or released MoCo .pth.tar)")
-@click.option("--features", "feature_kind", type=click.Choice(["pixels"]), default=None,
-              help="features without a checkpoint (the default then): colour and gradient statistics, no weights")
-@click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
-              help="fraction of textures held out of probe training (by key hash)")
+@click.option(
+    "--val",
+    "val_dir",
+    type=_folder,
+    help="real images: an ImageFolder tree DIR/<wnid>/<image> or a shard directory [default: the shards' "
+    "own source photos of the held-out keys]",
+)
+@click.option(
+    "--val-split",
+    default="val",
+    show_default=True,
+    help="split read when --val is a shard directory",
+)
+@checkpoint_option(
+    required=False,
+    help="features: this checkpoint's frozen backbone (nsneg or released MoCo .pth.tar)",
+)
+@click.option(
+    "--features",
+    "feature_kind",
+    type=click.Choice(["pixels"]),
+    default=None,
+    help="features without a checkpoint (the default then): colour and gradient statistics, no weights",
+)
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="fraction of textures held out of probe training (by key hash)",
+)
 @click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=LINEAR_LR, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="probe seed")
-@click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="classes in the most/least lists")
+@click.option(
+    "--top",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="classes in the most/least lists",
+)
 @_analysis_options
 def texture_classes_command(feature_kind: str | None, top: int, **options: object) -> None:
     """Per-class accuracy of a linear probe trained on textures: on held-out textures and on real images."""
@@ -50,24 +85,49 @@ def texture_classes_command(feature_kind: str | None, top: int, **options: objec
         raise click.UsageError("give --checkpoint or --features pixels, not both")
     with click_errors():
         report = texture_classes.analyse(top=top, say=click.echo, **options)
-    click.echo(texture_classes.terminal_summary(report, top))
+    click.echo(texture_classes_report.terminal_summary(report, top))
 
 
 @main.command("shape-bias")
 @checkpoint_option(help="nsneg checkpoint or released MoCo .pth.tar")
-@click.option("--linear-head", "head_path", required=True, type=click.Path(path_type=Path),
-              help="its linear head over ImageNet wnids (nsneg-eval linear --out)")
-@click.option("--cue-conflict", "cue_dir", type=_folder,
-              help="texture-vs-shape stimuli: DIR/<shape>/<shape><n>-<texture><m>.png over the 16 categories")
-@click.option("--from-shards", "shards", type=_folder,
-              help="make a cue-conflict set from this shard directory instead (shape: a photo, texture: another "
-                   "class's texture); classes are the head's own")
-@click.option("--split", default="train", show_default=True, help="shard split read by --from-shards")
-@click.option("--n", "n_pairs", type=click.IntRange(1), default=200, show_default=True,
-              help="images made by --from-shards")
-@click.option("--seed", type=int, default=0, show_default=True, help="pair sampling of --from-shards")
+@click.option(
+    "--linear-head",
+    "head_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="its linear head over ImageNet wnids (nsneg-eval linear --out)",
+)
+@click.option(
+    "--cue-conflict",
+    "cue_dir",
+    type=_folder,
+    help="texture-vs-shape stimuli: DIR/<shape>/<shape><n>-<texture><m>.png over the 16 categories",
+)
+@click.option(
+    "--from-shards",
+    "shards",
+    type=_folder,
+    help="make a cue-conflict set from this shard directory instead (shape: a photo, texture: another "
+    "class's texture); classes are the head's own",
+)
+@click.option(
+    "--split", default="train", show_default=True, help="shard split read by --from-shards"
+)
+@click.option(
+    "--n",
+    "n_pairs",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="images made by --from-shards",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="pair sampling of --from-shards"
+)
 @_analysis_options
-def shape_bias_command(cue_dir: Path | None, shards: Path | None, device: torch.device, **options: object) -> None:
+def shape_bias_command(
+    cue_dir: Path | None, shards: Path | None, device: torch.device, **options: object
+) -> None:
     """Shape bias on cue-conflict images: shape decisions / (shape + texture decisions)."""
     if (cue_dir is None) == (shards is None):
         raise click.UsageError("give exactly one of --cue-conflict DIR or --from-shards DIR")

@@ -43,7 +43,9 @@ class CueImage:
 _CUE_NAME = re.compile(r"^(?P<shape>[a-z]+)\d+-(?P<texture>[a-z]+)\d+\.png$", re.IGNORECASE)
 
 
-def read_cue_conflict_dir(root: Path, categories: Sequence[str]) -> tuple[list[CueImage], dict[str, list[str]]]:
+def read_cue_conflict_dir(
+    root: Path, categories: Sequence[str]
+) -> tuple[list[CueImage], dict[str, list[str]]]:
     """``DIR/<shape>/<shape><n>-<texture><m>.png`` (rgeirhos/texture-vs-shape stimuli) -> the images to
     score, and the files left out by reason: same category for both cues, unparsable name, unknown category."""
     images, left_out = [], {"same category": [], "unparsable name": [], "unknown category": []}
@@ -63,7 +65,6 @@ def read_cue_conflict_dir(root: Path, categories: Sequence[str]) -> tuple[list[C
         else:
             images.append(CueImage(name, shape, texture, path))
     return images, left_out
-
 
 
 def centre_view(image: Image.Image, size: int) -> Image.Image:
@@ -90,8 +91,9 @@ def edge_mask(image: Image.Image, quantile: float = 0.9, radius: int | None = No
     return (F.conv2d(edges[None, None].float(), disc, padding=radius)[0, 0] > 0.5).numpy()
 
 
-def cue_conflict_image(shape_image: Image.Image, texture_image: Image.Image, size: int = contract.TEXTURE_SIZE
-                       ) -> tuple[Image.Image, np.ndarray]:
+def cue_conflict_image(
+    shape_image: Image.Image, texture_image: Image.Image, size: int = contract.TEXTURE_SIZE
+) -> tuple[Image.Image, np.ndarray]:
     """A's photo (centre view) with its edge region (``edge_mask``) filled by B's texture, and the mask.
     Shape cue: A's contours and layout; texture cue: B's texture where A had its edges and detail."""
     a = np.asarray(centre_view(shape_image, size))
@@ -100,29 +102,41 @@ def cue_conflict_image(shape_image: Image.Image, texture_image: Image.Image, siz
     return Image.fromarray(np.where(mask[..., None], b, a)), mask
 
 
-def cue_conflict_from_shards(root: Path, split: str, head_classes: Sequence[str], n: int, seed: int,
-                             out_dir: Path) -> tuple[list[CueImage], list[dict[str, Any]]]:
+def cue_conflict_from_shards(
+    root: Path, split: str, head_classes: Sequence[str], n: int, seed: int, out_dir: Path
+) -> tuple[list[CueImage], list[dict[str, Any]]]:
     """``n`` (shape A, texture B) pairs of samples of different classes the head knows, drawn with ``seed``;
     writes each image as ``out_dir/<A wnid>/<i>_<A wnid>-<B wnid>.png`` and returns the images and their records."""
     manifest = contract.load_manifest(root)
     if not manifest.get("has_source"):
-        raise ValueError(f"{root} holds textures only (built with --no-source): no photo gives the shape cue")
+        raise ValueError(
+            f"{root} holds textures only (built with --no-source): no photo gives the shape cue"
+        )
     classes, known = manifest["classes"], set(head_classes)
     paths = contract.shard_paths(root, split, manifest)
-    index = [(raw["__key__"], int(raw[contract.CLASS_FIELD])) for raw in contract.iter_raw(paths)]  # no decoding
+    index = [
+        (raw["__key__"], int(raw[contract.CLASS_FIELD])) for raw in contract.iter_raw(paths)
+    ]  # no decoding
     index = [(key, cls) for key, cls in index if classes[cls] in known]
     if len({cls for _, cls in index}) < 2:
-        raise ValueError(f"{root} split {split!r} needs samples of at least two classes the head knows")
+        raise ValueError(
+            f"{root} split {split!r} needs samples of at least two classes the head knows"
+        )
     rng = np.random.default_rng(seed)
     pairs = []
     for _ in range(n):
         a = b = index[int(rng.integers(len(index)))]
-        while b[1] == a[1]:  # B: uniform over the samples of the other classes (rejection; two classes exist)
+        while (
+            b[1] == a[1]
+        ):  # B: uniform over the samples of the other classes (rejection; two classes exist)
             b = index[int(rng.integers(len(index)))]
         pairs.append((a, b))
     needed = {key for pair in pairs for key, _ in pair}
-    samples = {raw["__key__"]: contract.decode_sample(raw)
-               for raw in contract.iter_raw(paths) if raw["__key__"] in needed}
+    samples = {
+        raw["__key__"]: contract.decode_sample(raw)
+        for raw in contract.iter_raw(paths)
+        if raw["__key__"] in needed
+    }
     images, records, sheet_rows = [], [], []
     for i, ((key_a, cls_a), (key_b, cls_b)) in enumerate(pairs):
         a, b = samples[key_a].source(), samples[key_b].texture
@@ -132,18 +146,30 @@ def cue_conflict_from_shards(root: Path, split: str, head_classes: Sequence[str]
         (out_dir / shape).mkdir(parents=True, exist_ok=True)
         files.atomic_write_bytes(out_dir / name, files.png_bytes(np.asarray(image)))
         images.append(CueImage(name, shape, texture, image))
-        records.append({"file": name, "shape": shape, "shape_key": key_a, "texture": texture, "texture_key": key_b,
-                        "mask_fraction": round(float(mask.mean()), 4)})
+        records.append(
+            {
+                "file": name,
+                "shape": shape,
+                "shape_key": key_a,
+                "texture": texture,
+                "texture_key": key_b,
+                "mask_fraction": round(float(mask.mean()), 4),
+            }
+        )
         if i < 8:
             tiles = [a, b, Image.fromarray(mask).convert("RGB"), image]
             sheet_rows.append((f"shape {shape}  texture {texture}", tiles))
-    files.atomic_write_bytes(out_dir / "contact-sheet.png", files.png_bytes(cue_conflict_sheet(sheet_rows)))
+    files.atomic_write_bytes(
+        out_dir / "contact-sheet.png", files.png_bytes(cue_conflict_sheet(sheet_rows))
+    )
     return images, records
 
 
 def cue_conflict_sheet(rows: list[tuple[str, list[Image.Image]]], thumb: int = 112) -> Image.Image:
     """Captioned rows of images ([A photo | B texture | mask | cue-conflict image]) for a look at what was made."""
-    sheet = Image.new("RGB", (max(len(tiles) for _, tiles in rows) * thumb, len(rows) * (thumb + 14)), "white")
+    sheet = Image.new(
+        "RGB", (max(len(tiles) for _, tiles in rows) * thumb, len(rows) * (thumb + 14)), "white"
+    )
     draw = ImageDraw.Draw(sheet)
     for row, (caption, tiles) in enumerate(rows):
         y = row * (thumb + 14)
@@ -151,4 +177,3 @@ def cue_conflict_sheet(rows: list[tuple[str, list[Image.Image]]], thumb: int = 1
         for col, tile in enumerate(tiles):
             sheet.paste(centre_view(tile, thumb), (col * thumb, y + 14))
     return sheet
-

@@ -40,7 +40,6 @@ class ImageList(Dataset):
         return self.transform(image), i
 
 
-
 def category_decisions(probabilities: torch.Tensor, covered: dict[str, list[int]]) -> list[str]:
     """Geirhos et al.'s decision: each category's probability is the mean of its classes' softmax
     probabilities (only the classes the head has), and the decision is the most probable category."""
@@ -63,14 +62,16 @@ def shape_bias(outcomes: Sequence[str]) -> float | None:
     return shape / (shape + texture) if shape + texture else None
 
 
-
-def plot_shape_bias(counts: dict[str, int], per_category: dict[str, dict[str, Any]], bias: float | None,
-                    path: Path) -> None:
+def plot_shape_bias(
+    counts: dict[str, int], per_category: dict[str, dict[str, Any]], bias: float | None, path: Path
+) -> None:
     """Decision counts, and shape bias per shape category (Geirhos et al.'s per-category view)."""
     fig = figure(10, 4)
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     names = ["shape", "texture", "other", "uncovered"]
-    left.bar(names, [counts[n] for n in names], color=["tab:blue", "tab:orange", "tab:grey", "lightgrey"])
+    left.bar(
+        names, [counts[n] for n in names], color=["tab:blue", "tab:orange", "tab:grey", "lightgrey"]
+    )
     left.set_ylabel("images")
     left.set_title(f"decisions (shape bias {percent(bias)})")
     cats = [c for c, v in per_category.items() if v["shape_bias"] is not None]
@@ -81,27 +82,45 @@ def plot_shape_bias(counts: dict[str, int], per_category: dict[str, dict[str, An
     save_png(fig, path)
 
 
-
 def _shape_summary(report: dict[str, Any]) -> list[list[Any]]:
     counts = report["counts"]
-    return [["shape bias", percent(report["shape_bias"])], ["shape decisions", counts["shape"]],
-            ["texture decisions", counts["texture"]], ["other decisions", counts["other"]],
-            ["uncovered (left out)", counts["uncovered"]],
-            ["same category (skipped)", report["left_out"].get("same category", 0)],
-            ["categories covered", f"{report['categories_covered']} / {report['categories_total']}"]]
+    return [
+        ["shape bias", percent(report["shape_bias"])],
+        ["shape decisions", counts["shape"]],
+        ["texture decisions", counts["texture"]],
+        ["other decisions", counts["other"]],
+        ["uncovered (left out)", counts["uncovered"]],
+        ["same category (skipped)", report["left_out"].get("same category", 0)],
+        ["categories covered", f"{report['categories_covered']} / {report['categories_total']}"],
+    ]
 
 
 def _shape_markdown(report: dict[str, Any]) -> str:
     covered = [[c, " ".join(w)] for c, w in report["covered_categories"].items()]
-    per_category = [[c, v["images"], v["shape"], v["texture"], percent(v["shape_bias"])]
-                    for c, v in report["per_shape_category"].items()]
-    md = ["# Shape bias (cue conflict)", "", f"* images: {report['source']}",
-          f"* checkpoint `{report['checkpoint']}`, head `{report['linear_head']}` ({report['head_classes']} classes), "
-          f"image size {report['image_size']}", f"* categories: {report['category_source']}", "",
-          markdown_table(["", "value"], _shape_summary(report)), "",
-          "## Covered categories", "", markdown_table(["category", "head classes"], covered), "",
-          "## By shape category", "",
-          markdown_table(["shape category", "images", "shape", "texture", "shape bias"], per_category)]
+    per_category = [
+        [c, v["images"], v["shape"], v["texture"], percent(v["shape_bias"])]
+        for c, v in report["per_shape_category"].items()
+    ]
+    md = [
+        "# Shape bias (cue conflict)",
+        "",
+        f"* images: {report['source']}",
+        f"* checkpoint `{report['checkpoint']}`, head `{report['linear_head']}` ({report['head_classes']} classes), "
+        f"image size {report['image_size']}",
+        f"* categories: {report['category_source']}",
+        "",
+        markdown_table(["", "value"], _shape_summary(report)),
+        "",
+        "## Covered categories",
+        "",
+        markdown_table(["category", "head classes"], covered),
+        "",
+        "## By shape category",
+        "",
+        markdown_table(
+            ["shape category", "images", "shape", "texture", "shape bias"], per_category
+        ),
+    ]
     if report["warnings"]:
         md += ["", "## Warnings", "", *[f"* {w}" for w in report["warnings"]]]
     return "\n".join(md)
@@ -115,9 +134,20 @@ def summary_table(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the analysis
 
 
-def analyse(checkpoint_path: Path, head_path: Path, cue_dir: Path | None, shards: Path | None, split: str,
-            n_pairs: int, seed: int, image_size: int | None, batch_size: int, workers: int, device: torch.device,
-            out_dir: Path) -> dict[str, Any]:
+def analyse(
+    checkpoint_path: Path,
+    head_path: Path,
+    cue_dir: Path | None,
+    shards: Path | None,
+    split: str,
+    n_pairs: int,
+    seed: int,
+    image_size: int | None,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    out_dir: Path,
+) -> dict[str, Any]:
     """Score cue-conflict images (``cue_dir``, or ``n_pairs`` made from ``shards``) with the checkpoint's
     backbone and its linear head; write shape-bias.{md,json,png} into ``out_dir``; return the report."""
     if (cue_dir is None) == (shards is None):
@@ -129,8 +159,10 @@ def analyse(checkpoint_path: Path, head_path: Path, cue_dir: Path | None, shards
     with torch.no_grad():
         feature_dim = backbone(torch.zeros(1, 3, size, size)).shape[1]
     if feature_dim != head.in_features:
-        raise ValueError(f"the head takes {head.in_features} features, the backbone gives {feature_dim}: "
-                         "was it trained on another checkpoint's architecture?")
+        raise ValueError(
+            f"the head takes {head.in_features} features, the backbone gives {feature_dim}: "
+            "was it trained on another checkpoint's architecture?"
+        )
 
     if cue_dir is not None:
         mode, categories = "geirhos-16", GEIRHOS_CATEGORIES
@@ -140,40 +172,66 @@ def analyse(checkpoint_path: Path, head_path: Path, cue_dir: Path | None, shards
     else:
         mode, categories = "shard-classes", {wnid: (wnid,) for wnid in head_classes}
         made_dir = out_dir / "cue-conflict-from-shards"
-        images, made = cue_conflict_from_shards(shards, split, head_classes, n_pairs, seed, made_dir)
+        images, made = cue_conflict_from_shards(
+            shards, split, head_classes, n_pairs, seed, made_dir
+        )
         left_out = {"same category": []}
         source = f"{n_pairs} images made from {shards} (split {split}, seed {seed}) in {made_dir}"
     if not images:
-        raise ValueError(f"no cue-conflict images to score in {cue_dir} (left out: "
-                         f"{ {k: len(v) for k, v in left_out.items()} })")
+        raise ValueError(
+            f"no cue-conflict images to score in {cue_dir} (left out: "
+            f"{ {k: len(v) for k, v in left_out.items()} })"
+        )
     covered = covered_categories(head_classes, categories)
     if not covered:
-        raise ValueError(f"the head's {len(head_classes)} classes cover none of the {mode} categories")
+        raise ValueError(
+            f"the head's {len(head_classes)} classes cover none of the {mode} categories"
+        )
 
     dataset = ImageList([im.image for im in images], eval_transform(size))
-    features, _ = dataset_features(backbone, dataset, batch_size, workers, device, "cue-conflict images")
+    features, _ = dataset_features(
+        backbone, dataset, batch_size, workers, device, "cue-conflict images"
+    )
     head = head.to(device)
     with torch.no_grad():
         probabilities = head(features.to(device)).softmax(dim=1).cpu()  # [N, C]
     decisions = category_decisions(probabilities, covered)
-    outcomes = [cue_outcome(d, im.shape, im.texture, list(covered)) for d, im in zip(decisions, images)]
+    outcomes = [
+        cue_outcome(d, im.shape, im.texture, list(covered)) for d, im in zip(decisions, images)
+    ]
     counts = {k: outcomes.count(k) for k in ("shape", "texture", "other", "uncovered")}
     bias = shape_bias(outcomes)
     per_category = _per_shape_category(images, outcomes)
     warnings = _warnings(mode, covered, len(categories), counts["shape"] + counts["texture"])
     report = {
-        "analysis": "shape-bias", "mode": mode, "source": source, "checkpoint": str(checkpoint_path),
-        "linear_head": str(head_path), "image_size": size, "head_classes": len(head_classes),
-        "shape_bias": bias, "counts": counts, "images": len(images),
+        "analysis": "shape-bias",
+        "mode": mode,
+        "source": source,
+        "checkpoint": str(checkpoint_path),
+        "linear_head": str(head_path),
+        "image_size": size,
+        "head_classes": len(head_classes),
+        "shape_bias": bias,
+        "counts": counts,
+        "images": len(images),
         "left_out": {k: len(v) for k, v in left_out.items()},
-        "covered_categories": {name: [head_classes[i] for i in idx] for name, idx in covered.items()},
-        "categories_covered": len(covered), "categories_total": len(categories),
-        "category_source": ("Geirhos et al. 2019, rgeirhos/texture-vs-shape code/helper/human_categories.py "
-                            "(<category>_indices), mean probability per category" if mode == "geirhos-16"
-                            else "the linear head's own classes"),
-        "per_shape_category": per_category, "warnings": warnings,
-        "decisions": [{"file": im.name, "shape": im.shape, "texture": im.texture, "decision": d, "outcome": o}
-                      for im, d, o in zip(images, decisions, outcomes)],
+        "covered_categories": {
+            name: [head_classes[i] for i in idx] for name, idx in covered.items()
+        },
+        "categories_covered": len(covered),
+        "categories_total": len(categories),
+        "category_source": (
+            "Geirhos et al. 2019, rgeirhos/texture-vs-shape code/helper/human_categories.py "
+            "(<category>_indices), mean probability per category"
+            if mode == "geirhos-16"
+            else "the linear head's own classes"
+        ),
+        "per_shape_category": per_category,
+        "warnings": warnings,
+        "decisions": [
+            {"file": im.name, "shape": im.shape, "texture": im.texture, "decision": d, "outcome": o}
+            for im, d, o in zip(images, decisions, outcomes)
+        ],
         "made": made,
         "outputs": {name: str(out_dir / f"shape-bias.{name}") for name in ("md", "json", "png")},
     }
@@ -183,21 +241,31 @@ def analyse(checkpoint_path: Path, head_path: Path, cue_dir: Path | None, shards
     return report
 
 
-def _per_shape_category(images: Sequence[CueImage], outcomes: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _per_shape_category(
+    images: Sequence[CueImage], outcomes: Sequence[str]
+) -> dict[str, dict[str, Any]]:
     per_category = {}
     for name in sorted({im.shape for im in images}):
         own = [o for o, im in zip(outcomes, images) if im.shape == name]
-        per_category[name] = {"images": len(own), "shape": own.count("shape"), "texture": own.count("texture"),
-                              "shape_bias": shape_bias(own)}
+        per_category[name] = {
+            "images": len(own),
+            "shape": own.count("shape"),
+            "texture": own.count("texture"),
+            "shape_bias": shape_bias(own),
+        }
     return per_category
 
 
-def _warnings(mode: str, covered: dict[str, list[int]], total_categories: int, decided: int) -> list[str]:
+def _warnings(
+    mode: str, covered: dict[str, list[int]], total_categories: int, decided: int
+) -> list[str]:
     warnings = []
     if mode == "geirhos-16" and len(covered) < total_categories:
-        warnings.append(f"the head covers only {len(covered)} of the 16 categories ({', '.join(covered)}): decisions "
-                        "are among those only, images with an uncovered cue are left out, and few categories make "
-                        "this shape bias a weak number (Geirhos et al.'s models cover all 16)")
+        warnings.append(
+            f"the head covers only {len(covered)} of the 16 categories ({', '.join(covered)}): decisions "
+            "are among those only, images with an uncovered cue are left out, and few categories make "
+            "this shape bias a weak number (Geirhos et al.'s models cover all 16)"
+        )
     if decided < 20:
         warnings.append(f"only {decided} decisions followed either cue: the number is noisy")
     return warnings

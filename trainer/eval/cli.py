@@ -51,40 +51,84 @@ def options(*decorators: Callable) -> Callable[[Callable], Callable]:
     return apply
 
 
-def checkpoint_option(required: bool = True, help: str = "nsneg checkpoint, or a released MoCo .pth.tar"):
-    return click.option("--checkpoint", "checkpoint_path", required=required, type=click.Path(path_type=Path),
-                        help=help)
+def checkpoint_option(
+    required: bool = True, help: str = "nsneg checkpoint, or a released MoCo .pth.tar"
+):
+    return click.option(
+        "--checkpoint",
+        "checkpoint_path",
+        required=required,
+        type=click.Path(path_type=Path),
+        help=help,
+    )
 
 
 #: DataLoader and device options; ``--device`` arrives as a ``torch.device`` (``auto``: CUDA if present).
 loader_options = options(
     click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True),
-    click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="DataLoader workers"),
-    click.option("--device", default="auto", show_default=True, callback=_resolve_device,
-                 help="auto, cpu, cuda, cuda:1, ..."),
+    click.option(
+        "--workers", type=click.IntRange(0), default=2, show_default=True, help="DataLoader workers"
+    ),
+    click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        callback=_resolve_device,
+        help="auto, cpu, cuda, cuda:1, ...",
+    ),
 )
 
 
 def feature_options(image_size_default: str) -> Callable[[Callable], Callable]:
     """``--image-size`` (its default described by ``image_size_default``) and the loader options."""
-    return options(click.option("--image-size", type=click.IntRange(1), default=None,
-                                help=f"centre crop size [default: {image_size_default}]"), loader_options)
+    return options(
+        click.option(
+            "--image-size",
+            type=click.IntRange(1),
+            default=None,
+            help=f"centre crop size [default: {image_size_default}]",
+        ),
+        loader_options,
+    )
 
 
 # --------------------------------------------------------------------------- knn and linear
 
 _probe_options = options(
     checkpoint_option(),
-    click.option("--train", "train_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-                 help="ImageFolder tree DIR/<class>/<image>, or a shard directory (its source photos)"),
-    click.option("--val", "val_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-                 help="as --train; classes are matched to train's by name"),
-    click.option("--train-split", default="train", show_default=True,
-                 help="split read when --train is a shard directory"),
-    click.option("--val-split", default="val", show_default=True, help="split read when --val is a shard directory"),
+    click.option(
+        "--train",
+        "train_dir",
+        required=True,
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="ImageFolder tree DIR/<class>/<image>, or a shard directory (its source photos)",
+    ),
+    click.option(
+        "--val",
+        "val_dir",
+        required=True,
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="as --train; classes are matched to train's by name",
+    ),
+    click.option(
+        "--train-split",
+        default="train",
+        show_default=True,
+        help="split read when --train is a shard directory",
+    ),
+    click.option(
+        "--val-split",
+        default="val",
+        show_default=True,
+        help="split read when --val is a shard directory",
+    ),
     feature_options("the checkpoint's training size, else 224"),
-    click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-                 help="also write the result here"),
+    click.option(
+        "--json",
+        "json_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="also write the result here",
+    ),
 )
 
 
@@ -96,45 +140,114 @@ def main() -> None:
 @main.command()
 @_probe_options
 @click.option("--k", type=click.IntRange(1), default=200, show_default=True, help="neighbours")
-@click.option("--t", "temperature", type=click.FloatRange(0, min_open=True), default=0.07, show_default=True,
-              help="temperature of the exp(sim / T) vote weights")
-def knn(k: int, temperature: float, json_path: Path | None, device: torch.device, **data: Any) -> None:
+@click.option(
+    "--t",
+    "temperature",
+    type=click.FloatRange(0, min_open=True),
+    default=0.07,
+    show_default=True,
+    help="temperature of the exp(sim / T) vote weights",
+)
+def knn(
+    k: int, temperature: float, json_path: Path | None, device: torch.device, **data: Any
+) -> None:
     """Weighted kNN top-1 of val images against train images (the InstDisc / MoCo monitor)."""
     with click_errors():
         sets = probe_features(device, **data)
-    acc = probes.knn_accuracy(sets.train_features.to(device), sets.train_labels, sets.val_features, sets.val_labels, k=k,
-                              T=temperature, num_classes=len(sets.classes))
-    click.echo(f"knn top-1: {100 * acc:.2f}% (k={k}, T={temperature}, {len(sets.val_labels)} val / "
-               f"{len(sets.train_labels)} train images)")
+    acc = probes.knn_accuracy(
+        sets.train_features.to(device),
+        sets.train_labels,
+        sets.val_features,
+        sets.val_labels,
+        k=k,
+        T=temperature,
+        num_classes=len(sets.classes),
+    )
+    click.echo(
+        f"knn top-1: {100 * acc:.2f}% (k={k}, T={temperature}, {len(sets.val_labels)} val / "
+        f"{len(sets.train_labels)} train images)"
+    )
     if json_path is not None:
-        report.write_json(json_path, {"metric": "knn", "top1": acc, "k": k, "t": temperature, **sets.info})
+        report.write_json(
+            json_path, {"metric": "knn", "top1": acc, "k": k, "t": temperature, **sets.info}
+        )
 
 
 @main.command()
 @_probe_options
 @click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=probes.LINEAR_LR, show_default=True,
-              help="peak learning rate (features are standardised, so it does not depend on the checkpoint)")
+@click.option(
+    "--lr",
+    type=click.FloatRange(0, min_open=True),
+    default=probes.LINEAR_LR,
+    show_default=True,
+    help="peak learning rate (features are standardised, so it does not depend on the checkpoint)",
+)
 @click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="where to save the trained head (see load_linear_head)")
-def linear(epochs: int, lr: float, weight_decay: float, seed: int, out_path: Path, json_path: Path | None,
-           device: torch.device, **data: Any) -> None:
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="where to save the trained head (see load_linear_head)",
+)
+def linear(
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    out_path: Path,
+    json_path: Path | None,
+    device: torch.device,
+    **data: Any,
+) -> None:
     """Train a linear probe on frozen centre-crop features; report val top-1 and save the head."""
     with click_errors():
         sets = probe_features(device, **data)
     train_x = sets.train_features.to(device)
-    head = probes.train_linear(train_x, sets.train_labels, len(sets.classes), epochs=epochs, lr=lr,
-                               batch_size=data["batch_size"], weight_decay=weight_decay, seed=seed)
-    acc, train_acc = probes.top1(head, sets.val_features, sets.val_labels), probes.top1(head, train_x, sets.train_labels)
-    probes.save_linear_head(out_path, head, sets.classes, sets.info["arch"], sets.info["image_size"], sets.info["checkpoint"])
-    click.echo(f"linear top-1: {100 * acc:.2f}% (train {100 * train_acc:.2f}%, {len(sets.val_labels)} val / "
-               f"{len(sets.train_labels)} train images, {epochs} epochs, lr {lr}); head saved to {out_path}")
+    head = probes.train_linear(
+        train_x,
+        sets.train_labels,
+        len(sets.classes),
+        epochs=epochs,
+        lr=lr,
+        batch_size=data["batch_size"],
+        weight_decay=weight_decay,
+        seed=seed,
+    )
+    acc, train_acc = (
+        probes.top1(head, sets.val_features, sets.val_labels),
+        probes.top1(head, train_x, sets.train_labels),
+    )
+    probes.save_linear_head(
+        out_path,
+        head,
+        sets.classes,
+        sets.info["arch"],
+        sets.info["image_size"],
+        sets.info["checkpoint"],
+    )
+    click.echo(
+        f"linear top-1: {100 * acc:.2f}% (train {100 * train_acc:.2f}%, {len(sets.val_labels)} val / "
+        f"{len(sets.train_labels)} train images, {epochs} epochs, lr {lr}); head saved to {out_path}"
+    )
     if json_path is not None:
-        report.write_json(json_path, {"metric": "linear", "top1": acc, "train_top1": train_acc, "epochs": epochs,
-                                      "lr": lr, "batch_size": data["batch_size"], "weight_decay": weight_decay,
-                                      "seed": seed, "head": str(out_path), **sets.info})
+        report.write_json(
+            json_path,
+            {
+                "metric": "linear",
+                "top1": acc,
+                "train_top1": train_acc,
+                "epochs": epochs,
+                "lr": lr,
+                "batch_size": data["batch_size"],
+                "weight_decay": weight_decay,
+                "seed": seed,
+                "head": str(out_path),
+                **sets.info,
+            },
+        )
 
 
 # --------------------------------------------------------------------------- robustness
@@ -152,40 +265,101 @@ _folder = click.Path(exists=True, file_okay=False, path_type=Path)
 
 @main.command()
 @checkpoint_option()
-@click.option("--linear-head", "head_path", required=True, type=click.Path(path_type=Path),
-              help="head saved by `nsneg-eval linear` for this checkpoint (its classes are the ones evaluated)")
-@click.option("--imagenet-val", required=True, type=_folder, help="ImageNet(-100) val as DIR/<wnid>/<image>")
-@click.option("--imagenet-c", type=_folder,
-              help="released ImageNet-C tree DIR/<corruption>/<severity>/<wnid>/* [default: generate from val]")
+@click.option(
+    "--linear-head",
+    "head_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="head saved by `nsneg-eval linear` for this checkpoint (its classes are the ones evaluated)",
+)
+@click.option(
+    "--imagenet-val", required=True, type=_folder, help="ImageNet(-100) val as DIR/<wnid>/<image>"
+)
+@click.option(
+    "--imagenet-c",
+    type=_folder,
+    help="released ImageNet-C tree DIR/<corruption>/<severity>/<wnid>/* [default: generate from val]",
+)
 @click.option("--sketch", type=_folder, help="ImageNet-Sketch DIR/<wnid>/*")
 @click.option("--rendition", type=_folder, help="ImageNet-R DIR/<wnid>/*")
 @click.option("--stylized", type=_folder, help="Stylized-ImageNet val DIR/<wnid>/*")
-@click.option("--corruptions", default="all", show_default=True, help="all, none, or names separated by commas")
+@click.option(
+    "--corruptions",
+    default="all",
+    show_default=True,
+    help="all, none, or names separated by commas",
+)
 @click.option("--severities", default="1,2,3,4,5", show_default=True)
-@click.option("--max-per-class", type=click.IntRange(1), default=None, help="at most N images per class and set")
-@click.option("--compare", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="robustness.json of another checkpoint to show alongside (repeatable)")
-@click.option("--name", default=None, help="this checkpoint's label [default: its run directory or file name]")
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where robustness.{md,json,png} go [default: robustness/<name>]")
+@click.option(
+    "--max-per-class",
+    type=click.IntRange(1),
+    default=None,
+    help="at most N images per class and set",
+)
+@click.option(
+    "--compare",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="robustness.json of another checkpoint to show alongside (repeatable)",
+)
+@click.option(
+    "--name", default=None, help="this checkpoint's label [default: its run directory or file name]"
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where robustness.{md,json,png} go [default: robustness/<name>]",
+)
 @loader_options
-def robustness(checkpoint_path: Path, head_path: Path, imagenet_val: Path, imagenet_c: Path | None,
-               sketch: Path | None, rendition: Path | None, stylized: Path | None, corruptions: str,
-               severities: str, max_per_class: int | None, compare: tuple[Path, ...], name: str | None,
-               out_dir: Path | None, batch_size: int, workers: int, device: torch.device) -> None:
+def robustness(
+    checkpoint_path: Path,
+    head_path: Path,
+    imagenet_val: Path,
+    imagenet_c: Path | None,
+    sketch: Path | None,
+    rendition: Path | None,
+    stylized: Path | None,
+    corruptions: str,
+    severities: str,
+    max_per_class: int | None,
+    compare: tuple[Path, ...],
+    name: str | None,
+    out_dir: Path | None,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> None:
     """Top-1 of the frozen encoder + linear head on ImageNet val, ImageNet-C, -Sketch, -R and Stylized-ImageNet."""
     names = _parsed(robust.parse_corruptions, corruptions, "--corruptions")
     levels = _parsed(robust.parse_severities, severities, "--severities")
     others = [_parsed(robust.load_report, path, "--compare") for path in compare]
-    ood = {key: root for key, root in (("sketch", sketch), ("rendition", rendition), ("stylized", stylized))
-           if root is not None}
+    ood = {
+        key: root
+        for key, root in (("sketch", sketch), ("rendition", rendition), ("stylized", stylized))
+        if root is not None
+    }
     with click_errors():
-        result = robust.evaluate_checkpoint(checkpoint_path, head_path, imagenet_val, device, ood, imagenet_c,
-                                            names, levels, name=name, max_per_class=max_per_class,
-                                            batch_size=batch_size, workers=workers)
+        result = robust.evaluate_checkpoint(
+            checkpoint_path,
+            head_path,
+            imagenet_val,
+            device,
+            ood,
+            imagenet_c,
+            names,
+            levels,
+            name=name,
+            max_per_class=max_per_class,
+            batch_size=batch_size,
+            workers=workers,
+        )
     out_dir = out_dir or Path("robustness") / result["name"]
     click.echo(robustness_report.write(out_dir, result, others))
     for key, found in result["sets"].items():
         if found["top1"] is None:
-            click.echo(f"note: {robust.SET_TITLES[key]} ({found['path']}) shares no class with the head", err=True)
+            click.echo(
+                f"note: {robust.SET_TITLES[key]} ({found['path']}) shares no class with the head",
+                err=True,
+            )
     click.echo(f"wrote {out_dir / 'robustness.md'}, robustness.json and robustness.png")

@@ -33,10 +33,10 @@ photographs):
 * The reference's elastic table is not monotonic in distortion: severities 1-2 are large
   affine warps (up to +-24 and +-49 px corner moves), 3-5 small local wobbles. Kept as is.
 """
+
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
@@ -44,9 +44,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy.ndimage import gaussian_filter1d
 
-Rngs = Sequence[np.random.Generator]
+from trainer.eval import image_ops as ops
+from trainer.eval.image_ops import Rngs
 
 # --------------------------------------------------------------------------- severity tables (reference values)
 
@@ -54,9 +54,21 @@ GAUSSIAN_NOISE = (0.08, 0.12, 0.18, 0.26, 0.38)  # std
 SHOT_NOISE = (60, 25, 12, 5, 3)  # photons per unit intensity
 IMPULSE_NOISE = (0.03, 0.06, 0.09, 0.17, 0.27)  # fraction of values set to 0 or 1
 DEFOCUS_BLUR = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))  # disk radius, anti-alias sigma
-GLASS_BLUR = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))  # sigma, max delta, iterations
+GLASS_BLUR = (
+    (0.7, 1, 2),
+    (0.9, 2, 1),
+    (1, 2, 3),
+    (1.1, 3, 2),
+    (1.5, 4, 2),
+)  # sigma, max delta, iterations
 MOTION_BLUR = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))  # radius, sigma
-ZOOM_BLUR = ((1.11, 0.01), (1.16, 0.01), (1.21, 0.02), (1.26, 0.02), (1.31, 0.03))  # np.arange(1, stop, step)
+ZOOM_BLUR = (
+    (1.11, 0.01),
+    (1.16, 0.01),
+    (1.21, 0.02),
+    (1.26, 0.02),
+    (1.31, 0.03),
+)  # np.arange(1, stop, step)
 SNOW = (  # flake mean, std, zoom, threshold, blur radius, blur sigma, image weight
     (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
     (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
@@ -68,149 +80,41 @@ FROST = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))  # image we
 FOG = ((1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4))  # fog strength, fractal decay
 BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)  # added to HSV value
 CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)  # factor on the deviation from the channel mean
-ELASTIC = tuple((244 * a, 244 * s, 244 * m) for a, s, m in (  # alpha, sigma, affine corner move (px)
-    (2, 0.7, 0.1), (2, 0.08, 0.2), (0.05, 0.01, 0.02), (0.07, 0.01, 0.02), (0.12, 0.01, 0.02)))
+ELASTIC = tuple(
+    (244 * a, 244 * s, 244 * m)
+    for a, s, m in (  # alpha, sigma, affine corner move (px)
+        (2, 0.7, 0.1),
+        (2, 0.08, 0.2),
+        (0.05, 0.01, 0.02),
+        (0.07, 0.01, 0.02),
+        (0.12, 0.01, 0.02),
+    )
+)
 PIXELATE = (0.6, 0.5, 0.4, 0.3, 0.25)  # size factor
 JPEG_QUALITY = (25, 18, 15, 10, 7)
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _field(rngs: Rngs, draw: Callable[[np.random.Generator], np.ndarray], like: torch.Tensor) -> torch.Tensor:
-    """One random array per image, stacked, as float32 on ``like``'s device."""
-    return torch.from_numpy(np.stack([draw(g) for g in rngs]).astype(np.float32)).to(like.device)
-
-
-def _uniform(rngs: Rngs, low: float, high: float, like: torch.Tensor, shape: tuple[int, ...] = ()) -> torch.Tensor:
-    return _field(rngs, lambda g: g.uniform(low, high, shape), like)
-
-
-@lru_cache(maxsize=64)
-def _gaussian_matrix(n: int, sigma: float, mode: str, truncate: float) -> torch.Tensor:
-    """[n, n] operator of scipy's 1-D Gaussian filter (what skimage's ``gaussian`` runs), so a
-    separable blur is two matmuls, exact at the borders whatever sigma is."""
-    return torch.from_numpy(gaussian_filter1d(np.eye(n), sigma, axis=0, mode=mode, truncate=truncate)).float()
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float, mode: str = "nearest", truncate: float = 4.0) -> torch.Tensor:
-    """Blur over the last two dims (skimage ``gaussian`` defaults: edge pixels repeated, 4 sigma)."""
-    rows = _gaussian_matrix(x.shape[-2], float(sigma), mode, truncate).to(x.device)
-    cols = _gaussian_matrix(x.shape[-1], float(sigma), mode, truncate).to(x.device)
-    return rows @ x @ cols.T
-
-
-def _shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """``out[b, :, i, j] = x[b, :, i + dy[b], j + dx[b]]`` with integer per-image offsets, edges repeated."""
-    b, c, h, w = x.shape
-    rows = (torch.arange(h, device=x.device) + dy[:, None]).clamp(0, h - 1)
-    cols = (torch.arange(w, device=x.device) + dx[:, None]).clamp(0, w - 1)
-    x = x.gather(2, rows[:, None, :, None].expand(b, c, h, w))
-    return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
-
-
-def _motion_blur(x: torch.Tensor, radius: int, sigma: float, angle_deg: torch.Tensor) -> torch.Tensor:
-    """ImageMagick's MotionBlurImage: a weighted sum of the image shifted by ``i`` pixels along
-    ``angle`` (rounded), ``i = 0 .. 2 * radius``, weights ``exp(-i^2 / 2 sigma^2)`` normalised."""
-    taps = torch.arange(2 * math.ceil(radius) + 1, dtype=torch.float32, device=x.device)
-    weights = torch.exp(-taps**2 / (2 * sigma**2))
-    weights = weights / weights.sum()
-    angle = torch.deg2rad(angle_deg.to(x.device))
-    dx = torch.ceil(taps[None] * angle.cos()[:, None] - 0.5).long()  # [B, taps]
-    dy = torch.ceil(taps[None] * angle.sin()[:, None] - 0.5).long()
-    return sum(w * _shift(x, dy[:, i], dx[:, i]) for i, w in enumerate(weights))
-
-
-def _zoom_coords(n: int, zoom: float, device: torch.device) -> torch.Tensor:
-    """Source coordinate of each output pixel along one axis in the reference's ``clipped_zoom``:
-    crop the central ``ceil(n / zoom)`` pixels, scipy-zoom them (corners aligned), trim to ``n``."""
-    crop = math.ceil(n / zoom)
-    top, zoomed = (n - crop) // 2, round(crop * zoom)
-    trim = (zoomed - n) // 2
-    return top + (torch.arange(n, device=device, dtype=torch.float32) + trim) * (crop - 1) / (zoomed - 1)
-
-
-def _sample(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, padding: str = "border") -> torch.Tensor:
-    """Bilinear samples of ``x`` at pixel coordinates ``ys, xs`` of shape [B, H', W']."""
-    h, w = x.shape[-2:]
-    grid = torch.stack([2 * xs / (w - 1) - 1, 2 * ys / (h - 1) - 1], dim=-1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=True)
-
-
-def _clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ys, xs = torch.meshgrid(_zoom_coords(h, zoom, x.device), _zoom_coords(w, zoom, x.device), indexing="ij")
-    return _sample(x, ys.expand(len(x), h, w), xs.expand(len(x), h, w))
-
-
-def _plasma(rngs: Rngs, size: int, decay: float) -> np.ndarray:
-    """Diamond-square fractal heightmaps [B, size, size] in [0, 1] (``size`` a power of two),
-    wrapping at the edges; the amplitude of level k is ``(100 / decay^k)^2``, as in the reference."""
-    maps = np.zeros((len(rngs), size, size))
-    step, wibble = size, 100.0
-
-    def jitter(total: np.ndarray) -> np.ndarray:
-        return total / 4 + wibble * np.stack([g.uniform(-wibble, wibble, total.shape[1:]) for g in rngs])
-
-    while step >= 2:
-        half = step // 2
-        corners = maps[:, ::step, ::step]
-        square = corners + np.roll(corners, -1, axis=1)
-        maps[:, half::step, half::step] = jitter(square + np.roll(square, -1, axis=2))
-        centres, corners = maps[:, half::step, half::step], maps[:, ::step, ::step]
-        maps[:, ::step, half::step] = jitter(centres + np.roll(centres, 1, axis=1)
-                                             + corners + np.roll(corners, -1, axis=2))
-        maps[:, half::step, ::step] = jitter(centres + np.roll(centres, 1, axis=2)
-                                             + corners + np.roll(corners, -1, axis=1))
-        step, wibble = half, wibble / decay
-    maps -= maps.min(axis=(1, 2), keepdims=True)
-    return maps / maps.max(axis=(1, 2), keepdims=True)
-
-
-def _plasma_like(x: torch.Tensor, rngs: Rngs, decay: float) -> torch.Tensor:
-    """A fractal [B, 1, H, W] cropped from the smallest power-of-two square (at least 256) that covers ``x``."""
-    h, w = x.shape[-2:]
-    size = max(256, 1 << (max(h, w) - 1).bit_length())
-    return torch.from_numpy(_plasma(rngs, size, decay)[:, None, :h, :w]).float().to(x.device)
-
-
-@lru_cache(maxsize=64)
-def _box_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """[n_out, n_in] weights of PIL's BOX resampling along one axis: an output pixel averages the
-    input pixels whose centres fall in its footprint (nearest neighbour when enlarging)."""
-    scale = n_in / n_out
-    footprint = max(scale, 1.0)
-    centres = (np.arange(n_out) + 0.5) * scale
-    first = np.maximum((centres - footprint / 2 + 0.5).astype(int), 0)
-    last = np.minimum((centres + footprint / 2 + 0.5).astype(int), n_in)
-    j = np.arange(n_in)[None]
-    u = (j + 0.5 - centres[:, None]) / footprint
-    weights = ((u > -0.5) & (u <= 0.5) & (j >= first[:, None]) & (j < last[:, None])).astype(np.float64)
-    return torch.from_numpy(weights / weights.sum(axis=1, keepdims=True)).float()
-
-
-def _grey(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma [B, 1, H, W], as OpenCV's RGB2GRAY."""
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-
-
-# --------------------------------------------------------------------------- noise
-
 
 def gaussian_noise(x: torch.Tensor, severity: int, rngs: Rngs) -> torch.Tensor:
-    return x + GAUSSIAN_NOISE[severity - 1] * _field(rngs, lambda g: g.standard_normal(x.shape[1:]), x)
+    return x + GAUSSIAN_NOISE[severity - 1] * ops.field(
+        rngs, lambda g: g.standard_normal(x.shape[1:]), x
+    )
 
 
 def shot_noise(x: torch.Tensor, severity: int, rngs: Rngs) -> torch.Tensor:
     """Photon counting: Poisson(x * c) / c, so the mean is kept and the variance is x / c."""
     c = SHOT_NOISE[severity - 1]
     rates = (x * c).double().cpu().numpy()
-    return torch.from_numpy(np.stack([g.poisson(r) for g, r in zip(rngs, rates)]) / c).float().to(x.device)
+    return (
+        torch.from_numpy(np.stack([g.poisson(r) for g, r in zip(rngs, rates)]) / c)
+        .float()
+        .to(x.device)
+    )
 
 
 def impulse_noise(x: torch.Tensor, severity: int, rngs: Rngs) -> torch.Tensor:
     """Salt and pepper (skimage ``random_noise(mode='s&p')``): each value, channels independently,
     becomes 0 or 1 (even odds) with probability c."""
-    draws = _field(rngs, lambda g: g.random((2, *x.shape[1:])), x)
+    draws = ops.field(rngs, lambda g: g.random((2, *x.shape[1:])), x)
     flipped, salt = draws[:, 0] < IMPULSE_NOISE[severity - 1], draws[:, 1] < 0.5
     return torch.where(flipped, salt.to(x.dtype), x)
 
@@ -229,7 +133,7 @@ def _disk(radius: int, alias_sigma: float) -> torch.Tensor:
     disk = ((grid[:, None] ** 2 + grid[None] ** 2) <= radius**2).double()
     disk /= disk.sum()
     taps = torch.arange(k, dtype=torch.float64) - k // 2
-    g = torch.exp(-taps**2 / (2 * alias_sigma**2))
+    g = torch.exp(-(taps**2) / (2 * alias_sigma**2))
     g /= g.sum()
     padded = F.pad(disk[None, None], (k // 2,) * 4, mode="reflect")
     kernel = F.conv2d(padded, (g[:, None] * g[None])[None, None])[0, 0]
@@ -248,24 +152,34 @@ def glass_blur(x: torch.Tensor, severity: int, rngs: Rngs) -> torch.Tensor:
     """Blur, scramble pixels locally ``iterations`` times, blur again."""
     sigma, delta, iterations = GLASS_BLUR[severity - 1]
     b, c, h, w = x.shape
-    x = _gaussian_blur(x, sigma)
-    rows, cols = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
-    offsets = _field(rngs, lambda g: g.integers(-delta, delta + 1, (iterations, 2, h, w)), x).long()
+    x = ops.gaussian_blur(x, sigma)
+    rows, cols = torch.meshgrid(
+        torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij"
+    )
+    offsets = ops.field(
+        rngs, lambda g: g.integers(-delta, delta + 1, (iterations, 2, h, w)), x
+    ).long()
     for i in range(iterations):
-        src = ((rows + offsets[:, i, 0]).clamp(0, h - 1) * w + (cols + offsets[:, i, 1]).clamp(0, w - 1))
-        x = x.reshape(b, c, h * w).gather(2, src.reshape(b, 1, h * w).expand(b, c, h * w)).reshape(b, c, h, w)
-    return _gaussian_blur(x, sigma)
+        src = (rows + offsets[:, i, 0]).clamp(0, h - 1) * w + (cols + offsets[:, i, 1]).clamp(
+            0, w - 1
+        )
+        x = (
+            x.reshape(b, c, h * w)
+            .gather(2, src.reshape(b, 1, h * w).expand(b, c, h * w))
+            .reshape(b, c, h, w)
+        )
+    return ops.gaussian_blur(x, sigma)
 
 
 def motion_blur(x: torch.Tensor, severity: int, rngs: Rngs) -> torch.Tensor:
     radius, sigma = MOTION_BLUR[severity - 1]
-    return _motion_blur(x, radius, sigma, _uniform(rngs, -45, 45, x))
+    return ops.motion_blur(x, radius, sigma, ops.uniform(rngs, -45, 45, x))
 
 
 def zoom_blur(x: torch.Tensor, severity: int, rngs: Rngs) -> torch.Tensor:
     """The mean of the image and its zooms into the centre by ``np.arange(1, stop, step)``."""
     zooms = np.arange(1, *ZOOM_BLUR[severity - 1])
-    return (x + sum(_clipped_zoom(x, float(z)) for z in zooms)) / (len(zooms) + 1)
+    return (x + sum(ops.clipped_zoom(x, float(z)) for z in zooms)) / (len(zooms) + 1)
 
 
 # --------------------------------------------------------------------------- weather
@@ -275,11 +189,11 @@ def snow(x: torch.Tensor, severity: int, rngs: Rngs) -> torch.Tensor:
     """Thresholded, zoomed Gaussian flakes smeared by a motion blur falling at -135..-45 degrees,
     added twice (the layer and its 180-degree rotation) to a greyed, brightened image."""
     mean, std, zoom, threshold, radius, sigma, weight = SNOW[severity - 1]
-    flakes = _field(rngs, lambda g: g.normal(mean, std, (1, *x.shape[-2:])), x)
-    flakes = _clipped_zoom(flakes, zoom)
+    flakes = ops.field(rngs, lambda g: g.normal(mean, std, (1, *x.shape[-2:])), x)
+    flakes = ops.clipped_zoom(flakes, zoom)
     flakes = torch.where(flakes < threshold, 0.0, flakes).clamp(0, 1)
-    flakes = _motion_blur(flakes, radius, sigma, _uniform(rngs, -135, -45, x))
-    x = weight * x + (1 - weight) * torch.maximum(x, _grey(x) * 1.5 + 0.5)
+    flakes = ops.motion_blur(flakes, radius, sigma, ops.uniform(rngs, -135, -45, x))
+    x = weight * x + (1 - weight) * torch.maximum(x, ops.grey(x) * 1.5 + 0.5)
     return x + flakes + flakes.flip(-2, -1)
 
 
@@ -287,9 +201,9 @@ def frost_layer(x: torch.Tensor, rngs: Rngs) -> torch.Tensor:
     """Synthetic ice [B, 3, H, W] in [0, 1], standing in for the reference's frost photographs:
     thick and thin patches from a plasma fractal, crystal needles (sparse seeds motion-blurred
     along three random directions), blue-white tint."""
-    density = _plasma_like(x, rngs, decay=1.6)
-    seeds = _field(rngs, lambda g: g.random((1, *x.shape[-2:])) < 0.015, x)
-    needles = sum(_motion_blur(seeds, 8, 5.0, _uniform(rngs, 0, 360, x)) for _ in range(3))
+    density = ops.plasma_like(x, rngs, decay=1.6)
+    seeds = ops.field(rngs, lambda g: g.random((1, *x.shape[-2:])) < 0.015, x)
+    needles = sum(ops.motion_blur(seeds, 8, 5.0, ops.uniform(rngs, 0, 360, x)) for _ in range(3))
     needles = needles / needles.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     ice = (0.15 + 0.55 * density + 0.9 * needles * (0.4 + density)).clamp(0, 1)
     return ice * torch.tensor([0.86, 0.93, 1.0], device=x.device).view(1, 3, 1, 1)
@@ -304,7 +218,7 @@ def fog(x: torch.Tensor, severity: int, rngs: Rngs) -> torch.Tensor:
     """A plasma fractal added to the image, rescaled so the image's maximum keeps its place."""
     strength, decay = FOG[severity - 1]
     peak = x.amax(dim=(1, 2, 3), keepdim=True)
-    return (x + strength * _plasma_like(x, rngs, decay)) * peak / (peak + strength)
+    return (x + strength * ops.plasma_like(x, rngs, decay)) * peak / (peak + strength)
 
 
 # --------------------------------------------------------------------------- digital
@@ -329,27 +243,42 @@ def elastic_transform(x: torch.Tensor, severity: int, rngs: Rngs) -> torch.Tenso
     alpha, sigma, affine = ELASTIC[severity - 1]
     b, _, h, w = x.shape
     cx, cy, s = w // 2, h // 2, min(h, w) // 3
-    fixed = torch.tensor([[cx + s, cy + s], [cx + s, cy - s], [cx - s, cy - s]], dtype=torch.float32)
-    moved = fixed + _uniform(rngs, -affine, affine, fixed, (3, 2))
+    fixed = torch.tensor(
+        [[cx + s, cy + s], [cx + s, cy - s], [cx - s, cy - s]], dtype=torch.float32
+    )
+    moved = fixed + ops.uniform(rngs, -affine, affine, fixed, (3, 2))
     # Output pixel p samples the source at A p, where A maps the moved points back to the fixed ones.
     ones = torch.ones(b, 3, 1)
-    inverse = torch.linalg.solve(torch.cat([moved, ones], dim=2), fixed.expand(b, 3, 2)).to(x.device)  # [B, 3, 2]
-    noise = _field(rngs, lambda g: g.uniform(-1, 1, (2, h, w)), x)
-    dx, dy = (alpha * _gaussian_blur(noise, sigma, mode="reflect", truncate=3)).unbind(1)
-    rows, cols = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float32),
-                                torch.arange(w, device=x.device, dtype=torch.float32), indexing="ij")
+    inverse = torch.linalg.solve(torch.cat([moved, ones], dim=2), fixed.expand(b, 3, 2)).to(
+        x.device
+    )  # [B, 3, 2]
+    noise = ops.field(rngs, lambda g: g.uniform(-1, 1, (2, h, w)), x)
+    dx, dy = (alpha * ops.gaussian_blur(noise, sigma, mode="reflect", truncate=3)).unbind(1)
+    rows, cols = torch.meshgrid(
+        torch.arange(h, device=x.device, dtype=torch.float32),
+        torch.arange(w, device=x.device, dtype=torch.float32),
+        indexing="ij",
+    )
     px, py = cols + dx, rows + dy
-    src_x = inverse[:, 0, 0, None, None] * px + inverse[:, 1, 0, None, None] * py + inverse[:, 2, 0, None, None]
-    src_y = inverse[:, 0, 1, None, None] * px + inverse[:, 1, 1, None, None] * py + inverse[:, 2, 1, None, None]
-    return _sample(x, src_y, src_x, padding="reflection")
+    src_x = (
+        inverse[:, 0, 0, None, None] * px
+        + inverse[:, 1, 0, None, None] * py
+        + inverse[:, 2, 0, None, None]
+    )
+    src_y = (
+        inverse[:, 0, 1, None, None] * px
+        + inverse[:, 1, 1, None, None] * py
+        + inverse[:, 2, 1, None, None]
+    )
+    return ops.sample(x, src_y, src_x, padding="reflection")
 
 
 def pixelate(x: torch.Tensor, severity: int, rngs: Rngs) -> torch.Tensor:
     """PIL BOX resize to ``int(size * c)`` and back: block means, then nearest neighbour."""
     h, w = x.shape[-2:]
     c = PIXELATE[severity - 1]
-    rows = (_box_matrix(int(h * c), h) @ _box_matrix(h, int(h * c))).to(x.device)
-    cols = (_box_matrix(int(w * c), w) @ _box_matrix(w, int(w * c))).to(x.device)
+    rows = (ops.box_matrix(int(h * c), h) @ ops.box_matrix(h, int(h * c))).to(x.device)
+    cols = (ops.box_matrix(int(w * c), w) @ ops.box_matrix(w, int(w * c))).to(x.device)
     return rows @ x @ cols.T
 
 
@@ -367,12 +296,26 @@ def jpeg_compression(x: torch.Tensor, severity: int, rngs: Rngs) -> torch.Tensor
 # --------------------------------------------------------------------------- entry point
 
 #: In the order of the ImageNet-C paper (noise, blur, weather, digital).
-CORRUPTIONS: dict[str, Callable[[torch.Tensor, int, Rngs], torch.Tensor]] = {f.__name__: f for f in (
-    gaussian_noise, shot_noise, impulse_noise,
-    defocus_blur, glass_blur, motion_blur, zoom_blur,
-    snow, frost, fog,
-    brightness, contrast, elastic_transform, pixelate, jpeg_compression,
-)}
+CORRUPTIONS: dict[str, Callable[[torch.Tensor, int, Rngs], torch.Tensor]] = {
+    f.__name__: f
+    for f in (
+        gaussian_noise,
+        shot_noise,
+        impulse_noise,
+        defocus_blur,
+        glass_blur,
+        motion_blur,
+        zoom_blur,
+        snow,
+        frost,
+        fog,
+        brightness,
+        contrast,
+        elastic_transform,
+        pixelate,
+        jpeg_compression,
+    )
+}
 SEVERITIES = (1, 2, 3, 4, 5)
 
 

@@ -49,12 +49,14 @@ def backbone_from_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def eval_transform(image_size: int) -> Callable:
     """The usual evaluation view: short side to 256/224 of the crop, centre crop, ImageNet normalisation."""
-    return transforms.Compose([
-        transforms.Resize(round(image_size * 256 / 224)),
-        transforms.CenterCrop(image_size),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(round(image_size * 256 / 224)),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 class ShardSources(IterableDataset):
@@ -67,7 +69,9 @@ class ShardSources(IterableDataset):
     def __init__(self, root: Path, split: str, transform: Callable):
         manifest = contract.load_manifest(root)
         if not manifest.get("has_source"):
-            raise ValueError(f"{root} holds textures only (built with --no-source): no source photos to evaluate on")
+            raise ValueError(
+                f"{root} holds textures only (built with --no-source): no source photos to evaluate on"
+            )
         if split not in manifest["splits"]:
             raise ValueError(f"{root} has no split {split!r} (it has {sorted(manifest['splits'])})")
         self.root, self.split, self.transform = Path(root), split, transform
@@ -92,8 +96,10 @@ def load_dataset(path: Path, split: str, image_size: int) -> tuple[Dataset, list
         try:
             dataset = datasets.ImageFolder(str(path), eval_transform(image_size))
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{path} is neither a shard directory (no {contract.MANIFEST_NAME}) "
-                                    f"nor an ImageFolder tree DIR/<class>/<image>: {e}") from None
+            raise FileNotFoundError(
+                f"{path} is neither a shard directory (no {contract.MANIFEST_NAME}) "
+                f"nor an ImageFolder tree DIR/<class>/<image>: {e}"
+            ) from None
     if len(dataset) == 0:
         where = f" in split {split!r}" if isinstance(dataset, ShardSources) else ""
         raise ValueError(f"{path} holds no images{where}")
@@ -103,7 +109,10 @@ def load_dataset(path: Path, split: str, image_size: int) -> tuple[Dataset, list
 def align_classes(train_classes: list[str], val_classes: list[str]) -> torch.Tensor:
     """Val class index -> train class index, matched by name, so two sets listing the same
     classes in another order still agree; different class sets are an error."""
-    only_train, only_val = sorted(set(train_classes) - set(val_classes)), sorted(set(val_classes) - set(train_classes))
+    only_train, only_val = (
+        sorted(set(train_classes) - set(val_classes)),
+        sorted(set(val_classes) - set(train_classes)),
+    )
     if only_train or only_val:
         raise ValueError(
             f"train and val classes differ: {len(only_train)} only in train {only_train[:5]}, "
@@ -116,15 +125,22 @@ def align_classes(train_classes: list[str], val_classes: list[str]) -> torch.Ten
 # --------------------------------------------------------------------------- extraction
 
 
-def feature_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device | str) -> DataLoader:
+def feature_loader(
+    dataset: Dataset, batch_size: int, workers: int, device: torch.device | str
+) -> DataLoader:
     """The one DataLoader every evaluation reads features through: in order, pinned for CUDA."""
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                      pin_memory=torch.device(device).type == "cuda")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+    )
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, loader: DataLoader, device: torch.device | str,
-                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    backbone: nn.Module, loader: DataLoader, device: torch.device | str, desc: str = "features"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features [N, D] (float32, on the CPU) and labels [N] of every batch of ``loader``."""
     device = torch.device(device)
     backbone = backbone.eval().to(device)
@@ -139,10 +155,18 @@ def extract_features(backbone: nn.Module, loader: DataLoader, device: torch.devi
     return torch.cat(features), torch.cat(labels)
 
 
-def dataset_features(backbone: nn.Module, dataset: Dataset, batch_size: int, workers: int,
-                     device: torch.device | str, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+def dataset_features(
+    backbone: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    device: torch.device | str,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``extract_features`` of a dataset through ``feature_loader``."""
-    return extract_features(backbone, feature_loader(dataset, batch_size, workers, device), device, desc)
+    return extract_features(
+        backbone, feature_loader(dataset, batch_size, workers, device), device, desc
+    )
 
 
 @dataclass
@@ -157,19 +181,35 @@ class ProbeFeatures:
     info: dict[str, Any]  # the report's fields: checkpoint, arch, image_size, sets and their sizes
 
 
-def probe_features(device: torch.device, checkpoint_path: Path, train_dir: Path, val_dir: Path, train_split: str,
-                   val_split: str, image_size: int | None, batch_size: int, workers: int) -> ProbeFeatures:
+def probe_features(
+    device: torch.device,
+    checkpoint_path: Path,
+    train_dir: Path,
+    val_dir: Path,
+    train_split: str,
+    val_split: str,
+    image_size: int | None,
+    batch_size: int,
+    workers: int,
+) -> ProbeFeatures:
     """The features ``nsneg-eval knn`` and ``linear`` read: a checkpoint's backbone over two sets."""
     backbone, config = backbone_from_checkpoint(checkpoint_path)
     image_size = image_size or int(config.get("image_size", 224))
     train_set, classes = load_dataset(train_dir, train_split, image_size)
     val_set, val_classes = load_dataset(val_dir, val_split, image_size)
     val_to_train = align_classes(classes, val_classes)
-    train_x, train_y = dataset_features(backbone, train_set, batch_size, workers, device, "train features")
+    train_x, train_y = dataset_features(
+        backbone, train_set, batch_size, workers, device, "train features"
+    )
     val_x, val_y = dataset_features(backbone, val_set, batch_size, workers, device, "val features")
     info = {
-        "checkpoint": str(checkpoint_path), "arch": config.get("arch", "resnet50"), "image_size": image_size,
-        "train": str(train_dir), "val": str(val_dir), "classes": len(classes),
-        "train_samples": len(train_y), "val_samples": len(val_y),
+        "checkpoint": str(checkpoint_path),
+        "arch": config.get("arch", "resnet50"),
+        "image_size": image_size,
+        "train": str(train_dir),
+        "val": str(val_dir),
+        "classes": len(classes),
+        "train_samples": len(train_y),
+        "val_samples": len(val_y),
     }
     return ProbeFeatures(train_x, train_y, val_x, val_to_train[val_y], classes, info)

@@ -89,7 +89,9 @@ def train_linear(
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * math.ceil(len(x) / batch_size))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=epochs * math.ceil(len(x) / batch_size)
+    )
     generator = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(epochs), desc="linear probe", unit="epoch", leave=False):
         for idx in torch.randperm(len(x), generator=generator).to(x.device).split(batch_size):
@@ -105,12 +107,16 @@ def train_linear(
 
 
 @torch.no_grad()
-def top1(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, chunk_size: int = 65536) -> float:
+def top1(
+    head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, chunk_size: int = 65536
+) -> float:
     """Fraction of rows whose highest logit is their label; on the head's device, in chunks
     so that ImageNet-sized sets never hold all their logits at once."""
     device = head.weight.device
-    correct = sum(int((head(x.to(device).float()).argmax(dim=1) == y.to(device)).sum())
-                  for x, y in zip(features.split(chunk_size), labels.split(chunk_size)))
+    correct = sum(
+        int((head(x.to(device).float()).argmax(dim=1) == y.to(device)).sum())
+        for x, y in zip(features.split(chunk_size), labels.split(chunk_size))
+    )
     return correct / len(labels)
 
 
@@ -123,16 +129,26 @@ def predict(head: nn.Linear, features: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- linear heads on disk
 
 
-def save_linear_head(path: Path, head: nn.Linear, classes: list[str], arch: str, image_size: int, source: str) -> None:
+def save_linear_head(
+    path: Path, head: nn.Linear, classes: list[str], arch: str, image_size: int, source: str
+) -> None:
     """Plain tensors and strings only (loads with ``weights_only=True``), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with files.atomic_path(path) as tmp:
-        torch.save({
-            "format": HEAD_FORMAT, "version": HEAD_VERSION,
-            "weight": head.weight.detach().cpu().clone(), "bias": head.bias.detach().cpu().clone(),
-            "classes": list(classes), "arch": arch, "image_size": int(image_size), "checkpoint": str(source),
-        }, tmp)
+        torch.save(
+            {
+                "format": HEAD_FORMAT,
+                "version": HEAD_VERSION,
+                "weight": head.weight.detach().cpu().clone(),
+                "bias": head.bias.detach().cpu().clone(),
+                "classes": list(classes),
+                "arch": arch,
+                "image_size": int(image_size),
+                "checkpoint": str(source),
+            },
+            tmp,
+        )
 
 
 def load_linear_head(path: Path) -> tuple[nn.Linear, dict[str, Any]]:
@@ -144,14 +160,24 @@ def load_linear_head(path: Path) -> tuple[nn.Linear, dict[str, Any]]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a readable linear head ({type(e).__name__}: {str(e)[:200]})") from None
+        raise ValueError(
+            f"{path} is not a readable linear head ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != HEAD_FORMAT:
         raise ValueError(f"{path} is not an nsneg linear head (expected format {HEAD_FORMAT!r})")
     if state.get("version") != HEAD_VERSION:
-        raise ValueError(f"{path}: linear head version {state.get('version')}, this nsneg reads {HEAD_VERSION}")
+        raise ValueError(
+            f"{path}: linear head version {state.get('version')}, this nsneg reads {HEAD_VERSION}"
+        )
     weight, bias, classes = state.get("weight"), state.get("bias"), state.get("classes")
-    if not (isinstance(weight, torch.Tensor) and weight.ndim == 2 and isinstance(bias, torch.Tensor)
-            and bias.shape == (weight.shape[0],) and isinstance(classes, list) and len(classes) == weight.shape[0]):
+    if not (
+        isinstance(weight, torch.Tensor)
+        and weight.ndim == 2
+        and isinstance(bias, torch.Tensor)
+        and bias.shape == (weight.shape[0],)
+        and isinstance(classes, list)
+        and len(classes) == weight.shape[0]
+    ):
         raise ValueError(f"{path}: weight [C, D], bias [C] and C class names do not fit together")
     head = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():

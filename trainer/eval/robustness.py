@@ -67,14 +67,24 @@ def load_model(checkpoint_path: Path, head_path: Path) -> Model:
     head, info = load_linear_head(head_path)
     arch = config.get("arch", "resnet50")
     if info.get("arch") != arch:
-        raise ValueError(f"linear head {head_path} was trained on {info.get('arch')} features, "
-                         f"but checkpoint {checkpoint_path} is a {arch}")
+        raise ValueError(
+            f"linear head {head_path} was trained on {info.get('arch')} features, "
+            f"but checkpoint {checkpoint_path} is a {arch}"
+        )
     # Released MoCo checkpoints record no image size; ours do, and the head must have used it.
     if "image_size" in config and int(info.get("image_size", -1)) != int(config["image_size"]):
-        raise ValueError(f"linear head {head_path} was trained at {info.get('image_size')} px, "
-                         f"but checkpoint {checkpoint_path} was trained at {config['image_size']} px")
-    return Model(backbone.eval(), head, list(info["classes"]), arch, int(info["image_size"]),
-                 str(info.get("checkpoint", "")))
+        raise ValueError(
+            f"linear head {head_path} was trained at {info.get('image_size')} px, "
+            f"but checkpoint {checkpoint_path} was trained at {config['image_size']} px"
+        )
+    return Model(
+        backbone.eval(),
+        head,
+        list(info["classes"]),
+        arch,
+        int(info["image_size"]),
+        str(info.get("checkpoint", "")),
+    )
 
 
 @torch.no_grad()
@@ -98,11 +108,22 @@ class WnidFolder(Dataset):
 
     ``max_per_class`` keeps the first N files (sorted) of each class."""
 
-    def __init__(self, root: Path, classes: Sequence[str], transform: Callable, max_per_class: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        classes: Sequence[str],
+        transform: Callable,
+        max_per_class: int | None = None,
+    ):
         self.root, self.transform = Path(root), transform
         present = {wnid: i for i, wnid in enumerate(classes) if (self.root / wnid).is_dir()}
-        samples = datasets.folder.make_dataset(str(self.root), present, extensions=datasets.folder.IMG_EXTENSIONS,
-                                               allow_empty=True) if present else []
+        samples = (
+            datasets.folder.make_dataset(
+                str(self.root), present, extensions=datasets.folder.IMG_EXTENSIONS, allow_empty=True
+            )
+            if present
+            else []
+        )
         taken: dict[int, int] = {}
         self.samples: list[tuple[str, int]] = []
         for path, label in samples:
@@ -123,64 +144,120 @@ class SeededCrops(WnidFolder):
     """The 224 px centre crops ImageNet-C starts from, in [0, 1], with each image's seed."""
 
     def __init__(self, root: Path, classes: Sequence[str], max_per_class: int | None = None):
-        crop = transforms.Compose([transforms.Resize(C_RESIZE), transforms.CenterCrop(C_CROP), transforms.ToTensor()])
+        crop = transforms.Compose(
+            [transforms.Resize(C_RESIZE), transforms.CenterCrop(C_CROP), transforms.ToTensor()]
+        )
         super().__init__(root, classes, crop, max_per_class)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         image, label = super().__getitem__(index)
-        return image, label, crop_seed_for(Path(self.samples[index][0]).relative_to(self.root).as_posix())
+        return (
+            image,
+            label,
+            crop_seed_for(Path(self.samples[index][0]).relative_to(self.root).as_posix()),
+        )
 
 
 def tensor_view(image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``eval_transform``'s resize, crop and normalisation, for batches already in [0, 1]."""
-    return transforms.Compose([t for t in eval_transform(image_size).transforms
-                               if not isinstance(t, transforms.ToTensor)])
+    return transforms.Compose(
+        [t for t in eval_transform(image_size).transforms if not isinstance(t, transforms.ToTensor)]
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate_folder(model: Model, root: Path, device: torch.device, batch_size: int = 128, workers: int = 2,
-                    max_per_class: int | None = None, desc: str = "features") -> dict[str, Any]:
+def evaluate_folder(
+    model: Model,
+    root: Path,
+    device: torch.device,
+    batch_size: int = 128,
+    workers: int = 2,
+    max_per_class: int | None = None,
+    desc: str = "features",
+) -> dict[str, Any]:
     """Top-1 on ``root/<wnid>/*`` (None when it shares no class with the head), with the counts."""
     dataset = WnidFolder(root, model.classes, eval_transform(model.image_size), max_per_class)
-    result: dict[str, Any] = {"path": str(root), "top1": None, "classes": dataset.classes_found,
-                              "images": len(dataset)}
+    result: dict[str, Any] = {
+        "path": str(root),
+        "top1": None,
+        "classes": dataset.classes_found,
+        "images": len(dataset),
+    }
     if len(dataset):
-        features, labels = dataset_features(model.backbone, dataset, batch_size, workers, device, desc)
+        features, labels = dataset_features(
+            model.backbone, dataset, batch_size, workers, device, desc
+        )
         result["top1"] = top1(model.head.to(device), features, labels)
     return result
 
 
-def evaluate_generated_c(model: Model, val_root: Path, corruptions: Sequence[str], severities: Sequence[int],
-                         device: torch.device, batch_size: int = 128, workers: int = 2,
-                         max_per_class: int | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+def evaluate_generated_c(
+    model: Model,
+    val_root: Path,
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    device: torch.device,
+    batch_size: int = 128,
+    workers: int = 2,
+    max_per_class: int | None = None,
+) -> dict[tuple[str, int], dict[str, Any]]:
     """Top-1 on every (corruption, severity) of the val images, decoding each image once."""
     dataset = SeededCrops(val_root, model.classes, max_per_class)
     view = tensor_view(model.image_size)
     model.backbone.to(device)
     model.head.to(device)
     correct = {(name, s): 0 for name in corruptions for s in severities}
-    for images, labels, seeds in tqdm(feature_loader(dataset, batch_size, workers, device), unit="batch", leave=False,
-                                      desc=f"ImageNet-C ({len(correct)} variants)"):
+    for images, labels, seeds in tqdm(
+        feature_loader(dataset, batch_size, workers, device),
+        unit="batch",
+        leave=False,
+        desc=f"ImageNet-C ({len(correct)} variants)",
+    ):
         images, labels, seeds = images.to(device), labels.to(device), seeds.tolist()
         for name, s in correct:
             predicted = logits(model, view(corrupt(images, name, s, seeds)), device).argmax(dim=1)
             correct[name, s] += int((predicted == labels).sum())
-    return {key: {"path": f"generated from {val_root}", "top1": n / len(dataset) if len(dataset) else None,
-                  "classes": dataset.classes_found, "images": len(dataset)} for key, n in correct.items()}
+    return {
+        key: {
+            "path": f"generated from {val_root}",
+            "top1": n / len(dataset) if len(dataset) else None,
+            "classes": dataset.classes_found,
+            "images": len(dataset),
+        }
+        for key, n in correct.items()
+    }
 
 
-def evaluate_c_tree(model: Model, root: Path, corruptions: Sequence[str], severities: Sequence[int],
-                    device: torch.device, **loader: Any) -> dict[tuple[str, int], dict[str, Any]]:
+def evaluate_c_tree(
+    model: Model,
+    root: Path,
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    device: torch.device,
+    **loader: Any,
+) -> dict[tuple[str, int], dict[str, Any]]:
     """Top-1 on every ``root/<corruption>/<severity>`` of a released ImageNet-C tree."""
-    missing = [f"{name}/{s}" for name in corruptions for s in severities if not (root / name / str(s)).is_dir()]
+    missing = [
+        f"{name}/{s}"
+        for name in corruptions
+        for s in severities
+        if not (root / name / str(s)).is_dir()
+    ]
     if missing:
-        raise ValueError(f"ImageNet-C tree {root} lacks {len(missing)} of the requested corruption/severity "
-                         f"folders ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); "
-                         "choose the ones it has with --corruptions / --severities")
-    return {(name, s): evaluate_folder(model, root / name / str(s), device, desc=f"{name} {s}", **loader)
-            for name in corruptions for s in severities}
+        raise ValueError(
+            f"ImageNet-C tree {root} lacks {len(missing)} of the requested corruption/severity "
+            f"folders ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); "
+            "choose the ones it has with --corruptions / --severities"
+        )
+    return {
+        (name, s): evaluate_folder(
+            model, root / name / str(s), device, desc=f"{name} {s}", **loader
+        )
+        for name in corruptions
+        for s in severities
+    }
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -188,7 +265,9 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def imagenet_c_summary(variants: dict[tuple[str, int], dict[str, Any]], source: str) -> dict[str, Any]:
+def imagenet_c_summary(
+    variants: dict[tuple[str, int], dict[str, Any]], source: str
+) -> dict[str, Any]:
     """Per corruption: each severity's result and their mean top-1; overall: the mean of those means."""
     corruptions: dict[str, Any] = {}
     for (name, s), result in variants.items():
@@ -196,17 +275,31 @@ def imagenet_c_summary(variants: dict[tuple[str, int], dict[str, Any]], source: 
     for entry in corruptions.values():
         entry["mean"] = _mean([r["top1"] for r in entry["severities"].values()])
     severities = sorted({s for _, s in variants})
-    return {"source": source, "severities": severities, "corruptions": corruptions,
-            "mean": _mean([entry["mean"] for entry in corruptions.values()])}
+    return {
+        "source": source,
+        "severities": severities,
+        "corruptions": corruptions,
+        "mean": _mean([entry["mean"] for entry in corruptions.values()]),
+    }
 
 
-def evaluate_all(model: Model, val: Path, device: torch.device, ood: dict[str, Path], imagenet_c: Path | None,
-                 corruptions: Sequence[str], severities: Sequence[int], **loader: Any) -> dict[str, Any]:
+def evaluate_all(
+    model: Model,
+    val: Path,
+    device: torch.device,
+    ood: dict[str, Path],
+    imagenet_c: Path | None,
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    **loader: Any,
+) -> dict[str, Any]:
     """Every set's result, keyed as in the JSON report (``sets`` and ``imagenet_c``)."""
     sets = {"val": evaluate_folder(model, val, device, desc="val", **loader)}
     if not sets["val"]["images"]:
-        raise ValueError(f"{val} holds none of the head's {len(model.classes)} classes "
-                         f"({', '.join(model.classes[:3])}, ...) as DIR/<wnid>/<image> folders")
+        raise ValueError(
+            f"{val} holds none of the head's {len(model.classes)} classes "
+            f"({', '.join(model.classes[:3])}, ...) as DIR/<wnid>/<image> folders"
+        )
     for key, root in ood.items():
         sets[key] = evaluate_folder(model, root, device, desc=key, **loader)
     report: dict[str, Any] = {"sets": sets}
@@ -215,7 +308,9 @@ def evaluate_all(model: Model, val: Path, device: torch.device, ood: dict[str, P
             variants = evaluate_generated_c(model, val, corruptions, severities, device, **loader)
         else:
             variants = evaluate_c_tree(model, imagenet_c, corruptions, severities, device, **loader)
-        report["imagenet_c"] = imagenet_c_summary(variants, "generated" if imagenet_c is None else str(imagenet_c))
+        report["imagenet_c"] = imagenet_c_summary(
+            variants, "generated" if imagenet_c is None else str(imagenet_c)
+        )
     return report
 
 
@@ -231,8 +326,10 @@ def parse_corruptions(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in CORRUPTIONS]
     if unknown or not names:
-        raise ValueError(f"unknown corruption(s) {', '.join(unknown) or repr(text)}; "
-                         f"use all, none or some of: {', '.join(CORRUPTIONS)}")
+        raise ValueError(
+            f"unknown corruption(s) {', '.join(unknown) or repr(text)}; "
+            f"use all, none or some of: {', '.join(CORRUPTIONS)}"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -266,18 +363,47 @@ def load_report(path: Path) -> dict[str, Any]:
     return report
 
 
-def evaluate_checkpoint(checkpoint_path: Path, head_path: Path, imagenet_val: Path, device: torch.device,
-                        ood: dict[str, Path], imagenet_c: Path | None, corruptions: Sequence[str],
-                        severities: Sequence[int], name: str | None = None, max_per_class: int | None = None,
-                        batch_size: int = 128, workers: int = 2) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint_path: Path,
+    head_path: Path,
+    imagenet_val: Path,
+    device: torch.device,
+    ood: dict[str, Path],
+    imagenet_c: Path | None,
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    name: str | None = None,
+    max_per_class: int | None = None,
+    batch_size: int = 128,
+    workers: int = 2,
+) -> dict[str, Any]:
     """The robustness report of a checkpoint and its linear head (what robustness.json holds).
 
     ``ood`` maps keys of ``OOD_SETS`` to their folders; ``imagenet_c`` None generates ImageNet-C
     from the val images; ``name`` defaults to ``default_name(checkpoint_path)``."""
     model = load_model(checkpoint_path, head_path)
-    results = evaluate_all(model, imagenet_val, device, ood, imagenet_c, corruptions, severities,
-                           batch_size=batch_size, workers=workers, max_per_class=max_per_class)
-    return {"format": REPORT_FORMAT, "version": REPORT_VERSION, "name": name or default_name(checkpoint_path),
-            "checkpoint": str(checkpoint_path), "linear_head": str(head_path), "head_checkpoint": model.head_checkpoint,
-            "arch": model.arch, "image_size": model.image_size, "head_classes": len(model.classes),
-            "max_per_class": max_per_class, **results}
+    results = evaluate_all(
+        model,
+        imagenet_val,
+        device,
+        ood,
+        imagenet_c,
+        corruptions,
+        severities,
+        batch_size=batch_size,
+        workers=workers,
+        max_per_class=max_per_class,
+    )
+    return {
+        "format": REPORT_FORMAT,
+        "version": REPORT_VERSION,
+        "name": name or default_name(checkpoint_path),
+        "checkpoint": str(checkpoint_path),
+        "linear_head": str(head_path),
+        "head_checkpoint": model.head_checkpoint,
+        "arch": model.arch,
+        "image_size": model.image_size,
+        "head_classes": len(model.classes),
+        "max_per_class": max_per_class,
+        **results,
+    }

@@ -19,15 +19,23 @@ def _pct(value: float | None) -> str:
 
 def _rows(report: dict[str, Any]) -> dict[str, tuple[float | None, int]]:
     """Comparison rows of a report: title -> (top-1, images behind it)."""
-    rows = {SET_TITLES[key]: (result["top1"], result["images"]) for key, result in report["sets"].items()}
+    rows = {
+        SET_TITLES[key]: (result["top1"], result["images"])
+        for key, result in report["sets"].items()
+    }
     c = report.get("imagenet_c")
     if c:
-        total = sum(r["images"] for entry in c["corruptions"].values() for r in entry["severities"].values())
+        total = sum(
+            r["images"] for entry in c["corruptions"].values() for r in entry["severities"].values()
+        )
         rows["ImageNet-C mean"] = (c["mean"], total)
         for name in CORRUPTIONS:
             if name in c["corruptions"]:
                 entry = c["corruptions"][name]
-                rows[f"C: {name}"] = (entry["mean"], sum(r["images"] for r in entry["severities"].values()))
+                rows[f"C: {name}"] = (
+                    entry["mean"],
+                    sum(r["images"] for r in entry["severities"].values()),
+                )
     return rows
 
 
@@ -53,30 +61,53 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
         sizes = {cell[1] for cell in cells if cell is not None}
         mark = " *" if len(sizes) > 1 else ""
         differing |= bool(mark)
-        comparison.append([title + mark, *("–" if cell is None else _pct(cell[0]) for cell in cells)])
-    lines = [f"# Robustness of {report['name']}", "",
-             f"Linear head on frozen {report['arch']} features at {report['image_size']} px, "
-             f"{report['head_classes']} classes. Top-1 (%):", "",
-             markdown_table(["Set", *(r["name"] for r in reports)], comparison)]
+        comparison.append(
+            [title + mark, *("–" if cell is None else _pct(cell[0]) for cell in cells)]
+        )
+    lines = [
+        f"# Robustness of {report['name']}",
+        "",
+        f"Linear head on frozen {report['arch']} features at {report['image_size']} px, "
+        f"{report['head_classes']} classes. Top-1 (%):",
+        "",
+        markdown_table(["Set", *(r["name"] for r in reports)], comparison),
+    ]
     if differing:
         lines += ["", "\\* the checkpoints were evaluated on different numbers of images here."]
-    counts = [[f"{SET_TITLES[key]} ({r['path']})", str(r["classes"]), str(r["images"]), _pct(r["top1"])]
-              for key, r in report["sets"].items()]
-    lines += ["", f"## Sets of {report['name']}", "", markdown_table(["Set", "Classes", "Images", "Top-1 (%)"], counts)]
+    counts = [
+        [f"{SET_TITLES[key]} ({r['path']})", str(r["classes"]), str(r["images"]), _pct(r["top1"])]
+        for key, r in report["sets"].items()
+    ]
+    lines += [
+        "",
+        f"## Sets of {report['name']}",
+        "",
+        markdown_table(["Set", "Classes", "Images", "Top-1 (%)"], counts),
+    ]
     c = report.get("imagenet_c")
     if c:
         rows = []
         for name in CORRUPTIONS:
             if name in c["corruptions"]:
                 entry = c["corruptions"][name]
-                rows.append([name, *(_pct(entry["severities"][str(s)]["top1"]) for s in c["severities"]),
-                             _pct(entry["mean"])])
+                rows.append(
+                    [
+                        name,
+                        *(_pct(entry["severities"][str(s)]["top1"]) for s in c["severities"]),
+                        _pct(entry["mean"]),
+                    ]
+                )
         rows.append(["**mean**", *[""] * len(c["severities"]), f"**{_pct(c['mean'])}**"])
         variants = [r for entry in c["corruptions"].values() for r in entry["severities"].values()]
-        lines += ["", f"## ImageNet-C of {report['name']} ({c['source']}), top-1 (%)", "",
-                  f"Classes per variant: {_span(r['classes'] for r in variants)}; "
-                  f"images per variant: {_span(r['images'] for r in variants)}.", "",
-                  markdown_table(["Corruption", *map(str, c["severities"]), "Mean"], rows)]
+        lines += [
+            "",
+            f"## ImageNet-C of {report['name']} ({c['source']}), top-1 (%)",
+            "",
+            f"Classes per variant: {_span(r['classes'] for r in variants)}; "
+            f"images per variant: {_span(r['images'] for r in variants)}.",
+            "",
+            markdown_table(["Corruption", *map(str, c["severities"]), "Mean"], rows),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -84,18 +115,33 @@ def plot(reports: Sequence[dict[str, Any]], path: Path) -> None:
     """Grouped bars, one colour per checkpoint: the sets and ImageNet-C mean on top, each corruption below."""
     per_report = [_rows(r) for r in reports]
     titles = _row_order(reports)
-    panels = [t for t in [[t for t in titles if not t.startswith("C: ")], [t for t in titles if t.startswith("C: ")]]
-              if t]
+    panels = [
+        t
+        for t in [
+            [t for t in titles if not t.startswith("C: ")],
+            [t for t in titles if t.startswith("C: ")],
+        ]
+        if t
+    ]
     fig = figure(max(6.0, 0.45 * len(reports) * max(map(len, panels)) + 2), 3.6 * len(panels))
     axes = fig.subplots(len(panels), 1, squeeze=False)
     width = 0.8 / len(reports)
     for ax, panel in zip(axes[:, 0], panels):
         for i, (report, rows) in enumerate(zip(reports, per_report)):
-            values = [100 * rows[t][0] if t in rows and rows[t][0] is not None else math.nan for t in panel]
-            bars = ax.bar([j + (i - (len(reports) - 1) / 2) * width for j in range(len(panel))], values, width,
-                          label=report["name"])
+            values = [
+                100 * rows[t][0] if t in rows and rows[t][0] is not None else math.nan
+                for t in panel
+            ]
+            bars = ax.bar(
+                [j + (i - (len(reports) - 1) / 2) * width for j in range(len(panel))],
+                values,
+                width,
+                label=report["name"],
+            )
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
-        ax.set_xticks(range(len(panel)), [t.removeprefix("C: ") for t in panel], rotation=30, ha="right")
+        ax.set_xticks(
+            range(len(panel)), [t.removeprefix("C: ") for t in panel], rotation=30, ha="right"
+        )
         ax.set_ylabel("top-1 (%)")
         ax.set_ylim(0, 108)
         ax.grid(axis="y", alpha=0.3)

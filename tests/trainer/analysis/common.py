@@ -9,9 +9,17 @@ from PIL import Image, ImageOps
 from tests.helpers import encode, photo
 from trainer.eval import features
 
-CLASSES = {"n02085620": "astronaut.png", "n02099849": "coffee.png", "n02123045": "chelsea.png",
-           "n03085013": "motorcycle_left.png", "n03594734": "rocket.jpg", "n04589890": "brick.png"}
-SIZE = 64  # the released format records no image size (224 then); tests use small crops to stay fast
+CLASSES = {
+    "n02085620": "astronaut.png",
+    "n02099849": "coffee.png",
+    "n02123045": "chelsea.png",
+    "n03085013": "motorcycle_left.png",
+    "n03594734": "rocket.jpg",
+    "n04589890": "brick.png",
+}
+SIZE = (
+    64  # the released format records no image size (224 then); tests use small crops to stay fast
+)
 
 
 def photo_variant(name: str, i: int) -> Image.Image:
@@ -31,7 +39,10 @@ def write_tree(root: Path, per_class: int, offset: int = 0, classes=CLASSES) -> 
 def direct_predictions(network, head_layer, images, size):
     """One image at a time: eval view -> network -> head -> softmax probabilities."""
     transform = features.eval_transform(size)
-    return [head_layer(network.eval()(transform(im.convert("RGB"))[None])).softmax(dim=1)[0] for im in images]
+    return [
+        head_layer(network.eval()(transform(im.convert("RGB"))[None])).softmax(dim=1)[0]
+        for im in images
+    ]
 
 
 def direct_counts(network, head_layer, pairs, size, num_classes):

@@ -31,7 +31,9 @@ def shards(tree, tmp_path_factory, ray_session) -> Path:
 @pytest.fixture(scope="package")
 def ckpt(tmp_path_factory, make_checkpoint) -> Path:
     """A resnet18 MoCo checkpoint as the paper released theirs: ``state_dict`` of ``module.encoder_q.*``."""
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "moco_v2_released.pth.tar", released=True)
+    return make_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "moco_v2_released.pth.tar", released=True
+    )
 
 
 @pytest.fixture(scope="package")
@@ -40,7 +42,9 @@ def head(tree, ckpt, tmp_path_factory) -> Path:
     backbone, config = checkpoint.load_backbone(ckpt)
     assert config == {"arch": "resnet18"} and not isinstance(backbone.fc, torch.nn.Sequential)
     dataset, classes = features.load_dataset(tree, "train", SIZE)
-    x, y = features.extract_features(backbone, torch.utils.data.DataLoader(dataset, batch_size=8), "cpu")
+    x, y = features.extract_features(
+        backbone, torch.utils.data.DataLoader(dataset, batch_size=8), "cpu"
+    )
     layer = probes.train_linear(x, y, len(classes), epochs=30, batch_size=8)
     path = tmp_path_factory.mktemp("head") / "head.pt"
     probes.save_linear_head(path, layer, classes, "resnet18", SIZE, str(ckpt))

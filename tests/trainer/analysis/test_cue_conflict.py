@@ -12,12 +12,13 @@ def test_edge_mask_and_cue_conflict_image():
     a[60:160, 60:160] = 255
     mask = cue_conflict.edge_mask(Image.fromarray(a))
     assert mask[60, 110] and mask[159, 110] and mask[110, 52]  # along the square's outline, dilated
-    assert not mask[110, 110] and not mask[5, 5] and 0.05 < mask.mean() < 0.5  # not its inside nor the far background
+    assert (
+        not mask[110, 110] and not mask[5, 5] and 0.05 < mask.mean() < 0.5
+    )  # not its inside nor the far background
     b = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     image, mask2 = cue_conflict.cue_conflict_image(Image.fromarray(a), Image.fromarray(b))
     out = np.asarray(image)
     assert (mask2 == mask).all() and (out[mask] == b[mask]).all() and (out[~mask] == a[~mask]).all()
-
 
 
 def test_sobel_gradients_of_ramps():
@@ -28,4 +29,6 @@ def test_sobel_gradients_of_ramps():
     assert torch.allclose(gx[0, :, 0], torch.full((6,), 0.5))  # replicated border: (1 - 0) * 4 / 8
     assert torch.allclose(gy, torch.zeros_like(gy))
     gx, gy = cue_conflict.sobel_gradients(ramp.transpose(2, 3), cue_conflict.sobel_kernel())
-    assert torch.allclose(gy[0, 1:-1, :], torch.ones(4, 6)) and torch.allclose(gx, torch.zeros_like(gx))
+    assert torch.allclose(gy[0, 1:-1, :], torch.ones(4, 6)) and torch.allclose(
+        gx, torch.zeros_like(gx)
+    )

@@ -28,10 +28,14 @@ def test_pixel_statistics_reads_colour_and_orientation():
     assert out.shape == (2, texture_classes.PixelStatistics.DIM) == (2, 48)
     colour = out[:, :24].view(2, 3, 8)
     assert torch.allclose(colour.sum(dim=2), torch.ones(2, 3))
-    assert torch.allclose(colour[:, :, 7], torch.full((2, 3), 0.25))  # a quarter of the pixels are white
+    assert torch.allclose(
+        colour[:, :, 7], torch.full((2, 3), 0.25)
+    )  # a quarter of the pixels are white
     assert torch.allclose(colour[:, :, 0], torch.full((2, 3), 0.75))
     fine = out[:, 24:32]
-    assert fine[0].argmax() == 0 and fine[1].argmax() == 4 and fine[0, 4] < 1e-6 and fine[1, 0] < 1e-6  # round-off only
+    assert (
+        fine[0].argmax() == 0 and fine[1].argmax() == 4 and fine[0, 4] < 1e-6 and fine[1, 0] < 1e-6
+    )  # round-off only
 
 
 def test_held_out_split_is_by_key_alone():
@@ -39,7 +43,9 @@ def test_held_out_split_is_by_key_alone():
     held = [texture_classes.is_held_out(k, 0.2) for k in keys]
     assert 0.18 < np.mean(held) < 0.22
     assert held == [texture_classes.is_held_out(k, 0.2) for k in keys]
-    assert all(texture_classes.is_held_out(k, 0.3) for k in keys if texture_classes.is_held_out(k, 0.1))  # nested fractions
+    assert all(
+        texture_classes.is_held_out(k, 0.3) for k in keys if texture_classes.is_held_out(k, 0.1)
+    )  # nested fractions
 
 
 # --------------------------------------------------------------------------- texture-classes
@@ -47,13 +53,37 @@ def test_held_out_split_is_by_key_alone():
 
 def test_texture_classes_with_released_checkpoint(invoke, shards, ckpt, tmp_path, tmp_path_factory):
     out = tmp_path / "out"
-    result = invoke("texture-classes", "--shards", shards, "--checkpoint", ckpt, "--image-size", SIZE,
-                    "--holdout", 0.35, "--epochs", 20, "--batch-size", 8, "--workers", 0, "--top", 2, "--out-dir", out)
+    result = invoke(
+        "texture-classes",
+        "--shards",
+        shards,
+        "--checkpoint",
+        ckpt,
+        "--image-size",
+        SIZE,
+        "--holdout",
+        0.35,
+        "--epochs",
+        20,
+        "--batch-size",
+        8,
+        "--workers",
+        0,
+        "--top",
+        2,
+        "--out-dir",
+        out,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "texture-classes.json").read_text())
     assert all((out / f"texture-classes.{ext}").stat().st_size > 0 for ext in ("md", "json", "png"))
-    assert report["features"]["kind"] == "checkpoint" and f"frozen resnet18 backbone of {ckpt}" in result.output
-    assert report["features"]["image_size"] == SIZE and report["real"]["source"].startswith("the shards' source photos")
+    assert (
+        report["features"]["kind"] == "checkpoint"
+        and f"frozen resnet18 backbone of {ckpt}" in result.output
+    )
+    assert report["features"]["image_size"] == SIZE and report["real"]["source"].startswith(
+        "the shards' source photos"
+    )
 
     # Direct computation: every sample, one at a time, through the backbone and the saved probe.
     classes = contract.load_manifest(shards)["classes"]
@@ -65,21 +95,31 @@ def test_texture_classes_with_released_checkpoint(invoke, shards, ckpt, tmp_path
     probe, info = probes.load_linear_head(out / "texture-probe.pt")
     assert info["classes"] == classes and info["image_size"] == SIZE
     backbone, _ = checkpoint.load_backbone(ckpt)
-    tex_correct, tex_total = direct_counts(backbone, probe, [(s.texture, s.cls) for s in held], SIZE, len(classes))
-    real_correct, real_total = direct_counts(backbone, probe, [(s.source(), s.cls) for s in held], SIZE, len(classes))
+    tex_correct, tex_total = direct_counts(
+        backbone, probe, [(s.texture, s.cls) for s in held], SIZE, len(classes)
+    )
+    real_correct, real_total = direct_counts(
+        backbone, probe, [(s.source(), s.cls) for s in held], SIZE, len(classes)
+    )
     rows = report["classes"]
     assert [r["wnid"] for r in rows] == classes
-    assert [(r["texture_correct"], r["texture_n"]) for r in rows] == list(zip(tex_correct, tex_total))
+    assert [(r["texture_correct"], r["texture_n"]) for r in rows] == list(
+        zip(tex_correct, tex_total)
+    )
     assert [(r["real_correct"], r["real_n"]) for r in rows] == list(zip(real_correct, real_total))
     for r in rows:
-        assert r["texture_acc"] == (r["texture_correct"] / r["texture_n"] if r["texture_n"] else None)
+        assert r["texture_acc"] == (
+            r["texture_correct"] / r["texture_n"] if r["texture_n"] else None
+        )
         assert r["group"] == ("dog breeds" if r["wnid"] in ("n02085620", "n02099849") else "rest")
     assert report["top1"]["texture_held_out"] == pytest.approx(sum(tex_correct) / len(held))
     assert report["top1"]["real"] == pytest.approx(sum(real_correct) / len(held))
 
     # Fine vs rest: macro means over the classes with held-out textures.
     for group in ("dog breeds", "rest"):
-        accs = [r["texture_acc"] for r in rows if r["group"] == group and r["texture_acc"] is not None]
+        accs = [
+            r["texture_acc"] for r in rows if r["group"] == group and r["texture_acc"] is not None
+        ]
         assert report["groups"][group]["mean_texture_acc"] == pytest.approx(np.mean(accs))
     assert "dog breeds (n02084071): mean texture accuracy" in report["fine_vs_rest"]
     tested = [r for r in rows if r["texture_acc"] is not None]
@@ -96,27 +136,52 @@ def test_texture_classes_with_released_checkpoint(invoke, shards, ckpt, tmp_path
 def test_texture_classes_default_pixels_with_val_tree(invoke, shards, tmp_path):
     val = write_tree(tmp_path / "val", 2, offset=5, classes={**CLASSES, "n09999999": "coffee.png"})
     out = tmp_path / "out"
-    result = invoke("texture-classes", "--shards", shards, "--val", val, "--epochs", 20, "--batch-size", 8,
-                    "--workers", 0, "--image-size", SIZE, "--out-dir", out)
+    result = invoke(
+        "texture-classes",
+        "--shards",
+        shards,
+        "--val",
+        val,
+        "--epochs",
+        20,
+        "--batch-size",
+        8,
+        "--workers",
+        0,
+        "--image-size",
+        SIZE,
+        "--out-dir",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "features: pixels: colour histograms" in result.output and "n09999999" in result.output
     report = json.loads((out / "texture-classes.json").read_text())
-    assert report["features"]["kind"] == "pixels" and report["real"]["dropped_classes"] == ["n09999999"]
+    assert report["features"]["kind"] == "pixels" and report["real"]["dropped_classes"] == [
+        "n09999999"
+    ]
     assert report["real"]["samples"] == 2 * len(CLASSES)
     probe, info = probes.load_linear_head(out / "texture-probe.pt")
     assert info["arch"] == "pixels" and probe.in_features == texture_classes.PixelStatistics.DIM
     classes = sorted(CLASSES)
-    val_images = [(Image.open(p).convert("RGB"), classes.index(p.parent.name))
-                  for p in sorted(val.glob("*/*.png")) if p.parent.name in CLASSES]
-    correct, total = direct_counts(texture_classes.PixelStatistics(), probe, val_images, SIZE, len(classes))
-    assert [(r["real_correct"], r["real_n"]) for r in report["classes"]] == list(zip(correct, total))
+    val_images = [
+        (Image.open(p).convert("RGB"), classes.index(p.parent.name))
+        for p in sorted(val.glob("*/*.png"))
+        if p.parent.name in CLASSES
+    ]
+    correct, total = direct_counts(
+        texture_classes.PixelStatistics(), probe, val_images, SIZE, len(classes)
+    )
+    assert [(r["real_correct"], r["real_n"]) for r in report["classes"]] == list(
+        zip(correct, total)
+    )
 
 
 def test_texture_classes_errors(invoke, shards, ckpt, tmp_path):
-    result = invoke("texture-classes", "--shards", shards, "--checkpoint", ckpt, "--features", "pixels")
+    result = invoke(
+        "texture-classes", "--shards", shards, "--checkpoint", ckpt, "--features", "pixels"
+    )
     assert result.exit_code == 2 and "not both" in result.output
     result = invoke("texture-classes", "--shards", tmp_path, "--out-dir", tmp_path / "o")
     assert result.exit_code == 1 and "manifest.json not found" in result.output
     result = invoke("texture-classes", "--shards", shards, "--checkpoint", tmp_path / "missing.pt")
     assert result.exit_code == 1 and "not found" in result.output
-

@@ -1,5 +1,6 @@
 """nsneg-eval knn and linear end to end on real image trees, real checkpoints and a real shard set,
 and their errors."""
+
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +19,14 @@ from trainer.eval import features, probes
 from trainer.eval.cli import main
 
 COLOURS = {"n01440764": (200, 40, 40), "n01443537": (40, 180, 60), "n01484850": (50, 70, 210)}
-PHOTOS = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "brick.png"]
+PHOTOS = [
+    "chelsea.png",
+    "coffee.png",
+    "astronaut.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "brick.png",
+]
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -33,7 +41,9 @@ def colour_tree(root: Path, per_class: int, seed: int, classes=COLOURS) -> Path:
             img = np.clip(np.array(colour) + rng.normal(0, 25, (48, 48, 3)), 0, 255)
             y, x = rng.integers(0, 32, 2)
             img[y : y + 16, x : x + 16] = 255
-            (root / wnid / f"{wnid}_{i}.png").write_bytes(encode(Image.fromarray(img.astype(np.uint8))))
+            (root / wnid / f"{wnid}_{i}.png").write_bytes(
+                encode(Image.fromarray(img.astype(np.uint8)))
+            )
     return root
 
 
@@ -58,10 +68,16 @@ def shards(tmp_path_factory, ray_session):
             img = photo(PHOTOS[c * 3 + i], (128, 112))
             (src / "train" / wnid / f"{wnid}_{i}.JPEG").write_bytes(encode(img, "JPEG", quality=92))
     out = tmp_path_factory.mktemp("shards")
-    config = job.JobConfig(out=out, split="train", synthesis=SynthesisConfig(steps=(2, 1, 1), batch_size=8),
-                           shard_size=3, max_skip_fraction=0.5)
+    config = job.JobConfig(
+        out=out,
+        split="train",
+        synthesis=SynthesisConfig(steps=(2, 1, 1), batch_size=8),
+        shard_size=3,
+        max_skip_fraction=0.5,
+    )
     job.run(config, folder_listing(src, "train"), show_progress=False)
     return out, src / "train"
+
 
 @pytest.fixture
 def invoke(cli):
@@ -74,11 +90,26 @@ def invoke(cli):
 def test_knn_command_on_image_folders(invoke, trees, ckpt, tmp_path):
     train, val = trees
     out = tmp_path / "knn.json"
-    result = invoke("knn", "--checkpoint", ckpt, "--train", train, "--val", val, "--k", 5, "--workers", 0,
-                    "--json", out)
+    result = invoke(
+        "knn",
+        "--checkpoint",
+        ckpt,
+        "--train",
+        train,
+        "--val",
+        val,
+        "--k",
+        5,
+        "--workers",
+        0,
+        "--json",
+        out,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert result.stdout.startswith(f"knn top-1: {100 * report['top1']:.2f}% (k=5, T=0.07, 9 val / 18 train images)")
+    assert result.stdout.startswith(
+        f"knn top-1: {100 * report['top1']:.2f}% (k=5, T=0.07, 9 val / 18 train images)"
+    )
     assert report["metric"] == "knn" and report["k"] == 5 and report["t"] == 0.07
     assert (report["arch"], report["image_size"], report["classes"]) == ("resnet18", 32, 3)
     assert (report["train_samples"], report["val_samples"]) == (18, 9)
@@ -88,23 +119,47 @@ def test_knn_command_on_image_folders(invoke, trees, ckpt, tmp_path):
 def test_linear_command_trains_saves_and_reloads_the_head(invoke, trees, ckpt, tmp_path):
     train, val = trees
     head_path, out = tmp_path / "heads" / "head.pt", tmp_path / "linear.json"
-    result = invoke("linear", "--checkpoint", ckpt, "--train", train, "--val", val, "--epochs", 30,
-                    "--workers", 0, "--out", head_path, "--json", out)
+    result = invoke(
+        "linear",
+        "--checkpoint",
+        ckpt,
+        "--train",
+        train,
+        "--val",
+        val,
+        "--epochs",
+        30,
+        "--workers",
+        0,
+        "--out",
+        head_path,
+        "--json",
+        out,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert result.stdout.startswith(f"linear top-1: {100 * report['top1']:.2f}% (train 100.00%, 9 val / 18 train")
-    assert report["metric"] == "linear" and report["epochs"] == 30 and report["lr"] == probes.LINEAR_LR
+    assert result.stdout.startswith(
+        f"linear top-1: {100 * report['top1']:.2f}% (train 100.00%, 9 val / 18 train"
+    )
+    assert (
+        report["metric"] == "linear" and report["epochs"] == 30 and report["lr"] == probes.LINEAR_LR
+    )
     assert not list(head_path.parent.glob(".*tmp*"))
 
     raw = torch.load(head_path, weights_only=True)
     assert raw["format"] == "nsneg-linear-head" and raw["checkpoint"] == str(ckpt)
     head, info = probes.load_linear_head(head_path)
-    assert info["classes"] == sorted(COLOURS) and (info["arch"], info["image_size"]) == ("resnet18", 32)
+    assert info["classes"] == sorted(COLOURS) and (info["arch"], info["image_size"]) == (
+        "resnet18",
+        32,
+    )
     assert head.weight.shape == (3, 512)
     # The head applies to raw backbone features: it reproduces the reported val accuracy by itself.
     backbone, _ = checkpoint.load_backbone(ckpt)
     dataset, _ = features.load_dataset(val, "val", 32)
-    x, y = features.extract_features(backbone, torch.utils.data.DataLoader(dataset, batch_size=4), "cpu")
+    x, y = features.extract_features(
+        backbone, torch.utils.data.DataLoader(dataset, batch_size=4), "cpu"
+    )
     assert probes.top1(head, x, y) == pytest.approx(report["top1"])
 
 
@@ -113,25 +168,45 @@ def test_checkpoint_errors(invoke, trees, tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"foo": 1}, foreign)
     (tmp_path / "garbage.pt").write_text("not a checkpoint at all")
-    cases = [(foreign, "expected an nsneg checkpoint"),
-             (tmp_path / "garbage.pt", "is not a readable torch checkpoint"),
-             (tmp_path / "missing.pt", "not found")]
+    cases = [
+        (foreign, "expected an nsneg checkpoint"),
+        (tmp_path / "garbage.pt", "is not a readable torch checkpoint"),
+        (tmp_path / "missing.pt", "not found"),
+    ]
     for path, message in cases:
         result = invoke("knn", "--checkpoint", path, "--train", train, "--val", val)
-        assert result.exit_code == 1 and "Error: " in result.output and message in result.output, result.output
+        assert result.exit_code == 1 and "Error: " in result.output and message in result.output, (
+            result.output
+        )
 
 
 def test_dataset_errors(invoke, trees, ckpt, tmp_path):
     train, _ = trees
-    other = colour_tree(tmp_path / "other", 1, seed=2, classes={"n01440764": (200, 40, 40), "n09999999": (0, 0, 0)})
+    other = colour_tree(
+        tmp_path / "other", 1, seed=2, classes={"n01440764": (200, 40, 40), "n09999999": (0, 0, 0)}
+    )
     result = invoke("knn", "--checkpoint", ckpt, "--train", train, "--val", other, "--workers", 0)
     assert result.exit_code == 1 and "train and val classes differ" in result.output
     assert "n09999999" in result.output
     (tmp_path / "empty" / "n01440764").mkdir(parents=True)
-    result = invoke("linear", "--checkpoint", ckpt, "--train", tmp_path / "empty", "--val", train,
-                    "--out", tmp_path / "h.pt")
-    assert result.exit_code == 1 and "Found no valid file for the classes n01440764" in result.output
-    assert f"{tmp_path / 'empty'} is neither a shard directory" in result.output and not (tmp_path / "h.pt").exists()
+    result = invoke(
+        "linear",
+        "--checkpoint",
+        ckpt,
+        "--train",
+        tmp_path / "empty",
+        "--val",
+        train,
+        "--out",
+        tmp_path / "h.pt",
+    )
+    assert (
+        result.exit_code == 1 and "Found no valid file for the classes n01440764" in result.output
+    )
+    assert (
+        f"{tmp_path / 'empty'} is neither a shard directory" in result.output
+        and not (tmp_path / "h.pt").exists()
+    )
 
 
 # --------------------------------------------------------------------------- shard sets
@@ -140,28 +215,66 @@ def test_dataset_errors(invoke, trees, ckpt, tmp_path):
 def test_knn_on_shard_source_photos(invoke, shards, ckpt, tmp_path):
     root, folder = shards
     manifest = contract.load_manifest(root)
-    assert manifest["splits"]["train"]["samples"] == 6 and len(manifest["splits"]["train"]["shards"]) == 2
+    assert (
+        manifest["splits"]["train"]["samples"] == 6
+        and len(manifest["splits"]["train"]["shards"]) == 2
+    )
     out = tmp_path / "knn.json"
     # Same photos on both sides, k=1: every photo finds itself. Two workers read the two shards once each.
-    result = invoke("knn", "--checkpoint", ckpt, "--train", root, "--val", root, "--val-split", "train",
-                    "--k", 1, "--workers", 2, "--json", out)
+    result = invoke(
+        "knn",
+        "--checkpoint",
+        ckpt,
+        "--train",
+        root,
+        "--val",
+        root,
+        "--val-split",
+        "train",
+        "--k",
+        1,
+        "--workers",
+        2,
+        "--json",
+        out,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["top1"] == 1.0 and (report["train_samples"], report["val_samples"], report["classes"]) == (6, 6, 2)
+    assert report["top1"] == 1.0 and (
+        report["train_samples"],
+        report["val_samples"],
+        report["classes"],
+    ) == (6, 6, 2)
     # A shard set's source photos and the folder they came from give the same features.
-    result = invoke("knn", "--checkpoint", ckpt, "--train", folder, "--val", root, "--val-split", "train",
-                    "--k", 1, "--workers", 0)
+    result = invoke(
+        "knn",
+        "--checkpoint",
+        ckpt,
+        "--train",
+        folder,
+        "--val",
+        root,
+        "--val-split",
+        "train",
+        "--k",
+        1,
+        "--workers",
+        0,
+    )
     assert result.exit_code == 0 and result.stdout.startswith("knn top-1: 100.00%"), result.output
 
 
 def test_shard_set_errors(invoke, shards, ckpt, tmp_path):
     root, _ = shards
-    result = invoke("knn", "--checkpoint", ckpt, "--train", root, "--val", root)  # no val split was built
+    result = invoke(
+        "knn", "--checkpoint", ckpt, "--train", root, "--val", root
+    )  # no val split was built
     assert result.exit_code == 1 and "has no split 'val'" in result.output
     textures_only = tmp_path / "textures_only"
     shutil.copytree(root, textures_only)
     manifest = json.loads((textures_only / "manifest.json").read_text())
     (textures_only / "manifest.json").write_text(json.dumps({**manifest, "has_source": False}))
-    result = invoke("knn", "--checkpoint", ckpt, "--train", textures_only, "--val", root, "--val-split", "train")
+    result = invoke(
+        "knn", "--checkpoint", ckpt, "--train", textures_only, "--val", root, "--val-split", "train"
+    )
     assert result.exit_code == 1 and "textures only" in result.output
-

@@ -1,5 +1,6 @@
 """trainer.eval.corruptions: every ImageNet-C corruption against its definition, and what all of them
 promise (shape, range, seeding, batch independence, distortion growing with severity)."""
+
 import io
 
 import numpy as np
@@ -13,8 +14,17 @@ from tests.helpers import photo
 from trainer.eval import corruptions as C
 
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")
-RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",
-          "elastic_transform"}
+RANDOM = {
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "glass_blur",
+    "motion_blur",
+    "snow",
+    "frost",
+    "fog",
+    "elastic_transform",
+}
 BLURS = ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur")
 
 
@@ -41,7 +51,10 @@ def high_frequency_energy(x: torch.Tensor) -> float:
 
 
 def one_minus_correlation(x: torch.Tensor, y: torch.Tensor) -> float:
-    a, b = x.flatten(1) - x.flatten(1).mean(1, keepdim=True), y.flatten(1) - y.flatten(1).mean(1, keepdim=True)
+    a, b = (
+        x.flatten(1) - x.flatten(1).mean(1, keepdim=True),
+        y.flatten(1) - y.flatten(1).mean(1, keepdim=True),
+    )
     return float((1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean())
 
 
@@ -69,7 +82,9 @@ def test_contract_and_severity_order(name, photos):
     else:
         d = [float((out - photos).abs().mean()) for out in outs]
     assert d[0] > 0.005, d
-    if name == "elastic_transform":  # the reference table: two large affine warps, then three local wobbles
+    if (
+        name == "elastic_transform"
+    ):  # the reference table: two large affine warps, then three local wobbles
         assert d[0] < d[1] and d[2] < d[3] < d[4] < d[0], d
     elif name == "snow":  # severity 3 has fewer but larger flakes than 2: about the same change
         assert d[0] < d[1] and d[2] < d[3] < d[4] and abs(d[2] / d[1] - 1) < 0.03, d
@@ -116,13 +131,17 @@ def test_shot_noise_is_poisson_at_the_severity_scale(severity, level):
     up to the clipping, variance x / c)."""
     c = C.SHOT_NOISE[severity - 1]
     out = C.corrupt(flat(level, 256), "shot_noise", severity, [7]).double()
-    assert torch.allclose(out * c, (out * c).round(), atol=1e-4)  # counts / c (1 = c / c where clipped)
+    assert torch.allclose(
+        out * c, (out * c).round(), atol=1e-4
+    )  # counts / c (1 = c / c where clipped)
     k = np.arange(0, 400)
     values, pmf = np.minimum(k / c, 1.0), stats.poisson.pmf(k, level * c)
     mean, var = (values * pmf).sum(), ((values - (values * pmf).sum()) ** 2 * pmf).sum()
     assert float(out.mean()) == pytest.approx(mean, abs=4 * np.sqrt(var / out.numel()))
     assert float(out.var()) == pytest.approx(var, rel=0.03)
-    if level == 0.2 and severity == 1:  # nothing reaches the clip: the mean is kept exactly in expectation
+    if (
+        level == 0.2 and severity == 1
+    ):  # nothing reaches the clip: the mean is kept exactly in expectation
         assert mean == pytest.approx(level) and var == pytest.approx(level / c)
 
 
@@ -142,7 +161,9 @@ def test_impulse_noise_sets_a_fraction_c_to_salt_or_pepper(severity):
 @pytest.mark.parametrize("name", BLURS)
 def test_blurs_keep_flat_images_and_remove_more_detail_with_severity(name, photos):
     for severity in (1, 5):
-        assert torch.allclose(C.corrupt(flat(0.37, 96), name, severity, [0]), flat(0.37, 96), atol=1e-5)
+        assert torch.allclose(
+            C.corrupt(flat(0.37, 96), name, severity, [0]), flat(0.37, 96), atol=1e-5
+        )
     energy = [high_frequency_energy(C.corrupt(photos, name, s, [0, 1, 2, 3])) for s in C.SEVERITIES]
     assert high_frequency_energy(photos) > 2 * energy[0]
     assert all(a > b for a, b in zip(energy, energy[1:])), energy
@@ -153,9 +174,13 @@ def test_defocus_kernel_is_an_antialiased_disk(severity):
     radius, _ = C.DEFOCUS_BLUR[severity - 1]
     kernel = C._disk(*C.DEFOCUS_BLUR[severity - 1])
     half = kernel.shape[0] // 2
-    assert kernel.shape[0] == 2 * max(radius, 8) + 1 and float(kernel.sum()) == pytest.approx(1, abs=1e-6)
+    assert kernel.shape[0] == 2 * max(radius, 8) + 1 and float(kernel.sum()) == pytest.approx(
+        1, abs=1e-6
+    )
     assert torch.allclose(kernel, kernel.flip(0)) and torch.allclose(kernel, kernel.T)
-    yy, xx = torch.meshgrid(torch.arange(-half, half + 1), torch.arange(-half, half + 1), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(-half, half + 1), torch.arange(-half, half + 1), indexing="ij"
+    )
     distance = (yy**2 + xx**2).float().sqrt()
     assert float(kernel[distance > radius + 1.5].sum()) < 1e-4  # nothing past the rim and its blur
     assert float(kernel[distance <= radius - 1].std()) < 1e-3  # flat inside
@@ -169,9 +194,11 @@ def test_motion_blur_smears_a_dot_along_a_line_with_half_gaussian_weights(severi
     dot = torch.zeros(1, 3, 101, 101)
     dot[..., 50, 50] = 1
     out = C.corrupt(dot, "motion_blur", severity, [5])[0, 0]
-    taps = np.exp(-np.arange(2 * radius + 1) ** 2 / (2 * sigma**2))
+    taps = np.exp(-(np.arange(2 * radius + 1) ** 2) / (2 * sigma**2))
     assert float(out.sum()) == pytest.approx(1, abs=1e-5)
-    assert float(out[50, 50]) == pytest.approx(taps[0] / taps.sum(), abs=1e-6)  # tap 0: the dot itself
+    assert float(out[50, 50]) == pytest.approx(
+        taps[0] / taps.sum(), abs=1e-6
+    )  # tap 0: the dot itself
     lit = (out.nonzero() - 50).float()
     assert 1.4 * radius <= len(lit) <= 2 * radius + 1
     assert bool((lit[:, 0].abs() <= lit[:, 1].abs()).all())  # within 45 degrees of horizontal
@@ -208,7 +235,9 @@ def test_glass_blur_only_moves_values_locally():
     out = C.corrupt(x, "glass_blur", 5, [1])
     sigma, delta, iterations = C.GLASS_BLUR[4]
     reach = iterations * delta + 2 * int(4 * sigma + 0.5)
-    assert bool((out[..., : 32 - reach] < 1e-6).all()) and bool((out[..., 32 + reach :] > 1 - 1e-6).all())
+    assert bool((out[..., : 32 - reach] < 1e-6).all()) and bool(
+        (out[..., 32 + reach :] > 1 - 1e-6).all()
+    )
 
 
 # --------------------------------------------------------------------------- weather
@@ -249,7 +278,9 @@ def test_fog_adds_the_same_fractal_to_any_image_scaled_to_keep_the_peak(severity
     fog_b = C.corrupt(b, "fog", severity, [4]) - b * scale
     assert torch.allclose(fog_a, fog_b, atol=1e-5)
     assert float(fog_a.min()) >= -1e-6 and float(fog_a.max()) <= strength * scale + 1e-5
-    assert float(fog_a.max() - fog_a.min()) > 0.3 * strength * scale  # a crop of a full-range fractal
+    assert (
+        float(fog_a.max() - fog_a.min()) > 0.3 * strength * scale
+    )  # a crop of a full-range fractal
     assert torch.allclose(fog_a[:, 0], fog_a[:, 1], atol=1e-6)  # grey fog
 
 
@@ -285,7 +316,9 @@ def test_contrast_shrinks_towards_the_channel_mean(severity, photos):
 
 
 def test_elastic_transform_resamples_flat_and_real_images():
-    assert torch.allclose(C.corrupt(flat(0.6, 96), "elastic_transform", 2, [0]), flat(0.6, 96), atol=1e-5)
+    assert torch.allclose(
+        C.corrupt(flat(0.6, 96), "elastic_transform", 2, [0]), flat(0.6, 96), atol=1e-5
+    )
     x = tensor(photo("astronaut.png", (96, 96)))[None]
     out = C.corrupt(x, "elastic_transform", 4, [0])
     low, high = x.amin(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)

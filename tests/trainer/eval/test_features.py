@@ -12,7 +12,6 @@ def test_align_classes_matches_by_name_and_rejects_other_sets():
         features.align_classes(["a", "b", "c"], ["a", "b", "d"])
 
 
-
 def test_backbone_from_checkpoint_error_policy(make_checkpoint, tmp_path):
     backbone, config = features.backbone_from_checkpoint(make_checkpoint(tmp_path / "ours.pt"))
     assert config["image_size"] == 32 and isinstance(backbone.fc, torch.nn.Identity)

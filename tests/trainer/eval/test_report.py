@@ -18,10 +18,16 @@ def test_markdown_table_escapes_pipes():
     assert text.split("\n") == ["| set | top-1 |", "|---|---|", "| a\\|b | 1.0 |", "| c | 2 |"]
 
 
-@pytest.mark.parametrize("value,kwargs,expected", [
-    (0.1234, {}, "12.3%"), (None, {}, "-"), (0.5, {"digits": 2, "suffix": ""}, "50.00"),
-    (None, {"missing": "n/a"}, "n/a"), (1.0, {"digits": 0}, "100%"),
-])
+@pytest.mark.parametrize(
+    "value,kwargs,expected",
+    [
+        (0.1234, {}, "12.3%"),
+        (None, {}, "-"),
+        (0.5, {"digits": 2, "suffix": ""}, "50.00"),
+        (None, {"missing": "n/a"}, "n/a"),
+        (1.0, {"digits": 0}, "100%"),
+    ],
+)
 def test_percent(value, kwargs, expected):
     assert report.percent(value, **kwargs) == expected
 
@@ -35,7 +41,10 @@ def test_save_png_and_write_report(tmp_path):
     report.write_report(tmp_path / "out", "thing", {"b": 1, "a": [1, 2]}, "# Thing\n\n\n")
     assert json.loads((tmp_path / "out" / "thing.json").read_text()) == {"a": [1, 2], "b": 1}
     assert (tmp_path / "out" / "thing.md").read_text() == "# Thing\n"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["thing.json", "thing.md"]  # no temporaries
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "thing.json",
+        "thing.md",
+    ]  # no temporaries
     assert [p.name for p in (tmp_path / "plots").iterdir()] == ["bars.png"]
 
 

@@ -2,6 +2,7 @@
 released format and one of ours, heads trained by ``nsneg-eval linear``, out-of-domain sets
 sharing some, one or no class with the head, generated and on-disk ImageNet-C. Every reported
 number is recomputed here from extract_features and the head."""
+
 import json
 import zlib
 from pathlib import Path
@@ -20,7 +21,14 @@ from trainer.eval.cli import main
 from trainer.eval.corruptions import corrupt
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]  # tench, English springer, cassette player
-PHOTOS = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "brick.png"]
+PHOTOS = [
+    "chelsea.png",
+    "coffee.png",
+    "astronaut.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "brick.png",
+]
 TINTS = [(1.0, 0.7, 0.7), (0.7, 1.0, 0.7), (0.7, 0.7, 1.0)]
 C_ARGS = ["--corruptions", "gaussian_noise,defocus_blur", "--severities", "1,4"]
 
@@ -35,7 +43,9 @@ def class_photo(c: int, i: int, size=(56, 48)) -> Image.Image:
 
 def write(root: Path, wnid: str, name: str, img: Image.Image) -> None:
     (root / wnid).mkdir(parents=True, exist_ok=True)
-    (root / wnid / name).write_bytes(encode(img, "JPEG", quality=92) if name.endswith(".JPEG") else encode(img))
+    (root / wnid / name).write_bytes(
+        encode(img, "JPEG", quality=92) if name.endswith(".JPEG") else encode(img)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +62,17 @@ def world(tmp_path_factory, make_checkpoint, invoke):
     for c, n in ((0, 3), (1, 2)):  # sketches of two classes, and of a class the head does not know
         for i in range(n):
             sketch = class_photo(c, i).convert("L").filter(ImageFilter.FIND_EDGES)
-            write(root / "sketch", CLASSES[c], f"sketch_{i}.png", ImageOps.invert(sketch).convert("RGB"))
+            write(
+                root / "sketch",
+                CLASSES[c],
+                f"sketch_{i}.png",
+                ImageOps.invert(sketch).convert("RGB"),
+            )
     write(root / "sketch", "n09999999", "other.png", class_photo(0, 0))
     for i in range(2):
-        write(root / "rendition", CLASSES[2], f"art_{i}.png", ImageOps.posterize(class_photo(2, i), 2))
+        write(
+            root / "rendition", CLASSES[2], f"art_{i}.png", ImageOps.posterize(class_photo(2, i), 2)
+        )
     write(root / "stylized", "n09999999", "style.png", class_photo(1, 1))
 
     released = make_checkpoint(root / "moco_v2_released.pth.tar", released=True)
@@ -63,15 +80,41 @@ def world(tmp_path_factory, make_checkpoint, invoke):
     heads = {}
     for key, ckpt, extra in (("released", released, ["--image-size", 64]), ("ours", ours, [])):
         heads[key] = root / f"head_{key}.pt"
-        result = invoke("linear", "--checkpoint", ckpt, "--train", root / "val", "--val", root / "val",
-                        "--epochs", 10, "--workers", 0, "--out", heads[key], *extra)
+        result = invoke(
+            "linear",
+            "--checkpoint",
+            ckpt,
+            "--train",
+            root / "val",
+            "--val",
+            root / "val",
+            "--epochs",
+            10,
+            "--workers",
+            0,
+            "--out",
+            heads[key],
+            *extra,
+        )
         assert result.exit_code == 0, result.output
     return {"root": root, "released": released, "ours": ours, "heads": heads}
 
 
 def robustness(invoke, world, key: str, out: Path, *args):
-    return invoke("robustness", "--checkpoint", world[key], "--linear-head", world["heads"][key],
-                  "--imagenet-val", world["root"] / "val", "--workers", 0, "--out-dir", out, *args)
+    return invoke(
+        "robustness",
+        "--checkpoint",
+        world[key],
+        "--linear-head",
+        world["heads"][key],
+        "--imagenet-val",
+        world["root"] / "val",
+        "--workers",
+        0,
+        "--out-dir",
+        out,
+        *args,
+    )
 
 
 # --------------------------------------------------------------------------- the numbers, recomputed
@@ -79,8 +122,12 @@ def robustness(invoke, world, key: str, out: Path, *args):
 
 def listing(root: Path) -> list[tuple[Path, int]]:
     """(file, head class index) of every image of ``root/<wnid>/`` whose wnid the head knows."""
-    return [(path, c) for c, wnid in enumerate(CLASSES) if (root / wnid).is_dir()
-            for path in sorted((root / wnid).iterdir())]
+    return [
+        (path, c)
+        for c, wnid in enumerate(CLASSES)
+        if (root / wnid).is_dir()
+        for path in sorted((root / wnid).iterdir())
+    ]
 
 
 def direct_top1(world, key: str, images: torch.Tensor, labels: list[int]) -> float:
@@ -104,12 +151,21 @@ def generated_c_top1(world, key: str, name: str, severity: int, size: int) -> fl
     (CRC-32 of <wnid>/<file>), then resize, crop and normalise as a released file would be."""
     val = world["root"] / "val"
     samples = listing(val)
-    crop = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
+    crop = transforms.Compose(
+        [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()]
+    )
     crops = torch.stack([crop(Image.open(p).convert("RGB")) for p, _ in samples])
     seeds = [zlib.crc32(p.relative_to(val).as_posix().encode()) for p, _ in samples]
-    view = transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
-                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    return direct_top1(world, key, view(corrupt(crops, name, severity, seeds)), [c for _, c in samples])
+    view = transforms.Compose(
+        [
+            transforms.Resize(round(size * 256 / 224)),
+            transforms.CenterCrop(size),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    return direct_top1(
+        world, key, view(corrupt(crops, name, severity, seeds)), [c for _, c in samples]
+    )
 
 
 # --------------------------------------------------------------------------- end to end
@@ -119,8 +175,19 @@ def generated_c_top1(world, key: str, name: str, severity: int, size: int) -> fl
 def released_run(invoke, world, tmp_path_factory):
     out = tmp_path_factory.mktemp("out_released")
     root = world["root"]
-    result = robustness(invoke, world, "released", out, "--sketch", root / "sketch", "--rendition", root / "rendition",
-                        "--stylized", root / "stylized", *C_ARGS)
+    result = robustness(
+        invoke,
+        world,
+        "released",
+        out,
+        "--sketch",
+        root / "sketch",
+        "--rendition",
+        root / "rendition",
+        "--stylized",
+        root / "stylized",
+        *C_ARGS,
+    )
     return result, out
 
 
@@ -129,15 +196,28 @@ def test_released_checkpoint_report_matches_a_direct_computation(world, released
     assert result.exit_code == 0, result.output
     report = json.loads((out / "robustness.json").read_text())
     root = world["root"]
-    assert (report["name"], report["arch"], report["image_size"], report["head_classes"]) == \
-        ("moco_v2_released", "resnet18", 64, 3)
+    assert (report["name"], report["arch"], report["image_size"], report["head_classes"]) == (
+        "moco_v2_released",
+        "resnet18",
+        64,
+        3,
+    )
 
     sets = report["sets"]
     for key, classes, images in (("val", 3, 12), ("sketch", 2, 5), ("rendition", 1, 2)):
         top1, n_classes, n_images = folder_top1(world, "released", root / key, 64)
-        assert (sets[key]["classes"], sets[key]["images"]) == (classes, images) == (n_classes, n_images)
+        assert (
+            (sets[key]["classes"], sets[key]["images"])
+            == (classes, images)
+            == (n_classes, n_images)
+        )
         assert sets[key]["top1"] == pytest.approx(top1, abs=1e-12), key
-    assert sets["stylized"] == {"path": str(root / "stylized"), "top1": None, "classes": 0, "images": 0}
+    assert sets["stylized"] == {
+        "path": str(root / "stylized"),
+        "top1": None,
+        "classes": 0,
+        "images": 0,
+    }
     assert "Stylized-ImageNet" in result.output and "shares no class with the head" in result.output
 
     c = report["imagenet_c"]
@@ -147,8 +227,12 @@ def test_released_checkpoint_report_matches_a_direct_computation(world, released
         for s in (1, 4):
             variant = entry["severities"][str(s)]
             assert (variant["classes"], variant["images"]) == (3, 12)
-            assert variant["top1"] == pytest.approx(generated_c_top1(world, "released", name, s, 64), abs=1e-12)
-        assert entry["mean"] == pytest.approx(np.mean([entry["severities"][s]["top1"] for s in ("1", "4")]))
+            assert variant["top1"] == pytest.approx(
+                generated_c_top1(world, "released", name, s, 64), abs=1e-12
+            )
+        assert entry["mean"] == pytest.approx(
+            np.mean([entry["severities"][s]["top1"] for s in ("1", "4")])
+        )
     assert c["mean"] == pytest.approx(np.mean([e["mean"] for e in c["corruptions"].values()]))
 
 
@@ -167,26 +251,51 @@ def test_report_files_markdown_and_plot(released_run):
         assert png.format == "PNG" and png.width > 300 and png.height > 300
 
 
-def test_compare_puts_checkpoints_side_by_side(invoke, world, released_run, tmp_path, tmp_path_factory):
+def test_compare_puts_checkpoints_side_by_side(
+    invoke, world, released_run, tmp_path, tmp_path_factory
+):
     _, released_out = released_run
-    result = robustness(invoke, world, "ours", tmp_path, "--sketch", world["root"] / "sketch", *C_ARGS,
-                        "--compare", released_out / "robustness.json")
+    result = robustness(
+        invoke,
+        world,
+        "ours",
+        tmp_path,
+        "--sketch",
+        world["root"] / "sketch",
+        *C_ARGS,
+        "--compare",
+        released_out / "robustness.json",
+    )
     assert result.exit_code == 0, result.output
     ours = json.loads((tmp_path / "robustness.json").read_text())
     released = json.loads((released_out / "robustness.json").read_text())
-    assert ours["name"] == "ours" and ours["image_size"] == 32  # runs/ours/checkpoint.pt, trained at 32 px
-    assert ours["sets"]["val"]["top1"] == pytest.approx(folder_top1(world, "ours", world["root"] / "val", 32)[0])
+    assert (
+        ours["name"] == "ours" and ours["image_size"] == 32
+    )  # runs/ours/checkpoint.pt, trained at 32 px
+    assert ours["sets"]["val"]["top1"] == pytest.approx(
+        folder_top1(world, "ours", world["root"] / "val", 32)[0]
+    )
     text = (tmp_path / "robustness.md").read_text()
     assert "| Set | ours | moco_v2_released |" in text
     val = f"| ImageNet val | {100 * ours['sets']['val']['top1']:.2f} | {100 * released['sets']['val']['top1']:.2f} |"
     assert val in text
-    assert f"| ImageNet-R | – | {100 * released['sets']['rendition']['top1']:.2f} |" in text  # only one evaluated it
+    assert (
+        f"| ImageNet-R | – | {100 * released['sets']['rendition']['top1']:.2f} |" in text
+    )  # only one evaluated it
     assert (tmp_path / "robustness.png").stat().st_size > 10_000
     for name in ("robustness.md", "robustness.png"):
         keep_sample(tmp_path / name, tmp_path_factory.getbasetemp())
     # Comparing a report with itself labels the copies apart.
-    again = robustness(invoke, world, "ours", tmp_path / "again", "--corruptions", "none",
-                       "--compare", tmp_path / "robustness.json")
+    again = robustness(
+        invoke,
+        world,
+        "ours",
+        tmp_path / "again",
+        "--corruptions",
+        "none",
+        "--compare",
+        tmp_path / "robustness.json",
+    )
     assert again.exit_code == 0 and "| Set | ours | ours (2) |" in again.output
     assert "ImageNet-C mean *" not in again.output and "| ImageNet-C mean | – |" in again.output
 
@@ -196,24 +305,66 @@ def test_imagenet_c_tree_on_disk(invoke, world, tmp_path):
     tree = tmp_path / "imagenet-c"
     for c in (0, 2):
         for i in range(2):
-            img = Image.fromarray((np.asarray(class_photo(c, i, (224, 224))) * 0.6).astype(np.uint8))
+            img = Image.fromarray(
+                (np.asarray(class_photo(c, i, (224, 224))) * 0.6).astype(np.uint8)
+            )
             write(tree / "contrast" / "2", CLASSES[c], f"ILSVRC2012_val_{c}{i}.JPEG", img)
-    result = robustness(invoke, world, "released", tmp_path / "out", "--imagenet-c", tree,
-                        "--corruptions", "contrast", "--severities", "2")
+    result = robustness(
+        invoke,
+        world,
+        "released",
+        tmp_path / "out",
+        "--imagenet-c",
+        tree,
+        "--corruptions",
+        "contrast",
+        "--severities",
+        "2",
+    )
     assert result.exit_code == 0, result.output
-    variant = json.loads((tmp_path / "out" / "robustness.json").read_text())["imagenet_c"]["corruptions"]["contrast"]
+    variant = json.loads((tmp_path / "out" / "robustness.json").read_text())["imagenet_c"][
+        "corruptions"
+    ]["contrast"]
     top1, classes, images = folder_top1(world, "released", tree / "contrast" / "2", 64)
     assert variant["severities"]["2"]["top1"] == pytest.approx(top1, abs=1e-12)
-    assert (variant["severities"]["2"]["classes"], variant["severities"]["2"]["images"]) == (classes, images) == (2, 4)
+    assert (
+        (variant["severities"]["2"]["classes"], variant["severities"]["2"]["images"])
+        == (classes, images)
+        == (2, 4)
+    )
 
-    result = robustness(invoke, world, "released", tmp_path / "out", "--imagenet-c", tree, "--corruptions", "contrast,fog")
-    assert result.exit_code == 1 and "lacks 9 of the requested corruption/severity folders" in result.output
+    result = robustness(
+        invoke,
+        world,
+        "released",
+        tmp_path / "out",
+        "--imagenet-c",
+        tree,
+        "--corruptions",
+        "contrast,fog",
+    )
+    assert (
+        result.exit_code == 1
+        and "lacks 9 of the requested corruption/severity folders" in result.output
+    )
     assert "contrast/1, contrast/3" in result.output and "--corruptions" in result.output
 
 
 def test_max_per_class_limits_every_set(invoke, world, tmp_path):
-    result = robustness(invoke, world, "ours", tmp_path, "--max-per-class", 2, "--sketch", world["root"] / "sketch",
-                        "--corruptions", "contrast", "--severities", "5")
+    result = robustness(
+        invoke,
+        world,
+        "ours",
+        tmp_path,
+        "--max-per-class",
+        2,
+        "--sketch",
+        world["root"] / "sketch",
+        "--corruptions",
+        "contrast",
+        "--severities",
+        "5",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "robustness.json").read_text())
     assert report["max_per_class"] == 2
@@ -230,20 +381,41 @@ def test_checkpoint_and_head_errors(invoke, world, tmp_path):
     torch.save({"foo": 1}, foreign)
     (tmp_path / "garbage.pt").write_text("not a checkpoint")
     wrong_arch = tmp_path / "resnet50_head.pt"
-    probes.save_linear_head(wrong_arch, torch.nn.Linear(512, 3), CLASSES, "resnet50", 64, "elsewhere.pt")
+    probes.save_linear_head(
+        wrong_arch, torch.nn.Linear(512, 3), CLASSES, "resnet50", 64, "elsewhere.pt"
+    )
     cases = [
-        (tmp_path / "missing.pt", world["heads"]["released"], f"checkpoint {tmp_path / 'missing.pt'} not found"),
+        (
+            tmp_path / "missing.pt",
+            world["heads"]["released"],
+            f"checkpoint {tmp_path / 'missing.pt'} not found",
+        ),
         (foreign, world["heads"]["released"], "expected an nsneg checkpoint"),
         (tmp_path / "garbage.pt", world["heads"]["released"], "is not a readable torch checkpoint"),
-        (world["released"], tmp_path / "missing.pt", f"linear head {tmp_path / 'missing.pt'} not found"),
+        (
+            world["released"],
+            tmp_path / "missing.pt",
+            f"linear head {tmp_path / 'missing.pt'} not found",
+        ),
         (world["released"], world["ours"], "is not an nsneg linear head"),
         (world["released"], wrong_arch, "was trained on resnet50 features, but checkpoint"),
         (world["ours"], world["heads"]["released"], "was trained at 64 px, but checkpoint"),
     ]
     for ckpt, head, message in cases:
-        result = invoke("robustness", "--checkpoint", ckpt, "--linear-head", head, "--imagenet-val", root / "val",
-                        "--out-dir", tmp_path / "out")
-        assert result.exit_code == 1 and "Error: " in result.output and message in result.output, result.output
+        result = invoke(
+            "robustness",
+            "--checkpoint",
+            ckpt,
+            "--linear-head",
+            head,
+            "--imagenet-val",
+            root / "val",
+            "--out-dir",
+            tmp_path / "out",
+        )
+        assert result.exit_code == 1 and "Error: " in result.output and message in result.output, (
+            result.output
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -260,8 +432,21 @@ def test_data_and_option_errors(invoke, world, tmp_path):
         (["--compare", not_a_report], 2, "is not a robustness.json"),
     ]
     for args, code, message in cases:  # the last --corruptions / --imagenet-val given wins
-        result = invoke("robustness", "--checkpoint", world["ours"], "--linear-head", world["heads"]["ours"],
-                        "--imagenet-val", root / "val", "--corruptions", "none", "--workers", 0,
-                        "--out-dir", tmp_path / "out", *args)
+        result = invoke(
+            "robustness",
+            "--checkpoint",
+            world["ours"],
+            "--linear-head",
+            world["heads"]["ours"],
+            "--imagenet-val",
+            root / "val",
+            "--corruptions",
+            "none",
+            "--workers",
+            0,
+            "--out-dir",
+            tmp_path / "out",
+            *args,
+        )
         assert result.exit_code == code and message in result.output, result.output
     assert not (tmp_path / "out").exists()
