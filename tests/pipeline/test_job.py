@@ -266,7 +266,9 @@ def test_host_stages_overlap_synthesis_and_threads_do_not_change_the_bytes(tmp_p
         path = tmp_path / f"out{threads}" / "train" / "shard.tar"
         record = job.write_shard(
             synthesize,
-            job.ShardSpec(0, str(path), spec.images, spec.fingerprint),
+            job.ShardSpec(
+                index=0, path=str(path), fingerprint=spec.fingerprint, images=spec.images
+            ),
             config,
             batch_size=batch_size,
             host_threads=threads,
@@ -274,7 +276,7 @@ def test_host_stages_overlap_synthesis_and_threads_do_not_change_the_bytes(tmp_p
         shards[threads] = (path.read_bytes(), record["skipped"])
     assert calls == [True]
     assert shards[1] == shards[4]
-    order = [im.path for im in spec.images]
+    order = [im.relpath for im in spec.images]
     skipped = [s["path"] for s in shards[1][1]]
     assert len(skipped) == 4 and skipped == sorted(skipped, key=order.index)
 

@@ -12,6 +12,7 @@ from skimage.color import hsv2rgb, rgb2hsv
 
 from tests.helpers import photo
 from trainer.eval import corruptions as C
+from trainer.eval import image_ops
 
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")
 RANDOM = {
@@ -286,11 +287,14 @@ def test_fog_adds_the_same_fractal_to_any_image_scaled_to_keep_the_peak(severity
 
 def test_plasma_fractal_is_a_seeded_full_range_heightmap():
     rngs = lambda seed: [np.random.default_rng(seed)]  # noqa: E731
-    field = C._plasma(rngs(0), 64, decay=2.0)
+    field = image_ops.plasma(rngs(0), 64, decay=2.0)
     assert field.shape == (1, 64, 64) and field.min() == 0 and field.max() == 1
-    assert np.array_equal(field, C._plasma(rngs(0), 64, decay=2.0))
-    assert not np.array_equal(field, C._plasma(rngs(1), 64, decay=2.0))
-    smooth, rough = C._plasma(rngs(0), 64, decay=3.0), C._plasma(rngs(0), 64, decay=1.2)
+    assert np.array_equal(field, image_ops.plasma(rngs(0), 64, decay=2.0))
+    assert not np.array_equal(field, image_ops.plasma(rngs(1), 64, decay=2.0))
+    smooth, rough = (
+        image_ops.plasma(rngs(0), 64, decay=3.0),
+        image_ops.plasma(rngs(0), 64, decay=1.2),
+    )
     assert np.abs(np.diff(smooth, axis=2)).mean() < np.abs(np.diff(rough, axis=2)).mean()
 
 
