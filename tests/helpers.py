@@ -13,6 +13,9 @@ from pipeline.synthesis import SynthesisConfig
 #: Few steps: the job tests exercise plumbing; quality is tested with the default config.
 TINY = SynthesisConfig(steps=(4, 2, 1), batch_size=4)
 
+#: A small MoCo run on the CPU, as TrainConfig fields (tests/trainer: the library and the command).
+SMALL_RUN = dict(arch="resnet18", image_size=32, batch_size=4, moco_k=16, workers=0, bn_splits=2)
+
 #: Photographs bundled with scikit-image that the tests build their image trees from.
 PHOTOS = (
     "chelsea.png",

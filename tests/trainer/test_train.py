@@ -8,26 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import SMALL_RUN
 from trainer import checkpoint
 from trainer.train import TrainConfig, Trainer
 
 
 def config(shards, out, **overrides) -> TrainConfig:
-    base = dict(
-        negatives=str(shards),
-        out=str(out),
-        arch="resnet18",
-        image_size=32,
-        batch_size=4,
-        moco_k=16,
-        epochs=2,
-        steps_per_epoch=2,
-        workers=0,
-        bn_splits=2,
-        shuffle_buffer=8,
-        log_every=1,
-    )
-    return TrainConfig(**{**base, **overrides})
+    base = dict(SMALL_RUN, epochs=2, steps_per_epoch=2, shuffle_buffer=8, log_every=1)
+    return TrainConfig(negatives=str(shards), out=str(out), **{**base, **overrides})
 
 
 class Crash(Exception):

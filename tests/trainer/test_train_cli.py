@@ -12,14 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import SMALL_RUN
 from trainer import checkpoint
 from trainer.cli import main
 
-#: A small run on the CPU (one step an epoch is added by ``train``).
-SMALL = (
-    "--arch resnet18 --image-size 32 --batch-size 4 --moco-k 16 --workers 0 --bn-splits 2"
-    " --shuffle-buffer 4 --device cpu"
-).split()
+
+def as_options(fields: dict) -> list[str]:
+    """TrainConfig fields as nsneg-train options: ``image_size=32`` -> ``--image-size 32``."""
+    return [arg for k, v in fields.items() for arg in ("--" + k.replace("_", "-"), str(v))]
+
+
+#: The tests' small run on the CPU as nsneg-train options (``train`` adds one step an epoch).
+SMALL = [*as_options(SMALL_RUN), "--shuffle-buffer", "4", "--device", "cpu"]
 
 
 @pytest.fixture
