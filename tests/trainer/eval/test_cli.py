@@ -14,7 +14,6 @@ from pipeline import contract
 from tests.helpers import encode
 from trainer import checkpoint
 from trainer.eval import features, probes
-from trainer.eval.cli import main
 
 COLOURS = {"n01440764": (200, 40, 40), "n01443537": (40, 180, 60), "n01484850": (50, 70, 210)}
 
@@ -46,11 +45,6 @@ def trees(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, make_checkpoint) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "moco.pt")
-
-
-@pytest.fixture
-def invoke(cli):
-    return lambda *args: cli(main, *args)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
 from tests.helpers import PHOTOS, encode, keep_sample, photo
 from trainer import checkpoint
 from trainer.eval import features, probes
-from trainer.eval.cli import main
 from trainer.eval.corruptions import corrupt
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]  # tench, English springer, cassette player
@@ -38,11 +37,6 @@ def write(root: Path, wnid: str, name: str, img: Image.Image) -> None:
     (root / wnid / name).write_bytes(
         encode(img, "JPEG", quality=92) if name.endswith(".JPEG") else encode(img)
     )
-
-
-@pytest.fixture(scope="module")
-def invoke(cli):
-    return lambda *args: cli(main, *args)
 
 
 @pytest.fixture(scope="module")
