@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -36,13 +37,26 @@ def _size(n: int) -> str:
     raise AssertionError
 
 
+#: A shard set's folder (it must exist).
+shard_folder = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@contextmanager
+def manifest_errors():
+    """A missing or unreadable manifest -> ``Error: <message>`` and exit status 1."""
+    try:
+        yield
+    except (FileNotFoundError, contract.ManifestError) as e:
+        raise click.ClickException(str(e)) from None
+
+
 @click.group()
 def main() -> None:
     """Published ImageNet-Texture shard sets."""
 
 
 @main.command()
-@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("shards", type=shard_folder)
 @click.option(
     "--base-url",
     required=True,
@@ -60,11 +74,9 @@ def main() -> None:
 def publish(shards, base_url, name, version, manifest_dir) -> None:
     """Write the manifest that lets anyone fetch SHARDS later, and SHARDS/README.md, the dataset card
     that makes the folder a Hugging Face dataset (upload SHARDS as it is under BASE_URL yourself)."""
-    try:
+    with manifest_errors():
         has_source = contract.load_manifest(shards)["has_source"]
         path = registry.publish(shards, base_url, name, version, manifest_dir)
-    except (FileNotFoundError, contract.ManifestError) as e:
-        raise click.ClickException(str(e)) from None
     if has_source:
         click.echo(
             f"warning: {shards} carries ImageNet pixels (source.img); ImageNet's terms do not allow "
@@ -78,10 +90,8 @@ def publish(shards, base_url, name, version, manifest_dir) -> None:
 @manifest_dir_option
 def list_(manifest_dirs) -> None:
     """The known shard sets."""
-    try:
+    with manifest_errors():
         sets = registry.known_sets(manifest_dirs)
-    except (FileNotFoundError, contract.ManifestError) as e:
-        raise click.ClickException(str(e)) from None
     if not sets:
         click.echo("no published shard sets known (add --manifest-dir DIR)")
         return
@@ -127,13 +137,11 @@ def fetch(spec, to, splits, jobs, retries, quiet, manifest_dirs) -> None:
 
 
 @main.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=shard_folder)
 def verify(directory) -> None:
     """Re-hash every shard against the manifest; exit status 1 on any mismatch."""
-    try:
+    with manifest_errors():
         manifest = contract.load_manifest(directory)
-    except (FileNotFoundError, contract.ManifestError) as e:
-        raise click.ClickException(str(e)) from None
     problems = {p.split(":")[0]: p for p in contract.verify(directory)}
     for split, info in manifest["splits"].items():
         for shard in info["shards"]:
@@ -150,13 +158,11 @@ def verify(directory) -> None:
 
 
 @main.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=shard_folder)
 def upgrade(directory) -> None:
     """Bring a shard set written by an older nsneg to the current layout, in place (records leave the split folders)."""
-    try:
+    with manifest_errors():
         changed = contract.upgrade(directory)
-    except (FileNotFoundError, contract.ManifestError) as e:
-        raise click.ClickException(str(e)) from None
     click.echo(
         f"{directory}: "
         + (
@@ -203,7 +209,7 @@ def preview(source, out, n, classes, split, manifest_dirs) -> None:
 
 
 @main.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=shard_folder)
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -215,10 +221,8 @@ def stats(directory, plot, json_out) -> None:
     """Samples per class, skipped inputs, generator config, texture-loss histogram."""
     from datasets_manifest.stats import loss_histogram, shard_stats
 
-    try:
+    with manifest_errors():
         info = shard_stats(directory)
-    except (FileNotFoundError, contract.ManifestError) as e:
-        raise click.ClickException(str(e)) from None
     synthesis = info["generator"].get("synthesis", {})
     click.echo(
         f"generator: encoder {synthesis.get('encoder')}, sizes {synthesis.get('sizes')}, "

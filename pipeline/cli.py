@@ -187,25 +187,18 @@ def build(
         sys.exit(1)
 
 
+def _required_folder(name: str, help: str):
+    return click.option(
+        name, type=click.Path(file_okay=False, path_type=Path), required=True, help=help
+    )
+
+
 @main.command()
-@click.option(
-    "--textures",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="texture-only shard set (built with --no-source, e.g. a published one)",
+@_required_folder(
+    "--textures", "texture-only shard set (built with --no-source, e.g. a published one)"
 )
-@click.option(
-    "--imagenet",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="local ImageNet root with <split>/<wnid>/<file> folders",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="where the paired shards and manifest go",
-)
+@_required_folder("--imagenet", "local ImageNet root with <split>/<wnid>/<file> folders")
+@_required_folder("--out", "where the paired shards and manifest go")
 @click.option("--split", default="train", show_default=True)
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def pair(textures, imagenet, out, split, quiet) -> None:

@@ -13,6 +13,19 @@ from pipeline.synthesis import SynthesisConfig
 #: Few steps: the job tests exercise plumbing; quality is tested with the default config.
 TINY = SynthesisConfig(steps=(4, 2, 1), batch_size=4)
 
+#: A small MoCo run on the CPU, as TrainConfig fields (tests/trainer: the library and the command).
+SMALL_RUN = dict(arch="resnet18", image_size=32, batch_size=4, moco_k=16, workers=0, bn_splits=2)
+
+#: Photographs bundled with scikit-image that the tests build their image trees from.
+PHOTOS = (
+    "chelsea.png",
+    "coffee.png",
+    "astronaut.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "brick.png",
+)
+
 
 def photo(name: str = "chelsea.png", size: tuple[int, int] | None = (160, 128)) -> Image.Image:
     """A real photograph bundled with scikit-image, optionally shrunk to keep tests fast."""
@@ -57,19 +70,11 @@ def bad_inputs() -> dict[str, bytes]:
 
 def make_tree(root: Path, *, n_per_class: int = 3, bad: bool = True, split: str = "train") -> Path:
     """An ImageFolder tree of real photos (two classes), plus the bad inputs in a third class."""
-    names = [
-        "chelsea.png",
-        "coffee.png",
-        "astronaut.png",
-        "rocket.jpg",
-        "motorcycle_left.png",
-        "brick.png",
-    ]
     for c, wnid in enumerate(["n00000001", "n00000002"]):
         d = root / split / wnid
         d.mkdir(parents=True)
         for i in range(n_per_class):
-            name = names[(c * n_per_class + i) % len(names)]
+            name = PHOTOS[(c * n_per_class + i) % len(PHOTOS)]
             img = photo(name, (160 + 8 * i, 128))
             (d / f"{wnid}_{i}.JPEG").write_bytes(encode(img, "JPEG", quality=92))
     if bad:

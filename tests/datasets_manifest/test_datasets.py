@@ -9,7 +9,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from datasets_manifest import registry
@@ -87,22 +86,28 @@ def served(tmp_path_factory, texture_shards):
     server.shutdown()
 
 
+@pytest.fixture
+def data(cli):
+    """``data(*args)``: ``nsneg-data`` in-process."""
+    return lambda *args: cli(data_cli, *args)
+
+
 def names(shards: Path) -> list[str]:
     return [s["name"] for s in contract.load_manifest(shards)["splits"]["train"]["shards"]]
 
 
-def test_publish_and_list(served):
+def test_publish_and_list(data, served):
     server, shards, manifests = served
     published = json.loads((manifests / "demo-1.json").read_text())
     assert (
         published["splits"]["train"]["shards"][0]["url"]
         == f"{server.base}/set/train/{names(shards)[0]}"
     )
-    result = CliRunner().invoke(data_cli, ["list", "--manifest-dir", str(manifests)])
+    result = data("list", "--manifest-dir", str(manifests))
     assert result.exit_code == 0 and "demo@1" in result.output and " 6 " in result.output
 
 
-def test_fetch_survives_cut_connections_server_errors_and_corruption(served, tmp_path):
+def test_fetch_survives_cut_connections_server_errors_and_corruption(data, served, tmp_path):
     server, shards, manifests = served
     first, second, third = (f"/set/train/{n}" for n in names(shards)[:3])
     server.faults = {first: ["cut"], second: ["503", "503"], third: ["corrupt"]}
@@ -122,7 +127,7 @@ def test_fetch_survives_cut_connections_server_errors_and_corruption(served, tmp
     for n in names(shards):
         assert (tmp_path / "train" / n).read_bytes() == (shards / "train" / n).read_bytes()
     assert contract.verify(tmp_path) == [] and not list(tmp_path.glob("train/.*part"))
-    result = CliRunner().invoke(data_cli, ["verify", str(tmp_path)])
+    result = data("verify", str(tmp_path))
     assert result.exit_code == 0 and "0 of 3 shards bad" in result.output
 
     server.requests.clear()  # a rerun downloads nothing that is already verified
@@ -150,38 +155,29 @@ def test_a_shard_that_keeps_failing_is_reported_and_never_kept(served, tmp_path)
     assert contract.verify(tmp_path) == []
 
 
-def test_cli_fetch_verify_preview_stats(served, tmp_path):
+def test_cli_fetch_verify_preview_stats(data, served, tmp_path):
     server, shards, manifests = served
     server.faults = {}
-    runner = CliRunner()
-    result = runner.invoke(
-        data_cli,
-        [
-            "fetch",
-            "demo@1",
-            "--to",
-            str(tmp_path / "got"),
-            "--manifest-dir",
-            str(manifests),
-            "--quiet",
-        ],
+    result = data(
+        "fetch",
+        "demo@1",
+        "--to",
+        str(tmp_path / "got"),
+        "--manifest-dir",
+        str(manifests),
+        "--quiet",
     )
     assert result.exit_code == 0, result.output
     assert "3 downloaded, 0 already verified" in result.output
     sheet = tmp_path / "sheet.png"
-    result = runner.invoke(
-        data_cli,
-        ["preview", "demo@1", "-o", str(sheet), "--n", "2", "--manifest-dir", str(manifests)],
+    result = data(
+        "preview", "demo@1", "-o", str(sheet), "--n", "2", "--manifest-dir", str(manifests)
     )
     assert result.exit_code == 0, result.output
     assert Image.open(sheet).size[1] > 2 * 160
-    result = runner.invoke(
-        data_cli, ["preview", str(tmp_path / "got"), "-o", str(sheet), "--classes", "n00000002"]
-    )
+    result = data("preview", str(tmp_path / "got"), "-o", str(sheet), "--classes", "n00000002")
     assert result.exit_code == 0 and Image.open(sheet).size[1] > 3 * 160
-    result = runner.invoke(
-        data_cli, ["stats", str(tmp_path / "got"), "--json", str(tmp_path / "stats.json")]
-    )
+    result = data("stats", str(tmp_path / "got"), "--json", str(tmp_path / "stats.json"))
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["splits"]["train"]["per_class"] == {"n00000001": 3, "n00000002": 3}
@@ -191,7 +187,7 @@ def test_cli_fetch_verify_preview_stats(served, tmp_path):
     # a tampered local shard is reported by verify
     tar = tmp_path / "got" / "train" / names(shards)[1]
     tar.write_bytes(tar.read_bytes()[:-10])
-    result = runner.invoke(data_cli, ["verify", str(tmp_path / "got")])
+    result = data("verify", str(tmp_path / "got"))
     assert result.exit_code == 1 and f"BAD train/{names(shards)[1]}" in result.output
 
 
@@ -251,7 +247,7 @@ def test_manifests_are_validated_with_clear_errors(served, tmp_path):
 
 
 def test_publish_writes_a_card_that_hf_datasets_reads_and_warns_about_imagenet_pixels(
-    served, tmp_path
+    data, served, tmp_path
 ):
     from datasets import load_dataset
 
@@ -267,7 +263,7 @@ def test_publish_writes_a_card_that_hf_datasets_reads_and_warns_about_imagenet_p
     manifest["splits"]["holdout"] = manifest["splits"]["train"]
     (folder / contract.MANIFEST_NAME).write_text(json.dumps(manifest))
     args = ["publish", str(folder), "--base-url", "https://example.org/set", "--name", "carded"]
-    result = CliRunner().invoke(data_cli, args)
+    result = data(*args)
     assert result.exit_code == 0, result.output
     assert "carries ImageNet pixels (source.img)" in result.output
     user_dir = registry.user_manifest_dir()  # the default: outside the installed package
@@ -290,17 +286,17 @@ def test_publish_writes_a_card_that_hf_datasets_reads_and_warns_about_imagenet_p
 
     manifest["has_source"] = False  # a texture-only set: no warning
     (folder / contract.MANIFEST_NAME).write_text(json.dumps(manifest))
-    result = CliRunner().invoke(data_cli, args + ["--version", "2"])
+    result = data(*args, "--version", "2")
     assert result.exit_code == 0 and "ImageNet pixels" not in result.output
     (folder / "README.md").write_text(
         "my own notes\n"
     )  # a README nsneg did not write is never replaced
-    result = CliRunner().invoke(data_cli, args + ["--version", "3"])
+    result = data(*args, "--version", "3")
     assert result.exit_code == 1 and "was not written by nsneg-data publish" in result.output
     assert (folder / "README.md").read_text() == "my own notes\n"
 
 
-def test_fetch_by_folder_url_over_fsspec_and_a_mocked_hub(served, tmp_path, monkeypatch):
+def test_fetch_by_folder_url_over_fsspec_and_a_mocked_hub(data, served, tmp_path, monkeypatch):
     import importlib
 
     from fsspec.implementations.local import LocalFileSystem
@@ -323,20 +319,18 @@ def test_fetch_by_folder_url_over_fsspec_and_a_mocked_hub(served, tmp_path, monk
         ("hf://datasets/org/demo", tmp_path / "from-hub"),
         (f"file://{shards}", tmp_path / "from-file"),
     ):
-        result = CliRunner().invoke(data_cli, ["fetch", url, "--to", str(to), "--quiet"])
+        result = data("fetch", url, "--to", str(to), "--quiet")
         assert result.exit_code == 0, result.output
         assert "3 downloaded, 0 already verified, 0 failed" in result.output
         assert contract.verify(to) == [] and names(to) == names(shards)
-    result = CliRunner().invoke(
-        data_cli, ["fetch", "hf://datasets/org/nosuch", "--to", str(tmp_path / "x")]
-    )
+    result = data("fetch", "hf://datasets/org/nosuch", "--to", str(tmp_path / "x"))
     assert (
         result.exit_code == 1
         and "cannot read hf://datasets/org/nosuch/manifest.json" in result.output
     )
 
 
-def test_fetch_messages_a_404_and_counts_retries_of_failed_shards(served, tmp_path):
+def test_fetch_messages_a_404_and_counts_retries_of_failed_shards(data, served, tmp_path):
     server, shards, manifests = served
     server.faults = {}
     moved = json.loads((manifests / "demo-1.json").read_text())
@@ -346,9 +340,8 @@ def test_fetch_messages_a_404_and_counts_retries_of_failed_shards(served, tmp_pa
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "moved-1.json").write_text(json.dumps(moved))
     to = tmp_path / "got"
-    result = CliRunner().invoke(
-        data_cli,
-        ["fetch", "moved", "--to", str(to), "--manifest-dir", str(tmp_path / "m"), "--quiet"],
+    result = data(
+        "fetch", "moved", "--to", str(to), "--manifest-dir", str(tmp_path / "m"), "--quiet"
     )
     assert (
         result.exit_code == 1
@@ -392,11 +385,9 @@ def test_progress_bar_ends_full_when_the_server_ignores_range(served, tmp_path, 
     assert "fetch: 100%" in last
 
 
-def test_preview_of_a_class_not_in_the_set_says_so(served, tmp_path):
+def test_preview_of_a_class_not_in_the_set_says_so(data, served, tmp_path):
     _, shards, _ = served
-    result = CliRunner().invoke(
-        data_cli, ["preview", str(shards), "-o", str(tmp_path / "s.png"), "--classes", "nosuch"]
-    )
+    result = data("preview", str(shards), "-o", str(tmp_path / "s.png"), "--classes", "nosuch")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"no class nosuch in {shards} (its classes: n00000001, n00000002)" in result.output
 
@@ -456,11 +447,11 @@ def test_a_streamed_shard_that_changed_is_refused_before_any_of_its_samples_is_u
         server.shutdown()
 
 
-def test_upgrade_command_moves_a_version_1_sets_records(texture_shards, tmp_path):
+def test_upgrade_command_moves_a_version_1_sets_records(data, texture_shards, tmp_path):
     old = as_v1(texture_shards[0], tmp_path / "v1")
     assert any(p.suffix == ".json" for p in (old / "train").iterdir())
-    result = CliRunner().invoke(data_cli, ["upgrade", str(old)])
+    result = data("upgrade", str(old))
     assert result.exit_code == 0 and "upgraded to format version 2" in result.output
     assert {p.suffix for p in (old / "train").iterdir()} == {".tar"} and contract.verify(old) == []
-    result = CliRunner().invoke(data_cli, ["upgrade", str(old)])
+    result = data("upgrade", str(old))
     assert result.exit_code == 0 and "already format version 2; nothing to do" in result.output

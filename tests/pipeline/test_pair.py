@@ -4,7 +4,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from pipeline import contract, job
 from pipeline import pair as pairing
@@ -30,21 +29,15 @@ def built(tmp_path_factory, ray_session):
     return tree, textures
 
 
-def pair_cli(textures: Path, imagenet: Path, out: Path):
-    args = [
-        "pair",
-        "--textures",
-        str(textures),
-        "--imagenet",
-        str(imagenet),
-        "--out",
-        str(out),
-        "--quiet",
-    ]
-    return CliRunner().invoke(main, args)
+@pytest.fixture
+def pair_cli(cli):
+    """``pair_cli(textures, imagenet, out)``: ``nsneg-textures pair`` in-process, quiet."""
+    return lambda textures, imagenet, out: cli(
+        main, "pair", "--textures", textures, "--imagenet", imagenet, "--out", out, "--quiet"
+    )
 
 
-def test_pair_end_to_end(built, tmp_path):
+def test_pair_end_to_end(pair_cli, built, tmp_path):
     tree, textures = built
     out = tmp_path / "paired"
     result = pair_cli(textures, tree, out)
@@ -82,7 +75,9 @@ def test_pair_end_to_end(built, tmp_path):
         )  # homogeneous
 
 
-def test_missing_imagenet_file_is_skipped_and_file_without_texture_is_unpaired(built, tmp_path):
+def test_missing_imagenet_file_is_skipped_and_file_without_texture_is_unpaired(
+    pair_cli, built, tmp_path
+):
     tree, textures = built
     imagenet = Path(shutil.copytree(tree, tmp_path / "imagenet"))
     gone = imagenet / "train" / "n00000001" / "n00000001_1.JPEG"
@@ -105,7 +100,7 @@ def test_missing_imagenet_file_is_skipped_and_file_without_texture_is_unpaired(b
     assert "n00000001_1" not in {s.key for s in contract.iter_samples(out, "train")}
 
 
-def test_rerun_writes_nothing_and_another_imagenet_root_is_refused(built, tmp_path):
+def test_rerun_writes_nothing_and_another_imagenet_root_is_refused(pair_cli, built, tmp_path):
     tree, textures = built
     out = tmp_path / "paired"
     first = pairing.run(textures, tree, out, show_progress=False)
@@ -119,7 +114,9 @@ def test_rerun_writes_nothing_and_another_imagenet_root_is_refused(built, tmp_pa
     assert result.exit_code == 1 and "other images or settings" in result.output
 
 
-def test_interrupted_run_leaves_no_partial_shard_and_resumes(built, tmp_path, monkeypatch):
+def test_interrupted_run_leaves_no_partial_shard_and_resumes(
+    pair_cli, built, tmp_path, monkeypatch
+):
     tree, textures = built
     out = tmp_path / "paired"
     real_iter_raw, shards_opened = contract.iter_raw, []
@@ -155,7 +152,7 @@ def test_interrupted_run_leaves_no_partial_shard_and_resumes(built, tmp_path, mo
     assert contract.load_manifest(out)["splits"]["train"]["samples"] == 6
 
 
-def test_refuses_inputs_that_cannot_be_paired(built, tmp_path):
+def test_refuses_inputs_that_cannot_be_paired(pair_cli, built, tmp_path):
     tree, textures = built
 
     def refused(textures_dir: Path, imagenet: Path, message: str) -> None:

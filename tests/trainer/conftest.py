@@ -1,20 +1,13 @@
-"""Trainer fixtures: one small shard set made by the real Ray job, shared by the data and training tests."""
+"""Trainer fixtures: the data and training tests read the session's shard set."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.helpers import TINY, make_tree
-
 
 @pytest.fixture(scope="session")
-def shards(tmp_path_factory, ray_session):
-    """8 training samples in 2 shards of 4 (two classes), with source pixels and a verified manifest."""
-    from pipeline import job
-    from pipeline.sources import folder_listing
-
-    root = tmp_path_factory.mktemp("trainer")
-    listing = folder_listing(make_tree(root / "tree", n_per_class=4, bad=False), "train")
-    out = root / "shards"
-    job.run(job.JobConfig(out=out, synthesis=TINY, shard_size=4), listing, show_progress=False)
-    return out
+def shards(texture_shards):
+    """The session's shard set made by the real Ray job (``texture_shards`` in tests/conftest.py):
+    6 training samples of two classes in 3 shards of 2, with source pixels and a verified manifest.
+    Read-only: a test that changes it copies it first."""
+    return texture_shards[0]

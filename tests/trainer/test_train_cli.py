@@ -1,36 +1,29 @@
 """``nsneg-train`` as a user reruns it: an existing run folder is refused, --resume takes --epochs and
-says what changed, nothing left to do is said plainly, and local shards are hashed once per machine."""
+says what changed, nothing left to do is said plainly, local shards are hashed once per machine, and
+SIGTERM leaves a checkpoint to resume from."""
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from tests.helpers import SMALL_RUN
 from trainer import checkpoint
 from trainer.cli import main
 
-SMALL = [
-    "--arch",
-    "resnet18",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "4",
-    "--moco-k",
-    "16",
-    "--steps-per-epoch",
-    "1",
-    "--workers",
-    "0",
-    "--bn-splits",
-    "2",
-    "--shuffle-buffer",
-    "4",
-    "--device",
-    "cpu",
-]
+
+def as_options(fields: dict) -> list[str]:
+    """TrainConfig fields as nsneg-train options: ``image_size=32`` -> ``--image-size 32``."""
+    return [arg for k, v in fields.items() for arg in ("--" + k.replace("_", "-"), str(v))]
+
+
+#: The tests' small run on the CPU as nsneg-train options (``train`` adds one step an epoch).
+SMALL = [*as_options(SMALL_RUN), "--shuffle-buffer", "4", "--device", "cpu"]
 
 
 @pytest.fixture
@@ -39,10 +32,16 @@ def shards(texture_shards, tmp_path):
     return Path(shutil.copytree(texture_shards[0], tmp_path / "shards"))
 
 
-def train(*args):
-    result = CliRunner().invoke(main, [*SMALL, *map(str, args)])
-    assert "Traceback" not in result.output, result.output
-    return result
+@pytest.fixture
+def train(cli):
+    """``train(*args)``: ``nsneg-train`` in-process, small and one step an epoch."""
+
+    def run(*args):
+        result = cli(main, *SMALL, "--steps-per-epoch", 1, *args)
+        assert "Traceback" not in result.output, result.output
+        return result
+
+    return run
 
 
 def epochs_logged(out: Path) -> int:
@@ -51,7 +50,7 @@ def epochs_logged(out: Path) -> int:
     )
 
 
-def test_an_existing_run_folder_is_refused_without_resume_or_force(shards, tmp_path):
+def test_an_existing_run_folder_is_refused_without_resume_or_force(train, shards, tmp_path):
     out = tmp_path / "run"
     assert train("--negatives", shards, "--out", out, "--epochs", "1").exit_code == 0
     before = (out / "checkpoint.pt").read_bytes(), (out / "log.jsonl").read_text()
@@ -67,7 +66,9 @@ def test_an_existing_run_folder_is_refused_without_resume_or_force(shards, tmp_p
     assert epochs_logged(out) == 1  # the log holds one run, not two
 
 
-def test_resume_takes_epochs_says_what_changed_and_hashes_local_shards_once(shards, tmp_path):
+def test_resume_takes_epochs_says_what_changed_and_hashes_local_shards_once(
+    train, shards, tmp_path
+):
     out = tmp_path / "run"
     first = train("--negatives", shards, "--out", out, "--epochs", "2")
     assert first.exit_code == 0 and f"verified 3 train shards of {shards}" in first.output
@@ -113,3 +114,28 @@ def test_verify_rehashes_shards_verified_before(shards, tmp_path):
         and verify_local(shards) == 0
         and verify_local(shards, reverify=True) == 3
     )
+
+
+def test_sigterm_writes_a_checkpoint_before_exit(shards, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.cli",
+        *SMALL,
+        "--negatives",
+        str(shards),
+        "--out",
+        str(out),
+    ]
+    cmd += ["--epochs", "50", "--steps-per-epoch", "50"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "log.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    state = checkpoint.load(out / "checkpoint.pt")
+    assert state["epoch"] == 0 and state["step"] >= 1 and "resume with --resume" in output

@@ -10,10 +10,15 @@ import click
 import torch
 
 from trainer.analysis import shape_bias, texture_classes, texture_classes_report
-from trainer.eval.cli import checkpoint_option, click_errors, feature_options, options
+from trainer.eval.cli import (
+    checkpoint_option,
+    click_errors,
+    existing_folder,
+    feature_options,
+    linear_head_option,
+    options,
+)
 from trainer.eval.probes import LINEAR_LR
-
-_folder = click.Path(exists=True, file_okay=False, path_type=Path)
 
 _analysis_options = options(
     feature_options("the checkpoint's (or head's) training size, else 224"),
@@ -34,13 +39,17 @@ def main() -> None:
 
 @main.command("texture-classes")
 @click.option(
-    "--shards", "shards", required=True, type=_folder, help="ImageNet-Texture shard directory"
+    "--shards",
+    "shards",
+    required=True,
+    type=existing_folder,
+    help="ImageNet-Texture shard directory",
 )
 @click.option("--split", default="train", show_default=True, help="shard split to read")
 @click.option(
     "--val",
     "val_dir",
-    type=_folder,
+    type=existing_folder,
     help="real images: an ImageFolder tree DIR/<wnid>/<image> or a shard directory [default: the shards' "
     "own source photos of the held-out keys]",
 )
@@ -90,23 +99,17 @@ def texture_classes_command(feature_kind: str | None, top: int, **options: objec
 
 @main.command("shape-bias")
 @checkpoint_option(help="nsneg checkpoint or released MoCo .pth.tar")
-@click.option(
-    "--linear-head",
-    "head_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="its linear head over ImageNet wnids (nsneg-eval linear --out)",
-)
+@linear_head_option("its linear head over ImageNet wnids (nsneg-eval linear --out)")
 @click.option(
     "--cue-conflict",
     "cue_dir",
-    type=_folder,
+    type=existing_folder,
     help="texture-vs-shape stimuli: DIR/<shape>/<shape><n>-<texture><m>.png over the 16 categories",
 )
 @click.option(
     "--from-shards",
     "shards",
-    type=_folder,
+    type=existing_folder,
     help="make a cue-conflict set from this shard directory instead (shape: a photo, texture: another "
     "class's texture); classes are the head's own",
 )

@@ -51,6 +51,10 @@ def options(*decorators: Callable) -> Callable[[Callable], Callable]:
     return apply
 
 
+#: An existing folder, as a ``Path``.
+existing_folder = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
 def checkpoint_option(
     required: bool = True, help: str = "nsneg checkpoint, or a released MoCo .pth.tar"
 ):
@@ -60,6 +64,13 @@ def checkpoint_option(
         required=required,
         type=click.Path(path_type=Path),
         help=help,
+    )
+
+
+def linear_head_option(help: str):
+    """``--linear-head`` (required) -> ``head_path``: a head saved by ``nsneg-eval linear``."""
+    return click.option(
+        "--linear-head", "head_path", required=True, type=click.Path(path_type=Path), help=help
     )
 
 
@@ -96,31 +107,24 @@ def feature_options(image_size_default: str) -> Callable[[Callable], Callable]:
 
 _probe_options = options(
     checkpoint_option(),
-    click.option(
-        "--train",
-        "train_dir",
-        required=True,
-        type=click.Path(exists=True, file_okay=False, path_type=Path),
-        help="ImageFolder tree DIR/<class>/<image>, or a shard directory (its source photos)",
+    *(
+        click.option(f"--{side}", f"{side}_dir", required=True, type=existing_folder, help=help)
+        for side, help in [
+            (
+                "train",
+                "ImageFolder tree DIR/<class>/<image>, or a shard directory (its source photos)",
+            ),
+            ("val", "as --train; classes are matched to train's by name"),
+        ]
     ),
-    click.option(
-        "--val",
-        "val_dir",
-        required=True,
-        type=click.Path(exists=True, file_okay=False, path_type=Path),
-        help="as --train; classes are matched to train's by name",
-    ),
-    click.option(
-        "--train-split",
-        default="train",
-        show_default=True,
-        help="split read when --train is a shard directory",
-    ),
-    click.option(
-        "--val-split",
-        default="val",
-        show_default=True,
-        help="split read when --val is a shard directory",
+    *(
+        click.option(
+            f"--{side}-split",
+            default=side,
+            show_default=True,
+            help=f"split read when --{side} is a shard directory",
+        )
+        for side in ("train", "val")
     ),
     feature_options("the checkpoint's training size, else 224"),
     click.option(
@@ -260,29 +264,25 @@ def _parsed(parse: Callable[[str], Any], text: str, option: str) -> Any:
         raise click.BadParameter(str(e), param_hint=option) from None
 
 
-_folder = click.Path(exists=True, file_okay=False, path_type=Path)
-
-
 @main.command()
 @checkpoint_option()
-@click.option(
-    "--linear-head",
-    "head_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="head saved by `nsneg-eval linear` for this checkpoint (its classes are the ones evaluated)",
+@linear_head_option(
+    "head saved by `nsneg-eval linear` for this checkpoint (its classes are the ones evaluated)"
 )
 @click.option(
-    "--imagenet-val", required=True, type=_folder, help="ImageNet(-100) val as DIR/<wnid>/<image>"
+    "--imagenet-val",
+    required=True,
+    type=existing_folder,
+    help="ImageNet(-100) val as DIR/<wnid>/<image>",
 )
 @click.option(
     "--imagenet-c",
-    type=_folder,
+    type=existing_folder,
     help="released ImageNet-C tree DIR/<corruption>/<severity>/<wnid>/* [default: generate from val]",
 )
-@click.option("--sketch", type=_folder, help="ImageNet-Sketch DIR/<wnid>/*")
-@click.option("--rendition", type=_folder, help="ImageNet-R DIR/<wnid>/*")
-@click.option("--stylized", type=_folder, help="Stylized-ImageNet val DIR/<wnid>/*")
+@click.option("--sketch", type=existing_folder, help="ImageNet-Sketch DIR/<wnid>/*")
+@click.option("--rendition", type=existing_folder, help="ImageNet-R DIR/<wnid>/*")
+@click.option("--stylized", type=existing_folder, help="Stylized-ImageNet val DIR/<wnid>/*")
 @click.option(
     "--corruptions",
     default="all",

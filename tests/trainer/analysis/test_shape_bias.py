@@ -16,6 +16,13 @@ from trainer.analysis import categories, cue_conflict, shape_bias, texture_class
 from trainer.eval import probes
 
 
+def shape_bias_command(invoke, ckpt, head, out, *args):
+    """``nsneg-analyze shape-bias --checkpoint CKPT --linear-head HEAD ARGS --out-dir OUT``, no
+    loader workers."""
+    common = ["--checkpoint", ckpt, "--linear-head", head, "--workers", 0]
+    return invoke("shape-bias", *common, *args, "--out-dir", out)
+
+
 def test_geirhos_decision_rule_and_shape_bias():
     head_classes = ["n02123045", "n02123159", "n02099849", "n03085013", "n03594734"]
     covered = categories.covered_categories(head_classes, categories.GEIRHOS_CATEGORIES)
@@ -77,19 +84,7 @@ def test_shape_bias_on_cue_conflict_dir(invoke, tree, ckpt, head, tmp_path):
         (cue / name).write_bytes(encode(photo(photo_of[content], (224, 224))))
     (cue / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    result = invoke(
-        "shape-bias",
-        "--checkpoint",
-        ckpt,
-        "--linear-head",
-        head,
-        "--cue-conflict",
-        cue,
-        "--workers",
-        0,
-        "--out-dir",
-        out,
-    )
+    result = shape_bias_command(invoke, ckpt, head, out, "--cue-conflict", cue)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "shape-bias.json").read_text())
     assert all((out / f"shape-bias.{ext}").stat().st_size > 0 for ext in ("md", "json", "png"))
@@ -139,22 +134,8 @@ def test_shape_bias_on_cue_conflict_dir(invoke, tree, ckpt, head, tmp_path):
 
 def test_shape_bias_from_shards(invoke, shards, ckpt, head, tmp_path, tmp_path_factory):
     out = tmp_path / "out"
-    result = invoke(
-        "shape-bias",
-        "--checkpoint",
-        ckpt,
-        "--linear-head",
-        head,
-        "--from-shards",
-        shards,
-        "--n",
-        8,
-        "--seed",
-        3,
-        "--workers",
-        0,
-        "--out-dir",
-        out,
+    result = shape_bias_command(
+        invoke, ckpt, head, out, "--from-shards", shards, "--n", 8, "--seed", 3
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "shape-bias.json").read_text())
@@ -218,32 +199,14 @@ def test_shape_bias_errors(invoke, shards, ckpt, head, tmp_path):
         SIZE,
         "pixels",
     )
-    result = invoke(
-        "shape-bias",
-        "--checkpoint",
-        ckpt,
-        "--linear-head",
-        pixels_head,
-        "--from-shards",
-        shards,
-        "--n",
-        2,
-        "--workers",
-        0,
-        "--out-dir",
-        tmp_path / "o",
+    result = shape_bias_command(
+        invoke, ckpt, pixels_head, tmp_path / "o", "--from-shards", shards, "--n", 2
     )
     assert (
         result.exit_code == 1
         and "the head takes 48 features, the backbone gives 512" in result.output
     )
-    result = invoke(
-        "shape-bias",
-        "--checkpoint",
-        ckpt,
-        "--linear-head",
-        tmp_path / "nothing.pt",
-        "--from-shards",
-        shards,
+    result = shape_bias_command(
+        invoke, ckpt, tmp_path / "nothing.pt", tmp_path / "o", "--from-shards", shards
     )
     assert result.exit_code == 1 and "not found" in result.output

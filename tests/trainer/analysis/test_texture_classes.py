@@ -18,6 +18,13 @@ from trainer.analysis import texture_classes
 from trainer.eval import probes
 
 
+def texture_classes_command(invoke, shards, out, *args):
+    """``nsneg-analyze texture-classes --shards SHARDS ARGS --out-dir OUT`` at the tests' small
+    image size, with few epochs and no loader workers."""
+    small = ["--image-size", SIZE, "--epochs", 20, "--batch-size", 8, "--workers", 0]
+    return invoke("texture-classes", "--shards", shards, *small, *args, "--out-dir", out)
+
+
 def test_pixel_statistics_reads_colour_and_orientation():
     x = torch.zeros(2, 3, 32, 32)
     x[0, :, :, ::4] = 1.0  # vertical stripes: gradients along x (orientation bin 0)
@@ -53,26 +60,8 @@ def test_held_out_split_is_by_key_alone():
 
 def test_texture_classes_with_released_checkpoint(invoke, shards, ckpt, tmp_path, tmp_path_factory):
     out = tmp_path / "out"
-    result = invoke(
-        "texture-classes",
-        "--shards",
-        shards,
-        "--checkpoint",
-        ckpt,
-        "--image-size",
-        SIZE,
-        "--holdout",
-        0.35,
-        "--epochs",
-        20,
-        "--batch-size",
-        8,
-        "--workers",
-        0,
-        "--top",
-        2,
-        "--out-dir",
-        out,
+    result = texture_classes_command(
+        invoke, shards, out, "--checkpoint", ckpt, "--holdout", 0.35, "--top", 2
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "texture-classes.json").read_text())
@@ -136,23 +125,7 @@ def test_texture_classes_with_released_checkpoint(invoke, shards, ckpt, tmp_path
 def test_texture_classes_default_pixels_with_val_tree(invoke, shards, tmp_path):
     val = write_tree(tmp_path / "val", 2, offset=5, classes={**CLASSES, "n09999999": "coffee.png"})
     out = tmp_path / "out"
-    result = invoke(
-        "texture-classes",
-        "--shards",
-        shards,
-        "--val",
-        val,
-        "--epochs",
-        20,
-        "--batch-size",
-        8,
-        "--workers",
-        0,
-        "--image-size",
-        SIZE,
-        "--out-dir",
-        out,
-    )
+    result = texture_classes_command(invoke, shards, out, "--val", val)
     assert result.exit_code == 0, result.output
     assert "features: pixels: colour histograms" in result.output and "n09999999" in result.output
     report = json.loads((out / "texture-classes.json").read_text())

@@ -10,23 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import contract, job
-from pipeline.sources import folder_listing
-from pipeline.synthesis import SynthesisConfig
-from tests.helpers import encode, photo
+from pipeline import contract
+from tests.helpers import encode
 from trainer import checkpoint
 from trainer.eval import features, probes
-from trainer.eval.cli import main
 
 COLOURS = {"n01440764": (200, 40, 40), "n01443537": (40, 180, 60), "n01484850": (50, 70, 210)}
-PHOTOS = [
-    "chelsea.png",
-    "coffee.png",
-    "astronaut.png",
-    "rocket.jpg",
-    "motorcycle_left.png",
-    "brick.png",
-]
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -58,53 +47,21 @@ def ckpt(tmp_path_factory, make_checkpoint) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "moco.pt")
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_session):
-    """A real shard set (Ray job, source photos kept) of two classes, three photos each, in two shards."""
-    src = tmp_path_factory.mktemp("imagenet")
-    for c, wnid in enumerate(["n00000001", "n00000002"]):
-        (src / "train" / wnid).mkdir(parents=True)
-        for i in range(3):
-            img = photo(PHOTOS[c * 3 + i], (128, 112))
-            (src / "train" / wnid / f"{wnid}_{i}.JPEG").write_bytes(encode(img, "JPEG", quality=92))
-    out = tmp_path_factory.mktemp("shards")
-    config = job.JobConfig(
-        out=out,
-        split="train",
-        synthesis=SynthesisConfig(steps=(2, 1, 1), batch_size=8),
-        shard_size=3,
-        max_skip_fraction=0.5,
-    )
-    job.run(config, folder_listing(src, "train"), show_progress=False)
-    return out, src / "train"
-
-
 @pytest.fixture
-def invoke(cli):
-    return lambda *args: cli(main, *args)
+def probe(invoke, ckpt):
+    """``probe(command, train, val, *options)``: ``nsneg-eval knn`` or ``linear`` with ``ckpt``."""
+    return lambda command, train, val, *args: invoke(
+        command, "--checkpoint", ckpt, "--train", train, "--val", val, *args
+    )
 
 
 # --------------------------------------------------------------------------- commands
 
 
-def test_knn_command_on_image_folders(invoke, trees, ckpt, tmp_path):
+def test_knn_command_on_image_folders(probe, trees, tmp_path):
     train, val = trees
     out = tmp_path / "knn.json"
-    result = invoke(
-        "knn",
-        "--checkpoint",
-        ckpt,
-        "--train",
-        train,
-        "--val",
-        val,
-        "--k",
-        5,
-        "--workers",
-        0,
-        "--json",
-        out,
-    )
+    result = probe("knn", train, val, "--k", 5, "--workers", 0, "--json", out)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert result.stdout.startswith(
@@ -116,26 +73,11 @@ def test_knn_command_on_image_folders(invoke, trees, ckpt, tmp_path):
     assert report["top1"] >= 2 / 3  # three colours, even through a random network
 
 
-def test_linear_command_trains_saves_and_reloads_the_head(invoke, trees, ckpt, tmp_path):
+def test_linear_command_trains_saves_and_reloads_the_head(probe, trees, ckpt, tmp_path):
     train, val = trees
     head_path, out = tmp_path / "heads" / "head.pt", tmp_path / "linear.json"
-    result = invoke(
-        "linear",
-        "--checkpoint",
-        ckpt,
-        "--train",
-        train,
-        "--val",
-        val,
-        "--epochs",
-        30,
-        "--workers",
-        0,
-        "--out",
-        head_path,
-        "--json",
-        out,
-    )
+    options = ["--epochs", 30, "--workers", 0, "--out", head_path, "--json", out]
+    result = probe("linear", train, val, *options)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert result.stdout.startswith(
@@ -180,26 +122,16 @@ def test_checkpoint_errors(invoke, trees, tmp_path):
         )
 
 
-def test_dataset_errors(invoke, trees, ckpt, tmp_path):
+def test_dataset_errors(probe, trees, tmp_path):
     train, _ = trees
     other = colour_tree(
         tmp_path / "other", 1, seed=2, classes={"n01440764": (200, 40, 40), "n09999999": (0, 0, 0)}
     )
-    result = invoke("knn", "--checkpoint", ckpt, "--train", train, "--val", other, "--workers", 0)
+    result = probe("knn", train, other, "--workers", 0)
     assert result.exit_code == 1 and "train and val classes differ" in result.output
     assert "n09999999" in result.output
     (tmp_path / "empty" / "n01440764").mkdir(parents=True)
-    result = invoke(
-        "linear",
-        "--checkpoint",
-        ckpt,
-        "--train",
-        tmp_path / "empty",
-        "--val",
-        train,
-        "--out",
-        tmp_path / "h.pt",
-    )
+    result = probe("linear", tmp_path / "empty", train, "--out", tmp_path / "h.pt")
     assert (
         result.exit_code == 1 and "Found no valid file for the classes n01440764" in result.output
     )
@@ -212,32 +144,18 @@ def test_dataset_errors(invoke, trees, ckpt, tmp_path):
 # --------------------------------------------------------------------------- shard sets
 
 
-def test_knn_on_shard_source_photos(invoke, shards, ckpt, tmp_path):
-    root, folder = shards
+def test_knn_on_shard_source_photos(probe, texture_shards, tmp_path):
+    root, tree = texture_shards
     manifest = contract.load_manifest(root)
     assert (
         manifest["splits"]["train"]["samples"] == 6
-        and len(manifest["splits"]["train"]["shards"]) == 2
+        and len(manifest["splits"]["train"]["shards"]) == 3
     )
     out = tmp_path / "knn.json"
-    # Same photos on both sides, k=1: every photo finds itself. Two workers read the two shards once each.
-    result = invoke(
-        "knn",
-        "--checkpoint",
-        ckpt,
-        "--train",
-        root,
-        "--val",
-        root,
-        "--val-split",
-        "train",
-        "--k",
-        1,
-        "--workers",
-        2,
-        "--json",
-        out,
-    )
+    # Same photos on both sides, k=1: every photo finds itself. Two workers share the three shards,
+    # each read once.
+    on_itself = ["--val-split", "train", "--k", 1]
+    result = probe("knn", root, root, *on_itself, "--workers", 2, "--json", out)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["top1"] == 1.0 and (
@@ -246,35 +164,17 @@ def test_knn_on_shard_source_photos(invoke, shards, ckpt, tmp_path):
         report["classes"],
     ) == (6, 6, 2)
     # A shard set's source photos and the folder they came from give the same features.
-    result = invoke(
-        "knn",
-        "--checkpoint",
-        ckpt,
-        "--train",
-        folder,
-        "--val",
-        root,
-        "--val-split",
-        "train",
-        "--k",
-        1,
-        "--workers",
-        0,
-    )
+    result = probe("knn", tree / "train", root, *on_itself, "--workers", 0)
     assert result.exit_code == 0 and result.stdout.startswith("knn top-1: 100.00%"), result.output
 
 
-def test_shard_set_errors(invoke, shards, ckpt, tmp_path):
-    root, _ = shards
-    result = invoke(
-        "knn", "--checkpoint", ckpt, "--train", root, "--val", root
-    )  # no val split was built
+def test_shard_set_errors(probe, texture_shards, tmp_path):
+    root, _ = texture_shards
+    result = probe("knn", root, root)  # no val split was built
     assert result.exit_code == 1 and "has no split 'val'" in result.output
     textures_only = tmp_path / "textures_only"
     shutil.copytree(root, textures_only)
     manifest = json.loads((textures_only / "manifest.json").read_text())
     (textures_only / "manifest.json").write_text(json.dumps({**manifest, "has_source": False}))
-    result = invoke(
-        "knn", "--checkpoint", ckpt, "--train", textures_only, "--val", root, "--val-split", "train"
-    )
+    result = probe("knn", textures_only, root, "--val-split", "train")
     assert result.exit_code == 1 and "textures only" in result.output

@@ -14,21 +14,12 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 
 from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
-from tests.helpers import encode, keep_sample, photo
+from tests.helpers import PHOTOS, encode, keep_sample, photo
 from trainer import checkpoint
 from trainer.eval import features, probes
-from trainer.eval.cli import main
 from trainer.eval.corruptions import corrupt
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]  # tench, English springer, cassette player
-PHOTOS = [
-    "chelsea.png",
-    "coffee.png",
-    "astronaut.png",
-    "rocket.jpg",
-    "motorcycle_left.png",
-    "brick.png",
-]
 TINTS = [(1.0, 0.7, 0.7), (0.7, 1.0, 0.7), (0.7, 0.7, 1.0)]
 C_ARGS = ["--corruptions", "gaussian_noise,defocus_blur", "--severities", "1,4"]
 
@@ -46,11 +37,6 @@ def write(root: Path, wnid: str, name: str, img: Image.Image) -> None:
     (root / wnid / name).write_bytes(
         encode(img, "JPEG", quality=92) if name.endswith(".JPEG") else encode(img)
     )
-
-
-@pytest.fixture(scope="module")
-def invoke(cli):
-    return lambda *args: cli(main, *args)
 
 
 @pytest.fixture(scope="module")
@@ -309,18 +295,11 @@ def test_imagenet_c_tree_on_disk(invoke, world, tmp_path):
                 (np.asarray(class_photo(c, i, (224, 224))) * 0.6).astype(np.uint8)
             )
             write(tree / "contrast" / "2", CLASSES[c], f"ILSVRC2012_val_{c}{i}.JPEG", img)
-    result = robustness(
-        invoke,
-        world,
-        "released",
-        tmp_path / "out",
-        "--imagenet-c",
-        tree,
-        "--corruptions",
-        "contrast",
-        "--severities",
-        "2",
-    )
+
+    def on_tree(*args):
+        return robustness(invoke, world, "released", tmp_path / "out", "--imagenet-c", tree, *args)
+
+    result = on_tree("--corruptions", "contrast", "--severities", "2")
     assert result.exit_code == 0, result.output
     variant = json.loads((tmp_path / "out" / "robustness.json").read_text())["imagenet_c"][
         "corruptions"
@@ -333,16 +312,7 @@ def test_imagenet_c_tree_on_disk(invoke, world, tmp_path):
         == (2, 4)
     )
 
-    result = robustness(
-        invoke,
-        world,
-        "released",
-        tmp_path / "out",
-        "--imagenet-c",
-        tree,
-        "--corruptions",
-        "contrast,fog",
-    )
+    result = on_tree("--corruptions", "contrast,fog")
     assert (
         result.exit_code == 1
         and "lacks 9 of the requested corruption/severity folders" in result.output

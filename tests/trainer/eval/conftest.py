@@ -1,0 +1,11 @@
+"""Evaluation fixtures."""
+
+import pytest
+
+from trainer.eval.cli import main
+
+
+@pytest.fixture(scope="package")
+def invoke(cli):
+    """``invoke(*args)``: run ``nsneg-eval`` in-process."""
+    return lambda *args: cli(main, *args)
