@@ -42,7 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train_step.py
 
 mini-repro: $(STAMP)
-	$(BIN)/python benchmarks/mini_repro.py $(ARGS)
+	$(BIN)/python -m benchmarks.mini_repro $(ARGS)
 
 clean:
 	rm -rf $(VENV) shards
