@@ -33,13 +33,19 @@ class Variant:
     alpha: float
 
 
-#: The paper's rows: MoCo v2; + texture (alpha 2); + patch (alpha 2 and 3); texture + patch (alpha 2, "ours").
+#: Not pre-trained at all: the same network at its seed's initial weights. A reference row that
+#: says how much of any number is the architecture's and the probe's rather than pre-training's.
+UNTRAINED = "untrained"
+
+#: The paper's rows: MoCo v2; + texture (alpha 2); + patch (alpha 2 and 3); texture + patch
+#: (alpha 2, "ours"); then the untrained reference.
 VARIANTS = (
     Variant(BASELINE, "none", 1.0),
     Variant("texture a=2", "texture", 2.0),
     Variant("patch a=2", "patch", 2.0),
     Variant("patch a=3", "patch", 3.0),
     Variant("texture+patch a=2", "texture+patch", 2.0),
+    Variant("no pre-training", UNTRAINED, 0.0),
 )
 
 
@@ -106,7 +112,7 @@ WORLD = World(shape_radius=(0.30, 0.42), texture_contrast=0.5, outline_width=5)
 FULL = Protocol(
     name="full",
     world=WORLD,
-    per_class={"pretrain": 20, "train": 100, "test": 50, "sketch": 50, "unseen_textures": 50, "cue_conflict": 50},
+    per_class={"pretrain": 12, "train": 100, "test": 50, "sketch": 50, "unseen_textures": 50, "cue_conflict": 50},
     synthesis_steps=(120, 40, 14),
     arch="resnet18",
     image_size=64,
@@ -123,7 +129,7 @@ FULL = Protocol(
 GPU = Protocol(
     name="gpu",
     world=WORLD,
-    per_class={"pretrain": 20, "train": 100, "test": 50, "sketch": 50, "unseen_textures": 50, "cue_conflict": 50},
+    per_class={"pretrain": 12, "train": 100, "test": 50, "sketch": 50, "unseen_textures": 50, "cue_conflict": 50},
     synthesis_steps=(120, 40, 14),
     arch="resnet18",
     image_size=96,

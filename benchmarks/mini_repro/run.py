@@ -34,6 +34,7 @@ from benchmarks.mini_repro.protocol import (
     GATE_MAX_SKETCH_P,
     GATE_MIN_IN_DOMAIN,
     GATE_SEARCH,
+    UNTRAINED,
     Protocol,
     Variant,
     chance,
@@ -144,11 +145,17 @@ def pretrain(shards: Path, run_dir: Path, variant: Variant, seed: int, protocol:
              show_progress: bool) -> Path:
     """One MoCo v2 run with the real trainer (continues its own checkpoint); returns the checkpoint."""
     p = protocol
-    config = TrainConfig(negatives=str(shards), out=str(run_dir), negatives_kind=variant.kind, alpha=variant.alpha,
+    untrained = variant.kind == UNTRAINED
+    config = TrainConfig(negatives=str(shards), out=str(run_dir), negatives_kind="none" if untrained else variant.kind,
+                         alpha=variant.alpha,
                          arch=p.arch, image_size=p.image_size, small_images=p.image_size <= 48,
                          batch_size=p.batch_size, moco_k=p.moco_k, epochs=p.epochs, steps_per_epoch=p.steps_per_epoch,
                          bn_splits=p.bn_splits, workers=p.workers, seed=seed, shuffle_buffer=p.shuffle_buffer)
     trainer = Trainer(config, device=device, show_progress=show_progress)
+    if untrained:  # the seed's initial weights, saved as they are
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        trainer.save(epoch_complete=False)
+        return trainer.checkpoint_path
     if trainer.checkpoint_path.exists():
         if checkpoints.load(trainer.checkpoint_path)["config"]["epochs"] == p.epochs:
             trainer.restore(trainer.checkpoint_path)

@@ -196,7 +196,7 @@ def test_quick_run_in_two_stages(tmp_path, ray_session):
     report_ = json.loads((tmp_path / "results.json").read_text())
     names = [v.name for v in quick.variants]
     assert list(report_["summary"]) == names  # the baseline first, then the paper's rows
-    assert {r["kind"] for r in report_["runs"]} == {"none", "texture", "patch", "texture+patch"}
+    assert {r["kind"] for r in report_["runs"]} == {"none", "texture", "patch", "texture+patch", protocol.UNTRAINED}
     assert len(report_["runs"]) == len(names) * len(quick.seeds)
     for r in report_["runs"]:
         assert {"variant", "kind", "alpha", "seed", "top1", "shape_bias"} <= set(r)
