@@ -74,6 +74,9 @@ def markdown(report: dict[str, Any], protocol: Protocol) -> str:
         "shape decisions / (shape + texture decisions) on cue conflict. Mean ± std over "
         f"{len(protocol.seeds)} pre-training seed(s).",
         "",
+        *([] if report.get("complete", True) else [
+            f"**Partial: {len(report['runs'])} of {len(protocol.variants) * len(protocol.seeds)} runs finished** "
+            "(the job was stopped or is still running; rerunning it resumes).", ""]),
         f"**Sanity gate (checked first, on the MoCo baseline): {'PASSED' if gate['passed'] else 'FAILED'}** — "
         + gate["reading"],
         "",
@@ -99,6 +102,10 @@ def markdown(report: dict[str, Any], protocol: Protocol) -> str:
                     text += f" [{_fmt(ci[0], m)}, {_fmt(ci[1], m)}]"
                 cells.append(text)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    load = report.get("load_average_before")
+    if load:
+        lines += ["", f"Machine load (1/5/15-min load average) when the train stage started: {load}; at the last "
+                  f"report: {report.get('load_average_now')} (on {report['machine']})."]
     tex = report.get("textures", {})
     lines += ["", "## Protocol (fixed in `benchmarks/mini_repro/protocol.py` before the full run)", "",
               protocol.describe()]

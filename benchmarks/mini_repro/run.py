@@ -83,10 +83,10 @@ def texture_noise_ratio(shards: Path, limit: int = 16) -> tuple[float, int]:
     ratios = []
     rng = np.random.default_rng(0)
     for sample in contract.iter_samples(shards, "train"):
-        resized = np.asarray(resize_short(sample.source()))
+        resized = np.array(resize_short(sample.source()))
         boxes = sample.meta["crop_boxes"]
         crops = np.stack([resized[t:b, left:r] for left, t, r, b in (boxes["center"], boxes["random"])])
-        texture = np.asarray(sample.texture)
+        texture = np.array(sample.texture)  # writable: quality makes tensors of it
         ratios.append(quality.patch_swd(texture, crops) / quality.patch_swd(quality.noise_like(crops, rng), crops))
         if len(ratios) == limit:
             break
@@ -109,7 +109,8 @@ def prepare(out: Path, protocol: Protocol, log: Log = print, show_progress: bool
         elif stale.exists():
             stale.unlink()
     start = time.time()
-    data = world.generate(out / "data", protocol.world, protocol.per_class, seed=protocol.data_seed)
+    data = world.generate(out / "data", protocol.world, protocol.per_class, seed=protocol.data_seed,
+                          show_progress=show_progress)
     n = sum(protocol.per_class.values()) * len(world.CLASSES)
     log(f"world: {n} images in {time.time() - start:.0f} s")
     import ray
@@ -248,6 +249,28 @@ def train(out: Path, protocol: Protocol, device: str = "cpu", log: Log = print,
     jobs = [(v, s) for v in order for s in protocol.seeds]
     runs: list[dict[str, Any]] = []
     gate_reading = None
+
+    def write_report(complete: bool) -> dict[str, Any]:
+        """results.json/.md/.png of the runs so far (after every run: a stopped job leaves a valid report)."""
+        reading = gate_reading or gate([r for r in runs if r["variant"] == BASELINE], eval_sizes)
+        names = [v.name for v in order if any(r["variant"] == v.name for r in runs)]
+        wall = time.time() - start + prepared["prepare_s"]
+        full_report = {
+            "protocol": protocol.as_dict(), "complete": complete, "machine": machine(device), "device": device,
+            "torch_threads": torch.get_num_threads(), "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_now": [round(x, 2) for x in os.getloadavg()],
+            "wall_s": round(wall, 1), "prepare_s": prepared["prepare_s"], "train_s": round(time.time() - start, 1),
+            "textures": prepared["textures"], "gate": reading, "gate_search": list(GATE_SEARCH),
+            "runs": [{k: v for k, v in r.items() if k != "fingerprint"} for r in runs],
+            "summary": report.summarise(runs, names),
+        }
+        files.atomic_write_json(out / "results.json", full_report, sort_keys=False)  # variant order kept
+        files.atomic_write_text(out / "results.md", report.markdown(full_report, protocol))
+        files.atomic_write_bytes(out / "results.png", report.plot(
+            full_report["summary"], f"mini reproduction ({protocol.name}): shape classes, frozen features, "
+                                    f"mean ± std over {len(protocol.seeds)} seeds"))
+        return full_report
+
     bar = tqdm(total=len(jobs), desc="mini-repro runs", unit="run", disable=not show_progress)
     for variant, seed in jobs:
         if variant.name != BASELINE and gate_reading is None:
@@ -273,28 +296,13 @@ def train(out: Path, protocol: Protocol, device: str = "cpu", log: Log = print,
                 + f" shape_bias {bias} ({result['train_s']:.0f} s train, {result['probe_s']:.0f} s probe)")
         runs.append(result)
         bar.update()
+        write_report(complete=False)
     bar.close()
-    if gate_reading is None:  # baseline only
-        gate_reading = gate([r for r in runs if r["variant"] == BASELINE], eval_sizes)
-    names = [v.name for v in order if any(r["variant"] == v.name for r in runs)]
-    wall = time.time() - start + prepared["prepare_s"]
-    full_report = {
-        "protocol": protocol.as_dict(), "machine": machine(device), "device": device,
-        "torch_threads": torch.get_num_threads(), "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "wall_s": round(wall, 1), "prepare_s": prepared["prepare_s"], "train_s": round(time.time() - start, 1),
-        "textures": prepared["textures"], "gate": gate_reading, "gate_search": list(GATE_SEARCH),
-        "runs": [{k: v for k, v in r.items() if k != "fingerprint"} for r in runs],
-        "summary": report.summarise(runs, names),
-    }
-    files.atomic_write_json(out / "results.json", full_report, sort_keys=False)  # variant order kept
-    table = report.markdown(full_report, protocol)
-    files.atomic_write_text(out / "results.md", table)
-    files.atomic_write_bytes(out / "results.png", report.plot(
-        full_report["summary"], f"mini reproduction ({protocol.name}): shape classes, frozen features, "
-                                f"mean ± std over {len(protocol.seeds)} seeds"))
-    log(table)
-    log(f"wall time: {wall:.0f} s ({wall / 60:.1f} min); wrote {out}/results.md, results.json, results.png")
+    gate_reading = gate_reading or gate([r for r in runs if r["variant"] == BASELINE], eval_sizes)
+    full_report = write_report(complete=len(runs) == len(jobs))
+    log(report.markdown(full_report, protocol))
+    log(f"wall time: {full_report['wall_s']:.0f} s ({full_report['wall_s'] / 60:.1f} min); "
+        f"wrote {out}/results.md, results.json, results.png")
     if not gate_reading["passed"] and protocol.enforce_gate:
         raise GateFailed(f"sanity gate failed, variants not trained: {gate_reading['reading']}")
     return full_report

@@ -245,13 +245,13 @@ def texture_class_of(path: str | Path) -> int:
     return CLASSES.index(stem.rsplit("_as_", 1)[1])
 
 
-def generate(root: Path, world: World, per_class: dict[str, int], seed: int = 0) -> Path:
+def generate(root: Path, world: World, per_class: dict[str, int], seed: int = 0, show_progress: bool = True) -> Path:
     """Write ``root/<split>/<class>/<file_name>`` for every split in ``per_class``."""
     from tqdm import tqdm
 
     root = Path(root)
     total = sum(per_class.values()) * len(CLASSES)
-    with tqdm(total=total, desc="world", unit="img", leave=False, disable=total < 500) as bar:
+    with tqdm(total=total, desc="world", unit="img", leave=False, disable=not show_progress or total < 500) as bar:
         for split, n in per_class.items():
             for cls, name in enumerate(CLASSES):
                 d = root / split / name
