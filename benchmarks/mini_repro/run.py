@@ -93,17 +93,29 @@ def texture_noise_ratio(shards: Path, limit: int = 16) -> tuple[float, int]:
     return float(np.mean(ratios)), len(ratios)
 
 
+def texture_fingerprint(protocol: Protocol) -> str:
+    """What the textures depend on: the pretrain images (world, seed, count) and the synthesis."""
+    d = protocol.as_dict()
+    keys = {"world": d["world"], "data_seed": d["data_seed"], "pretrain": d["per_class"]["pretrain"],
+            "synthesis_steps": d["synthesis_steps"], "synthesis_batch": d["synthesis_batch"]}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def prepare(out: Path, protocol: Protocol, log: Log = print, show_progress: bool = True) -> dict[str, Any]:
-    """World + textures into ``out`` (``out/data``, ``out/shards``, ``out/prepared.json``); idempotent."""
+    """World + textures into ``out`` (``out/data``, ``out/shards``, ``out/prepared.json``); idempotent.
+
+    Made for another protocol, the images are regenerated (seconds) and the textures kept
+    where they are of the same pretrain images and synthesis, else made again: never mixed.
+    """
     out = Path(out)
-    key = fingerprint(protocol, *DATA_FIELDS)
+    key, texture_key = fingerprint(protocol, *DATA_FIELDS), texture_fingerprint(protocol)
     done = out / PREPARED
-    if done.exists():
-        prepared = json.loads(done.read_text())
-        if prepared["fingerprint"] == key:
-            log(f"prepare: {out} is ready (protocol {prepared['protocol']}), reused")
-            return prepared
-    for stale in (out / "data", out / "shards", done):  # made for another protocol: never mix the two
+    previous = json.loads(done.read_text()) if done.exists() else {}
+    if previous.get("fingerprint") == key:
+        log(f"prepare: {out} is ready (protocol {previous['protocol']}), reused")
+        return previous
+    keep_textures = previous.get("texture_fingerprint") == texture_key
+    for stale in (out / "data", done) + (() if keep_textures else (out / "shards",)):
         if stale.is_dir():
             shutil.rmtree(stale)
         elif stale.exists():
@@ -113,13 +125,27 @@ def prepare(out: Path, protocol: Protocol, log: Log = print, show_progress: bool
                           show_progress=show_progress)
     n = sum(protocol.per_class.values()) * len(world.CLASSES)
     log(f"world: {n} images in {time.time() - start:.0f} s")
+    if keep_textures:
+        textures = previous["textures"]
+        log(f"textures: the {textures['images']} of {out / 'shards'} are of the same images and synthesis, kept")
+    else:
+        textures = make_textures(data, out / "shards", protocol, log, show_progress)
+    prepared = {"protocol": protocol.name, "fingerprint": key, "texture_fingerprint": texture_key,
+                "textures": textures, "prepare_s": round(time.time() - start + (textures["seconds"] if keep_textures else 0), 1),
+                "machine": machine("cpu")}
+    files.atomic_write_json(done, prepared)
+    return prepared
+
+
+def make_textures(data: Path, shards: Path, protocol: Protocol, log: Log, show_progress: bool) -> dict[str, Any]:
+    """The real Ray job on the pretrain split, then the textures' noise ratio."""
     import ray
 
     started_here = not ray.is_initialized()
     synthesis = SynthesisConfig(steps=protocol.synthesis_steps, batch_size=protocol.synthesis_batch)
     t0 = time.time()
     try:
-        summary = run_texture_job(JobConfig(out=out / "shards", split="train", synthesis=synthesis, shard_size=40),
+        summary = run_texture_job(JobConfig(out=shards, split="train", synthesis=synthesis, shard_size=40),
                                   folder_listing(data, "pretrain"), show_progress=show_progress)
     finally:
         if started_here:  # free the cores for training; a caller's Ray session is left alone
@@ -127,16 +153,11 @@ def prepare(out: Path, protocol: Protocol, log: Log = print, show_progress: bool
     if summary.failed_shards or summary.skipped:
         raise RuntimeError(f"texture job failed shards {summary.failed_shards}, skipped {summary.skipped}")
     seconds = time.time() - t0
-    ratio, measured = texture_noise_ratio(out / "shards")
+    ratio, measured = texture_noise_ratio(shards)
     log(f"textures: {summary.images} in {seconds:.0f} s, noise ratio {ratio:.3f} "
         f"(default schedule {protocol.reference_noise_ratio:.3f})")
-    prepared = {"protocol": protocol.name, "fingerprint": key,
-                "textures": {"images": summary.images, "shards": summary.shards, "seconds": round(seconds, 1),
-                             "synthesis": synthesis.as_dict(), "noise_ratio": round(ratio, 4),
-                             "quality_images": measured},
-                "prepare_s": round(time.time() - start, 1), "machine": machine("cpu")}
-    files.atomic_write_json(done, prepared)
-    return prepared
+    return {"images": summary.images, "shards": summary.shards, "seconds": round(seconds, 1),
+            "synthesis": synthesis.as_dict(), "noise_ratio": round(ratio, 4), "quality_images": measured}
 
 
 # --------------------------------------------------------------------------- one run

@@ -4,6 +4,7 @@ The smoke test checks plumbing and the report's form only -- never which variant
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -223,3 +224,14 @@ def test_quick_run_in_two_stages(tmp_path, ray_session):
 
     again = CliRunner().invoke(main, ["--quick", "--stage", "train", "--out", str(tmp_path), "--no-progress"])
     assert again.exit_code == 0 and again.output.count("kept from an earlier run") == len(names) * len(quick.seeds)
+
+    # another probe set: images regenerated, the textures (same pretrain images, same synthesis) kept
+    shard = next((tmp_path / "shards").rglob("*.tar"))
+    before = shard.stat().st_mtime_ns
+    more = dataclasses.replace(quick, per_class={**quick.per_class, "train": 3})
+    logged: list[str] = []
+    run.prepare(tmp_path, more, log=logged.append, show_progress=False)
+    assert any("kept" in line for line in logged) and shard.stat().st_mtime_ns == before
+    assert len(list((tmp_path / "data" / "train").rglob("*.png"))) == 3 * len(shapes.CLASSES)
+    stale = CliRunner().invoke(main, ["--quick", "--stage", "train", "--out", str(tmp_path), "--no-progress"])
+    assert stale.exit_code != 0 and "prepare it again" in stale.output  # quick's data is gone: refused
