@@ -174,14 +174,20 @@ GATE_SEARCH: tuple[dict[str, str], ...] = (
      "note": "the probe fits 99 % of its 480 images: over-fit; sketch 12.0 %, at chance"},
     {"change": "same world, no pre-training at all; probe on a separate labelled split of 100/class",
      "test": "55.5",
-     "note": "untrained features beat the old pre-trained ones: too little probe data, and 5,120 views "
-             "with K 512 > 480 images (the queue held keys of the query's own image) taught nothing useful"},
+     "note": "untrained features beat the old pre-trained ones: the old probe had too little data, and its "
+             "pre-training (5,120 views, K 512 > 480 images: the queue held keys of the query's own image) "
+             "added nothing the probe could use"},
     {"change": "world: shapes larger (circumradius 0.30-0.42: a 20 % crop still holds some shape at 64 px), "
-               "texture contrast 0.5 (the outline is the strongest edge); still untrained",
+               "texture contrast 0.5 (textures compete less with the shape's boundary); still untrained",
      "test": "71.0",
      "note": "shape now readable by a random ResNet-18 + linear probe"},
     {"change": "MoCo baseline on that world: 12 pre-training images/class (96, K 64 < 96), "
                "4 x 75 x 32 = 9,600 views (~100 passes), probe 100/class",
-     "test": "(running at commit time)",
-     "note": "measured at 2.9 views/s on the shared 2-core machine (load 10-30): ~55 min for this one run"},
+     "test": "62.0",
+     "note": "gate FAILED in domain (sketch not read). Loss stayed at 4.09, about ln 65 = 4.17 (chance "
+             "among 1 positive + 64 queue keys), and the positive's top-1 rate fell from 0.26 to 0.08 over "
+             "the 4 epochs: the instance task was not learned, and the features ended below untrained ones "
+             "(row 3). Took 44 min at 3-4 views/s on the shared 2-core machine (load 6-30), so no further "
+             "row fit in the session. Untested suspects, budget only: shuffle-BN over 8 sub-batches of 4 "
+             "(bn_splits 8 at batch 32), lr 0.05 with m 0.99 over 300 steps, K 64"},
 )
