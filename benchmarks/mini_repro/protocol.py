@@ -195,4 +195,9 @@ GATE_SEARCH: tuple[dict[str, str], ...] = (
      "note": "gate FAILED in domain. The loss now falls (4.02 -> 3.70 over 4 epochs): the instance task "
              "starts to be learned, but the features are still no better than untrained (71.0). 304 s "
              "(49-72 views/s) once the machine had gone quiet at the end of the session"},
+    {"change": "budget: row 5 trained twice as long (8 x 75 x 32 = 19,200 views)",
+     "test": "71.5",
+     "note": "gate FAILED in domain. Loss 4.02 -> 3.62, still far from learned; in domain equal to "
+             "untrained (71.0): twice the views bought nothing the probe can use. 260 s at 74 views/s. "
+             "The session ended here"},
 )
