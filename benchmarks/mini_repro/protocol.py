@@ -121,6 +121,7 @@ FULL = Protocol(
     epochs=4,
     steps_per_epoch=75,
     seeds=(0, 1, 2),
+    bn_splits=2,  # GATE_SEARCH row 5: with 8 sub-batches of 4 the loss never left chance
 )
 
 #: `--protocol gpu --device cuda`: pre-training and probes on one H100 in <= 8 min (no Ray there),
@@ -140,6 +141,7 @@ GPU = Protocol(
     epochs=12,
     steps_per_epoch=75,
     seeds=(0, 1, 2, 3, 4),
+    bn_splits=2,
     workers=4,
 )
 
@@ -187,9 +189,9 @@ GATE_SEARCH: tuple[dict[str, str], ...] = (
      "note": "gate FAILED in domain (sketch not read). Loss stayed at 4.09, about ln 65 = 4.17 (chance "
              "among 1 positive + 64 queue keys), and the positive's top-1 rate fell from 0.26 to 0.08 over "
              "the 4 epochs: the instance task was not learned, and the features ended below untrained ones "
-             "(row 3). Took 44 min at 3-4 views/s on the shared 2-core machine (load 6-30), so no further "
-             "row fit in the session. Untested suspects, budget only: shuffle-BN over 8 sub-batches of 4 "
-             "(bn_splits 8 at batch 32), lr 0.05 with m 0.99 over 300 steps, K 64"},
+             "(row 3). Took 44 min at 3-4 views/s on the shared 2-core machine (load 6-30). Suspects, "
+             "budget only: shuffle-BN over 8 sub-batches of 4 (bn_splits 8 at batch 32; row 5), too few "
+             "views (row 6), lr 0.05 with m 0.99 over 300 steps, K 64"},
     {"change": "budget: shuffle-BN over 2 sub-batches of 16 (bn_splits 2) instead of 8 of 4; else as row 4",
      "test": "69.2",
      "note": "gate FAILED in domain. The loss now falls (4.02 -> 3.70 over 4 epochs): the instance task "
