@@ -1,0 +1,1 @@
+"""Benchmarks and the mini reproduction (``python -m benchmarks.mini_repro``)."""

@@ -1,0 +1,57 @@
+"""``python -m benchmarks.mini_repro``: the command line of the mini reproduction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from benchmarks.mini_repro.protocol import PROTOCOLS
+
+
+@click.command()
+@click.option(
+    "--protocol",
+    "name",
+    type=click.Choice(sorted(PROTOCOLS)),
+    default="full",
+    show_default=True,
+    help="full: 2 CPU cores, <= 45 min; gpu: pre-training and probes on one H100 in <= 8 min; "
+    "quick: the smoke test",
+)
+@click.option("--quick", is_flag=True, help="same as --protocol quick")
+@click.option(
+    "--stage",
+    type=click.Choice(["all", "prepare", "train"]),
+    default="all",
+    show_default=True,
+    help="prepare: world + textures (CPU, Ray) into --out; train: pre-training and probes on a "
+    "prepared --out (CPU or CUDA, no Ray)",
+)
+@click.option(
+    "--device", default="cpu", show_default=True, help="cpu or cuda[:N], for the train stage"
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="[default: runs/mini-repro-<protocol>]",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def main(name: str, quick: bool, stage: str, device: str, out: Path | None, progress: bool) -> None:
+    """Shape vs texture, in miniature: MoCo v2 with and without non-semantic negatives."""
+    from benchmarks.mini_repro import run
+
+    protocol = PROTOCOLS["quick" if quick else name]
+    out = out or Path(f"runs/mini-repro-{protocol.name}")
+    try:
+        if stage in ("all", "prepare"):
+            run.prepare(out, protocol, log=click.echo, show_progress=progress)
+        if stage in ("all", "train"):
+            run.train(out, protocol, device=device, log=click.echo, show_progress=progress)
+    except (run.GateFailed, FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()
