@@ -42,16 +42,16 @@ from benchmarks.mini_repro.protocol import (
 )
 
 # The project's code: every import of it is here (Ray only inside pipeline.job.run).
-from pipeline import contract, files, quality  # noqa: E402
-from pipeline.images import resize_short  # noqa: E402
-from pipeline.job import JobConfig  # noqa: E402
-from pipeline.job import run as run_texture_job  # noqa: E402
-from pipeline.sources import folder_listing  # noqa: E402
-from pipeline.synthesis import SynthesisConfig  # noqa: E402
-from trainer import checkpoint as checkpoints  # noqa: E402
-from trainer.eval.features import align_classes, extract_features, load_dataset  # noqa: E402
-from trainer.eval.probes import top1, train_linear  # noqa: E402
-from trainer.train import TrainConfig, Trainer  # noqa: E402
+from pipeline import contract, files, quality
+from pipeline.images import resize_short
+from pipeline.job import JobConfig
+from pipeline.job import run as run_texture_job
+from pipeline.sources import folder_listing
+from pipeline.synthesis import SynthesisConfig
+from trainer import checkpoint as checkpoints
+from trainer.eval.features import align_classes, extract_features, load_dataset
+from trainer.eval.probes import top1, train_linear
+from trainer.train import TrainConfig, Trainer
 
 Log = Callable[[str], None]
 PREPARED = "prepared.json"
