@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -37,6 +38,8 @@ from PIL import Image
 
 from pipeline import contract
 from pipeline.files import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 SCALE = (0.2, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -310,8 +313,9 @@ def worker_seed(seed: int) -> int:
 def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple]:
     """Raw samples -> (q, k, t) uint8 crops and the number of undecodable samples skipped before.
 
-    A sample that fails to decode is skipped and counted; the count travels with the next
-    good sample so the trainer can report it and stop past its threshold.
+    A sample that fails to decode is skipped, counted and logged (a warning naming its shard,
+    key and error); the count travels with the next good sample so the trainer can report it
+    and stop past its threshold.
     """
     rng = random.Random(worker_seed(seed))
     skipped = 0
@@ -329,8 +333,11 @@ def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple
             source = (
                 source if source.mode == "RGB" else source.convert("RGB")
             )  # convert() would copy an RGB image
-        except Exception:
+        except Exception as e:
             skipped += 1
+            shard = raw.get("__url__", "?") if isinstance(raw, dict) else "?"
+            key = raw.get("__key__", "?") if isinstance(raw, dict) else "?"
+            log.warning("skipped undecodable sample %s in shard %s: %s", key, shard, e)
             continue
         q, k = apply_box(source, box_q, image_size), apply_box(source, box_k, image_size)
         t = apply_box(sample.texture, box_q, image_size)

@@ -234,7 +234,8 @@ class Trainer:
         if self.skipped > self.config.max_skip_fraction * (self.samples_seen + self.skipped):
             raise BadShards(
                 f"{self.skipped} undecodable samples out of {self.samples_seen + self.skipped}: "
-                f"above --max-skip-fraction {self.config.max_skip_fraction}"
+                f"above --max-skip-fraction {self.config.max_skip_fraction} (each was logged with its "
+                "shard and key as it was skipped)"
             )
         acc = (logits.detach().argmax(dim=1) == 0).float().mean()
         return {"loss": loss.detach(), "acc": acc, "lr": lr}

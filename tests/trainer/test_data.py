@@ -38,7 +38,7 @@ def test_texture_gets_its_querys_crop_box():
     assert apply_box(img, boxes[0], 48).shape == (3, 48, 48)
 
 
-def test_undecodable_samples_are_skipped_and_counted():
+def test_undecodable_samples_are_skipped_counted_and_named(caplog):
     good = {
         "__key__": "g",
         "texture.png": files.png_bytes(np.zeros((224, 224, 3), np.uint8)),
@@ -46,9 +46,17 @@ def test_undecodable_samples_are_skipped_and_counted():
         "json": b"{}",
     }
     good["source.img"] = good["texture.png"]
-    bad = {**good, "__key__": "b", "source.img": b"not an image"}
-    counts = [s for *_, s in views(iter([good, bad, bad, good, bad]), 32, seed=0)]
+    bad = {
+        **good,
+        "__key__": "b",
+        "__url__": "shards/train/x-000001.tar",
+        "source.img": b"not an image",
+    }
+    with caplog.at_level("WARNING", logger="trainer.data"):
+        counts = [s for *_, s in views(iter([good, bad, bad, good, bad]), 32, seed=0)]
     assert counts == [0, 2]
+    named = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(named) == 3 and all("b in shard shards/train/x-000001.tar" in m for m in named)
 
 
 def test_tampered_shards_are_refused(shards, tmp_path):
