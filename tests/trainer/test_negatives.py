@@ -33,8 +33,7 @@ def tile_size(y_src: torch.Tensor, x_src: torch.Tensor) -> int:
     h, w = y_src.shape
     dy = y_src - torch.arange(h)[:, None]
     dx = x_src - torch.arange(w)[None, :]
-    best = 0
-    for s in range(1, max(h, w) + 1):
+    for s in range(max(h, w), 0, -1):  # the largest passing s: stop at the first from the top
         ty = torch.arange(h) // s
         tx = torch.arange(w) // s
         cell = ty[:, None] * w + tx[None, :]  # grid cell id of each pixel
@@ -44,8 +43,8 @@ def tile_size(y_src: torch.Tensor, x_src: torch.Tensor) -> int:
         if (dy.flatten()[anchor].view(h, w) == dy).all() and (
             dx.flatten()[anchor].view(h, w) == dx
         ).all():
-            best = s
-    return best
+            return s
+    return 0
 
 
 def check_tiles(neg: torch.Tensor, h: int, w: int) -> list[int]:
