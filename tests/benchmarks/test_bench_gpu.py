@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import bench_gpu  # noqa: E402
+from benchmarks import bench_gpu
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
