@@ -7,7 +7,7 @@ a search recorded in ``GATE_SEARCH`` and printed with every result.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from benchmarks.mini_repro.world import CLASSES, OOD_SPLITS, TRAIN_FAMILIES, UNSEEN_FAMILIES, World
@@ -141,21 +141,7 @@ FULL = Protocol(
 #: pretrain images as FULL: a ~40 MB folder). Same per-run settings as FULL, but 3x the views
 #: per run and 5 seeds. Not measured (no GPU in the session that wrote it): 25 trained runs x
 #: 28,800 views = 720k views, in 8 min if loader and GPU sustain ~2,000 views/s together.
-GPU = Protocol(
-    name="gpu",
-    world=WORLD,
-    per_class=FULL.per_class,
-    synthesis_steps=FULL.synthesis_steps,
-    arch="resnet18",
-    image_size=64,
-    batch_size=32,
-    moco_k=64,
-    epochs=12,
-    steps_per_epoch=75,
-    seeds=(0, 1, 2, 3, 4),
-    bn_splits=2,
-    workers=4,
-)
+GPU = replace(FULL, name="gpu", epochs=3 * FULL.epochs, seeds=(0, 1, 2, 3, 4), workers=4)
 
 #: `--quick`: the test suite's smoke test; checks that everything runs, not what it finds.
 QUICK = Protocol(
