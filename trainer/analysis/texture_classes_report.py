@@ -10,16 +10,18 @@ from typing import Any
 import numpy as np
 
 from trainer.analysis.categories import FINE_GROUPS, fine_group
-from trainer.eval.report import figure, markdown_table, percent, save_png, text_table
+from trainer.eval.report import (
+    figure,
+    markdown_table,
+    mean_of_present,
+    percent,
+    save_png,
+    text_table,
+)
 
 
 def _ratio(correct: int, total: int) -> float | None:
     return correct / total if total else None
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 # --------------------------------------------------------------------------- the report
@@ -54,8 +56,8 @@ def texture_class_report(
     groups = {}
     for name in [*FINE_GROUPS, "rest"]:
         members = [r for r in rows if r["group"] == name]
-        texture_mean = _mean([r["texture_acc"] for r in members])
-        real_mean = _mean([r.get("real_acc") for r in members])
+        texture_mean = mean_of_present([r["texture_acc"] for r in members])
+        real_mean = mean_of_present([r.get("real_acc") for r in members])
         groups[name] = {
             "classes": len(members),
             "tested": sum(r["texture_acc"] is not None for r in members),

@@ -15,6 +15,12 @@ from typing import Any
 from pipeline import files
 
 
+def mean_of_present(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are not None; None when there are none."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def percent(value: float | None, digits: int = 1, missing: str = "-", suffix: str = "%") -> str:
     """A fraction as a percentage cell: ``percent(0.1234) == "12.3%"``; ``missing`` for None."""
     return missing if value is None else f"{100 * value:.{digits}f}{suffix}"

@@ -39,6 +39,7 @@ from trainer.eval.features import (
     feature_loader,
 )
 from trainer.eval.probes import load_linear_head, top1
+from trainer.eval.report import mean_of_present
 
 REPORT_FORMAT = "nsneg-robustness"
 REPORT_VERSION = 1
@@ -260,11 +261,6 @@ def evaluate_c_tree(
     }
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
 def imagenet_c_summary(
     variants: dict[tuple[str, int], dict[str, Any]], source: str
 ) -> dict[str, Any]:
@@ -273,13 +269,13 @@ def imagenet_c_summary(
     for (name, s), result in variants.items():
         corruptions.setdefault(name, {"severities": {}})["severities"][str(s)] = result
     for entry in corruptions.values():
-        entry["mean"] = _mean([r["top1"] for r in entry["severities"].values()])
+        entry["mean"] = mean_of_present([r["top1"] for r in entry["severities"].values()])
     severities = sorted({s for _, s in variants})
     return {
         "source": source,
         "severities": severities,
         "corruptions": corruptions,
-        "mean": _mean([entry["mean"] for entry in corruptions.values()]),
+        "mean": mean_of_present([entry["mean"] for entry in corruptions.values()]),
     }
 
 
