@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.mini_repro.protocol import BASELINE, MEASURES, Protocol, chance
+from benchmarks.mini_repro.protocol import (
+    BASELINE,
+    GATE_MIN_IN_DOMAIN,
+    MEASURES,
+    Protocol,
+    chance,
+)
 from trainer.eval.report import figure, markdown_table, save_png
 
 #: Column titles of the tables, in order.
@@ -193,4 +199,29 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], title: str, path: Path) 
     bx.set_ylim(0, 1)
     bx.set_ylabel("shape bias (cue conflict)")
     fig.suptitle(title, fontsize=9)
+    save_png(fig, path, dpi=120)
+
+
+def plot_gate_search(search: list[dict[str, Any]], path: Path) -> None:
+    """The gate search as bars: the baseline's in-domain top-1 per row and, where that row's world
+    was also read untrained, the untrained network's; the gate's threshold as a line."""
+    rows = [(i, s) for i, s in enumerate(search, 1) if s.get("top1") or s.get("untrained")]
+    fig = figure(9.0, 0.42 * len(rows) + 1.6)
+    ax = fig.subplots()
+    y = np.arange(len(rows))[::-1]
+    for key, offset, label, colour in (
+        ("top1", 0.18, "MoCo baseline (seed 0)", "tab:blue"),
+        ("untrained", -0.18, "same world, untrained", "tab:grey"),
+    ):
+        bars = [(yy + offset, s[key]) for yy, (_, s) in zip(y, rows) if s.get(key)]
+        ax.barh([b for b, _ in bars], [v for _, v in bars], 0.36, color=colour, label=label)
+    ax.axvline(GATE_MIN_IN_DOMAIN, color="tab:red", linestyle="--", linewidth=1, label="gate")
+    ax.axvline(chance(), color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set_yticks(y, [f"{i}. {s['short']}" for i, s in rows], fontsize=7)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("in-domain top-1 % (probe on train, read on test)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(
+        "mini reproduction: search for a world and budget where MoCo learns shape", fontsize=9
+    )
     save_png(fig, path, dpi=120)

@@ -373,7 +373,7 @@ def train(
     gate_reading = None
 
     def write_report(complete: bool) -> dict[str, Any]:
-        """results.json/.md/.png of the runs so far (after every run: a stopped job leaves a valid report)."""
+        """results.json/.md/.png and gate_search.png of the runs so far (after every run: a stopped job leaves a valid report)."""
         reading = gate_reading or gate([r for r in runs if r["variant"] == BASELINE], eval_sizes)
         names = [v.name for v in order if any(r["variant"] == v.name for r in runs)]
         wall = time.time() - start + prepared["prepare_s"]
@@ -398,6 +398,7 @@ def train(
             out / "results.json", full_report, sort_keys=False
         )  # variant order kept
         files.atomic_write_text(out / "results.md", report.markdown(full_report, protocol))
+        report.plot_gate_search(list(GATE_SEARCH), out / "gate_search.png")
         report.plot(
             full_report["summary"],
             f"mini reproduction ({protocol.name}): shape classes, frozen features, "

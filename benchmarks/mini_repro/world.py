@@ -49,6 +49,8 @@ class World:
     class_texture_probability: float = 0.8  # in-domain: a shape wears its class's typical texture
     texture_contrast: float = 1.0  # pattern amplitude around its mean colour (1 = the two colours)
     outline_width: int = 3  # sketch line, px at image_size
+    #: the background's pattern amplitude (0 = its flat mean colour); None: ``texture_contrast``
+    background_contrast: float | None = None
 
     def __post_init__(self) -> None:
         lo, hi = self.shape_radius
@@ -59,6 +61,10 @@ class World:
         if not 0 <= self.class_texture_probability <= 1 or not 0 < self.texture_contrast <= 1:
             raise ValueError(
                 "class_texture_probability must be in [0, 1] and texture_contrast in (0, 1]"
+            )
+        if self.background_contrast is not None and not 0 <= self.background_contrast <= 1:
+            raise ValueError(
+                f"background_contrast must be in [0, 1], got {self.background_contrast}"
             )
 
 
@@ -266,9 +272,12 @@ def render(
     else:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     m = mask[..., None]
-    img = paint(fg, size, rng, world.texture_contrast) * m + paint(
-        bg, size, rng, world.texture_contrast
-    ) * (1 - m)
+    bg_contrast = (
+        world.texture_contrast if world.background_contrast is None else world.background_contrast
+    )
+    img = paint(fg, size, rng, world.texture_contrast) * m + paint(bg, size, rng, bg_contrast) * (
+        1 - m
+    )
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), texture_class
 
 

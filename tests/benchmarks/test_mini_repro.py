@@ -139,6 +139,46 @@ def test_texture_contrast_scales_the_pattern_around_its_mean():
         shapes.World(texture_contrast=0)
 
 
+def test_background_contrast_flattens_only_the_background():
+    rng = lambda: shapes.image_rng(0, "test", 3, 0)  # noqa: E731
+    flat_world = dataclasses.replace(WORLD, background_contrast=0.0)
+    textured, _ = shapes.render(WORLD, "test", 3, rng())
+    flat, _ = shapes.render(flat_world, "test", 3, rng())
+    mask = shapes.shape_mask(shapes.CLASSES[3], WORLD.image_size, rng(), WORLD.shape_radius)
+    inside, outside = mask > 0.99, mask < 0.01
+    # The same draw: the shape is untouched, the background is one flat colour (its mean).
+    np.testing.assert_array_equal(flat[inside], textured[inside])
+    assert flat[outside].std(axis=0).max() < 1.0 < textured[outside].std(axis=0).max()
+    with pytest.raises(ValueError, match="background_contrast"):
+        shapes.World(background_contrast=1.5)
+
+
+def test_gate_search_rows_are_plotted_with_their_numbers(tmp_path, monkeypatch):
+    drawn = {}
+
+    def keep(fig, path, dpi):
+        drawn["axes"] = fig.axes[0]
+        fig.savefig(path, dpi=dpi)
+
+    monkeypatch.setattr(report, "save_png", keep)
+    report.plot_gate_search(list(protocol.GATE_SEARCH), tmp_path / "search.png")
+    with Image.open(tmp_path / "search.png") as img:
+        assert img.format == "PNG"
+    ax = drawn["axes"]
+    widths = sorted(round(p.get_width(), 2) for p in ax.patches)
+    expected = sorted(
+        round(row[key], 2)
+        for row in protocol.GATE_SEARCH
+        for key in ("top1", "untrained")
+        if row.get(key)
+    )
+    assert widths == expected
+    assert len(ax.get_yticklabels()) == len(protocol.GATE_SEARCH)
+    for row in protocol.GATE_SEARCH:  # every row says what changed, what it read, and a label
+        assert {"change", "test", "note", "short"} <= set(row)
+        assert row.get("top1") or row.get("untrained")
+
+
 def test_shape_bias_counts_shape_and_texture_decisions_only():
     shape = torch.tensor([0, 1, 2, 3, 4])
     texture = torch.tensor([1, 2, 3, 4, 5])
@@ -221,7 +261,7 @@ def test_quick_run_in_two_stages(tmp_path, ray_session):
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "wall time" in result.output and "gate" in result.output
-    for name in ("results.md", "results.json", "results.png"):
+    for name in ("results.md", "results.json", "results.png", "gate_search.png"):
         assert (tmp_path / name).stat().st_size > 0
     with Image.open(tmp_path / "results.png") as img:
         assert img.format == "PNG"
