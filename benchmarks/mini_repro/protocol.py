@@ -65,6 +65,8 @@ class Protocol:
     seeds: tuple[int, ...]
     variants: tuple[Variant, ...] = VARIANTS
     bn_splits: int = 8
+    lr: float | None = None  # None: the trainer's default, 0.8 x batch / 512
+    small_images: bool | None = None  # the 3x3 stem without max-pool; None: image_size <= 48
     synthesis_batch: int = 16
     workers: int = 1
     shuffle_buffer: int = 1000
@@ -86,6 +88,10 @@ class Protocol:
         return d
 
     @property
+    def uses_small_images(self) -> bool:
+        return self.image_size <= 48 if self.small_images is None else self.small_images
+
+    @property
     def views_per_run(self) -> int:
         return self.epochs * self.steps_per_epoch * self.batch_size
 
@@ -96,12 +102,22 @@ class Protocol:
             f"{w.shape_radius[0]}-{w.shape_radius[1]} of the side, texture contrast {w.texture_contrast}, "
             f"typical class texture with probability {w.class_texture_probability} in domain; training "
             f"texture families {', '.join(TRAIN_FAMILIES)}, held out {', '.join(UNSEEN_FAMILIES)}; "
-            f"sketch lines {w.outline_width} px. Images per class: {p}; data seed {self.data_seed}.\n"
+            f"sketch lines {w.outline_width} px; background "
+            + (
+                f"flat {w.background_colour}"
+                if w.background_colour is not None
+                else f"textured, contrast {w.background_contrast}"
+                if w.background_contrast is not None
+                else f"textured, contrast {w.texture_contrast}"
+            )
+            + f". Images per class: {p}; data seed {self.data_seed}.\n"
             f"Textures of the pretrain split by the real Ray job, steps {self.synthesis_steps} at (56, 112, 224) px "
             f"(random encoder).\n"
             f"Pre-training: MoCo v2 {self.arch} at {self.image_size} px, batch {self.batch_size}, K {self.moco_k}, "
             f"shuffle-BN over {self.bn_splits} sub-batches, {self.epochs} epochs x {self.steps_per_epoch} steps = "
-            f"{self.views_per_run} views per run, lr 0.8 x batch / 512, cosine (the trainer's defaults); "
+            f"{self.views_per_run} views per run, "
+            f"{'lr 0.8 x batch / 512 (the trainer default)' if self.lr is None else f'lr {self.lr}'}, cosine; "
+            f"{'3x3 stem without max-pool' if self.uses_small_images else 'the ImageNet stem'}; "
             f"variants {', '.join(v.name for v in self.variants)}; seeds {self.seeds}.\n"
             f"Probe: linear, {self.probe_epochs} epochs on centre-crop features of `train` (labelled, same "
             f"distribution as `pretrain`, other images); read on test and the out-of-domain sets.\n"
@@ -304,5 +320,16 @@ GATE_SEARCH: tuple[dict[str, Any], ...] = (
         "short": "32 px, 384 images, flat bg, 38.4k views",
         "note": "gate FAILED; loss 3.09 of chance 4.17, the instance task is being learned, the features "
         "are 5 points below untrained (74.0 at 32 px). 110 views/s",
+    },
+    {
+        "change": "diagnostic, no new training: row 12's checkpoint and the untrained network probed on "
+        "grey-level copies of train and test (same world, same probe)",
+        "test": "62.8 (colour: 73.8)",
+        "top1": 62.75,
+        "untrained": 69.75,
+        "short": "row 12 nets probed on grey-level images",
+        "note": "without colour MoCo loses 11 points, the untrained network 5: pre-training taught colour "
+        "(the easiest cue that tells one image from another here, colour jitter notwithstanding), "
+        "not shape",
     },
 )

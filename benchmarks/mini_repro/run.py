@@ -77,6 +77,8 @@ RUN_FIELDS = DATA_FIELDS + (
     "epochs",
     "steps_per_epoch",
     "bn_splits",
+    "lr",
+    "small_images",
     "shuffle_buffer",
     "probe_epochs",
 )
@@ -234,7 +236,8 @@ def pretrain(
         alpha=variant.alpha,
         arch=p.arch,
         image_size=p.image_size,
-        small_images=p.image_size <= 48,
+        small_images=p.uses_small_images,
+        lr=p.lr,
         batch_size=p.batch_size,
         moco_k=p.moco_k,
         epochs=p.epochs,

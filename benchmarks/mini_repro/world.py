@@ -51,6 +51,9 @@ class World:
     outline_width: int = 3  # sketch line, px at image_size
     #: the background's pattern amplitude (0 = its flat mean colour); None: ``texture_contrast``
     background_contrast: float | None = None
+    #: one flat RGB colour in [0, 1] for every background (in every split but sketch), instead of
+    #: a random texture: the background then tells no image from another
+    background_colour: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         lo, hi = self.shape_radius
@@ -61,6 +64,12 @@ class World:
         if not 0 <= self.class_texture_probability <= 1 or not 0 < self.texture_contrast <= 1:
             raise ValueError(
                 "class_texture_probability must be in [0, 1] and texture_contrast in (0, 1]"
+            )
+        if self.background_colour is not None and not (
+            len(self.background_colour) == 3 and all(0 <= c <= 1 for c in self.background_colour)
+        ):
+            raise ValueError(
+                f"background_colour must be 3 values in [0, 1], got {self.background_colour}"
             )
         if self.background_contrast is not None and not 0 <= self.background_contrast <= 1:
             raise ValueError(
@@ -275,9 +284,13 @@ def render(
     bg_contrast = (
         world.texture_contrast if world.background_contrast is None else world.background_contrast
     )
-    img = paint(fg, size, rng, world.texture_contrast) * m + paint(bg, size, rng, bg_contrast) * (
-        1 - m
-    )
+    foreground = paint(fg, size, rng, world.texture_contrast)
+    background = paint(bg, size, rng, bg_contrast)  # drawn in any case: the same draws follow
+    if world.background_colour is not None:
+        background = np.broadcast_to(
+            np.asarray(world.background_colour, np.float32), background.shape
+        )
+    img = foreground * m + background * (1 - m)
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), texture_class
 
 

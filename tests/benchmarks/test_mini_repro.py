@@ -139,7 +139,7 @@ def test_texture_contrast_scales_the_pattern_around_its_mean():
         shapes.World(texture_contrast=0)
 
 
-def test_background_contrast_flattens_only_the_background():
+def test_background_contrast_and_colour_change_only_the_background():
     rng = lambda: shapes.image_rng(0, "test", 3, 0)  # noqa: E731
     flat_world = dataclasses.replace(WORLD, background_contrast=0.0)
     textured, _ = shapes.render(WORLD, "test", 3, rng())
@@ -149,8 +149,15 @@ def test_background_contrast_flattens_only_the_background():
     # The same draw: the shape is untouched, the background is one flat colour (its mean).
     np.testing.assert_array_equal(flat[inside], textured[inside])
     assert flat[outside].std(axis=0).max() < 1.0 < textured[outside].std(axis=0).max()
+    grey, _ = shapes.render(
+        dataclasses.replace(WORLD, background_colour=(0.5, 0.5, 0.5)), "test", 3, rng()
+    )
+    np.testing.assert_array_equal(grey[inside], textured[inside])
+    assert (grey[outside] == 128).all()
     with pytest.raises(ValueError, match="background_contrast"):
         shapes.World(background_contrast=1.5)
+    with pytest.raises(ValueError, match="background_colour"):
+        shapes.World(background_colour=(0.5, 2.0, 0.5))
 
 
 def test_gate_search_rows_are_plotted_with_their_numbers(tmp_path, monkeypatch):
