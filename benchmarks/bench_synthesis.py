@@ -122,6 +122,18 @@ def sync(device: str) -> None:
 )
 @click.option("--accelerated/--no-accelerated", default=None, help="[default: on CUDA only]")
 @click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the per-step loss (SynthesisConfig.compile; CUDA graphs on CUDA)",
+)
+@click.option(
+    "--compile-backend",
+    default="inductor",
+    show_default=True,
+    help='with --compile; "aot_eager": traced, no code generation',
+)
+@click.option(
     "--repeat", type=int, default=1, show_default=True, help="batches timed for the default engine"
 )
 @click.option(
@@ -143,6 +155,8 @@ def main(
     batch_size,
     steps,
     accelerated,
+    compile_,
+    compile_backend,
     repeat,
     reference_images,
     reference_iterations,
@@ -158,12 +172,20 @@ def main(
         others.append(make_crops(data, np.random.default_rng(1000 + i)).pixels[1])
     crops, others = np.stack(crops), np.stack(others)
     config = SynthesisConfig(
-        encoder=encoder, weights=weights, batch_size=batch_size, accelerated=accelerated
+        encoder=encoder,
+        weights=weights,
+        batch_size=batch_size,
+        accelerated=accelerated,
+        compile=compile_,
+        compile_backend=compile_backend,
     )
     if steps:
         config = replace(config, steps=tuple(int(s) for s in steps.split(",")))
     synth = TextureSynthesizer(config, device)
-    synth(crops[:2], [0, 1])  # warm-up (cuDNN autotune, allocator)
+    # warm-up: cuDNN autotune, allocator; with --compile the timed batch's shapes (one compilation
+    # and, with CUDA graphs, one capture per stage)
+    warm = batch_size if compile_ else 2
+    synth(crops[:warm], list(range(warm)))
     sync(device)
     start = time.perf_counter()
     for r in range(repeat):
@@ -187,6 +209,7 @@ def main(
         "encoder": encoder,
         "random_weights": bool(random_weights),
         "accelerated": synth.accelerated,
+        "compile": compile_backend if compile_ else None,
         "batch_size": batch_size,
         "sizes": list(synth.config.sizes),
         "steps": list(synth.config.steps),
@@ -202,7 +225,8 @@ def main(
     }
     print(
         f"device: {name}   encoder: {encoder}{' (random weights)' if random_weights else ''}   "
-        f"accelerated: {synth.accelerated}   sizes {synth.config.sizes} steps {synth.config.steps}"
+        f"accelerated: {synth.accelerated}   "
+        f"compiled: {compile_backend if compile_ else 'no'}   sizes {synth.config.sizes} steps {synth.config.steps}"
     )
     print(f"{'':34s}{'textures/s':>12s}{'noise ratio':>13s}{'max layout':>12s}")
     if reference_images:

@@ -12,7 +12,13 @@ of its two 96 px crops, and the batch is optimised together but independently:
 * ``accelerated`` (default: on CUDA only): channels_last and bf16 autocast, the Gram
   matrices of bf16 features computed without an fp32 copy of the feature maps. The
   same path runs on any device when asked for (the CPU tests do); otherwise float32
-  and deterministic.
+  and deterministic;
+* ``compile`` (opt-in, default off): the per-step loss (features + Gram + loss, forward and
+  backward) through ``torch.compile`` with ``dynamic=False`` (one compilation per stage size
+  and batch size), inductor in mode "reduce-overhead": CUDA graphs on CUDA, against the launch
+  overhead of the small early stages. The CPU tests run the same call with the ``aot_eager``
+  backend (inductor's code generation takes minutes on 2 cores). Off by default because no
+  GPU has measured it yet: ``make bench-gpu`` runs the random encoder with and without it.
 """
 
 from __future__ import annotations
@@ -47,11 +53,16 @@ class SynthesisConfig:
     encoder_seed: int = 0
     sizes: tuple[int, ...] = (56, 112, 224)
     steps: tuple[int, ...] = (120, 40, 14)
-    lr: float = 0.03
+    lr: float | tuple[float, ...] = 0.03  # Adam's lr: one for all stages, or one per stage
+    lr_floor: float = 0.1  # each stage's cosine decays its lr to lr_floor x lr
     batch_size: int | None = (
         None  # None: CPU_BATCH_SIZE on a CPU, chosen for the card's memory on a GPU
     )
     accelerated: bool | None = None  # channels_last + bf16 autocast; None: on CUDA only
+    #: torch.compile the per-step loss (features + Gram + loss, forward and backward): opt-in,
+    #: not yet measured on a GPU. Inductor runs in mode "reduce-overhead" (CUDA graphs on CUDA).
+    compile: bool = False
+    compile_backend: str = "inductor"  # "aot_eager": traced by Dynamo/AOTAutograd, no codegen
 
     def __post_init__(self) -> None:
         if len(self.sizes) != len(self.steps) or not self.sizes:
@@ -60,14 +71,29 @@ class SynthesisConfig:
             )
         if self.sizes[-1] != TEXTURE_SIZE:
             raise ValueError(f"the last size must be {TEXTURE_SIZE}, got {self.sizes}")
+        if not isinstance(self.lr, (int, float)) and len(self.lr) != len(self.sizes):
+            raise ValueError(f"lr {self.lr} needs one value per stage {self.sizes}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def stage_lrs(self) -> tuple[float, ...]:
+        if isinstance(self.lr, (int, float)):
+            return (float(self.lr),) * len(self.sizes)
+        return tuple(float(v) for v in self.lr)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["sizes"], d["steps"] = list(self.sizes), list(self.steps)
+        d["lr"] = self.lr if isinstance(self.lr, (int, float)) else list(self.lr)
         d["version"] = GENERATOR_VERSION
         return d
+
+
+def compile_mode(backend: str) -> str | None:
+    """torch.compile's mode for ``backend``: "reduce-overhead" for inductor (CUDA graphs on CUDA,
+    where a small-kernel step is launch-bound; on a CPU inductor's plain code), none for other
+    backends (they take no mode). No device branch: the CPU tests run the same call."""
+    return "reduce-overhead" if backend == "inductor" else None
 
 
 def auto_batch_size(encoder: str, device: str | torch.device) -> int:
@@ -154,6 +180,16 @@ class TextureSynthesizer:
             torch.backends.cudnn.benchmark = (
                 True  # fixed shapes per stage: pick the fastest kernels once
             )
+        #: The per-step loss; compiled when asked. Shapes are fixed within a stage (dynamic=False):
+        #: one compilation per stage size and batch size.
+        self.step_loss = self.per_image_loss
+        if config.compile:
+            self.step_loss = torch.compile(
+                self.per_image_loss,
+                backend=config.compile_backend,
+                mode=compile_mode(config.compile_backend),
+                dynamic=False,
+            )
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.accelerated:
@@ -161,6 +197,10 @@ class TextureSynthesizer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 return self.encoder(x)
         return self.encoder(x)
+
+    def per_image_loss(self, x: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        """[B] Gram loss of each image of ``x`` against its targets."""
+        return gram_loss([gram(f) for f in self.features(x)], targets)
 
     def targets(self, crops: torch.Tensor, size: int) -> list[torch.Tensor]:
         """Pooled Gram matrices of both crops at the scale of a ``size`` px texture."""
@@ -216,7 +256,7 @@ class TextureSynthesizer:
         """crops_t float [B, 2, 3, 96, 96] on the device."""
         x = self._init(crops_t, seeds)  # [B, 3, s0, s0] float32
         memory_format = torch.channels_last if self.accelerated else torch.contiguous_format
-        for size, steps in zip(self.config.sizes, self.config.steps):
+        for size, steps, lr in zip(self.config.sizes, self.config.steps, self.config.stage_lrs()):
             if x.shape[-1] != size:
                 x = F.interpolate(
                     x.detach(), size=(size, size), mode="bicubic", align_corners=False
@@ -224,21 +264,21 @@ class TextureSynthesizer:
             targets = self.targets(crops_t, size)
             x = x.detach().contiguous(memory_format=memory_format).requires_grad_(True)
             # fused: one kernel for the whole update, no per-step temporaries (CPU and CUDA)
-            optimizer = torch.optim.Adam([x], lr=self.config.lr, fused=True)
+            optimizer = torch.optim.Adam([x], lr=lr, fused=True)
             # Decay within each stage: big moves early, then settle (fewer steps for the same loss).
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, max(steps, 1), eta_min=self.config.lr / 10
+                optimizer, max(steps, 1), eta_min=lr * self.config.lr_floor
             )
             for _ in range(steps):  # no host sync inside: the loss is read once, at the end
                 optimizer.zero_grad(set_to_none=True)
-                per_image = gram_loss([gram(f) for f in self.features(x)], targets)  # [B]
+                per_image = self.step_loss(x, targets)  # [B]
                 per_image.sum().backward()  # a sum, so each image's gradient is its own
                 optimizer.step()
                 schedule.step()
                 with torch.no_grad():
                     x.clamp_(0, 1)
         with torch.no_grad():
-            losses = gram_loss([gram(f) for f in self.features(x)], targets).float().cpu()
+            losses = self.per_image_loss(x, targets).float().cpu()
         textures = (
             (x.detach() * 255.0 + 0.5)
             .clamp(0, 255)
