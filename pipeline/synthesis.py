@@ -55,6 +55,7 @@ class SynthesisConfig:
     steps: tuple[int, ...] = (120, 40, 14)
     lr: float | tuple[float, ...] = 0.03  # Adam's lr: one for all stages, or one per stage
     lr_floor: float = 0.1  # each stage's cosine decays its lr to lr_floor x lr
+    init_noise: float = 0.15  # std of the seeded noise the first stage starts from
     batch_size: int | None = (
         None  # None: CPU_BATCH_SIZE on a CPU, chosen for the card's memory on a GPU
     )
@@ -224,7 +225,7 @@ class TextureSynthesizer:
             [torch.randn(3, size, size, generator=torch.Generator().manual_seed(s)) for s in seeds]
         )
         mean = crops.mean(dim=(1, 3, 4)).cpu().view(-1, 3, 1, 1)
-        return (mean + 0.15 * noise).clamp(0, 1).to(self.device)
+        return (mean + self.config.init_noise * noise).clamp(0, 1).to(self.device)
 
     def __call__(self, crops: np.ndarray | torch.Tensor, seeds: list[int]) -> SynthesisResult:
         """crops: uint8 [B, 2, 96, 96, 3] (or float [B, 2, 3, 96, 96] in [0, 1]); one seed per image."""
