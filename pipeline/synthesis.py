@@ -56,6 +56,13 @@ class SynthesisConfig:
     lr: float | tuple[float, ...] = 0.03  # Adam's lr: one for all stages, or one per stage
     lr_floor: float = 0.1  # each stage's cosine decays its lr to lr_floor x lr
     init_noise: float = 0.15  # std of the seeded noise the first stage starts from
+    #: Adam's eps in units of the gradient of a size-normalised loss (a stage's eps is
+    #: adam_eps / size**2: the Gram loss averages over positions, so its per-pixel gradient
+    #: shrinks with the pixel count). Large: pixels with small gradients move less than lr.
+    adam_eps: float = 0.0
+    #: Share of each stage's steps over which its lr ramps up linearly from 0 (then the cosine):
+    #: Adam's first steps are sign-like, every pixel moved by lr whatever its gradient.
+    warmup: float = 0.0
     batch_size: int | None = (
         None  # None: CPU_BATCH_SIZE on a CPU, chosen for the card's memory on a GPU
     )
@@ -88,6 +95,17 @@ class SynthesisConfig:
         d["lr"] = self.lr if isinstance(self.lr, (int, float)) else list(self.lr)
         d["version"] = GENERATOR_VERSION
         return d
+
+
+def stage_schedule(steps: int, warmup: float, floor: float):
+    """Step t -> lr factor: a linear ramp over ``warmup`` x steps, then a cosine from 1 to floor."""
+    ramp = warmup * steps
+
+    def factor(t: int) -> float:
+        cosine = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, steps) / max(steps, 1)))
+        return cosine * min(1.0, (t + 1) / ramp) if ramp > 0 else cosine
+
+    return factor
 
 
 def compile_mode(backend: str) -> str | None:
@@ -265,10 +283,12 @@ class TextureSynthesizer:
             targets = self.targets(crops_t, size)
             x = x.detach().contiguous(memory_format=memory_format).requires_grad_(True)
             # fused: one kernel for the whole update, no per-step temporaries (CPU and CUDA)
-            optimizer = torch.optim.Adam([x], lr=lr, fused=True)
+            optimizer = torch.optim.Adam(
+                [x], lr=lr, eps=max(self.config.adam_eps / size**2, 1e-8), fused=True
+            )
             # Decay within each stage: big moves early, then settle (fewer steps for the same loss).
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, max(steps, 1), eta_min=lr * self.config.lr_floor
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, stage_schedule(steps, self.config.warmup, self.config.lr_floor)
             )
             for _ in range(steps):  # no host sync inside: the loss is read once, at the end
                 optimizer.zero_grad(set_to_none=True)
