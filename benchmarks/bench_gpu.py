@@ -2,7 +2,8 @@
 
 What a user runs to check a new GPU box: texture synthesis for both encoders at batch
 64/128/256 (VGG19 with random weights: speed and Gram loss, not texture quality; the random
-encoder also reports the noise ratio), then the trainer's train-step and loader benchmark.
+encoder also reports the noise ratio; the random encoder runs once more with ``--compile``, the
+compiled per-step loss with CUDA graphs), then the trainer's train-step and loader benchmark.
 Each benchmark runs in its own process, so one that fails (out of memory at batch 256, say)
 is recorded as failed and the others still run.
 
@@ -57,21 +58,23 @@ def markdown(device: str, synthesis: list[dict], train_step: dict) -> str:
     lines = [
         f"# GPU benchmarks: {device}",
         "",
-        "Texture synthesis, default schedule (`benchmarks/bench_synthesis.py`). VGG19 has random weights: "
+        "Texture synthesis, default schedule (`benchmarks/bench_synthesis.py`; compiled: `--compile`, "
+        "the per-step loss through inductor with CUDA graphs). VGG19 has random weights: "
         "its row is speed and final Gram loss only. Matmul = a plain bf16 matmul on this card, same run.",
         "",
         "| encoder | batch | textures/s | TFLOP/s | % of bf16 matmul | final Gram loss | noise ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in synthesis:
+        encoder = r["encoder"] + (" (compiled)" if r.get("compile") else "")
         if r.get("failed"):
             lines.append(
-                f"| {r['encoder']} | {r['batch_size']} | failed (rc {r['failed']}, see {r['log']}) | | | | |"
+                f"| {encoder} | {r['batch_size']} | failed (rc {r['failed']}, see {r['log']}) | | | | |"
             )
             continue
         ratio = f"{r['noise_ratio_all']:.3f}" if r["encoder"] == "random" else "—"
         lines.append(
-            f"| {r['encoder']} | {r['batch_size']} | {r['textures_per_s']:.1f} | {r['tflops']:.1f} | "
+            f"| {encoder} | {r['batch_size']} | {r['textures_per_s']:.1f} | {r['tflops']:.1f} | "
             f"{100 * r['tflops'] / r['matmul_tflops']:.1f} | {r['final_gram_loss']:.4f} | {ratio} |"
         )
     lines += [
@@ -107,9 +110,9 @@ def main(out: Path, batches: str, repeat: int, skip_train_step: bool) -> None:
     device = torch.cuda.get_device_name(0)
     out.mkdir(parents=True, exist_ok=True)
     synthesis = []
-    for encoder in ("random", "vgg19"):
+    for encoder, compiled in (("random", False), ("random", True), ("vgg19", False)):
         for batch in (int(b) for b in batches.split(",")):
-            name = f"synthesis-{encoder}-b{batch}"
+            name = f"synthesis-{encoder}{'-compiled' if compiled else ''}-b{batch}"
             cmd = [
                 sys.executable,
                 str(HERE / "bench_synthesis.py"),
@@ -128,10 +131,18 @@ def main(out: Path, batches: str, repeat: int, skip_train_step: bool) -> None:
             ]
             if encoder == "vgg19":
                 cmd.append("--random-weights")
+            if compiled:
+                cmd.append("--compile")
             rc, _, _ = _run(cmd, out / f"{name}.log")
             if rc:
                 synthesis.append(
-                    {"encoder": encoder, "batch_size": batch, "failed": rc, "log": f"{name}.log"}
+                    {
+                        "encoder": encoder,
+                        "compile": "inductor" if compiled else None,
+                        "batch_size": batch,
+                        "failed": rc,
+                        "log": f"{name}.log",
+                    }
                 )
             else:
                 synthesis.append(json.loads((out / f"{name}.json").read_text()))

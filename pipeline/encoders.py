@@ -27,6 +27,19 @@ class WeightsNotFound(FileNotFoundError):
     pass
 
 
+def replicate_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``F.pad(x, (pad,) * 4, mode="replicate")`` as two index_selects: the same values.
+
+    Used under torch.compile: inductor's compiled backward of replication_pad2d expects a
+    contiguous gradient where the eager kernel returns a channels_last one (torch 2.14, CPU:
+    a size/stride assertion at run time).
+    """
+    h, w = x.shape[-2:]
+    rows = torch.arange(-pad, h + pad, device=x.device).clamp(0, h - 1)
+    cols = torch.arange(-pad, w + pad, device=x.device).clamp(0, w - 1)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
 class RandomMultiScaleEncoder(nn.Module):
     """Random ReLU filters over a 4-level image pyramid: receptive fields 5, 10, 20, 40 px.
 
@@ -65,7 +78,10 @@ class RandomMultiScaleEncoder(nn.Module):
         for level in range(self.levels):
             if level:
                 x = F.avg_pool2d(x, 2, ceil_mode=True)
-            padded = F.pad(x, (pad,) * 4, mode="replicate")
+            if torch.compiler.is_compiling():
+                padded = replicate_pad(x, pad)
+            else:
+                padded = F.pad(x, (pad,) * 4, mode="replicate")
             features.append(
                 F.relu(
                     F.conv2d(

@@ -277,3 +277,54 @@ def test_a_batch_that_does_not_fit_is_split_and_the_batch_size_lowered(crops):
     )  # nothing fits
     with pytest.raises(torch.OutOfMemoryError, match="full"):
         synth(crops[:3], [0, 1, 2])
+
+
+def test_compiled_step_matches_eager_and_keeps_images_independent(crops):
+    """``SynthesisConfig.compile``: the per-step loss (features + Gram + loss, forward and backward)
+    through TorchDynamo and AOTAutograd, the path inductor and CUDA graphs take on a GPU. The suite
+    uses the ``aot_eager`` backend (no code generation: inductor takes minutes on 2 cores)."""
+    from torch._dynamo.utils import counters
+
+    from pipeline.synthesis import compile_mode
+
+    assert compile_mode("inductor") == "reduce-overhead" and compile_mode("aot_eager") is None
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    config = SynthesisConfig(steps=(3, 2, 1), compile=True, compile_backend="aot_eager")
+    compiled = TextureSynthesizer(config)
+    got = compiled(crops[[0, 3]], [99, 11])
+    assert counters["stats"]["unique_graphs"] - before >= 3  # one graph per stage size
+    want = TextureSynthesizer(replace(config, compile=False))(crops[[0, 3]], [99, 11])
+    assert np.abs(got.textures.astype(int) - want.textures.astype(int)).max() <= 2
+    assert np.allclose(got.losses, want.losses, rtol=1e-3)
+    alone = compiled(crops[3:4], [11]).textures[0]  # another batch size: compiled again
+    assert np.abs(alone.astype(int) - got.textures[1].astype(int)).max() <= 2
+
+
+def test_compiled_step_runs_through_inductor_on_cpu(crops):
+    """The default backend, inductor in mode "reduce-overhead" (CUDA graphs on CUDA), compiles and
+    runs on the CPU: a lowering that breaks (as replication_pad2d's backward did) turns this red.
+    One image, one step per stage: ~40 s of code generation on 2 busy cores. Inductor reorders
+    float sums, so Adam's first steps (sign-like for tiny gradients) move a few pixels
+    differently: the loss is compared, not every pixel."""
+    config = SynthesisConfig(steps=(1, 1, 1), compile=True)
+    got = TextureSynthesizer(config)(crops[:1], [0])
+    want = TextureSynthesizer(replace(config, compile=False))(crops[:1], [0])
+    assert np.allclose(got.losses, want.losses, rtol=2e-2)
+    assert np.abs(got.textures.astype(int) - want.textures.astype(int)).mean() < 1.0
+
+
+def test_replicate_pad_matches_f_pad_values_and_gradients():
+    """The compiled encoder's padding (index_select) is F.pad's replicate mode, gradients included."""
+    import torch.nn.functional as F
+
+    from pipeline.encoders import replicate_pad
+
+    x = torch.rand(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+    y = x.detach().clone().requires_grad_(True)
+    w = torch.randn(2, 3, 11, 13, dtype=torch.float64)
+    a, b = replicate_pad(x, 2), F.pad(y, (2,) * 4, mode="replicate")
+    assert torch.equal(a, b)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    assert torch.allclose(x.grad, y.grad)
