@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from benchmarks.mini_repro.world import CLASSES, OOD_SPLITS, TRAIN_FAMILIES, UNSEEN_FAMILIES, World
+from pipeline.synthesis import SynthesisConfig
 
 #: Sets read after pre-training, and the measures reported per run.
 EVAL_SETS = ("test",) + OOD_SPLITS
@@ -73,9 +74,6 @@ class Protocol:
     probe_epochs: int = 100
     data_seed: int = 0
     enforce_gate: bool = True  # stop after the baseline when the gate fails
-    #: Noise ratio (pipeline/quality.py) of the default schedule (120, 40, 14) on this world's
-    #: pretrain crops, measured once (see ``measure_noise_ratio``); a schedule must be within 0.05.
-    reference_noise_ratio: float = 0.480
     notes: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict[str, Any]:
@@ -126,8 +124,14 @@ class Protocol:
         )
 
 
-#: The world the search settled on (GATE_SEARCH); the previous one is ``World()``'s defaults.
-WORLD = World(shape_radius=(0.30, 0.42), texture_contrast=0.5, outline_width=5)
+#: The world the search settled on (GATE_SEARCH row 16: a flat grey background); the previous
+#: ones are ``World()``'s defaults (row 1) and row 3's (textured background).
+WORLD = World(
+    shape_radius=(0.30, 0.42),
+    texture_contrast=0.5,
+    outline_width=5,
+    background_colour=(0.5, 0.5, 0.5),
+)
 
 #: `make mini-repro`: 2 CPU cores, <= 45 min (aimed at <= 35).
 FULL = Protocol(
@@ -141,7 +145,7 @@ FULL = Protocol(
         "unseen_textures": 50,
         "cue_conflict": 50,
     },
-    synthesis_steps=(120, 40, 14),
+    synthesis_steps=SynthesisConfig().steps,  # the engine's default schedule
     arch="resnet18",
     image_size=64,
     batch_size=32,
@@ -238,7 +242,7 @@ GATE_SEARCH: tuple[dict[str, Any], ...] = (
         "test": "69.2",
         "top1": 69.2,
         "untrained": 71.0,
-        "short": "+ bn_splits 2 (FULL as committed)",
+        "short": "+ bn_splits 2 (FULL's budget since)",
         "note": "gate FAILED in domain. The loss now falls (4.02 -> 3.70 over 4 epochs): the instance task "
         "starts to be learned, but the features are still no better than untrained (71.0). 304 s "
         "(49-72 views/s) once the machine had gone quiet at the end of the session",
@@ -331,5 +335,28 @@ GATE_SEARCH: tuple[dict[str, Any], ...] = (
         "note": "without colour MoCo loses 11 points, the untrained network 5: pre-training taught colour "
         "(the easiest cue that tells one image from another here, colour jitter notwithstanding), "
         "not shape",
+    },
+    {
+        "change": "budget: row 13 trained 3x as long (12 x 150 x 64 = 115,200 views, 300 passes over the "
+        "384 images); checkpoints probed along the way",
+        "test": "74.2 (19k: 64.2, 38k: 68.0, 58k: 71.5, 77k: 72.2, 96k: 74.5 views)",
+        "top1": 74.25,
+        "untrained": 74.0,
+        "short": "row 13 x 3 views (115k)",
+        "note": "gate FAILED. The loss falls to 2.37 (chance 4.17) and accuracy climbs with the views, but "
+        "only up to the untrained network's (74.0): a CPU budget of ~10k views per run is an order "
+        "of magnitude short on this world. 1,055 s at 109 views/s beside other jobs",
+    },
+    {
+        "change": "world: every background one flat mid-grey (background_colour 0.5, 0.5, 0.5; same draws "
+        "otherwise), so the background tells no image from another and colour tells only the "
+        "shape's texture; budget of row 5 (FULL's: 64 px, 96 images, K 64, 9,600 views)",
+        "test": "84.8",
+        "top1": 84.75,
+        "untrained": 82.25,
+        "short": "grey background (world), row 5 budget: FULL",
+        "note": "in-domain part of the gate PASSED on seed 0 (sketch not read: the gate reads it in the "
+        "full run). The untrained network reads 82.25 on this world, so most of the in-domain "
+        "accuracy is the architecture's and the probe's; MoCo adds 2.5 points. Adopted as FULL",
     },
 )

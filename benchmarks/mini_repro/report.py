@@ -148,8 +148,13 @@ def markdown(report: dict[str, Any], protocol: Protocol) -> str:
             f"Texture negatives: {tex['images']} made by the real Ray job in {tex['seconds']} s, "
             f"steps {tuple(tex['synthesis']['steps'])} at {tuple(tex['synthesis']['sizes'])} px; "
             f"noise ratio (pipeline/quality.py, mean over {tex['quality_images']} textures) "
-            f"{tex['noise_ratio']:.3f}, default schedule's reference "
-            f"{protocol.reference_noise_ratio:.3f}.",
+            f"{tex['noise_ratio']:.3f}"
+            + (
+                " (the engine's default schedule, generator "
+                f"{tex['synthesis'].get('version', '?')})."
+                if tex.get("default_schedule")
+                else " (not the default schedule: plumbing only)."
+            ),
         ]
     search = report.get("gate_search") or []
     if search:

@@ -201,8 +201,12 @@ def make_textures(
     seconds = time.time() - t0
     ratio, measured = texture_noise_ratio(shards)
     log(
-        f"textures: {summary.images} in {seconds:.0f} s, noise ratio {ratio:.3f} "
-        f"(default schedule {protocol.reference_noise_ratio:.3f})"
+        f"textures: {summary.images} in {seconds:.0f} s, noise ratio {ratio:.3f}"
+        + (
+            " (the default schedule)"
+            if synthesis == SynthesisConfig(batch_size=synthesis.batch_size)
+            else ""
+        )
     )
     return {
         "images": summary.images,
@@ -210,6 +214,7 @@ def make_textures(
         "seconds": round(seconds, 1),
         "synthesis": synthesis.as_dict(),
         "noise_ratio": round(ratio, 4),
+        "default_schedule": synthesis == SynthesisConfig(batch_size=synthesis.batch_size),
         "quality_images": measured,
     }
 

@@ -141,8 +141,9 @@ def test_texture_contrast_scales_the_pattern_around_its_mean():
 
 def test_background_contrast_and_colour_change_only_the_background():
     rng = lambda: shapes.image_rng(0, "test", 3, 0)  # noqa: E731
-    flat_world = dataclasses.replace(WORLD, background_contrast=0.0)
-    textured, _ = shapes.render(WORLD, "test", 3, rng())
+    textured_world = dataclasses.replace(WORLD, background_colour=None)
+    flat_world = dataclasses.replace(textured_world, background_contrast=0.0)
+    textured, _ = shapes.render(textured_world, "test", 3, rng())
     flat, _ = shapes.render(flat_world, "test", 3, rng())
     mask = shapes.shape_mask(shapes.CLASSES[3], WORLD.image_size, rng(), WORLD.shape_radius)
     inside, outside = mask > 0.99, mask < 0.01
@@ -150,7 +151,7 @@ def test_background_contrast_and_colour_change_only_the_background():
     np.testing.assert_array_equal(flat[inside], textured[inside])
     assert flat[outside].std(axis=0).max() < 1.0 < textured[outside].std(axis=0).max()
     grey, _ = shapes.render(
-        dataclasses.replace(WORLD, background_colour=(0.5, 0.5, 0.5)), "test", 3, rng()
+        dataclasses.replace(textured_world, background_colour=(0.5, 0.5, 0.5)), "test", 3, rng()
     )
     np.testing.assert_array_equal(grey[inside], textured[inside])
     assert (grey[outside] == 128).all()
@@ -261,7 +262,9 @@ def test_quick_run_in_two_stages(tmp_path, ray_session):
         shapes.CLASSES
     )
     textures = json.loads((tmp_path / "prepared.json").read_text())["textures"]
-    assert 0 < textures["noise_ratio"] < 2 and textures["quality_images"] > 0
+    # 4 optimisation steps: noise-like textures, measured all the same (plumbing, not quality)
+    assert 0 < textures["noise_ratio"] < math.inf and textures["quality_images"] > 0
+    assert textures["default_schedule"] is False
 
     result = CliRunner().invoke(
         main, ["--quick", "--stage", "train", "--out", str(tmp_path), "--no-progress"]
