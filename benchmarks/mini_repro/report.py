@@ -82,6 +82,7 @@ def _fmt(x: float, measure: str) -> str:
 
 def markdown(report: dict[str, Any], protocol: Protocol) -> str:
     summary, gate = report["summary"], report["gate"]
+    stopped_at_gate = protocol.enforce_gate and not gate["passed"]
     quick = protocol.name == "quick"
     titles = [TITLES[m] for m in MEASURES]
     lines = [
@@ -95,6 +96,13 @@ def markdown(report: dict[str, Any], protocol: Protocol) -> str:
         *(
             []
             if report.get("complete", True)
+            else [
+                f"**Stopped at the gate: {len(report['runs'])} of "
+                f"{len(protocol.variants) * len(protocol.seeds)} runs made** (the baseline's; the "
+                "variants are not trained when it fails, by design).",
+                "",
+            ]
+            if stopped_at_gate
             else [
                 f"**Partial: {len(report['runs'])} of {len(protocol.variants) * len(protocol.seeds)} runs finished** "
                 "(the job was stopped or is still running; rerunning it resumes).",
@@ -225,7 +233,7 @@ def plot_gate_search(search: list[dict[str, Any]], path: Path) -> None:
     ax.set_yticks(y, [f"{i}. {s['short']}" for i, s in rows], fontsize=7)
     ax.set_xlim(0, 100)
     ax.set_xlabel("in-domain top-1 % (probe on train, read on test)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper right")  # the first rows are the lowest
     fig.suptitle(
         "mini reproduction: search for a world and budget where MoCo learns shape", fontsize=9
     )

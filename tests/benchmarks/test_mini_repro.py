@@ -240,6 +240,33 @@ def test_gate_needs_in_domain_accuracy_and_sketches_above_chance():
     assert "85.0" in reading and "13.0" in reading
 
 
+def test_a_report_stopped_by_the_gate_says_so_and_not_partial():
+    sizes = {s: 400 for s in protocol.EVAL_SETS}
+    runs = [
+        {
+            "variant": "moco",
+            "seed": seed,
+            "top1": {s: 85.0 if s == "test" else 13.0 for s in protocol.EVAL_SETS},
+            "shape_bias": 0.3,
+        }
+        for seed in protocol.FULL.seeds
+    ]
+    base = {
+        "summary": report.summarise(runs, ["moco"]),
+        "machine": "test",
+        "wall_s": 60.0,
+        "runs": runs,
+        "complete": False,
+    }
+    failed = report.markdown({**base, "gate": run.gate(runs, sizes)}, protocol.FULL)
+    assert "Stopped at the gate: 3 of 18 runs made" in failed and "Partial" not in failed
+    assert "FAILED" in failed
+    passed = {"passed": True, "reading": "ok"}
+    assert "Partial: 3 of 18 runs finished" in report.markdown(
+        {**base, "gate": passed}, protocol.FULL
+    )
+
+
 def test_train_stage_refuses_an_unprepared_folder(tmp_path):
     from click.testing import CliRunner
 

@@ -50,6 +50,15 @@ def test_deterministic_given_seed(crops):
     assert not np.array_equal(a.textures[0], synth(crops[:1], [7]).textures[0])
 
 
+def assert_same_texture(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to float summation order. Where an image's gradient is ~0, Adam's steps are
+    sign-like, so a different order of a float sum (another batch size splits the threads'
+    work differently) can move a handful of pixels by a few steps of lr; a batch mate leaking
+    into an image would change most of them."""
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.mean() < 0.05 and (diff > 2).mean() < 1e-3, (diff.mean(), (diff > 2).mean())
+
+
 def test_batch_independence(crops):
     """An image's texture must not depend on its batch mates (no shared line search, no mean loss)."""
     synth = TextureSynthesizer(FAST)
@@ -57,8 +66,14 @@ def test_batch_independence(crops):
     in_batch = synth(crops[[0, 3, 8]], [99, 11, 42]).textures[1]
     other_mates = synth(crops[[3, 5]], [11, 3]).textures[0]
     for t in (in_batch, other_mates):
-        diff = np.abs(alone.astype(int) - t.astype(int))
-        assert diff.max() <= 2 and diff.mean() < 0.05  # float summation order only
+        assert_same_texture(alone, t)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one summation order whatever the batch: then exactly equal
+    try:
+        alone = synth(crops[3:4], [11]).textures[0]
+        np.testing.assert_array_equal(synth(crops[[0, 3, 8]], [99, 11, 42]).textures[1], alone)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_loss_decreases_with_more_steps(crops):
@@ -298,7 +313,7 @@ def test_compiled_step_matches_eager_and_keeps_images_independent(crops):
     assert np.abs(got.textures.astype(int) - want.textures.astype(int)).max() <= 2
     assert np.allclose(got.losses, want.losses, rtol=1e-3)
     alone = compiled(crops[3:4], [11]).textures[0]  # another batch size: compiled again
-    assert np.abs(alone.astype(int) - got.textures[1].astype(int)).max() <= 2
+    assert_same_texture(alone, got.textures[1])
 
 
 def test_compiled_step_runs_through_inductor_on_cpu(crops):
