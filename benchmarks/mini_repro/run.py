@@ -200,13 +200,10 @@ def make_textures(
         )
     seconds = time.time() - t0
     ratio, measured = texture_noise_ratio(shards)
+    default_schedule = synthesis == SynthesisConfig(batch_size=synthesis.batch_size)
     log(
         f"textures: {summary.images} in {seconds:.0f} s, noise ratio {ratio:.3f}"
-        + (
-            " (the default schedule)"
-            if synthesis == SynthesisConfig(batch_size=synthesis.batch_size)
-            else ""
-        )
+        + (" (the default schedule)" if default_schedule else "")
     )
     return {
         "images": summary.images,
@@ -214,7 +211,7 @@ def make_textures(
         "seconds": round(seconds, 1),
         "synthesis": synthesis.as_dict(),
         "noise_ratio": round(ratio, 4),
-        "default_schedule": synthesis == SynthesisConfig(batch_size=synthesis.batch_size),
+        "default_schedule": default_schedule,
         "quality_images": measured,
     }
 

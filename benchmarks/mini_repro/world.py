@@ -1,7 +1,8 @@
 """A seeded procedural shape/texture world for the miniature shape-vs-texture experiment.
 
 Every image is one filled shape (the class) on a background, the shape and the
-background each filled with a texture drawn from a bank of families. In the training
+background each filled with a texture drawn from a bank of families (the background can
+instead be one flat colour for all images: ``World.background_colour``, the protocol's choice). In the training
 distribution texture is a *shortcut*: with probability ``World.class_texture_probability``
 a class's shape wears that class's typical texture (family + colour pair), otherwise a
 random one. A network can therefore separate the classes by texture or by shape on the
