@@ -203,7 +203,8 @@ def main(
     fast_rate = repeat * batch_size / (time.perf_counter() - start)
     n_quality = min(reference_images or 3, batch_size)
     fast_ratio, fast_layout = scores(result.textures[:n_quality], crops[:n_quality], others)
-    all_ratio, _ = scores(result.textures, crops, others)
+    # the same call when quality is already compared on the whole batch
+    all_ratio = fast_ratio if n_quality == batch_size else scores(result.textures, crops, others)[0]
 
     flops = flops_per_texture(synth)
     anchor_dtype = torch.bfloat16 if synth.accelerated else torch.float32
