@@ -350,7 +350,8 @@ def run_name(variant: Variant, seed: int) -> str:
 def train(
     out: Path, protocol: Protocol, device: str = "cpu", log: Log = print, show_progress: bool = True
 ) -> dict[str, Any]:
-    """Every variant x seed on a prepared ``out``; writes results.json/.md/.png there; returns the report."""
+    """Every variant x seed on a prepared ``out``; writes results.json/.md/.png and gate_search.png
+    there; returns the report."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -378,7 +379,7 @@ def train(
     gate_reading = None
 
     def write_report(complete: bool) -> dict[str, Any]:
-        """results.json/.md/.png and gate_search.png of the runs so far (after every run: a stopped job leaves a valid report)."""
+        """results.json/.md/.png of the runs so far (after every run: a stopped job leaves a valid report)."""
         reading = gate_reading or gate([r for r in runs if r["variant"] == BASELINE], eval_sizes)
         names = [v.name for v in order if any(r["variant"] == v.name for r in runs)]
         wall = time.time() - start + prepared["prepare_s"]
@@ -403,7 +404,6 @@ def train(
             out / "results.json", full_report, sort_keys=False
         )  # variant order kept
         files.atomic_write_text(out / "results.md", report.markdown(full_report, protocol))
-        report.plot_gate_search(list(GATE_SEARCH), out / "gate_search.png")
         report.plot(
             full_report["summary"],
             f"mini reproduction ({protocol.name}): shape classes, frozen features, "
@@ -412,6 +412,7 @@ def train(
         )
         return full_report
 
+    report.plot_gate_search(list(GATE_SEARCH), out / "gate_search.png")  # fixed: drawn once
     bar = tqdm(total=len(jobs), desc="mini-repro runs", unit="run", disable=not show_progress)
     for variant, seed in jobs:
         if variant.name != BASELINE and gate_reading is None:
