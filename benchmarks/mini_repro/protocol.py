@@ -104,9 +104,7 @@ class Protocol:
             + (
                 f"flat {w.background_colour}"
                 if w.background_colour is not None
-                else f"textured, contrast {w.background_contrast}"
-                if w.background_contrast is not None
-                else f"textured, contrast {w.texture_contrast}"
+                else f"textured, contrast {w.background_pattern_contrast}"
             )
             + f". Images per class: {p}; data seed {self.data_seed}.\n"
             f"Textures of the pretrain split by the real Ray job, steps {self.synthesis_steps} at (56, 112, 224) px "

@@ -77,6 +77,13 @@ class World:
                 f"background_contrast must be in [0, 1], got {self.background_contrast}"
             )
 
+    @property
+    def background_pattern_contrast(self) -> float:
+        """The background's pattern amplitude as rendered (``texture_contrast`` unless set)."""
+        if self.background_contrast is None:
+            return self.texture_contrast
+        return self.background_contrast
+
 
 @dataclass(frozen=True)
 class TextureSpec:
@@ -282,11 +289,9 @@ def render(
     else:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     m = mask[..., None]
-    bg_contrast = (
-        world.texture_contrast if world.background_contrast is None else world.background_contrast
-    )
     foreground = paint(fg, size, rng, world.texture_contrast)
-    background = paint(bg, size, rng, bg_contrast)  # drawn in any case: the same draws follow
+    # drawn in any case, so that the same draws follow
+    background = paint(bg, size, rng, world.background_pattern_contrast)
     if world.background_colour is not None:
         background = np.broadcast_to(
             np.asarray(world.background_colour, np.float32), background.shape
