@@ -45,6 +45,7 @@ def retain_freed_memory() -> bool:
     libc = ctypes.CDLL(name)
     # mallopt returns 1 on success, 0 on error; setting either also stops their adaptation.
     _retained = bool(
-        libc.mallopt(M_MMAP_THRESHOLD, RETAIN_BYTES) and libc.mallopt(M_TRIM_THRESHOLD, RETAIN_BYTES)
+        libc.mallopt(M_MMAP_THRESHOLD, RETAIN_BYTES)
+        and libc.mallopt(M_TRIM_THRESHOLD, RETAIN_BYTES)
     )
     return _retained
