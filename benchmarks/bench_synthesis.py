@@ -24,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import quality
-from pipeline.files import atomic_write_json
+from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.images import make_crops
 from pipeline.sources import embedded_listing
 from pipeline.synthesis import SynthesisConfig, TextureSynthesizer, gram, gram_loss
@@ -105,6 +105,20 @@ def scores(textures, crops, others) -> tuple[float, float]:
     return float(np.mean([q.noise_ratio for q in measured])), float(max(q.layout for q in measured))
 
 
+def profile_batch(synth: TextureSynthesizer, crops: np.ndarray, device: str, rows: int = 30) -> str:
+    """torch.profiler of one batch: the operators by self time on the device (CPU time on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        synth(crops, list(range(len(crops))))
+        sync(device)
+    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -149,6 +163,14 @@ def sync(device: str) -> None:
 )
 @click.option("--reference-iterations", type=int, default=300, show_default=True)
 @click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="profile one more batch of the default engine (torch.profiler) and write the operators "
+    "that take the most time to this text file",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -168,6 +190,7 @@ def main(
     repeat,
     reference_images,
     reference_iterations,
+    profile_path,
     json_path,
 ) -> None:
     reference_images = min(reference_images, batch_size)  # compared on the same images
@@ -281,6 +304,11 @@ def main(
         f"{100 * flops * fast_rate / peak:.1f} % of this device's {figures['matmul_dtype']} matmul rate "
         f"({peak / 1e12:.2f} TFLOP/s, measured now)"
     )
+    if profile_path:
+        table = profile_batch(synth, crops, device)
+        atomic_write_text(profile_path, table + "\n")
+        print(f"profile of one batch (top operators by self time) -> {profile_path}")
+        print("\n".join(table.splitlines()[:14]))
     if json_path:
         atomic_write_json(json_path, figures)
 

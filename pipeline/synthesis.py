@@ -22,7 +22,9 @@ of its two 96 px crops, and the batch is optimised together but independently:
   same path runs on any device when asked for (the CPU tests do); otherwise float32
   and deterministic;
 * on a CPU the process keeps freed memory (``pipeline.host_memory``): glibc otherwise gives
-  every step's large feature maps back to the system and page-faults them in again (1.45x);
+  every step's large feature maps back to the system and page-faults them in again (1.45x),
+  and the random encoder takes the pixels' gradient as a matmul plus shifted adds
+  (``matmul_input_grad``: oneDNN's input gradient of a 3-channel convolution is slow; 1.5x);
 * ``compile`` (opt-in, default off): the per-step loss (features + Gram + loss, forward and
   backward) through ``torch.compile`` with ``dynamic=False`` (one compilation per stage size
   and batch size), inductor in mode "reduce-overhead": CUDA graphs on CUDA, against the launch
@@ -197,7 +199,10 @@ class TextureSynthesizer:
         #: Images per batch the caller should send (``__call__`` takes any number).
         self.batch_size = config.batch_size or auto_batch_size(config.encoder, self.device)
         self.encoder = build_encoder(
-            config.encoder, seed=config.encoder_seed, weights=config.weights
+            config.encoder,
+            seed=config.encoder_seed,
+            weights=config.weights,
+            matmul_input_grad=self.device.type == "cpu",  # 1.5x on a CPU; cuDNN's on a GPU
         )
         self.encoder = self.encoder.to(self.device).eval().requires_grad_(False)
         if self.accelerated:

@@ -177,13 +177,21 @@ def test_vgg19_rejects_a_foreign_state_dict():
         VGG19Encoder({"features.0.weight": torch.zeros(1)})
 
 
-@pytest.mark.parametrize("encoder", ["random", "vgg19"])
-def test_accelerated_path_runs_on_cpu_for_both_encoders(crops, encoder, vgg19_file):
+@pytest.mark.parametrize(
+    "encoder,matmul_input_grad", [("random", True), ("random", False), ("vgg19", False)]
+)
+def test_accelerated_path_runs_on_cpu_for_both_encoders(
+    crops, encoder, matmul_input_grad, vgg19_file
+):
     """channels_last + bf16 autocast, the path CUDA takes by default, forced on the CPU: a
-    regression there (like a rank-5 buffer refusing channels_last) turns this red."""
+    regression there (like a rank-5 buffer refusing channels_last) turns this red. The random
+    encoder runs both with the CPU's matmul input gradient and, as on CUDA, the library's."""
     weights = str(vgg19_file) if encoder == "vgg19" else None
     config = SynthesisConfig(encoder=encoder, weights=weights, steps=(2, 1, 1), accelerated=True)
     synth = TextureSynthesizer(config)
+    if encoder == "random":
+        assert synth.encoder.matmul_input_grad  # the CPU's choice
+        synth.encoder.matmul_input_grad = matmul_input_grad
     assert (
         synth.accelerated and not TextureSynthesizer(replace(config, accelerated=None)).accelerated
     )  # auto: CUDA only
@@ -239,6 +247,42 @@ def test_random_encoder_matches_the_rank5_formulation():
     got = encoder(x)
     assert [g.shape for g in got] == [e.shape for e in expected]
     assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(got, expected))
+
+
+def test_matmul_input_grad_conv_passes_gradcheck():
+    from pipeline.encoders import _MatmulInputGradConv
+
+    x = torch.rand(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)
+    w, b = torch.randn(4, 3, 5, 5, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: _MatmulInputGradConv.apply(x, w, b), (x,))
+
+
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_random_encoder_matmul_input_grad_matches_the_library_convolution(accelerated):
+    """Same features and pixel gradients with and without ``matmul_input_grad``, in float32 and
+    in the accelerated path's bf16 autocast with channels_last (the CPU tests run both)."""
+    plain = build_encoder("random", seed=1)
+    matmul = build_encoder("random", seed=1, matmul_input_grad=True)
+    target = torch.rand(3, 3, 40, 40)
+    grads, features = [], []
+    for encoder in (plain, matmul):
+        x = target.clone()
+        if accelerated:
+            encoder = encoder.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=accelerated):
+            out = encoder(x)
+            sum(gram(f).sum() for f in out).backward()
+        features.append(out)
+        grads.append(x.grad)
+    tol = 3e-2 if accelerated else 1e-5
+    for a, b in zip(*features):
+        assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), atol=tol)
+    scale = grads[0].abs().max().item()
+    assert grads[1].dtype == torch.float32
+    assert torch.allclose(grads[0], grads[1], rtol=tol, atol=tol * scale)
+    assert TextureSynthesizer(FAST).encoder.matmul_input_grad  # a CPU synthesiser uses it
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -309,7 +353,9 @@ def test_compiled_step_matches_eager_and_keeps_images_independent(crops):
     compiled = TextureSynthesizer(config)
     got = compiled(crops[[0, 3]], [99, 11])
     assert counters["stats"]["unique_graphs"] - before >= 3  # one graph per stage size
-    want = TextureSynthesizer(replace(config, compile=False))(crops[[0, 3]], [99, 11])
+    eager = TextureSynthesizer(replace(config, compile=False))
+    eager.encoder.matmul_input_grad = False  # compiled code takes the library's convolution
+    want = eager(crops[[0, 3]], [99, 11])
     assert np.abs(got.textures.astype(int) - want.textures.astype(int)).max() <= 2
     assert np.allclose(got.losses, want.losses, rtol=1e-3)
     alone = compiled(crops[3:4], [11]).textures[0]  # another batch size: compiled again
