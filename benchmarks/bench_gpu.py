@@ -2,8 +2,10 @@
 
 What a user runs to check a new GPU box: texture synthesis for both encoders at batch
 64/128/256 (VGG19 with random weights: speed and Gram loss, not texture quality; the random
-encoder also reports the noise ratio; the random encoder runs once more with ``--compile``, the
-compiled per-step loss with CUDA graphs), then the trainer's train-step and loader benchmark.
+encoder also reports the noise ratio; the random encoder runs twice more: with ``--compile``, the
+compiled per-step loss with CUDA graphs, and with the matmul input gradient the CPU uses), a
+torch.profiler table of each variant's first batch size (``profile-*.txt``), then the trainer's
+train-step and loader benchmark.
 Each benchmark runs in its own process, so one that fails (out of memory at batch 256, say)
 is recorded as failed and the others still run.
 
@@ -59,14 +61,21 @@ def markdown(device: str, synthesis: list[dict], train_step: dict) -> str:
         f"# GPU benchmarks: {device}",
         "",
         "Texture synthesis, default schedule (`benchmarks/bench_synthesis.py`; compiled: `--compile`, "
-        "the per-step loss through inductor with CUDA graphs). VGG19 has random weights: "
+        "the per-step loss through inductor with CUDA graphs; matmul input grad: the random encoder's "
+        "pixel gradient as the CPU computes it, `--matmul-input-grad`). VGG19 has random weights: "
         "its row is speed and final Gram loss only. Matmul = a plain bf16 matmul on this card, same run.",
         "",
         "| encoder | batch | textures/s | TFLOP/s | % of bf16 matmul | final Gram loss | noise ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in synthesis:
-        encoder = r["encoder"] + (" (compiled)" if r.get("compile") else "")
+        encoder = r["encoder"] + (
+            " (compiled)"
+            if r.get("compile")
+            else " (matmul input grad)"
+            if r.get("matmul_input_grad")
+            else ""
+        )
         if r.get("failed"):
             lines.append(
                 f"| {encoder} | {r['batch_size']} | failed (rc {r['failed']}, see {r['log']}) | | | | |"
@@ -110,9 +119,16 @@ def main(out: Path, batches: str, repeat: int, skip_train_step: bool) -> None:
     device = torch.cuda.get_device_name(0)
     out.mkdir(parents=True, exist_ok=True)
     synthesis = []
-    for encoder, compiled in (("random", False), ("random", True), ("vgg19", False)):
-        for batch in (int(b) for b in batches.split(",")):
-            name = f"synthesis-{encoder}{'-compiled' if compiled else ''}-b{batch}"
+    variants = (  # (encoder, compiled, the random encoder's matmul input gradient)
+        ("random", False, False),
+        ("random", False, True),
+        ("random", True, False),
+        ("vgg19", False, False),
+    )
+    for encoder, compiled, matmul in variants:
+        for i, batch in enumerate(int(b) for b in batches.split(",")):
+            variant = "-compiled" if compiled else "-matmul-grad" if matmul else ""
+            name = f"synthesis-{encoder}{variant}-b{batch}"
             cmd = [
                 sys.executable,
                 str(HERE / "bench_synthesis.py"),
@@ -133,12 +149,17 @@ def main(out: Path, batches: str, repeat: int, skip_train_step: bool) -> None:
                 cmd.append("--random-weights")
             if compiled:
                 cmd.append("--compile")
+            if encoder == "random":
+                cmd.append("--matmul-input-grad" if matmul else "--library-input-grad")
+            if i == 0 and not compiled:  # where the time goes, once per variant
+                cmd += ["--profile", str(out / f"profile-{name}.txt")]
             rc, _, _ = _run(cmd, out / f"{name}.log")
             if rc:
                 synthesis.append(
                     {
                         "encoder": encoder,
                         "compile": "inductor" if compiled else None,
+                        "matmul_input_grad": matmul,
                         "batch_size": batch,
                         "failed": rc,
                         "log": f"{name}.log",

@@ -137,6 +137,12 @@ def sync(device: str) -> None:
 @click.option(
     "--steps", default=None, help="steps per stage, e.g. 120,40,14 [default: the engine's default]"
 )
+@click.option(
+    "--matmul-input-grad/--library-input-grad",
+    default=None,
+    help="random encoder: the pixels' gradient as a matmul plus shifted adds, or the convolution "
+    "library's [default: the synthesiser's choice, matmul on a CPU only]",
+)
 @click.option("--accelerated/--no-accelerated", default=None, help="[default: on CUDA only]")
 @click.option(
     "--compile",
@@ -184,6 +190,7 @@ def main(
     random_weights,
     batch_size,
     steps,
+    matmul_input_grad,
     accelerated,
     compile_,
     compile_backend,
@@ -214,6 +221,8 @@ def main(
     if steps:
         config = replace(config, steps=tuple(int(s) for s in steps.split(",")))
     synth = TextureSynthesizer(config, device)
+    if matmul_input_grad is not None and encoder == "random":
+        synth.encoder.matmul_input_grad = matmul_input_grad
     # warm-up: cuDNN autotune, allocator; with --compile the timed batch's shapes (one compilation
     # and, with CUDA graphs, one capture per stage)
     warm = batch_size if compile_ else 2
@@ -242,6 +251,7 @@ def main(
         "encoder": encoder,
         "random_weights": bool(random_weights),
         "accelerated": synth.accelerated,
+        "matmul_input_grad": getattr(synth.encoder, "matmul_input_grad", None),
         "compile": compile_backend if compile_ else None,
         "batch_size": batch_size,
         "sizes": list(synth.config.sizes),
@@ -259,6 +269,7 @@ def main(
     print(
         f"device: {name}   encoder: {encoder}{' (random weights)' if random_weights else ''}   "
         f"accelerated: {synth.accelerated}   "
+        f"matmul input grad: {getattr(synth.encoder, 'matmul_input_grad', None)}   "
         f"compiled: {compile_backend if compile_ else 'no'}   sizes {synth.config.sizes} steps {synth.config.steps}"
     )
     print(f"{'':34s}{'textures/s':>12s}{'noise ratio':>13s}{'max layout':>12s}")

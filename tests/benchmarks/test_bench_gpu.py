@@ -28,13 +28,17 @@ def test_markdown_table_lists_each_run_and_failures():
     }
     vgg = dict(ok, encoder="vgg19", batch_size=128)
     compiled = dict(ok, compile="inductor")
+    matmul = dict(ok, matmul_input_grad=True)
     failed = {"encoder": "vgg19", "batch_size": 256, "failed": 1, "log": "synthesis-vgg19-b256.log"}
     text = bench_gpu.markdown(
-        "NVIDIA H100", [ok, compiled, vgg, failed], {"rc": 0, "output": "img/s 100\n", "log": "x"}
+        "NVIDIA H100",
+        [ok, compiled, matmul, vgg, failed],
+        {"rc": 0, "output": "img/s 100\n", "log": "x"},
     )
     assert "# GPU benchmarks: NVIDIA H100" in text
     assert "| random | 64 | 412.3 | 20.0 | 2.5 | 0.0123 | 0.457 |" in text
     assert "| random (compiled) | 64 | 412.3 |" in text
+    assert "| random (matmul input grad) | 64 | 412.3 |" in text
     assert (
         "| vgg19 | 128 | 412.3 | 20.0 | 2.5 | 0.0123 | — |" in text
     )  # no noise ratio for random VGG weights
