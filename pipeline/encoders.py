@@ -42,7 +42,7 @@ def replicate_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
 
 class _MatmulInputGradConv(torch.autograd.Function):
     """``F.conv2d(x, weight, bias)`` (no padding, stride 1) whose input gradient is one matmul and
-    k^2 shifted adds: cols = W^T g [B, C*k*k, H*W], then each (i, j) column block added into the
+    k^2 shifted adds: cols = W^T g [B, k*k*C, H*W], then each (i, j) column block added into the
     input's window at offset (i, j). oneDNN's own input gradient for a 3-channel input is slow on a
     CPU: the random encoder's forward and backward took 270 ms here against 172 ms (10 images at
     224 px, 2 cores). No gradient for ``weight`` or ``bias`` (the encoders' are fixed)."""
@@ -58,13 +58,15 @@ class _MatmulInputGradConv(torch.autograd.Function):
         (weight,) = ctx.saved_tensors
         out_c, in_c, k, _ = weight.shape
         b, _, h, w = grad.shape
-        w_t = weight.reshape(out_c, in_c * k * k).t().to(grad.dtype)  # [C*k*k, O]
-        cols = torch.matmul(w_t, grad.reshape(b, out_c, h * w)).view(b, in_c, k, k, h, w)
+        # rows ordered (i, j, c) and contiguous: each offset's block below is one contiguous
+        # [C, h, w] run per image, and the matmul gets a plain row-major left operand
+        w_t = weight.permute(2, 3, 1, 0).reshape(k * k * in_c, out_c).contiguous().to(grad.dtype)
+        cols = torch.matmul(w_t, grad.reshape(b, out_c, h * w)).view(b, k, k, in_c, h, w)
         # accumulated in float32 whatever the gradient's dtype (bf16 under autocast)
         grad_x = torch.zeros(ctx.x_shape, dtype=torch.float32, device=grad.device)
         for i in range(k):
             for j in range(k):
-                grad_x[:, :, i : i + h, j : j + w] += cols[:, :, i, j]
+                grad_x[:, :, i : i + h, j : j + w] += cols[:, i, j]
         return grad_x.to(ctx.x_dtype), None, None
 
 
