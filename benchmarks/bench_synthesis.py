@@ -287,6 +287,7 @@ def main(
         figures.update(
             reference_textures_per_s=ref_rate,
             reference_noise_ratio=ref_ratio,
+            reference_max_layout=ref_layout,
             speedup=fast_rate / ref_rate,
         )
         print(
