@@ -15,7 +15,7 @@ of its two 96 px crops, and the batch is optimised together but independently:
   last stage's few steps never removed; with the ramp a larger lr pays. The start is the
   crops' mean colour plus seeded noise of std 0.05 (0.15 left a dark photo's background grey
   and blotchy). Against the naive reference (``benchmarks/bench_synthesis.py``) on the ten
-  embedded photos: mean noise ratio 0.368 vs the reference's 0.379 (the previous schedule, lr
+  embedded photos: mean noise ratio 0.368 vs the reference's 0.373 (the previous schedule, lr
   0.03 without ramp and init noise 0.15: 0.452) at the same cost per texture;
 * ``accelerated`` (default: on CUDA only): channels_last and bf16 autocast, the Gram
   matrices of bf16 features computed without an fp32 copy of the feature maps. The
