@@ -124,7 +124,9 @@ class RandomMultiScaleEncoder(nn.Module):
             compiling = torch.compiler.is_compiling()
             padded = replicate_pad(x, pad) if compiling else F.pad(x, (pad,) * 4, mode="replicate")
             w, b = weight[level * c : (level + 1) * c], bias[level * c : (level + 1) * c]
-            if self.matmul_input_grad and not compiling and padded.requires_grad:
+            # only where the pixels alone need a gradient: the matmul path gives none to w or b
+            fixed = not (w.requires_grad or b.requires_grad)
+            if self.matmul_input_grad and not compiling and padded.requires_grad and fixed:
                 features.append(F.relu(_MatmulInputGradConv.apply(padded, w, b)))
             else:
                 features.append(F.relu(F.conv2d(padded, w, b)))

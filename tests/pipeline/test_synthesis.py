@@ -283,6 +283,10 @@ def test_random_encoder_matmul_input_grad_matches_the_library_convolution(accele
     assert grads[1].dtype == torch.float32
     assert torch.allclose(grads[0], grads[1], rtol=tol, atol=tol * scale)
     assert TextureSynthesizer(FAST).encoder.matmul_input_grad  # a CPU synthesiser uses it
+    # filters that need a gradient (not this project's) take the library's path, which gives one
+    matmul.weight.requires_grad_(True)
+    sum(f.sum() for f in matmul(torch.rand(1, 3, 20, 20, requires_grad=True))).backward()
+    assert matmul.weight.grad is not None and matmul.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
