@@ -27,7 +27,7 @@ from pipeline import quality
 from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.images import make_crops
 from pipeline.sources import embedded_listing
-from pipeline.synthesis import SynthesisConfig, TextureSynthesizer, gram, gram_loss
+from pipeline.synthesis import SynthesisConfig, TextureSynthesizer, gram
 
 #: The CPU goal (issue 11): the default engine this many times the reference's textures/s.
 GOAL_SPEEDUP = 10.0
@@ -52,7 +52,7 @@ def reference_lbfgs(
 
     def closure():
         opt.zero_grad()
-        loss = gram_loss([gram(f) for f in synth.features(x)], targets).sum()
+        loss = synth.per_image_loss(x, targets).sum()
         loss.backward()
         return loss
 
@@ -223,6 +223,7 @@ def main(
     synth = TextureSynthesizer(config, device)
     if matmul_input_grad is not None and encoder == "random":
         synth.encoder.matmul_input_grad = matmul_input_grad
+    matmul_input_grad = getattr(synth.encoder, "matmul_input_grad", None)  # None for VGG19
     # warm-up: cuDNN autotune, allocator; with --compile the timed batch's shapes (one compilation
     # and, with CUDA graphs, one capture per stage)
     warm = batch_size if compile_ else 2
@@ -251,7 +252,7 @@ def main(
         "encoder": encoder,
         "random_weights": bool(random_weights),
         "accelerated": synth.accelerated,
-        "matmul_input_grad": getattr(synth.encoder, "matmul_input_grad", None),
+        "matmul_input_grad": matmul_input_grad,
         "compile": compile_backend if compile_ else None,
         "batch_size": batch_size,
         "sizes": list(synth.config.sizes),
@@ -269,7 +270,7 @@ def main(
     print(
         f"device: {name}   encoder: {encoder}{' (random weights)' if random_weights else ''}   "
         f"accelerated: {synth.accelerated}   "
-        f"matmul input grad: {getattr(synth.encoder, 'matmul_input_grad', None)}   "
+        f"matmul input grad: {matmul_input_grad}   "
         f"compiled: {compile_backend if compile_ else 'no'}   sizes {synth.config.sizes} steps {synth.config.steps}"
     )
     print(f"{'':34s}{'textures/s':>12s}{'noise ratio':>13s}{'max layout':>12s}")

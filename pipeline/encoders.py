@@ -118,18 +118,20 @@ class RandomMultiScaleEncoder(nn.Module):
         pad = self.kernel // 2
         weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
         c = self.channels
+        compiling = torch.compiler.is_compiling()
+        # only where the pixels alone need a gradient: the matmul path gives none to weight or bias
+        fixed = not (weight.requires_grad or bias.requires_grad)
+        conv = (
+            _MatmulInputGradConv.apply
+            if self.matmul_input_grad and not compiling and x.requires_grad and fixed
+            else F.conv2d
+        )
         for level in range(self.levels):
             if level:
                 x = F.avg_pool2d(x, 2, ceil_mode=True)
-            compiling = torch.compiler.is_compiling()
             padded = replicate_pad(x, pad) if compiling else F.pad(x, (pad,) * 4, mode="replicate")
             w, b = weight[level * c : (level + 1) * c], bias[level * c : (level + 1) * c]
-            # only where the pixels alone need a gradient: the matmul path gives none to w or b
-            fixed = not (w.requires_grad or b.requires_grad)
-            if self.matmul_input_grad and not compiling and padded.requires_grad and fixed:
-                features.append(F.relu(_MatmulInputGradConv.apply(padded, w, b)))
-            else:
-                features.append(F.relu(F.conv2d(padded, w, b)))
+            features.append(F.relu(conv(padded, w, b)))
         return features
 
 
