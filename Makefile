@@ -47,7 +47,7 @@ bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/bench_gpu.py --out bench-gpu $(ARGS)
 
 mini-repro: $(STAMP)
-	$(BIN)/python -m benchmarks.mini_repro $(ARGS)
+	PYTHONPATH=benchmarks $(BIN)/python -m mini_repro $(ARGS)
 
 clean:
 	rm -rf $(VENV) shards

@@ -1,7 +1,7 @@
 """Time of batched patch-based negatives vs the per-patch Python loop and a plain copy, in one run.
 
 All three read the same random batch of views on the same device:
-  vectorized  ``trainer.negatives.patch_negatives`` (num=1): one gather for the whole batch;
+  vectorized  ``nsneg.trainer.negatives.patch_negatives`` (num=1): one gather for the whole batch;
   loop        the paper's released method (``NonSemanticAug``): per image a patch size, then a
               Python loop over tile rows and columns copying a random s x s patch into a canvas;
   clone       ``x.clone()``, the memory-bound floor for producing a batch-sized output;
@@ -21,7 +21,7 @@ import click
 import numpy as np
 import torch
 
-from trainer.negatives import REFERENCE_SIZE, patch_negatives
+from nsneg.trainer.negatives import REFERENCE_SIZE, patch_negatives
 
 
 def loop_negatives(

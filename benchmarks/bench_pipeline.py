@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import job
-from pipeline.images import make_crops
-from pipeline.sources import embedded_listing
-from pipeline.synthesis import SynthesisConfig, TextureSynthesizer
+from nsneg.pipeline import job
+from nsneg.pipeline.images import make_crops
+from nsneg.pipeline.sources import embedded_listing
+from nsneg.pipeline.synthesis import SynthesisConfig, TextureSynthesizer
 
 
 def main() -> None:

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline import quality
-from pipeline.files import atomic_write_json, atomic_write_text
-from pipeline.images import make_crops
-from pipeline.sources import embedded_listing
-from pipeline.synthesis import SynthesisConfig, TextureSynthesizer, gram
+from nsneg.pipeline import quality
+from nsneg.pipeline.files import atomic_write_json, atomic_write_text
+from nsneg.pipeline.images import make_crops
+from nsneg.pipeline.sources import embedded_listing
+from nsneg.pipeline.synthesis import SynthesisConfig, TextureSynthesizer, gram
 
 #: The CPU goal (issue 11): the default engine this many times the reference's textures/s.
 GOAL_SPEEDUP = 10.0

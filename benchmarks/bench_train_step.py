@@ -36,10 +36,10 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-from pipeline import contract
-from pipeline.files import atomic_write_json
-from trainer.moco import build_backbone
-from trainer.train import TrainConfig, Trainer
+from nsneg.pipeline import contract
+from nsneg.pipeline.files import atomic_write_json
+from nsneg.trainer.moco import build_backbone
+from nsneg.trainer.train import TrainConfig, Trainer
 
 KEY_FORWARDS = {"none": 1, "texture": 2, "patch": 2, "texture+patch": 3}  # key + one per negative
 
@@ -50,7 +50,7 @@ def imagenet_like_shards(out: Path, images: int, shard_size: int = 64, seed: int
 
     import skimage
 
-    from pipeline.sources import EMBEDDED_PHOTOS
+    from nsneg.pipeline.sources import EMBEDDED_PHOTOS
 
     rng = random.Random(seed)
     photos = [
@@ -176,7 +176,7 @@ def decode_rates(urls: list[str], image_size: int, samples: int = 64) -> tuple[f
     source decoded at full size (draft mode off) -- the anchor for the loader."""
     import itertools
 
-    from trainer.data import apply_box, crop_box, views
+    from nsneg.trainer.data import apply_box, crop_box, views
 
     raws = list(itertools.islice(contract.iter_raw(urls), samples))
     rng = random.Random(0)

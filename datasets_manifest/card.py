@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline import contract, files
+from nsneg.pipeline import contract, files
 
 CARD_NAME = "README.md"
 #: The line that marks a card as written by nsneg: only such a card is ever replaced.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from datasets_manifest import registry
-from pipeline import contract, files
+from nsneg.datasets_manifest import registry
+from nsneg.pipeline import contract, files
 
 manifest_dir_option = click.option(
     "--manifest-dir",
@@ -116,7 +116,7 @@ def list_(manifest_dirs) -> None:
 def fetch(spec, to, splits, jobs, retries, quiet, manifest_dirs) -> None:
     """Download a published set, by name or by its folder's url (hf://datasets/ORG/NAME, https://...):
     resumable, every shard verified before it is kept."""
-    from datasets_manifest.fetch import fetch as run_fetch
+    from nsneg.datasets_manifest.fetch import fetch as run_fetch
 
     published = _find(spec, manifest_dirs)
     try:
@@ -182,14 +182,14 @@ def upgrade(directory) -> None:
 @manifest_dir_option
 def preview(source, out, n, classes, split, manifest_dirs) -> None:
     """A contact sheet of source/texture pairs (texture only for sets without source pixels)."""
-    from pipeline.preview import contact_sheet
+    from nsneg.pipeline.preview import contact_sheet
 
     wanted = set(classes.split(",")) if classes else None
     try:
         if Path(source).is_dir():
             contact_sheet(Path(source), split, out, n, wanted)
         else:
-            from datasets_manifest.fetch import fetch as run_fetch
+            from nsneg.datasets_manifest.fetch import fetch as run_fetch
 
             published = _find(source, manifest_dirs)
             with (
@@ -219,7 +219,7 @@ def preview(source, out, n, classes, split, manifest_dirs) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def stats(directory, plot, json_out) -> None:
     """Samples per class, skipped inputs, generator config, texture-loss histogram."""
-    from datasets_manifest.stats import loss_histogram, shard_stats
+    from nsneg.datasets_manifest.stats import loss_histogram, shard_stats
 
     with manifest_errors():
         info = shard_stats(directory)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets_manifest.registry import PublishedSet
-from pipeline import contract, files
+from nsneg.datasets_manifest.registry import PublishedSet
+from nsneg.pipeline import contract, files
 
 CHUNK = 1 << 16  # small enough that a cut connection leaves most of what arrived on disk
 

@@ -1,6 +1,6 @@
 """Published shard sets: their manifests, found by name, and how one is published.
 
-A published manifest is the pipeline's manifest (``pipeline.contract``) plus ``name``,
+A published manifest is the pipeline's manifest (``nsneg.pipeline.contract``) plus ``name``,
 ``version``, ``base_url`` and a ``url`` per shard, stored as ``<name>-<version>.json``
 in ``datasets_manifest/sets/`` (shipped with nsneg), in the user's manifest folder
 (``user_manifest_dir``: where ``publish`` writes by default) or in any directory passed
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import contract, files
+from nsneg.pipeline import contract, files
 
 SHIPPED_DIR = Path(__file__).parent / "sets"
 
@@ -140,7 +140,7 @@ def publish(
     """Write the published manifest of a local, verified shard set whose files will be served under
     ``base_url`` (into ``manifest_dir``, default ``user_manifest_dir()``), and the set's dataset card
     (``SHARDS/README.md``) so that its folder, uploaded as it is, loads with Hugging Face ``datasets``."""
-    from datasets_manifest.card import write_card
+    from nsneg.datasets_manifest.card import write_card
 
     contract.upgrade(shards)  # a version-1 folder would not load as a dataset: its records move out
     problems = contract.verify(shards)

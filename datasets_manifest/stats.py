@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline import contract, files
+from nsneg.pipeline import contract, files
 
 
 def shard_stats(root: Path) -> dict[str, Any]:

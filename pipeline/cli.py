@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from pipeline import contract
-from pipeline.images import RESIZE_SHORT
-from pipeline.synthesis import CPU_BATCH_SIZE, SynthesisConfig
+from nsneg.pipeline import contract
+from nsneg.pipeline.images import RESIZE_SHORT
+from nsneg.pipeline.synthesis import CPU_BATCH_SIZE, SynthesisConfig
 
 DEFAULTS = SynthesisConfig()
 
@@ -120,10 +120,10 @@ def build(
 
     Resumable: rerun the same command after an interruption and finished shards are kept.
     """
-    from pipeline import job
-    from pipeline import preview as preview_mod
-    from pipeline.encoders import WeightsNotFound, load_vgg19_state_dict
-    from pipeline.sources import embedded_listing, folder_listing
+    from nsneg.pipeline import job
+    from nsneg.pipeline import preview as preview_mod
+    from nsneg.pipeline.encoders import WeightsNotFound, load_vgg19_state_dict
+    from nsneg.pipeline.sources import embedded_listing, folder_listing
 
     try:
         if encoder == "vgg19":
@@ -206,7 +206,7 @@ def pair(textures, imagenet, out, split, quiet) -> None:
 
     Resumable: rerun the same command after an interruption and finished shards are kept.
     """
-    from pipeline import pair as pairing
+    from nsneg.pipeline import pair as pairing
 
     try:
         summary = pairing.run(textures, imagenet, out, split, show_progress=not quiet)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.files import atomic_write_bytes, atomic_write_json, png_bytes, sha256_file
+from nsneg.pipeline.files import atomic_write_bytes, atomic_write_json, png_bytes, sha256_file
 
 FORMAT_NAME = "nsneg-imagenet-texture"
 FORMAT_VERSION = 2

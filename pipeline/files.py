@@ -1,6 +1,6 @@
 """General file helpers shared by every package: atomic writes, hashing, PNG bytes.
 
-Nothing here knows about shards; the shard format lives in :mod:`pipeline.contract`.
+Nothing here knows about shards; the shard format lives in :mod:`nsneg.pipeline.contract`.
 """
 
 from __future__ import annotations

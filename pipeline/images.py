@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.contract import CROP_SIZE
+from nsneg.pipeline.contract import CROP_SIZE
 
 #: Pixel count above which an image is treated as a decompression bomb (PIL's default is ~89 Mpx).
 MAX_PIXELS = 64_000_000

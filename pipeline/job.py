@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import contract, shards
-from pipeline.images import RESIZE_SHORT, BadImage, Crops, make_crops
-from pipeline.shards import ShardSpec, finished_record
-from pipeline.shards import plan_shards as plan
-from pipeline.sources import Listing, SourceImage
-from pipeline.synthesis import SynthesisConfig, auto_batch_size
+from nsneg.pipeline import contract, shards
+from nsneg.pipeline.images import RESIZE_SHORT, BadImage, Crops, make_crops
+from nsneg.pipeline.shards import ShardSpec, finished_record
+from nsneg.pipeline.shards import plan_shards as plan
+from nsneg.pipeline.sources import Listing, SourceImage
+from nsneg.pipeline.synthesis import SynthesisConfig, auto_batch_size
 
 #: Ray fault tolerance, set deliberately (Ray's defaults: tasks retry 3 times, actors never restart).
 MAX_ACTOR_RESTARTS = 3
@@ -249,7 +249,7 @@ def _worker_class():
         def __init__(self, config: JobConfig, progress_name: str, index: int = 0):
             import torch
 
-            from pipeline.synthesis import TextureSynthesizer
+            from nsneg.pipeline.synthesis import TextureSynthesizer
 
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
             if cpus:
@@ -290,12 +290,25 @@ def _init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        # Joining a cluster: ship this package to workers on other machines.
-        import pipeline
-
-        ray.init(runtime_env={"py_modules": [pipeline]}, log_to_driver=True)
+        # Joining a cluster: ship this package to workers on other machines, importable there
+        # under the same name as here (``nsneg.pipeline``).
+        ray.init(runtime_env={"py_modules": [str(_namespace_for_workers())]}, log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _namespace_for_workers() -> Path:
+    """A temporary ``nsneg/`` folder holding a copy of this package, for Ray's ``py_modules``.
+
+    Ray makes a shipped folder importable by its own name; the installed package's folder is
+    ``pipeline/`` (an editable install maps it), so it is copied under ``nsneg/pipeline``."""
+    import shutil
+    import tempfile
+
+    here = Path(__file__).resolve().parent
+    root = Path(tempfile.mkdtemp(prefix="nsneg-ray-")) / "nsneg"
+    shutil.copytree(here, root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
 
 
 def _check_skips(skipped: int, total: int, max_fraction: float) -> None:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import contract, shards
-from pipeline.shards import ShardSpec, finished_record
-from pipeline.sources import folder_listing, key_candidates
+from nsneg.pipeline import contract, shards
+from nsneg.pipeline.shards import ShardSpec, finished_record
+from nsneg.pipeline.sources import folder_listing, key_candidates
 
 #: How many ImageNet files without a texture the manifest names (the count is always exact).
 UNPAIRED_EXAMPLES = 20

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pipeline import contract, files
-from pipeline.images import decode_rgb, resize_short
+from nsneg.pipeline import contract, files
+from nsneg.pipeline.images import decode_rgb, resize_short
 
 CELL = 160
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import contract, files
-from pipeline.sources import SourceImage
+from nsneg.pipeline import contract, files
+from nsneg.pipeline.sources import SourceImage
 
 
 @dataclass(frozen=True)

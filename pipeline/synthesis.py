@@ -21,7 +21,7 @@ of its two 96 px crops, and the batch is optimised together but independently:
   matrices of bf16 features computed without an fp32 copy of the feature maps. The
   same path runs on any device when asked for (the CPU tests do); otherwise float32
   and deterministic;
-* on a CPU the process keeps freed memory (``pipeline.host_memory``): glibc otherwise gives
+* on a CPU the process keeps freed memory (``nsneg.pipeline.host_memory``): glibc otherwise gives
   every step's large feature maps back to the system and page-faults them in again (1.45x),
   and the random encoder takes the pixels' gradient as a matmul plus shifted adds
   (``matmul_input_grad``: oneDNN's input gradient of a 3-channel convolution is slow; 1.5x);
@@ -43,9 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.contract import CROP_SIZE, TEXTURE_SIZE
-from pipeline.encoders import build_encoder
-from pipeline.host_memory import retain_freed_memory
+from nsneg.pipeline.contract import CROP_SIZE, TEXTURE_SIZE
+from nsneg.pipeline.encoders import build_encoder
+from nsneg.pipeline.host_memory import retain_freed_memory
 
 GENERATOR_VERSION = "nsneg-gram-adam-3"
 

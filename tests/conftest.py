@@ -1,4 +1,4 @@
-"""Shared fixtures. Plain helpers (photos, encoded bytes, trees) live in tests/helpers.py."""
+"""Shared fixtures. Plain helpers (photos, encoded bytes, trees) live in tests/support/nsneg_testing."""
 
 from __future__ import annotations
 
@@ -33,13 +33,13 @@ def cli():
 def make_checkpoint():
     """``make_checkpoint(path, released=False)``: a seeded, untrained resnet18 checkpoint at ``path``.
 
-    ``released=False``: ours (``trainer.checkpoint.save`` of a MoCo, small-image stem, trained at
+    ``released=False``: ours (``nsneg.trainer.checkpoint.save`` of a MoCo, small-image stem, trained at
     32 px); ``released=True``: the paper's release format (``state_dict`` of ``module.encoder_q.*``,
     no image size, so 224 is assumed)."""
     import torch
 
-    from trainer import checkpoint
-    from trainer.moco import MoCo, build_backbone
+    from nsneg.trainer import checkpoint
+    from nsneg.trainer.moco import MoCo, build_backbone
 
     def make(path, released: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,9 +73,9 @@ def texture_shards(tmp_path_factory, ray_session):
     Two classes of three real photos, shards of two samples, source pixels included.
     Read-only: a test that changes it copies it first (``shutil.copytree``).
     """
-    from pipeline import job
-    from pipeline.sources import folder_listing
-    from tests.helpers import TINY, make_tree
+    from nsneg.pipeline import job
+    from nsneg.pipeline.sources import folder_listing
+    from nsneg_testing import TINY, make_tree
 
     base = tmp_path_factory.mktemp("texture-shards")
     tree = make_tree(base / "imagenet", n_per_class=3, bad=False)

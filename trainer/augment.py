@@ -1,7 +1,7 @@
 """MoCo v2 "aug-plus", split where it is cheapest and batched on the training device.
 
 Geometry (RandomResizedCrop, scale 0.2-1) is done by the loader on decoded images
-(``trainer.data``), which also gives the texture its query's crop. Everything else --
+(``nsneg.trainer.data``), which also gives the texture its query's crop. Everything else --
 colour jitter 0.4/0.4/0.4/0.1 with p=0.8 in a random order, grayscale p=0.2, Gaussian
 blur sigma in [0.1, 2] with p=0.5, horizontal flip, normalisation -- runs here on a
 whole batch at once with per-sample parameters. The parameters are a value of their own
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

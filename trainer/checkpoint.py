@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.files import atomic_path
-from trainer.moco import build_backbone, strip_projection_head
+from nsneg.pipeline.files import atomic_path
+from nsneg.trainer.moco import build_backbone, strip_projection_head
 
 FORMAT = "nsneg-moco"
 VERSION = 1

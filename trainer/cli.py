@@ -1,7 +1,7 @@
-"""``nsneg-train``: the command line of MoCo v2 pre-training (``trainer.train``).
+"""``nsneg-train``: the command line of MoCo v2 pre-training (``nsneg.trainer.train``).
 
     nsneg-train --negatives shards/ --negatives-kind texture+patch --alpha 2 --out runs/x
-    torchrun --nproc-per-node 8 -m trainer.cli --negatives shards/ ...
+    torchrun --nproc-per-node 8 -m nsneg.trainer.cli --negatives shards/ ...
 
 A run folder holds one run: another is refused unless ``--force``; ``--resume`` continues
 one and may change only the settings in ``SAFE_ON_RESUME``, saying what changed.
@@ -17,9 +17,9 @@ from typing import Any
 import click
 import torch.distributed as dist
 
-from trainer import checkpoint
-from trainer.data import BadShards
-from trainer.train import KINDS, TrainConfig, Trainer, setup_distributed
+from nsneg.trainer import checkpoint
+from nsneg.trainer.data import BadShards
+from nsneg.trainer.train import KINDS, TrainConfig, Trainer, setup_distributed
 
 #: Settings a resumed run may take from the command line: they change neither the model nor the data.
 SAFE_ON_RESUME = (
@@ -221,7 +221,7 @@ def _refuse_other_run(out: Path, force: bool, resume: str | None) -> None:
 def _verify_once_per_node(negatives: str, reverify: bool) -> None:
     """Local shards are hashed by one process per node (local rank 0, with a progress bar); the other
     ranks wait, then find them in the verified cache."""
-    from trainer.data import verify_local
+    from nsneg.trainer.data import verify_local
 
     if not Path(negatives).is_dir():
         return

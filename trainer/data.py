@@ -13,7 +13,7 @@ The loader does the geometric part of MoCo v2's augmentation (RandomResizedCrop)
 decoded images: two independent crops of the source for q and k, and for the texture
 negative a crop with the *query's* parameters (same area fraction and aspect ratio, same
 relative centre). Photometric augmentation happens batched on the device
-(``trainer.augment``). The crop boxes are drawn from the source's size before it is
+(``nsneg.trainer.augment``). The crop boxes are drawn from the source's size before it is
 decoded, so a JPEG is decoded already downscaled (by 1/2, 1/4 or 1/8, ``Image.draft``)
 as far as both crops still have at least ``image_size`` source pixels per side.
 """
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline import contract
-from pipeline.files import atomic_write_json
+from nsneg.pipeline import contract
+from nsneg.pipeline.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def verify_local(
 
 
 def _published(spec: str, manifest_dirs: tuple[str, ...]):
-    from datasets_manifest import registry
+    from nsneg.datasets_manifest import registry
 
     try:
         if "://" in spec:

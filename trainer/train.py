@@ -1,6 +1,6 @@
 """MoCo v2 pre-training with non-semantic negatives, CPU to multi-node: ``TrainConfig`` and ``Trainer``.
 
-The command line (``nsneg-train``, reruns and resume rules) is ``trainer.cli``.
+The command line (``nsneg-train``, reruns and resume rules) is ``nsneg.trainer.cli``.
 
 Every random choice of epoch ``e`` derives from (``--seed``, ``e``, rank), so a run
 resumed from an end-of-epoch checkpoint continues exactly as if never stopped.
@@ -24,11 +24,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from trainer import checkpoint
-from trainer.augment import augment, sample_params
-from trainer.data import BadShards, make_loader, resolve_urls
-from trainer.moco import MoCo, build_backbone
-from trainer.negatives import patch_negatives
+from nsneg.trainer import checkpoint
+from nsneg.trainer.augment import augment, sample_params
+from nsneg.trainer.data import BadShards, make_loader, resolve_urls
+from nsneg.trainer.moco import MoCo, build_backbone
+from nsneg.trainer.negatives import patch_negatives
 
 KINDS = ("none", "texture", "patch", "texture+patch")
 

@@ -11,5 +11,5 @@ of domain? Measured on a procedural world where shape and texture are known
   (pre-training + probes, CPU or CUDA, no Ray);
 * ``report``: mean ± std, paired differences with 95 % t-intervals, table and plot.
 
-    python -m benchmarks.mini_repro [--protocol full|gpu|quick] [--stage all|prepare|train] [--device cpu|cuda]
+    python -m mini_repro [--protocol full|gpu|quick] [--stage all|prepare|train] [--device cpu|cuda]
 """

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.mini_repro``: the command line of the mini reproduction."""
+"""``python -m mini_repro``: the command line of the mini reproduction."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks.mini_repro.protocol import PROTOCOLS
+from mini_repro.protocol import PROTOCOLS
 
 
 @click.command()
@@ -40,7 +40,7 @@ from benchmarks.mini_repro.protocol import PROTOCOLS
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def main(name: str, quick: bool, stage: str, device: str, out: Path | None, progress: bool) -> None:
     """Shape vs texture, in miniature: MoCo v2 with and without non-semantic negatives."""
-    from benchmarks.mini_repro import run
+    from mini_repro import run
 
     protocol = PROTOCOLS["quick" if quick else name]
     out = out or Path(f"runs/mini-repro-{protocol.name}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from benchmarks.mini_repro.world import CLASSES, OOD_SPLITS, TRAIN_FAMILIES, UNSEEN_FAMILIES, World
-from pipeline.synthesis import SynthesisConfig
+from mini_repro.world import CLASSES, OOD_SPLITS, TRAIN_FAMILIES, UNSEEN_FAMILIES, World
+from nsneg.pipeline.synthesis import SynthesisConfig
 
 #: Sets read after pre-training, and the measures reported per run.
 EVAL_SETS = ("test",) + OOD_SPLITS

@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.mini_repro.protocol import (
+from mini_repro.protocol import (
     BASELINE,
     GATE_MIN_IN_DOMAIN,
     MEASURES,
     Protocol,
     chance,
 )
-from trainer.eval.report import figure, markdown_table, save_png
+from nsneg.trainer.eval.report import figure, markdown_table, save_png
 
 #: Column titles of the tables, in order.
 TITLES = {

@@ -1,11 +1,11 @@
 """The stages of the mini reproduction, through the project's real code.
 
 ``prepare`` (CPU, Ray): the world's ImageFolder trees, then the pretrain split's textures
-by the real Ray job (``pipeline.job``) into shards, and their noise ratio. Its output
+by the real Ray job (``nsneg.pipeline.job``) into shards, and their noise ratio. Its output
 folder is all that ``train`` needs, so it can be carried to a GPU machine without Ray.
 
 ``train`` (CPU or CUDA, no Ray): for every variant and seed, MoCo v2 pre-training with the
-real ``trainer.train.Trainer`` on those shards, then a linear probe on frozen features of
+real ``nsneg.trainer.train.Trainer`` on those shards, then a linear probe on frozen features of
 ``train`` (shape labels), read on test and the three out-of-domain sets. The baseline's
 seeds run first and the sanity gate is checked on them before any other variant.
 
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.mini_repro import report, world
-from benchmarks.mini_repro.protocol import (
+from mini_repro import report, world
+from mini_repro.protocol import (
     BASELINE,
     EVAL_SETS,
     GATE_MAX_SKETCH_P,
@@ -41,17 +41,17 @@ from benchmarks.mini_repro.protocol import (
     chance,
 )
 
-# The project's code: every import of it is here (Ray only inside pipeline.job.run).
-from pipeline import contract, files, quality
-from pipeline.images import resize_short
-from pipeline.job import JobConfig
-from pipeline.job import run as run_texture_job
-from pipeline.sources import folder_listing
-from pipeline.synthesis import SynthesisConfig
-from trainer import checkpoint as checkpoints
-from trainer.eval.features import align_classes, extract_features, load_dataset
-from trainer.eval.probes import top1, train_linear
-from trainer.train import TrainConfig, Trainer
+# The project's code: every import of it is here (Ray only inside nsneg.pipeline.job.run).
+from nsneg.pipeline import contract, files, quality
+from nsneg.pipeline.images import resize_short
+from nsneg.pipeline.job import JobConfig
+from nsneg.pipeline.job import run as run_texture_job
+from nsneg.pipeline.sources import folder_listing
+from nsneg.pipeline.synthesis import SynthesisConfig
+from nsneg.trainer import checkpoint as checkpoints
+from nsneg.trainer.eval.features import align_classes, extract_features, load_dataset
+from nsneg.trainer.eval.probes import top1, train_linear
+from nsneg.trainer.train import TrainConfig, Trainer
 
 Log = Callable[[str], None]
 PREPARED = "prepared.json"
@@ -94,7 +94,7 @@ def machine(device: str) -> str:
 
 
 def texture_noise_ratio(shards: Path, limit: int = 16) -> tuple[float, int]:
-    """Mean noise ratio (``pipeline.quality``) of the first ``limit`` textures against their own two crops."""
+    """Mean noise ratio (``nsneg.pipeline.quality``) of the first ``limit`` textures against their own two crops."""
     ratios = []
     rng = np.random.default_rng(0)
     for sample in contract.iter_samples(shards, "train"):

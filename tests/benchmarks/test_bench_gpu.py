@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks import bench_gpu
+import bench_gpu
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

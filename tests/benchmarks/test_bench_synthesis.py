@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from benchmarks import bench_synthesis
+import bench_synthesis
 
 
 @pytest.mark.parametrize("switch,expected", [("--library-input-grad", False), (None, True)])

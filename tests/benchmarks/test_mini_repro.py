@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from benchmarks.mini_repro import protocol, report, run
-from benchmarks.mini_repro import world as shapes
-from benchmarks.mini_repro.__main__ import main
+from mini_repro import protocol, report, run
+from mini_repro import world as shapes
+from mini_repro.__main__ import main
 
 ONE_EACH = {split: 1 for split in shapes.SPLITS}
 WORLD = protocol.FULL.world

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from datasets_manifest import registry
-from datasets_manifest.cli import main as data_cli
-from datasets_manifest.fetch import fetch
-from pipeline import contract, files
-from tests.helpers import as_v1
+from nsneg.datasets_manifest import registry
+from nsneg.datasets_manifest.cli import main as data_cli
+from nsneg.datasets_manifest.fetch import fetch
+from nsneg.pipeline import contract, files
+from nsneg_testing import as_v1
 
 
 class ShardServer(ThreadingHTTPServer):
@@ -192,7 +192,7 @@ def test_cli_fetch_verify_preview_stats(data, served, tmp_path):
 
 
 def test_trainer_streams_a_published_set_by_name(served):
-    from trainer.data import make_loader, resolve_urls
+    from nsneg.trainer.data import make_loader, resolve_urls
 
     server, shards, manifests = served
     server.faults = {}
@@ -411,7 +411,7 @@ def altered(shard: Path) -> None:
 def test_a_streamed_shard_that_changed_is_refused_before_any_of_its_samples_is_used(
     texture_shards, tmp_path
 ):
-    from trainer.data import BadShards, make_loader, resolve_urls
+    from nsneg.trainer.data import BadShards, make_loader, resolve_urls
 
     folder = Path(shutil.copytree(texture_shards[0], tmp_path / "www" / "set"))
     server = ShardServer(tmp_path / "www")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import contract, files
-from tests.helpers import as_v1
+from nsneg.pipeline import contract, files
+from nsneg_testing import as_v1
 
 
 def test_safe_key_has_no_dot_and_keeps_distinct_stems_apart():

@@ -4,15 +4,15 @@ import sys
 
 import pytest
 
-from pipeline import host_memory
-from pipeline.synthesis import SynthesisConfig, TextureSynthesizer
+from nsneg.pipeline import host_memory
+from nsneg.pipeline.synthesis import SynthesisConfig, TextureSynthesizer
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 #: Allocate, touch and free a 64 MiB tensor 5 times; print the page faults that took.
 FAULTS = """
 import resource, sys, torch
-from pipeline.host_memory import retain_freed_memory
+from nsneg.pipeline.host_memory import retain_freed_memory
 def faults(cycles=5):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(cycles):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline import images
-from pipeline.images import BadImage, decode_rgb, make_crops
-from tests.helpers import bad_inputs, encode, photo
+from nsneg.pipeline import images
+from nsneg.pipeline.images import BadImage, decode_rgb, make_crops
+from nsneg_testing import bad_inputs, encode, photo
 
 BAD = bad_inputs()
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import contract, files, job
-from pipeline.sources import folder_listing
-from tests.helpers import TINY, as_v1, make_tree
+from nsneg.pipeline import contract, files, job
+from nsneg.pipeline.sources import folder_listing
+from nsneg_testing import TINY, as_v1, make_tree
 
 
 def run_job(out: Path, listing, **kwargs):
@@ -195,7 +195,7 @@ def test_kill_9_loses_only_shards_in_flight_and_resume_completes(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "nsneg.pipeline.cli",
         "build",
         "--imagenet",
         str(tree),
@@ -236,7 +236,7 @@ def test_host_stages_overlap_synthesis_and_threads_do_not_change_the_bytes(tmp_p
     threads gives the same shard, skips listed in input order."""
     import threading
 
-    from pipeline.synthesis import TextureSynthesizer
+    from nsneg.pipeline.synthesis import TextureSynthesizer
 
     listing = folder_listing(make_tree(tmp_path / "tree"), "train")  # bad inputs included: skips
     config = job.JobConfig(out=tmp_path / "out", synthesis=TINY, shard_size=len(listing.images))

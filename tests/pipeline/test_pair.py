@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import contract, job
-from pipeline import pair as pairing
-from pipeline.cli import main
-from pipeline.sources import folder_listing
-from tests.helpers import TINY, make_tree
+from nsneg.pipeline import contract, job
+from nsneg.pipeline import pair as pairing
+from nsneg.pipeline.cli import main
+from nsneg.pipeline.sources import folder_listing
+from nsneg_testing import TINY, make_tree
 
 TEXTURE_MEMBERS = (contract.TEXTURE_FIELD, contract.CLASS_FIELD, contract.META_FIELD)
 
@@ -180,5 +180,5 @@ def test_pair_needs_no_ray():
     import subprocess
     import sys
 
-    code = "import sys, pipeline.pair; assert 'ray' not in sys.modules and 'pipeline.job' not in sys.modules"
+    code = "import sys, nsneg.pipeline.pair; assert 'ray' not in sys.modules and 'nsneg.pipeline.job' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

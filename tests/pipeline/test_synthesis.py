@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from pipeline import quality
-from pipeline.encoders import VGG19Encoder, WeightsNotFound, build_encoder, load_vgg19_state_dict
-from pipeline.images import make_crops
-from pipeline.sources import embedded_listing
-from pipeline.synthesis import (
+from nsneg.pipeline import quality
+from nsneg.pipeline.encoders import VGG19Encoder, WeightsNotFound, build_encoder, load_vgg19_state_dict
+from nsneg.pipeline.images import make_crops
+from nsneg.pipeline.sources import embedded_listing
+from nsneg.pipeline.synthesis import (
     CPU_BATCH_SIZE,
     SynthesisConfig,
     TextureSynthesizer,
@@ -17,7 +17,7 @@ from pipeline.synthesis import (
     batch_size_for_memory,
     gram,
 )
-from tests.helpers import encode
+from nsneg_testing import encode
 
 FAST = SynthesisConfig(steps=(20, 5, 2))
 
@@ -250,7 +250,7 @@ def test_random_encoder_matches_the_rank5_formulation():
 
 
 def test_matmul_input_grad_conv_passes_gradcheck():
-    from pipeline.encoders import _MatmulInputGradConv
+    from nsneg.pipeline.encoders import _MatmulInputGradConv
 
     x = torch.rand(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)
     w, b = torch.randn(4, 3, 5, 5, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
@@ -348,7 +348,7 @@ def test_compiled_step_matches_eager_and_keeps_images_independent(crops):
     uses the ``aot_eager`` backend (no code generation: inductor takes minutes on 2 cores)."""
     from torch._dynamo.utils import counters
 
-    from pipeline.synthesis import compile_mode
+    from nsneg.pipeline.synthesis import compile_mode
 
     assert compile_mode("inductor") == "reduce-overhead" and compile_mode("aot_eager") is None
     torch._dynamo.reset()
@@ -383,7 +383,7 @@ def test_replicate_pad_matches_f_pad_values_and_gradients():
     """The compiled encoder's padding (index_select) is F.pad's replicate mode, gradients included."""
     import torch.nn.functional as F
 
-    from pipeline.encoders import replicate_pad
+    from nsneg.pipeline.encoders import replicate_pad
 
     x = torch.rand(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
     y = x.detach().clone().requires_grad_(True)

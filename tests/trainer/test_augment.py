@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from trainer.augment import (
+from nsneg.trainer.augment import (
     MEAN,
     STD,
     adjust_hue,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from trainer import checkpoint
-from trainer.moco import MoCo, build_backbone
+from nsneg.trainer import checkpoint
+from nsneg.trainer.moco import MoCo, build_backbone
 
 
 def test_save_load_round_trip_and_backbone(tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import files
-from tests.helpers import encode, photo
-from trainer.data import (
+from nsneg.pipeline import files
+from nsneg_testing import encode, photo
+from nsneg.trainer.data import (
     BadShards,
     apply_box,
     crop_box,
@@ -52,7 +52,7 @@ def test_undecodable_samples_are_skipped_counted_and_named(caplog):
         "__url__": "shards/train/x-000001.tar",
         "source.img": b"not an image",
     }
-    with caplog.at_level("WARNING", logger="trainer.data"):
+    with caplog.at_level("WARNING", logger="nsneg.trainer.data"):
         counts = [s for *_, s in views(iter([good, bad, bad, good, bad]), 32, seed=0)]
     assert counts == [0, 2]
     named = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]

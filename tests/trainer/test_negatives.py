@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.negatives import patch_negatives
+from nsneg.trainer.negatives import patch_negatives
 
 
 def coded_views(b: int, h: int, w: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

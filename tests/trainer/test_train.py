@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import SMALL_RUN
-from trainer import checkpoint
-from trainer.train import TrainConfig, Trainer
+from nsneg_testing import SMALL_RUN
+from nsneg.trainer import checkpoint
+from nsneg.trainer.train import TrainConfig, Trainer
 
 
 def config(shards, out, **overrides) -> TrainConfig:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SMALL_RUN
-from trainer import checkpoint
-from trainer.cli import main
+from nsneg_testing import SMALL_RUN
+from nsneg.trainer import checkpoint
+from nsneg.trainer.cli import main
 
 
 def as_options(fields: dict) -> list[str]:
@@ -107,7 +107,7 @@ def test_resume_takes_epochs_says_what_changed_and_hashes_local_shards_once(
 
 
 def test_verify_rehashes_shards_verified_before(shards, tmp_path):
-    from trainer.data import verify_local
+    from nsneg.trainer.data import verify_local
 
     assert (
         verify_local(shards) == 3
@@ -121,7 +121,7 @@ def test_sigterm_writes_a_checkpoint_before_exit(shards, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "trainer.cli",
+        "nsneg.trainer.cli",
         *SMALL,
         "--negatives",
         str(shards),

@@ -1,6 +1,6 @@
 """``nsneg-analyze``: texture-classes and shape-bias. The commands parse options, call
 ``texture_classes.analyse`` / ``shape_bias.analyse`` and print; the option bundles are
-``trainer.eval.cli``'s."""
+``nsneg.trainer.eval.cli``'s."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 import torch
 
-from trainer.analysis import shape_bias, texture_classes, texture_classes_report
-from trainer.eval.cli import (
+from nsneg.trainer.analysis import shape_bias, texture_classes, texture_classes_report
+from nsneg.trainer.eval.cli import (
     checkpoint_option,
     click_errors,
     existing_folder,
@@ -18,7 +18,7 @@ from trainer.eval.cli import (
     linear_head_option,
     options,
 )
-from trainer.eval.probes import LINEAR_LR
+from nsneg.trainer.eval.probes import LINEAR_LR
 
 _analysis_options = options(
     feature_options("the checkpoint's (or head's) training size, else 224"),

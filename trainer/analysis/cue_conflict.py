@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from pipeline import contract, files
+from nsneg.pipeline import contract, files
 
 
 def sobel_kernel() -> torch.Tensor:

@@ -20,24 +20,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import IterableDataset
 
-from pipeline import contract
-from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
-from trainer.analysis.categories import FINE_GROUPS
-from trainer.analysis.cue_conflict import sobel_gradients, sobel_kernel
-from trainer.analysis.texture_classes_report import (
+from nsneg.pipeline import contract
+from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg.trainer.analysis.categories import FINE_GROUPS
+from nsneg.trainer.analysis.cue_conflict import sobel_gradients, sobel_kernel
+from nsneg.trainer.analysis.texture_classes_report import (
     fine_verdict,
     plot_texture_classes,
     texture_class_report,
     texture_markdown,
 )
-from trainer.eval.features import (
+from nsneg.trainer.eval.features import (
     backbone_from_checkpoint,
     dataset_features,
     eval_transform,
     load_dataset,
 )
-from trainer.eval.probes import predict, save_linear_head, top1, train_linear
-from trainer.eval.report import write_report
+from nsneg.trainer.eval.probes import predict, save_linear_head, top1, train_linear
+from nsneg.trainer.eval.report import write_report
 
 # --------------------------------------------------------------------------- features
 

@@ -1,5 +1,5 @@
 """The texture-classes report: per-class rows, the fine-vs-rest verdict, Markdown, the plot and the
-terminal summary (``trainer.analysis.texture_classes`` computes what they show)."""
+terminal summary (``nsneg.trainer.analysis.texture_classes`` computes what they show)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.analysis.categories import FINE_GROUPS, fine_group
-from trainer.eval.report import (
+from nsneg.trainer.analysis.categories import FINE_GROUPS, fine_group
+from nsneg.trainer.eval.report import (
     figure,
     markdown_table,
     mean_of_present,

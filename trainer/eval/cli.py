@@ -15,9 +15,9 @@ from typing import Any
 import click
 import torch
 
-from trainer.eval import probes, report, robustness_report
-from trainer.eval import robustness as robust
-from trainer.eval.features import probe_features
+from nsneg.trainer.eval import probes, report, robustness_report
+from nsneg.trainer.eval import robustness as robust
+from nsneg.trainer.eval.features import probe_features
 
 # --------------------------------------------------------------------------- shared options
 

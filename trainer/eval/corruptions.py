@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from trainer.eval import image_ops as ops
-from trainer.eval.image_ops import Rngs
+from nsneg.trainer.eval import image_ops as ops
+from nsneg.trainer.eval.image_ops import Rngs
 
 # --------------------------------------------------------------------------- severity tables (reference values)
 

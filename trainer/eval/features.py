@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from pipeline import contract
-from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
-from trainer import checkpoint
+from nsneg.pipeline import contract
+from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg.trainer import checkpoint
 
 # --------------------------------------------------------------------------- backbone
 

@@ -1,4 +1,4 @@
-"""Tensor image operations the ImageNet-C corruptions (``trainer.eval.corruptions``) are built
+"""Tensor image operations the ImageNet-C corruptions (``nsneg.trainer.eval.corruptions``) are built
 from: per-image random fields, separable Gaussian blur with scipy's border modes, shifts,
 ImageMagick-style motion-blur kernels, zooms, plasma fractals, box resizing, greyscale."""
 

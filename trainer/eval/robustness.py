@@ -1,7 +1,7 @@
 """Out-of-domain top-1 of a frozen encoder and its linear head (``nsneg-eval robustness``).
 
 Sets: ImageNet(-100) val, ImageNet-C (a released tree ``DIR/<corruption>/<severity>/<wnid>/*``,
-or generated from the val images with ``trainer.eval.corruptions``), ImageNet-Sketch, ImageNet-R
+or generated from the val images with ``nsneg.trainer.eval.corruptions``), ImageNet-Sketch, ImageNet-R
 and Stylized-ImageNet (``DIR/<wnid>/*``). Every set is restricted to the classes the head was
 trained on, matched by wnid folder name; a class a set lacks is simply absent (ImageNet-R has
 200 classes). Predictions are the argmax over the head's classes.
@@ -31,15 +31,15 @@ from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from trainer.eval.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from trainer.eval.features import (
+from nsneg.trainer.eval.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from nsneg.trainer.eval.features import (
     backbone_from_checkpoint,
     dataset_features,
     eval_transform,
     feature_loader,
 )
-from trainer.eval.probes import load_linear_head, top1
-from trainer.eval.report import mean_of_present
+from nsneg.trainer.eval.probes import load_linear_head, top1
+from nsneg.trainer.eval.report import mean_of_present
 
 REPORT_FORMAT = "nsneg-robustness"
 REPORT_VERSION = 1
@@ -314,7 +314,7 @@ def evaluate_all(
 
 
 def parse_corruptions(text: str) -> list[str]:
-    """``all``, ``none``, or comma-separated names from ``trainer.eval.corruptions.CORRUPTIONS``."""
+    """``all``, ``none``, or comma-separated names from ``nsneg.trainer.eval.corruptions.CORRUPTIONS``."""
     if text.strip() == "all":
         return list(CORRUPTIONS)
     if text.strip() == "none":

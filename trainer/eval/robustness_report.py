@@ -8,9 +8,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.eval.corruptions import CORRUPTIONS
-from trainer.eval.report import figure, markdown_table, percent, save_png, write_report
-from trainer.eval.robustness import SET_TITLES
+from nsneg.trainer.eval.corruptions import CORRUPTIONS
+from nsneg.trainer.eval.report import figure, markdown_table, percent, save_png, write_report
+from nsneg.trainer.eval.robustness import SET_TITLES
 
 
 def _pct(value: float | None) -> str:

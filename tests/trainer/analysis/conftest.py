@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import job
-from pipeline.sources import folder_listing
-from tests.helpers import TINY
-from tests.trainer.analysis.common import SIZE, write_tree
-from trainer import checkpoint
-from trainer.analysis.cli import main
-from trainer.eval import features, probes
+from nsneg.pipeline import job
+from nsneg.pipeline.sources import folder_listing
+from nsneg_testing import TINY
+from nsneg_testing.analysis import SIZE, write_tree
+from nsneg.trainer import checkpoint
+from nsneg.trainer.analysis.cli import main
+from nsneg.trainer.eval import features, probes
 
 
 @pytest.fixture(scope="package")

@@ -1,7 +1,7 @@
-"""trainer.analysis.categories: Geirhos et al.'s 16 categories and the fine groups against their sources."""
+"""nsneg.trainer.analysis.categories: Geirhos et al.'s 16 categories and the fine groups against their sources."""
 
-from pipeline.sources import IMAGENET100
-from trainer.analysis import categories
+from nsneg.pipeline.sources import IMAGENET100
+from nsneg.trainer.analysis import categories
 
 
 def test_class_tables():

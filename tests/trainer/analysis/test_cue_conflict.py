@@ -1,10 +1,10 @@
-"""trainer.analysis.cue_conflict: the edge mask, cue-conflict images, and the one Sobel operator."""
+"""nsneg.trainer.analysis.cue_conflict: the edge mask, cue-conflict images, and the one Sobel operator."""
 
 import numpy as np
 import torch
 from PIL import Image
 
-from trainer.analysis import cue_conflict
+from nsneg.trainer.analysis import cue_conflict
 
 
 def test_edge_mask_and_cue_conflict_image():

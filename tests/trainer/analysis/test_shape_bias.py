@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import contract
-from tests.helpers import encode, keep_sample, photo
-from tests.trainer.analysis.common import CLASSES, SIZE, direct_predictions
-from trainer import checkpoint
-from trainer.analysis import categories, cue_conflict, shape_bias, texture_classes
-from trainer.eval import probes
+from nsneg.pipeline import contract
+from nsneg_testing import encode, keep_sample, photo
+from nsneg_testing.analysis import CLASSES, SIZE, direct_predictions
+from nsneg.trainer import checkpoint
+from nsneg.trainer.analysis import categories, cue_conflict, shape_bias, texture_classes
+from nsneg.trainer.eval import probes
 
 
 def shape_bias_command(invoke, ckpt, head, out, *args):

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import contract
-from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
-from tests.helpers import keep_sample
-from tests.trainer.analysis.common import CLASSES, SIZE, direct_counts, write_tree
-from trainer import checkpoint
-from trainer.analysis import texture_classes
-from trainer.eval import probes
+from nsneg.pipeline import contract
+from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg_testing import keep_sample
+from nsneg_testing.analysis import CLASSES, SIZE, direct_counts, write_tree
+from nsneg.trainer import checkpoint
+from nsneg.trainer.analysis import texture_classes
+from nsneg.trainer.eval import probes
 
 
 def texture_classes_command(invoke, shards, out, *args):

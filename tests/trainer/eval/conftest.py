@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainer.eval.cli import main
+from nsneg.trainer.eval.cli import main
 
 
 @pytest.fixture(scope="package")

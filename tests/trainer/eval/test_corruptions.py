@@ -1,4 +1,4 @@
-"""trainer.eval.corruptions: every ImageNet-C corruption against its definition, and what all of them
+"""nsneg.trainer.eval.corruptions: every ImageNet-C corruption against its definition, and what all of them
 promise (shape, range, seeding, batch independence, distortion growing with severity)."""
 
 import io
@@ -10,9 +10,9 @@ from PIL import Image
 from scipy import ndimage, stats
 from skimage.color import hsv2rgb, rgb2hsv
 
-from tests.helpers import photo
-from trainer.eval import corruptions as C
-from trainer.eval import image_ops
+from nsneg_testing import photo
+from nsneg.trainer.eval import corruptions as C
+from nsneg.trainer.eval import image_ops
 
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")
 RANDOM = {

@@ -1,9 +1,9 @@
-"""trainer.eval.features: class alignment, datasets, and the one error policy of backbone loading."""
+"""nsneg.trainer.eval.features: class alignment, datasets, and the one error policy of backbone loading."""
 
 import pytest
 import torch
 
-from trainer.eval import features
+from nsneg.trainer.eval import features
 
 
 def test_align_classes_matches_by_name_and_rejects_other_sets():

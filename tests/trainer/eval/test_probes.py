@@ -1,4 +1,4 @@
-"""trainer.eval.probes: the kNN and linear-probe maths against their definitions, and linear
+"""nsneg.trainer.eval.probes: the kNN and linear-probe maths against their definitions, and linear
 heads on disk."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.eval import probes
+from nsneg.trainer.eval import probes
 
 # --------------------------------------------------------------------------- kNN
 

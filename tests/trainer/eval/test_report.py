@@ -1,11 +1,11 @@
-"""trainer.eval.report: tables, the percentage cell, PNG and report files written atomically."""
+"""nsneg.trainer.eval.report: tables, the percentage cell, PNG and report files written atomically."""
 
 import json
 
 import pytest
 from PIL import Image
 
-from trainer.eval import report
+from nsneg.trainer.eval import report
 
 
 def test_text_table_aligns_columns():

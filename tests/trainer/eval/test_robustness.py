@@ -13,11 +13,11 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 
-from pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
-from tests.helpers import PHOTOS, encode, keep_sample, photo
-from trainer import checkpoint
-from trainer.eval import features, probes
-from trainer.eval.corruptions import corrupt
+from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg_testing import PHOTOS, encode, keep_sample, photo
+from nsneg.trainer import checkpoint
+from nsneg.trainer.eval import features, probes
+from nsneg.trainer.eval.corruptions import corrupt
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]  # tench, English springer, cassette player
 TINTS = [(1.0, 0.7, 0.7), (0.7, 1.0, 0.7), (0.7, 0.7, 1.0)]

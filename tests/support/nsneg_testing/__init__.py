@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.synthesis import SynthesisConfig
+from nsneg.pipeline.synthesis import SynthesisConfig
 
 #: Few steps: the job tests exercise plumbing; quality is tested with the default config.
 TINY = SynthesisConfig(steps=(4, 2, 1), batch_size=4)
@@ -111,7 +111,7 @@ def as_v1(shards: Path, dest: Path) -> Path:
     import json
     import shutil
 
-    from pipeline import contract
+    from nsneg.pipeline import contract
 
     old = Path(shutil.copytree(shards, dest))
     manifest = json.loads((old / contract.MANIFEST_NAME).read_text())

@@ -1,1 +1,0 @@
-"""Benchmarks and the mini reproduction (``python -m benchmarks.mini_repro``)."""
