@@ -1,8 +1,10 @@
 # Every target sets up its own environment in .venv/ first: nothing is installed by hand.
+# The demo and the tools need the runtime only; the tests and the linter add the dev extras.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
 
 OUT ?= shards
 SPLIT ?= train
@@ -10,32 +12,43 @@ SUBSET ?= all
 IMAGENET ?=
 ARGS ?=
 
-.PHONY: setup texture-shards test lint format bench bench-gpu mini-repro clean
+.PHONY: setup setup-dev texture-shards test test-fast lint format bench bench-gpu mini-repro clean
 
-setup: $(STAMP)
+setup: $(RUNTIME)
 
-$(STAMP): pyproject.toml
+setup-dev: $(DEV)
+
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(DEV): $(RUNTIME)
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
-texture-shards: $(STAMP)
+texture-shards: $(RUNTIME)
 	$(BIN)/nsneg-textures build --out $(OUT) --split $(SPLIT) --subset $(SUBSET) \
 		$(if $(IMAGENET),--imagenet $(IMAGENET)) $(ARGS)
 
-test: $(STAMP)
+# The whole suite (what CI runs); test-fast leaves out what starts Ray, runs a whole job, DDP,
+# torch.compile or a wheel build.
+test: $(DEV)
 	$(BIN)/python -m pytest -q tests
 
-lint: $(STAMP)
+test-fast: $(DEV)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: $(DEV)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)
+bench: $(RUNTIME)
 	$(BIN)/python benchmarks/bench_synthesis.py
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_patch_negatives.py
@@ -43,10 +56,10 @@ bench: $(STAMP)
 
 # On a GPU machine: synthesis (both encoders, batch 64/128/256), train step and loader -> bench-gpu/results.{json,md}.
 # Fails clearly without a CUDA device.
-bench-gpu: $(STAMP)
+bench-gpu: $(RUNTIME)
 	$(BIN)/python benchmarks/bench_gpu.py --out bench-gpu $(ARGS)
 
-mini-repro: $(STAMP)
+mini-repro: $(RUNTIME)
 	PYTHONPATH=benchmarks $(BIN)/python -m mini_repro $(ARGS)
 
 clean:

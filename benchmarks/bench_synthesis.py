@@ -29,8 +29,8 @@ from nsneg.pipeline.images import make_crops
 from nsneg.pipeline.sources import embedded_listing
 from nsneg.pipeline.synthesis import SynthesisConfig, TextureSynthesizer, gram
 
-#: The CPU goal (issue 11): the default engine this many times the reference's textures/s.
-GOAL_SPEEDUP = 10.0
+#: The CPU target: the default engine this many times the reference's textures/s, at an equal or better noise ratio.
+TARGET_SPEEDUP = 10.0
 
 
 def reference_lbfgs(
@@ -304,10 +304,10 @@ def main(
             f"speed-up: {fast_rate / ref_rate:.1f}x   (quality on the same {reference_images} images; "
             f"lower noise ratio is better; default on all {batch_size}: {all_ratio:.3f})"
         )
-        met = fast_rate / ref_rate >= GOAL_SPEEDUP and fast_ratio <= ref_ratio
-        figures["goal_met"] = met
+        met = fast_rate / ref_rate >= TARGET_SPEEDUP and fast_ratio <= ref_ratio
+        figures["target_met"] = met
         print(
-            f"goal (>= {GOAL_SPEEDUP:.0f}x the reference at an equal or better noise ratio): "
+            f"target (>= {TARGET_SPEEDUP:.0f}x the reference at an equal or better noise ratio): "
             f"{'MET' if met else 'NOT MET'} ({fast_rate / ref_rate:.1f}x, noise ratio "
             f"{fast_ratio:.3f} vs {ref_ratio:.3f})"
         )

@@ -16,8 +16,8 @@ The data looks like ImageNet: ``--images`` distinct JPEGs (longest side 400-500 
 224 px PNG texture each, written as webdataset shards by the benchmark itself.
 
     python benchmarks/bench_train_step.py                      # CPU: resnet18, 64 px, batch 32
-    python benchmarks/bench_train_step.py --batch-size 64 --channels-last --steps 3   # shuffle BN goal
-    python benchmarks/bench_train_step.py --image-size 224 --loader-only               # loader goal
+    python benchmarks/bench_train_step.py --batch-size 64 --channels-last --steps 3   # split BN cost
+    python benchmarks/bench_train_step.py --image-size 224 --loader-only               # loader rate
     python benchmarks/bench_train_step.py --device cuda --arch resnet50 --image-size 224 \\
         --batch-size 256 --workers 14 --images 2048 [--compile] --json bench.json
 """

@@ -95,6 +95,7 @@ def main() -> None:
     help="contact sheet PNG [default: OUT/preview-SPLIT.png]",
 )
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--verbose", is_flag=True, help="Ray's own messages too (start-up, workers' output)")
 def build(
     imagenet,
     split,
@@ -115,6 +116,7 @@ def build(
     max_skip_fraction,
     preview,
     quiet,
+    verbose,
 ) -> None:
     """Synthesise one texture per source image into WebDataset shards with a manifest.
 
@@ -156,7 +158,7 @@ def build(
         workers=workers,
     )
     try:
-        summary = job.run(config, listing, show_progress=not quiet)
+        summary = job.run(config, listing, show_progress=not quiet, verbose=verbose)
     except (job.SkipThresholdExceeded, RuntimeError, contract.ManifestError) as e:
         raise click.ClickException(str(e)) from None
     preview_path = preview or out / f"preview-{split}.png"

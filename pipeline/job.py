@@ -284,17 +284,23 @@ def _worker_class():
     return TextureWorker
 
 
-def _init_ray(num_cpus: int | None = None) -> None:
+def _init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
+    """Start a local Ray instance, or join the cluster at ``RAY_ADDRESS``. Ray's own messages
+    (start-up, the cluster's security notices, the workers' output) reach the terminal only when
+    ``verbose``; Ray's settings, authentication included, are the same either way."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return
+    quiet = dict(logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose)
     if os.environ.get("RAY_ADDRESS"):
         # Joining a cluster: ship this package to workers on other machines, importable there
         # under the same name as here (``nsneg.pipeline``).
-        ray.init(runtime_env={"py_modules": [str(_namespace_for_workers())]}, log_to_driver=True)
+        ray.init(runtime_env={"py_modules": [str(_namespace_for_workers())]}, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
 
 
 def _namespace_for_workers() -> Path:
@@ -320,8 +326,11 @@ def _check_skips(skipped: int, total: int, max_fraction: float) -> None:
         )
 
 
-def run(config: JobConfig, listing: Listing, *, show_progress: bool = True) -> JobSummary:
-    """Make (or finish making) the shard set for ``listing`` under ``config.out``."""
+def run(
+    config: JobConfig, listing: Listing, *, show_progress: bool = True, verbose: bool = False
+) -> JobSummary:
+    """Make (or finish making) the shard set for ``listing`` under ``config.out``; ``verbose``:
+    Ray's own messages too."""
     from tqdm import tqdm
 
     start = time.time()
@@ -347,7 +356,9 @@ def run(config: JobConfig, listing: Listing, *, show_progress: bool = True) -> J
     )
     try:
         if pending:
-            written, failed = _run_pending(config, pending, records, bar, len(listing.images))
+            written, failed = _run_pending(
+                config, pending, records, bar, len(listing.images), verbose
+            )
     finally:  # whatever happened, the manifest lists exactly the shards that are finished
         bar.close()
         _write_manifest(config, listing, specs, records)
@@ -364,11 +375,13 @@ def run(config: JobConfig, listing: Listing, *, show_progress: bool = True) -> J
     )
 
 
-def _run_pending(config, pending, records, bar, total_images) -> tuple[int, list[str]]:
+def _run_pending(
+    config, pending, records, bar, total_images, verbose: bool = False
+) -> tuple[int, list[str]]:
     import ray
     from ray.util.actor_pool import ActorPool
 
-    _init_ray()
+    _init_ray(verbose=verbose)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))
     workers = config.workers or (gpus if gpus else 1)

@@ -68,7 +68,7 @@ def make_checkpoint():
 
 @pytest.fixture(scope="session")
 def texture_shards(tmp_path_factory, ray_session):
-    """(shard set, ImageNet tree): one set made by the real Ray job for the whole session.
+    """(shard set, ImageNet tree): one set made by the real Ray job for the whole test run.
 
     Two classes of three real photos, shards of two samples, source pixels included.
     Read-only: a test that changes it copies it first (``shutil.copytree``).
@@ -103,3 +103,12 @@ def nsneg_user_dirs(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs a Ray cluster (``ray_session``, directly or through a shard set built by a
+    job) is in the slow tier, like those marked ``slow`` by hand: ``pytest -m "not slow"`` is the
+    edit loop's tier."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

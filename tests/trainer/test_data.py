@@ -69,7 +69,7 @@ def test_tampered_shards_are_refused(shards, tmp_path):
     with pytest.raises(BadShards, match="sha256 mismatch"):
         resolve_urls(str(copy))
     urls, samples = resolve_urls(str(shards))
-    assert (len(urls), samples) == (3, 6)  # the session's set: 6 samples in shards of 2
+    assert (len(urls), samples) == (3, 6)  # the suite's set: 6 samples in shards of 2
 
 
 def jpeg(size: tuple[int, int], quality: int = 90) -> bytes:

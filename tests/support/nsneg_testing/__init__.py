@@ -88,7 +88,7 @@ def make_tree(root: Path, *, n_per_class: int = 3, bad: bool = True, split: str 
 
 def keep_sample(path: Path, tmp_root: Path, name: str | None = None) -> None:
     """With ``NSNEG_SAMPLES_DIR`` set, copy a test's output file there (as ``name``, default its own); in text
-    files every path under ``tmp_root`` (the test session's temporary folder) becomes ``<tmp>``.
+    files every path under ``tmp_root`` (the test run's temporary folder) becomes ``<tmp>``.
     docs/samples is made so: ``NSNEG_SAMPLES_DIR=docs/samples pytest tests/trainer/eval/test_robustness.py
     tests/trainer/analysis``."""
     import os
