@@ -12,7 +12,7 @@ SUBSET ?= all
 IMAGENET ?=
 ARGS ?=
 
-.PHONY: setup setup-dev texture-shards test test-fast lint format bench bench-gpu mini-repro clean
+.PHONY: setup setup-dev texture-shards test test-fast lint format bench bench-gpu benchmarks-page mini-repro clean
 
 setup: $(RUNTIME)
 
@@ -58,6 +58,10 @@ bench: $(RUNTIME)
 # Fails clearly without a CUDA device.
 bench-gpu: $(RUNTIME)
 	$(BIN)/python benchmarks/bench_gpu.py --out bench-gpu $(ARGS)
+
+# docs/benchmarks.md from the recorded runs in docs/benchmarks/ (bench_report.py record adds one).
+benchmarks-page: $(RUNTIME)
+	$(BIN)/python benchmarks/bench_report.py render
 
 mini-repro: $(RUNTIME)
 	PYTHONPATH=benchmarks $(BIN)/python -m mini_repro $(ARGS)

@@ -21,6 +21,7 @@ import click
 import numpy as np
 import torch
 
+from nsneg.pipeline.files import atomic_write_json
 from nsneg.trainer.negatives import REFERENCE_SIZE, patch_negatives
 
 
@@ -87,7 +88,10 @@ def median_ms(
 @click.option(
     "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
 )
-def main(batch: int, size: int, device: str, repeat: int, threads: int | None) -> None:
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def main(
+    batch: int, size: int, device: str, repeat: int, threads: int | None, json_path: str | None
+) -> None:
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -116,6 +120,16 @@ def main(batch: int, size: int, device: str, repeat: int, threads: int | None) -
         f"speed-up vs loop: {times['loop'] / times['vectorized']:.1f}x; "
         f"slowdown vs clone: {times['vectorized'] / times['clone']:.2f}x"
     )
+    if json_path:
+        atomic_write_json(
+            json_path,
+            {
+                "device": name,
+                "batch": batch,
+                "size": size,
+                **{f"{k.rstrip('_')}_ms": v for k, v in times.items()},
+            },
+        )
 
 
 if __name__ == "__main__":

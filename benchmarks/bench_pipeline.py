@@ -4,7 +4,7 @@ Baseline: the same images through ``TextureSynthesizer`` in this process (no Ray
 decoding, no PNG, no tar). The job's figure includes Ray start-up, workers loading the
 encoder, image decoding, crops, PNG encoding, shard writing and hashing.
 
-    python benchmarks/bench_pipeline.py
+    python benchmarks/bench_pipeline.py [--json FILE]
 """
 
 from __future__ import annotations
@@ -13,16 +13,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 
 from nsneg.pipeline import job
+from nsneg.pipeline.files import atomic_write_json
 from nsneg.pipeline.images import make_crops
 from nsneg.pipeline.sources import embedded_listing
 from nsneg.pipeline.synthesis import SynthesisConfig, TextureSynthesizer
 
 
-def main() -> None:
+@click.command()
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def main(json_path: Path | None) -> None:
     listing = embedded_listing()
     config = SynthesisConfig()
     crops = np.stack(
@@ -58,6 +62,19 @@ def main() -> None:
         f"({summary.textures_written} textures in {summary.seconds:.1f} s)"
     )
     print(f"ratio job / bare: {end_to_end / bare:.2f}")
+    if json_path:
+        atomic_write_json(
+            json_path,
+            {
+                "device": device,
+                "images": len(listing.images),
+                "steps": list(config.steps),
+                "bare_textures_per_s": bare,
+                "job_textures_per_s": end_to_end,
+                "job_seconds": summary.seconds,
+                "job_over_bare": end_to_end / bare,
+            },
+        )
 
 
 if __name__ == "__main__":
