@@ -11,6 +11,7 @@ import bench_synthesis
 
 
 @pytest.mark.parametrize("switch,expected", [("--library-input-grad", False), (None, True)])
+@pytest.mark.slow  # the whole benchmark, profiled
 def test_reports_figures_and_writes_a_profile(tmp_path, switch, expected):
     args = ["--device", "cpu", "--batch-size", "2", "--steps", "2,1,1", "--reference-images", "0"]
     args += ["--json", str(tmp_path / "f.json"), "--profile", str(tmp_path / "profile.txt")]

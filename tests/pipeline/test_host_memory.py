@@ -34,6 +34,7 @@ def page_faults(mode: str) -> int:
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+@pytest.mark.slow  # a subprocess that allocates and measures page faults
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
     # 5 x 64 MiB = 81,920 pages of 4 KiB: each cycle faults them in again by default
     assert page_faults("default") > 40_000

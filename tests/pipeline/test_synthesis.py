@@ -80,6 +80,7 @@ def one_thread():
 LOSS_RTOL = 2e-2
 
 
+@pytest.mark.slow  # five syntheses
 def test_batch_independence(crops):
     """An image's texture must not depend on its batch mates (no shared line search, no mean loss):
     with the same shapes on one thread it is the same bytes whoever its mates are, and alone or
@@ -96,6 +97,7 @@ def test_batch_independence(crops):
         assert loss == pytest.approx(alone, rel=LOSS_RTOL)
 
 
+@pytest.mark.slow  # 105 steps
 def test_loss_decreases_with_more_steps(crops):
     short = TextureSynthesizer(SynthesisConfig(steps=(5, 1, 1)))(crops[:3], [0, 1, 2]).losses
     long = TextureSynthesizer(SynthesisConfig(steps=(80, 20, 5)))(crops[:3], [0, 1, 2]).losses
@@ -108,6 +110,7 @@ def default_textures(crops):
     return TextureSynthesizer(SynthesisConfig())(crops, list(range(len(crops)))).textures
 
 
+@pytest.mark.slow  # torch.compile or the default synthesis schedule
 def test_quality_thresholds_on_embedded_photos(crops, default_textures):
     other_crops = embedded_crops(seed_offset=100)[:, 1]
     n = len(crops)
@@ -136,6 +139,7 @@ def star_image(size: int = 256) -> bytes:
     return encode(img)
 
 
+@pytest.mark.slow  # torch.compile or the default synthesis schedule
 def test_shape_does_not_survive_while_a_copy_is_detected():
     crops = make_crops(star_image(), np.random.default_rng(0)).pixels
     texture = TextureSynthesizer(SynthesisConfig())(crops[None], [0]).textures[0]
@@ -175,6 +179,7 @@ def vgg19_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # VGG19 at 224 px on a CPU
 def test_vgg19_loads_a_weights_file_and_synthesises(vgg19_file):
     path = vgg19_file
     encoder = build_encoder("vgg19", weights=path)
@@ -198,7 +203,12 @@ def test_vgg19_rejects_a_foreign_state_dict():
 
 
 @pytest.mark.parametrize(
-    "encoder,matmul_input_grad", [("random", True), ("random", False), ("vgg19", False)]
+    "encoder,matmul_input_grad",
+    [
+        ("random", True),
+        ("random", False),
+        pytest.param("vgg19", False, marks=pytest.mark.slow),  # VGG19 at 224 px on a CPU
+    ],
 )
 def test_accelerated_path_runs_on_cpu_for_both_encoders(
     crops, encoder, matmul_input_grad, vgg19_file
@@ -227,6 +237,7 @@ def test_accelerated_path_runs_on_cpu_for_both_encoders(
     assert np.all(np.isfinite(result.losses)) and result.textures.std() > 0
 
 
+@pytest.mark.slow  # two syntheses of 43 steps, one in emulated bf16
 def test_accelerated_bf16_quality_matches_fp32(crops):
     """bf16 features and Gram products cost no texture quality (noise ratio) and no Gram loss."""
     images, seeds = crops[:4], [0, 1, 2, 3]
@@ -382,6 +393,7 @@ def assert_same_step(compiled, eager, crops, seeds) -> None:
         assert (grads[0] - grads[1]).abs().max() <= 1e-4 * grads[1].abs().max(), size
 
 
+@pytest.mark.slow  # torch.compile or the default synthesis schedule
 def test_compiled_step_matches_eager_and_keeps_images_independent(crops):
     """``SynthesisConfig.compile``: the per-step loss (features + Gram + loss, forward and backward)
     through TorchDynamo and AOTAutograd, the path inductor and CUDA graphs take on a GPU. The suite
@@ -414,6 +426,7 @@ def test_compiled_step_matches_eager_and_keeps_images_independent(crops):
     assert alone.losses[0] == pytest.approx(got.losses[1], rel=LOSS_RTOL)
 
 
+@pytest.mark.slow  # torch.compile or the default synthesis schedule
 def test_compiled_step_runs_through_inductor_on_cpu(crops):
     """The default backend, inductor in mode "reduce-overhead" (CUDA graphs on CUDA), compiles and
     runs on the CPU: a lowering that breaks (as replication_pad2d's backward did) turns this red.

@@ -56,6 +56,7 @@ def test_geirhos_decision_rule_and_shape_bias():
 # --------------------------------------------------------------------------- shape-bias
 
 
+@pytest.mark.slow  # a whole shape-bias report
 def test_shape_bias_on_cue_conflict_dir(invoke, tree, ckpt, head, tmp_path):
     """Images named as in texture-vs-shape; pixels from the shape's or the texture's photo so both cues win some."""
     cue = tmp_path / "cue"

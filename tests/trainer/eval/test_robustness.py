@@ -177,6 +177,7 @@ def released_run(invoke, world, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow  # a whole robustness report
 def test_released_checkpoint_report_matches_a_direct_computation(world, released_run):
     result, out = released_run
     assert result.exit_code == 0, result.output
@@ -222,6 +223,7 @@ def test_released_checkpoint_report_matches_a_direct_computation(world, released
     assert c["mean"] == pytest.approx(np.mean([e["mean"] for e in c["corruptions"].values()]))
 
 
+@pytest.mark.slow  # a whole robustness report
 def test_report_files_markdown_and_plot(released_run):
     result, out = released_run
     text = (out / "robustness.md").read_text()
@@ -237,6 +239,7 @@ def test_report_files_markdown_and_plot(released_run):
         assert png.format == "PNG" and png.width > 300 and png.height > 300
 
 
+@pytest.mark.slow  # two whole robustness reports
 def test_compare_puts_checkpoints_side_by_side(
     invoke, world, released_run, tmp_path, tmp_path_factory
 ):
@@ -286,6 +289,7 @@ def test_compare_puts_checkpoints_side_by_side(
     assert "ImageNet-C mean *" not in again.output and "| ImageNet-C mean | – |" in again.output
 
 
+@pytest.mark.slow  # a whole robustness report
 def test_imagenet_c_tree_on_disk(invoke, world, tmp_path):
     """A released-style tree DIR/<corruption>/<severity>/<wnid>/*: evaluated as it is, any classes it has."""
     tree = tmp_path / "imagenet-c"
@@ -345,6 +349,7 @@ def test_max_per_class_limits_every_set(invoke, world, tmp_path):
 # --------------------------------------------------------------------------- errors
 
 
+@pytest.mark.slow  # several robustness commands
 def test_checkpoint_and_head_errors(invoke, world, tmp_path):
     root = world["root"]
     foreign = tmp_path / "foreign.pt"
