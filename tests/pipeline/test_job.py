@@ -234,6 +234,7 @@ def test_kill_9_loses_only_shards_in_flight_and_resume_completes(tmp_path):
     assert not list((out / "train").glob(".*tmp*"))
 
 
+@pytest.mark.slow  # several shards synthesised and written
 def test_host_stages_overlap_synthesis_and_threads_do_not_change_the_bytes(tmp_path, monkeypatch):
     """While a batch is synthesised the next one is decoded and cropped; any number of host
     threads gives the same shard, skips listed in input order."""
@@ -297,3 +298,16 @@ def test_progress_reports_textures_per_second_per_worker(ray_session):
     assert (
         job._progress_postfix(1, 2, rates) == f"skipped=1, shards=2, textures/s w1={rates[1]:.3g}"
     )
+
+
+@pytest.mark.slow
+def test_ray_messages_reach_the_terminal_only_when_verbose():
+    """Quiet by default (the resume run above and the wheel test read the CLI's output); with
+    ``verbose`` Ray's start-up line is shown. Ray's own settings are untouched either way."""
+    code = "from nsneg.pipeline import job; job._init_ray(1, verbose=True)"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Started a local Ray instance" in done.stdout + done.stderr

@@ -197,6 +197,7 @@ def test_vgg19_missing_weights_is_a_clear_error(tmp_path):
     assert "vgg19-dcbb9e9d.pth" in str(e.value) and "--encoder random" in str(e.value)
 
 
+@pytest.mark.slow  # builds a VGG19 on a CPU
 def test_vgg19_rejects_a_foreign_state_dict():
     with pytest.raises(ValueError, match="not a torchvision VGG19"):
         VGG19Encoder({"features.0.weight": torch.zeros(1)})
@@ -210,13 +211,11 @@ def test_vgg19_rejects_a_foreign_state_dict():
         pytest.param("vgg19", False, marks=pytest.mark.slow),  # VGG19 at 224 px on a CPU
     ],
 )
-def test_accelerated_path_runs_on_cpu_for_both_encoders(
-    crops, encoder, matmul_input_grad, vgg19_file
-):
+def test_accelerated_path_runs_on_cpu_for_both_encoders(crops, encoder, matmul_input_grad, request):
     """channels_last + bf16 autocast, the path CUDA takes by default, forced on the CPU: a
     regression there (like a rank-5 buffer refusing channels_last) turns this red. The random
     encoder runs both with the CPU's matmul input gradient and, as on CUDA, the library's."""
-    weights = str(vgg19_file) if encoder == "vgg19" else None
+    weights = str(request.getfixturevalue("vgg19_file")) if encoder == "vgg19" else None
     config = SynthesisConfig(encoder=encoder, weights=weights, steps=(2, 1, 1), accelerated=True)
     synth = TextureSynthesizer(config)
     if encoder == "random":
@@ -348,6 +347,7 @@ def test_batch_size_is_chosen_for_the_device():
         SynthesisConfig(batch_size=0)
 
 
+@pytest.mark.slow  # six syntheses
 def test_a_batch_that_does_not_fit_is_split_and_the_batch_size_lowered(crops):
     class SmallDevice(TextureSynthesizer):
         def _synthesize(self, crops_t, seeds):
@@ -375,9 +375,10 @@ def test_a_batch_that_does_not_fit_is_split_and_the_batch_size_lowered(crops):
 
 def assert_same_step(compiled, eager, crops, seeds) -> None:
     """One step at the same pixels, at every stage's size: the same loss and pixel gradient up to
-    float32 summation order. A reordered sum of n terms moves by at most ~n ulps of its largest
-    terms (measured: 1e-7 of the largest gradient), so 1e-4 of it holds on any CPU while a
-    missing or wrong term fails."""
+    float32 summation order. A reordered float32 sum of n terms moves by about sqrt(n) ulps of its
+    largest terms (n up to ~5e4 pixels here: ~1e-5; measured on an AVX-512 Xeon: 0 for the loss,
+    1e-7 of the largest gradient), so 1e-4 holds on any CPU while a missing or wrong term fails.
+    The pixels start as noise, far from the targets: no cancellation in the loss amplifies it."""
     crops_t = torch.as_tensor(crops).permute(0, 1, 4, 2, 3).float() / 255.0
     for size in compiled.config.sizes:
         x0 = F.interpolate(compiled._init(crops_t, seeds), size=(size, size), mode="bicubic")
@@ -389,7 +390,7 @@ def assert_same_step(compiled, eager, crops, seeds) -> None:
             loss.sum().backward()
             losses.append(loss.detach())
             grads.append(x.grad)
-        assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=0), (size, losses)
+        assert torch.allclose(losses[0], losses[1], rtol=1e-4, atol=0), (size, losses)
         assert (grads[0] - grads[1]).abs().max() <= 1e-4 * grads[1].abs().max(), size
 
 
