@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from nsneg.pipeline import files
-from nsneg_testing import encode, photo
 from nsneg.trainer.data import (
     BadShards,
     apply_box,
@@ -20,6 +19,7 @@ from nsneg.trainer.data import (
     views,
     worker_seed,
 )
+from nsneg_testing import encode, photo
 
 
 def test_texture_gets_its_querys_crop_box():

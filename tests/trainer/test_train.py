@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from nsneg_testing import SMALL_RUN
 from nsneg.trainer import checkpoint
 from nsneg.trainer.train import TrainConfig, Trainer
+from nsneg_testing import SMALL_RUN
 
 
 def config(shards, out, **overrides) -> TrainConfig:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nsneg_testing import SMALL_RUN
 from nsneg.trainer import checkpoint
 from nsneg.trainer.cli import main
+from nsneg_testing import SMALL_RUN
 
 
 def as_options(fields: dict) -> list[str]:
