@@ -64,7 +64,7 @@ class TrainConfig:
     lr: float | None = option(None, "[default: the method's lr per 256 (moco 0.4, byol 0.5, simclr 0.3) * batch / 256]")  # fmt: skip
     optimizer: str | None = option(None, "[default: moco sgd, byol and simclr lars]", choices=OPTIMIZERS)  # fmt: skip
     weight_decay: float | None = option(None, "[default: moco 1e-4, byol 1e-6, simclr 1e-4]")
-    warmup_epochs: int | None = option(None, "linear warm-up before the cosine [default: moco 0, byol and simclr 10]")  # fmt: skip
+    warmup_epochs: int | None = option(None, "linear warm-up before the cosine [default: moco 0, byol and simclr 10, at most epochs / 10]")  # fmt: skip
     epochs: int = option(200)
     steps_per_epoch: int | None = option(None, "[default: samples // batch]")
     moco_dim: int = option(128)
@@ -114,9 +114,10 @@ class TrainConfig:
 
     @property
     def warmup(self) -> int:
+        """Warm-up epochs: as given, else the method's, at most a tenth of the run."""
         if self.warmup_epochs is not None:
             return self.warmup_epochs
-        return self.method_class.defaults.warmup_epochs
+        return min(self.method_class.defaults.warmup_epochs, self.epochs // 10)
 
 
 def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:

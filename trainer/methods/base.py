@@ -121,7 +121,8 @@ def ema_update(target: list[torch.Tensor], online: list[torch.Tensor], m: float)
 
 class frozen_bn_statistics:
     """Within the block, training-mode BatchNorm layers of ``module`` normalise with their batch's
-    statistics but leave their running statistics as they were (momentum 0).
+    statistics but leave their running statistics as they were (momentum 0, the batch count
+    put back).
 
     For forwards of images that evaluation must not be calibrated on (non-semantic negatives
     through the network whose running statistics evaluation uses)."""
@@ -132,11 +133,16 @@ class frozen_bn_statistics:
         ]
 
     def __enter__(self):
-        self.saved = [m.momentum for m in self.layers]
+        self.saved = [
+            (m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+            for m in self.layers
+        ]
         for m in self.layers:
             m.momentum = 0.0
         return self
 
     def __exit__(self, *exc):
-        for m, momentum in zip(self.layers, self.saved):
+        for m, (momentum, tracked) in zip(self.layers, self.saved):
             m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
