@@ -200,7 +200,7 @@ def _verify_once_per_node(negatives: str, reverify: bool) -> None:
     ranks wait, then find them in the verified cache."""
     from nsneg.trainer.data import verify_local
 
-    if not Path(negatives).is_dir():
+    if not (Path(negatives) / "manifest.json").is_file():  # no local shard set
         return
     leader = int(os.environ.get("LOCAL_RANK", "0")) == 0
     error = None

@@ -32,7 +32,13 @@ import torch.distributed as dist
 
 from nsneg.trainer import checkpoint
 from nsneg.trainer.augment import augment, sample_params
-from nsneg.trainer.data import BadShards, make_loader, resolve_urls
+from nsneg.trainer.data import (
+    BadShards,
+    image_folder,
+    make_folder_loader,
+    make_loader,
+    resolve_urls,
+)
 from nsneg.trainer.methods import METHODS
 from nsneg.trainer.methods.base import Method
 from nsneg.trainer.negatives import patch_negatives, texture_negative
@@ -50,7 +56,7 @@ def option(default, help: str = "", **click):
 class TrainConfig:
     """Every setting of a run: the command line's options and their defaults are made from it."""
 
-    negatives: str = option(None, "[required unless --resume] shard directory (with manifest.json), a published set's NAME[@VERSION] or folder url (hf://datasets/ORG/NAME, https://...), or comma list / brace pattern of shard urls")  # fmt: skip
+    negatives: str = option(None, "[required unless --resume] the training data: shard directory (with manifest.json), a published set's NAME[@VERSION] or folder url (hf://datasets/ORG/NAME, https://...), comma list / brace pattern of shard urls, or an ImageFolder tree (CLASS/*.JPEG; no textures: --negatives-kind none or patch)")  # fmt: skip
     out: str = option("runs/nsneg", "run folder: checkpoint.pt and log.jsonl")
     method: str = option("moco", "pre-training method", choices=tuple(METHODS))
     negatives_kind: str = option("texture+patch", "non-semantic negatives", choices=KINDS)
@@ -208,7 +214,17 @@ class Trainer:
         self.channels_last = self.cuda if c.channels_last is None else c.channels_last
         self.bf16 = self.cuda if c.bf16 is None else c.bf16
         self.show_progress = show_progress and self.rank == 0
-        self.urls, samples = resolve_urls(c.negatives, manifest_dirs=tuple(c.manifest_dirs))
+        self.folder = image_folder(c.negatives) if c.negatives else None
+        if self.folder is not None:
+            if "texture" in c.negatives_kind:
+                raise ValueError(
+                    f"--negatives-kind {c.negatives_kind} needs textures, and {c.negatives} is an image "
+                    "folder without them: train it with --negatives-kind none or patch, or make "
+                    "texture shards of it first (nsneg-textures)"
+                )
+            self.urls, samples = [], len(self.folder)
+        else:
+            self.urls, samples = resolve_urls(c.negatives, manifest_dirs=tuple(c.manifest_dirs))
         self.steps_per_epoch = c.steps_per_epoch or (
             max(1, samples // c.batch_size) if samples else None
         )
@@ -352,6 +368,16 @@ class Trainer:
     def loader(self, seed: int, steps: int):
         """This rank's batches for one epoch: a function of ``seed`` alone, so epochs repeat on resume."""
         c = self.config
+        if self.folder is not None:
+            return make_folder_loader(
+                self.folder,
+                batch_size=self.per_rank,
+                image_size=c.image_size,
+                steps=steps,
+                workers=c.workers,
+                seed=seed,
+                pin_memory=self.cuda,
+            )
         return make_loader(
             self.urls,
             batch_size=self.per_rank,

@@ -308,3 +308,20 @@ def test_ddp_two_cpu_ranks_have_equal_epochs_and_stay_in_sync(shards, tmp_path, 
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["steps"].tolist() == r1["steps"].tolist() == [0, 0, 0, 1, 1, 1]
     assert torch.equal(r0["weights"], r1["weights"]) and torch.equal(r0["queue"], r1["queue"])
+
+
+def test_patch_negatives_train_from_an_image_folder_and_texture_kinds_refuse_it(
+    texture_shards, tmp_path
+):
+    """The baseline and +Patch need no texture: a plain ImageFolder tree is their training data."""
+    folder = texture_shards[1] / "train"
+    with pytest.raises(ValueError, match="needs textures, and .* is an image folder without them"):
+        Trainer(config(folder, tmp_path, negatives_kind="texture+patch"), device="cpu")
+    trainer = Trainer(
+        config(folder, tmp_path, negatives_kind="patch", epochs=1, steps_per_epoch=None),
+        device="cpu",
+        show_progress=False,
+    )
+    assert trainer.steps_per_epoch == 1  # 6 images // batch 4
+    metrics = trainer.fit()
+    assert np.isfinite(metrics["loss"]) and 0 <= metrics["ns_outrank"] <= 1
