@@ -129,7 +129,7 @@ def test_image_folder_batches_repeat_from_their_seed_and_unreadable_files_are_co
 
     first, again = batches(1), batches(1)
     assert len(first) == 4
-    for (q, k, t, skipped), (q2, k2, t2, skipped2) in zip(first, again):
+    for (q, k, t, skipped), (q2, k2, _t2, skipped2) in zip(first, again):
         assert q.shape == k.shape == (3, 3, 24, 24) and q.dtype == torch.uint8 and t.shape == (3, 0)
         assert torch.equal(q, q2) and torch.equal(k, k2) and list(skipped) == list(skipped2)
     assert sum(int(b[3].sum()) for b in first) >= 1  # 12 draws from 7 files: the broken one came up
