@@ -6,12 +6,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from nsneg.pipeline import quality
-from nsneg.pipeline.encoders import (
-    VGG19Encoder,
-    WeightsNotFound,
-    build_encoder,
-    load_vgg19_state_dict,
-)
+from nsneg.pipeline.encoders import VGG19Encoder, WeightsNotFound, build_encoder, load_vgg19_state_dict
 from nsneg.pipeline.images import make_crops
 from nsneg.pipeline.sources import embedded_listing
 from nsneg.pipeline.synthesis import (

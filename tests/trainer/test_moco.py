@@ -172,3 +172,13 @@ def test_moco_shuffles_keys_across_its_encoders_bn_sub_batches():
     (keys,) = seen
     rows = [next(i for i in range(8) if torch.equal(keys[slot], im[i])) for slot in range(8)]
     assert all(row // 4 != slot // 4 for slot, row in enumerate(rows))
+
+
+def test_the_method_interface_returns_infonce_and_metrics_that_leave_ns_logits_out_of_acc():
+    im_q, im_k, im_t = torch.rand(4, 3, 4, 4), torch.rand(4, 3, 4, 4), torch.rand(4, 2, 3, 4, 4)
+    logits, labels = linear_moco().logits(im_q, im_k, im_t, generator=torch.Generator())
+    loss, metrics = linear_moco()(im_q, im_k, im_t, generator=torch.Generator())
+    assert torch.allclose(loss, F.cross_entropy(logits, labels), atol=1e-6)
+    regular, ns = logits[:, 1:13], logits[:, 13:]  # K = 12 queue logits, then 2 NS logits
+    assert metrics["acc"] == (logits[:, 0] > regular.amax(dim=1)).float().mean()
+    assert metrics["ns_outrank"] == (ns > logits[:, :1]).float().mean()

@@ -173,3 +173,21 @@ def test_byol_trains_from_the_command_line_and_resumes(train, shards, tmp_path):
     assert more.exit_code == 0 and "done: epoch 2" in more.output, more.output
     other = train("--resume", out / "checkpoint.pt", "--epochs", 3, "--method", "simclr")
     assert other.exit_code == 2 and "--method cannot change on --resume" in other.output
+
+
+@pytest.mark.slow
+def test_a_simclr_checkpoint_goes_through_nsneg_eval_knn(
+    train, shards, texture_shards, tmp_path, cli
+):
+    from nsneg.trainer.eval.cli import main as evaluate
+
+    out = tmp_path / "simclr"
+    small = ["--simclr-proj-hidden-dim", 32, "--simclr-proj-dim", 16]
+    done = train("--negatives", shards, "--out", out, "--epochs", 1, "--method", "simclr", *small)
+    assert done.exit_code == 0, done.output
+    photos = texture_shards[1] / "train"
+    result = cli(
+        evaluate, "knn", "--checkpoint", out / "checkpoint.pt", "--train", photos, "--val", photos,
+        "--k", 2, "--workers", 0,
+    )  # fmt: skip
+    assert result.exit_code == 0 and result.output.startswith("knn top-1: "), result.output

@@ -17,21 +17,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from nsneg.trainer.analysis.categories import GEIRHOS_CATEGORIES, covered_categories
-from nsneg.trainer.analysis.cue_conflict import (
-    CueImage,
-    cue_conflict_from_shards,
-    read_cue_conflict_dir,
-)
+from nsneg.trainer.analysis.cue_conflict import CueImage, cue_conflict_from_shards, read_cue_conflict_dir
 from nsneg.trainer.eval.features import backbone_from_checkpoint, dataset_features, eval_transform
 from nsneg.trainer.eval.probes import load_linear_head
-from nsneg.trainer.eval.report import (
-    figure,
-    markdown_table,
-    percent,
-    save_png,
-    text_table,
-    write_report,
-)
+from nsneg.trainer.eval.report import figure, markdown_table, percent, save_png, text_table, write_report
 
 
 class ImageList(Dataset):

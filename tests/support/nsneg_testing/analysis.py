@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 
-from nsneg.trainer.eval import features
 from nsneg_testing import encode, photo
+from nsneg.trainer.eval import features
 
 CLASSES = {
     "n02085620": "astronaut.png",

@@ -8,11 +8,11 @@ import torch
 
 from nsneg.pipeline import job
 from nsneg.pipeline.sources import folder_listing
+from nsneg_testing import TINY
+from nsneg_testing.analysis import SIZE, write_tree
 from nsneg.trainer import checkpoint
 from nsneg.trainer.analysis.cli import main
 from nsneg.trainer.eval import features, probes
-from nsneg_testing import TINY
-from nsneg_testing.analysis import SIZE, write_tree
 
 
 @pytest.fixture(scope="package")

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from nsneg.pipeline import contract
+from nsneg_testing import encode, keep_sample, photo
+from nsneg_testing.analysis import CLASSES, SIZE, direct_predictions
 from nsneg.trainer import checkpoint
 from nsneg.trainer.analysis import categories, cue_conflict, shape_bias, texture_classes
 from nsneg.trainer.eval import probes
-from nsneg_testing import encode, keep_sample, photo
-from nsneg_testing.analysis import CLASSES, SIZE, direct_predictions
 
 
 def shape_bias_command(invoke, ckpt, head, out, *args):

@@ -11,11 +11,11 @@ from PIL import Image
 
 from nsneg.pipeline import contract
 from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg_testing import keep_sample
+from nsneg_testing.analysis import CLASSES, SIZE, direct_counts, write_tree
 from nsneg.trainer import checkpoint
 from nsneg.trainer.analysis import texture_classes
 from nsneg.trainer.eval import probes
-from nsneg_testing import keep_sample
-from nsneg_testing.analysis import CLASSES, SIZE, direct_counts, write_tree
 
 
 def texture_classes_command(invoke, shards, out, *args):

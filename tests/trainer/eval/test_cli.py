@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from nsneg.pipeline import contract
+from nsneg_testing import encode
 from nsneg.trainer import checkpoint
 from nsneg.trainer.eval import features, probes
-from nsneg_testing import encode
 
 COLOURS = {"n01440764": (200, 40, 40), "n01443537": (40, 180, 60), "n01484850": (50, 70, 210)}
 

@@ -10,9 +10,9 @@ from PIL import Image
 from scipy import ndimage, stats
 from skimage.color import hsv2rgb, rgb2hsv
 
+from nsneg_testing import photo
 from nsneg.trainer.eval import corruptions as C
 from nsneg.trainer.eval import image_ops
-from nsneg_testing import photo
 
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")
 RANDOM = {

@@ -14,10 +14,10 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 
 from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg_testing import PHOTOS, encode, keep_sample, photo
 from nsneg.trainer import checkpoint
 from nsneg.trainer.eval import features, probes
 from nsneg.trainer.eval.corruptions import corrupt
-from nsneg_testing import PHOTOS, encode, keep_sample, photo
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]  # tench, English springer, cassette player
 TINTS = [(1.0, 0.7, 0.7), (0.7, 1.0, 0.7), (0.7, 0.7, 1.0)]
