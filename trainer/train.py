@@ -276,7 +276,8 @@ class Trainer:
             "skipped": self.skipped,
             "generators": None if epoch_complete else self.generator_states,
             "epoch_sums": {} if epoch_complete else self.epoch_sums,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch.get_rng_state(),  # MoCo's DDP key shuffle draws from it
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None,
             "config": {
                 **asdict(self.config),
                 "patch_size_range": list(self.config.patch_size_range),
@@ -302,6 +303,8 @@ class Trainer:
         self.epoch_sums = dict(state.get("epoch_sums") or {})
         if state.get("torch_rng") is not None:
             torch.set_rng_state(state["torch_rng"])
+        if self.cuda and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if self.step > self.epoch * self.steps_per_epoch and self.generator_states is None:
             print(  # a checkpoint written mid-epoch before generators were kept
                 f"{path}: stopped mid-epoch by an older nsneg; its epoch goes on from the next "

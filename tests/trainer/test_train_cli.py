@@ -160,6 +160,9 @@ def test_every_config_field_is_an_option_with_the_same_default():
     assert {"resume", "force", "reverify", "device"} == params.keys() - {
         f.name for f in dataclasses.fields(TrainConfig)
     }
+    from nsneg.trainer.cli import SAFE_ON_RESUME
+
+    assert set(SAFE_ON_RESUME) <= {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def test_byol_trains_from_the_command_line_and_resumes(train, shards, tmp_path):
@@ -190,4 +193,4 @@ def test_a_simclr_checkpoint_goes_through_nsneg_eval_knn(
         evaluate, "knn", "--checkpoint", out / "checkpoint.pt", "--train", photos, "--val", photos,
         "--k", 2, "--workers", 0,
     )  # fmt: skip
-    assert result.exit_code == 0 and result.output.startswith("knn top-1: "), result.output
+    assert result.exit_code == 0 and result.stdout.startswith("knn top-1: "), result.output
