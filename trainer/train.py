@@ -214,7 +214,9 @@ class Trainer:
         self.channels_last = self.cuda if c.channels_last is None else c.channels_last
         self.bf16 = self.cuda if c.bf16 is None else c.bf16
         self.show_progress = show_progress and self.rank == 0
-        self.folder = image_folder(c.negatives) if c.negatives else None
+        if not c.negatives:
+            raise ValueError("give the training data: --negatives (shards or an image folder)")
+        self.folder = image_folder(c.negatives)
         if self.folder is not None:
             if "texture" in c.negatives_kind:
                 raise ValueError(

@@ -325,3 +325,20 @@ def test_patch_negatives_train_from_an_image_folder_and_texture_kinds_refuse_it(
     assert trainer.steps_per_epoch == 1  # 6 images // batch 4
     metrics = trainer.fit()
     assert np.isfinite(metrics["loss"]) and 0 <= metrics["ns_outrank"] <= 1
+
+
+def test_a_checkpoint_of_earlier_nsneg_moco_resumes(shards, tmp_path):
+    """A run checkpointed by the MoCo-only nsneg (format nsneg-moco 1) continues under --method moco."""
+    first = Trainer(config(shards, tmp_path, epochs=1), device="cpu", show_progress=False)
+    first.fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    old = {k: state[k] for k in ("model", "optimizer", "epoch", "step", "samples_seen", "skipped")}
+    old["config"] = {
+        k: v for k, v in state["config"].items() if not k.startswith(("method", "byol", "simclr"))
+    }
+    torch.save({"format": "nsneg-moco", "version": 1, **old}, tmp_path / "checkpoint.pt")
+    resumed = Trainer(config(shards, tmp_path, epochs=2), device="cpu", show_progress=False)
+    resumed.restore(tmp_path / "checkpoint.pt")
+    assert resumed.epoch == 1 and resumed.step == 2
+    resumed.fit()
+    assert resumed.step == 4 and checkpoint.load(tmp_path / "checkpoint.pt")["method"] == "moco"
