@@ -3,10 +3,13 @@
 Printed (and with ``--json PATH`` written) in one run, all on the same device and settings:
   anchor      torchvision ``--arch`` supervised: fwd+bwd+SGD img/s (``fb``) and forward-only img/s (``f``)
               at the same batch, size, precision and memory format;
-  ceiling     per variant, a MoCo step is one query fwd+bwd plus ``n`` key-encoder forwards (the key,
-              then one per non-semantic negative): ``1 / (1/fb + n/f)`` img/s;
-  variants    ``none``, ``texture``, ``patch``, ``texture+patch`` steps on pre-loaded batches: img/s and
-              % of their ceiling;
+  ceiling     per method and variant, a step's passes of the backbone per image: ``a`` fwd+bwd and
+              ``n`` forwards without gradient (MoCo: the query; the key and one per non-semantic
+              negative. BYOL: both views online; both views and the negatives through the target.
+              SimCLR: both views; the negatives): ``1 / (a/fb + n/f)`` img/s;
+  variants    per ``--methods`` method, the ``--kinds`` steps (default plain ``none`` and
+              ``texture+patch``) on pre-loaded batches: img/s, % of their ceiling, and the cost of
+              the non-semantic negatives against the same method's plain step;
   shuffle BN  the encoder's fwd+bwd with ``--bn-splits`` sub-batches vs plain BN (cost ratio);
   loader      ``nsneg-train``'s loader alone (``--workers`` processes): img/s;
   end to end  loader and ``texture+patch`` steps together, as ``nsneg-train`` runs them.
@@ -16,6 +19,7 @@ The data looks like ImageNet: ``--images`` distinct JPEGs (longest side 400-500 
 224 px PNG texture each, written as webdataset shards by the benchmark itself.
 
     python benchmarks/bench_train_step.py                      # CPU: resnet18, 64 px, batch 32
+    python benchmarks/bench_train_step.py --methods moco --kinds none,texture,patch,texture+patch
     python benchmarks/bench_train_step.py --batch-size 64 --channels-last --steps 3   # split BN cost
     python benchmarks/bench_train_step.py --image-size 224 --loader-only               # loader rate
     python benchmarks/bench_train_step.py --device cuda --arch resnet50 --image-size 224 \\
@@ -38,10 +42,13 @@ from PIL import Image
 
 from nsneg.pipeline import contract
 from nsneg.pipeline.files import atomic_write_json
-from nsneg.trainer.moco import build_backbone
+from nsneg.trainer.methods import METHODS
+from nsneg.trainer.methods.moco import build_backbone
 from nsneg.trainer.train import TrainConfig, Trainer
 
-KEY_FORWARDS = {"none": 1, "texture": 2, "patch": 2, "texture+patch": 3}  # key + one per negative
+NS_NEGATIVES = {"none": 0, "texture": 1, "patch": 1, "texture+patch": 2}  # with --num-nonsem 1
+#: per method: (fwd+bwd passes, forwards without gradient besides one per NS negative) per image
+PASSES = {"moco": (1, 1), "byol": (2, 2), "simclr": (2, 0)}
 
 
 def imagenet_like_shards(out: Path, images: int, shard_size: int = 64, seed: int = 0) -> list[str]:
@@ -151,7 +158,8 @@ def shuffle_bn_cost(
     device: torch.device,
     channels_last: bool,
 ) -> tuple[float, float]:
-    """Seconds of the MoCo encoder's fwd+bwd with split BN and with plain BN (interleaved, best of 3)."""
+    """Seconds of the MoCo encoder's fwd+bwd with split BN (shuffle BN in one process) and with
+    plain BN (interleaved, best of 3)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     nets = {n: build_backbone(arch, bn_splits=n).to(device, memory_format=fmt) for n in (splits, 1)}
@@ -229,7 +237,13 @@ def end_to_end_rate(trainer: Trainer, steps: int) -> float:
     "--compile",
     "compile_",
     is_flag=True,
-    help="torch.compile both encoders (the anchor stays eager)",
+    help="torch.compile the method's networks (the anchor stays eager)",
+)
+@click.option(
+    "--methods", default=",".join(METHODS), show_default=True, help="comma list of methods"
+)
+@click.option(
+    "--kinds", default="none,texture+patch", show_default=True, help="comma list of negatives"
 )
 @click.option("--loader-only", is_flag=True, help="measure the loader alone")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
@@ -245,9 +259,15 @@ def main(
     channels_last,
     bf16,
     compile_,
+    methods,
+    kinds,
     loader_only,
     json_path,
 ) -> None:
+    methods, kinds = methods.split(","), kinds.split(",")
+    unknown = [m for m in methods if m not in METHODS] + [k for k in kinds if k not in NS_NEGATIVES]
+    if unknown:
+        raise click.UsageError(f"unknown methods or kinds: {', '.join(unknown)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     bf16 = device.type == "cuda" if bf16 is None else bf16
@@ -275,10 +295,11 @@ def main(
     with tempfile.TemporaryDirectory() as tmp:
         urls = imagenet_like_shards(Path(tmp) / "shards", images)
 
-        def trainer(kind: str) -> Trainer:
+        def trainer(kind: str, method: str = "moco") -> Trainer:
             config = TrainConfig(
                 negatives=",".join(urls),
                 out=tmp,
+                method=method,
                 arch=arch,
                 image_size=image_size,
                 batch_size=batch_size,
@@ -319,25 +340,30 @@ def main(
             )
             batches = list(trainer("none").loader(0, steps + 1))
             results["variants"] = {}
-            for kind, n in KEY_FORWARDS.items():
-                t, generator = trainer(kind), torch.Generator().manual_seed(0)
-                it = iter(batches)
-                rate = batch_size / timed(
-                    lambda t=t, it=it, g=generator: t.train_step(next(it), g), steps, device
-                )
-                ceiling = 1 / (1 / fb + n / f)
-                results["variants"][kind] = {
-                    "img_s": rate,
-                    "ceiling_img_s": ceiling,
-                    "of_ceiling": rate / ceiling,
-                }
-                print(
-                    f"step {kind:14s} {rate:8.1f} img/s   ceiling {ceiling:8.1f}   {100 * rate / ceiling:5.1f} %   "
-                    f"cost vs plain MoCo {results['variants']['none']['img_s'] / rate:.2f}x"
-                )
-            results["end_to_end_img_s"] = end_to_end_rate(trainer("texture+patch"), steps)
+            for method in methods:
+                results["variants"][method] = {}
+                for kind in kinds:
+                    t, generator = trainer(kind, method), torch.Generator().manual_seed(0)
+                    it = iter(batches)
+                    rate = batch_size / timed(
+                        lambda t=t, it=it, g=generator: t.train_step(next(it), g), steps, device
+                    )
+                    backward, forward = PASSES[method]
+                    ceiling = 1 / (backward / fb + (forward + NS_NEGATIVES[kind]) / f)
+                    row = {"img_s": rate, "ceiling_img_s": ceiling, "of_ceiling": rate / ceiling}
+                    results["variants"][method][kind] = row
+                    plain = results["variants"][method].get("none")
+                    cost = f"   cost vs plain {plain['img_s'] / rate:.2f}x" if plain else ""
+                    print(
+                        f"step {method:6s} {kind:14s} {rate:8.1f} img/s   ceiling {ceiling:8.1f}   "
+                        f"{100 * rate / ceiling:5.1f} %{cost}"
+                    )
+            results["end_to_end_img_s"] = end_to_end_rate(
+                trainer("texture+patch", methods[0]), steps
+            )
             print(
-                f"end to end (loader + texture+patch steps): {results['end_to_end_img_s']:8.1f} img/s"
+                f"end to end (loader + {methods[0]} texture+patch steps): "
+                f"{results['end_to_end_img_s']:8.1f} img/s"
             )
     if json_path:
         atomic_write_json(json_path, results)

@@ -1,4 +1,6 @@
-"""Training: MoCo v2 with non-semantic negatives (``nsneg-train``); reads shards through ``nsneg.pipeline.contract``.
+"""Training: MoCo v2, BYOL and SimCLR with non-semantic negatives (``nsneg-train``, methods in
+``nsneg.trainer.methods``, the negatives as functions in ``nsneg.trainer.negatives``); reads shards
+through ``nsneg.pipeline.contract``.
 
 Evaluation of a trained backbone lives in ``nsneg.trainer.eval`` (``nsneg-eval``), the paper's
 analyses in ``nsneg.trainer.analysis`` (``nsneg-analyze``).

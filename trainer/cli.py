@@ -1,15 +1,16 @@
-"""``nsneg-train``: the command line of MoCo v2 pre-training (``nsneg.trainer.train``).
+"""``nsneg-train``: the command line of pre-training (``nsneg.trainer.train``): MoCo v2, BYOL, SimCLR.
 
     nsneg-train --negatives shards/ --negatives-kind texture+patch --alpha 2 --out runs/x
     torchrun --nproc-per-node 8 -m nsneg.trainer.cli --negatives shards/ ...
 
 A run folder holds one run: another is refused unless ``--force``; ``--resume`` continues
-one and may change only the settings in ``SAFE_ON_RESUME``, saying what changed.
+one and may change only the settings in ``SAFE_ON_RESUME``, saying what changed. The options,
+their types, defaults and help are ``TrainConfig``'s fields (``config_options``).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch.distributed as dist
 
 from nsneg.trainer import checkpoint
 from nsneg.trainer.data import BadShards
-from nsneg.trainer.train import KINDS, TrainConfig, Trainer, setup_distributed
+from nsneg.trainer.train import TrainConfig, Trainer, lr_at, setup_distributed
 
 #: Settings a resumed run may take from the command line: they change neither the model nor the data.
 SAFE_ON_RESUME = (
@@ -29,6 +30,8 @@ SAFE_ON_RESUME = (
     "checkpoint_every",
     "max_skip_fraction",
     "compile",
+    "compile_backend",
+    "log_every",
     "manifest_dirs",
 )
 
@@ -38,73 +41,52 @@ def _flag(name: str) -> str:
     return "--manifest-dir" if name == "manifest_dirs" else "--" + name.replace("_", "-")
 
 
+def _config_option(f: dataclasses.Field):
+    """The click option of a ``TrainConfig`` field: its type, default and help come from the field."""
+    meta, default = dict(f.metadata), f.default
+    help_ = meta.pop("help", "")
+    kind = f.type if not isinstance(f.type, str) else f.type
+    kwargs: dict[str, Any] = {
+        "default": default,
+        "help": help_,
+        "show_default": default is not None,
+    }
+    if "choices" in meta:
+        kwargs["type"] = click.Choice(meta.pop("choices"))
+    elif kind.startswith("bool"):
+        # on/off; "bool | None" fields default to None (decided by the device), small_images to
+        # None (on at 48 px and below, decided here)
+        default = None if f.name == "small_images" else default
+        name = f.name.replace("_", "-")
+        return click.option(
+            f"--{name}/--no-{name}",
+            f.name,
+            default=default,
+            help=help_,
+            show_default=default is not None,
+        )
+    elif kind.startswith("tuple[int, int]"):
+        kwargs["type"] = (int, int)
+    elif kind.startswith("tuple[str"):
+        kwargs.update(multiple=True, show_default=False)
+    elif kind.startswith("int"):
+        kwargs["type"] = int
+    elif kind.startswith("float"):
+        kwargs["type"] = float
+    if f.name == "out":
+        kwargs["type"] = click.Path(file_okay=False)
+    return click.option(_flag(f.name), f.name, **kwargs)
+
+
+def config_options(command):
+    """Every ``TrainConfig`` field as an option of ``command``, in the dataclass's order."""
+    for f in reversed(dataclasses.fields(TrainConfig)):
+        command = _config_option(f)(command)
+    return command
+
+
 @click.command()
-@click.option(
-    "--negatives",
-    default=None,
-    help="[required unless --resume] shard directory (with manifest.json), a published set's NAME[@VERSION] "
-    "or folder url (hf://datasets/ORG/NAME, https://...), or comma list / brace pattern of shard urls",
-)
-@click.option(
-    "--manifest-dir",
-    "manifest_dirs",
-    multiple=True,
-    help="more published manifests (see nsneg-data list)",
-)
-@click.option("--out", default="runs/nsneg", show_default=True, type=click.Path(file_okay=False))
-@click.option(
-    "--negatives-kind", type=click.Choice(KINDS), default="texture+patch", show_default=True
-)
-@click.option(
-    "--num-nonsem", type=int, default=1, show_default=True, help="patch negatives per query"
-)
-@click.option(
-    "--alpha",
-    type=float,
-    default=2.0,
-    show_default=True,
-    help="logit of a non-semantic negative = alpha q.t / T",
-)
-@click.option(
-    "--patch-size-range",
-    type=(int, int),
-    default=(16, 72),
-    show_default=True,
-    help="at 224 px; scales with the view",
-)
-@click.option("--arch", default="resnet50", show_default=True)
-@click.option("--image-size", type=int, default=224, show_default=True)
-@click.option(
-    "--small-images/--no-small-images",
-    default=None,
-    help="3x3 stem, no max-pool [default: on at 48 px and below]",
-)
-@click.option(
-    "--batch-size", type=int, default=512, show_default=True, help="global batch over all processes"
-)
-@click.option("--lr", type=float, default=None, help="[default: 0.8 * batch / 512]")
-@click.option("--epochs", type=int, default=200, show_default=True)
-@click.option("--steps-per-epoch", type=int, default=None, help="[default: samples // batch]")
-@click.option("--moco-dim", type=int, default=128, show_default=True)
-@click.option("--moco-k", type=int, default=16384, show_default=True)
-@click.option("--moco-m", type=float, default=0.99, show_default=True)
-@click.option("--moco-t", type=float, default=0.2, show_default=True)
-@click.option(
-    "--bn-splits",
-    type=int,
-    default=8,
-    show_default=True,
-    help="single process: BN sub-batches (shuffle BN)",
-)
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option(
-    "--workers", type=int, default=4, show_default=True, help="DataLoader workers per process"
-)
-@click.option("--shuffle-buffer", type=int, default=1000, show_default=True)
-@click.option("--checkpoint-every", type=int, default=1, show_default=True, help="epochs")
-@click.option("--max-skip-fraction", type=float, default=0.01, show_default=True)
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the query encoder")
-@click.option("--seed", type=int, default=0, show_default=True)
+@config_options
 @click.option(
     "--resume",
     type=click.Path(dir_okay=False),
@@ -124,15 +106,13 @@ def _flag(name: str) -> str:
     help="re-hash every local shard, even those verified before on this machine",
 )
 @click.option("--device", default=None, help="[default: cuda if available]")
-def main(resume, force, reverify, device, compile_, small_images, **options) -> None:
-    """Pre-train MoCo v2 against non-semantic negatives streamed from texture shards."""
-    options["compile"] = compile_
+def main(resume, force, reverify, device, small_images, **options) -> None:
+    """Pre-train a ResNet (MoCo v2, BYOL or SimCLR) against non-semantic negatives streamed from
+    texture shards."""
     ctx = click.get_current_context()
+    options["small_images"] = small_images
     given = {
-        n
-        for n in options
-        if ctx.get_parameter_source("compile_" if n == "compile" else n)
-        is click.core.ParameterSource.COMMANDLINE
+        n for n in options if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE
     }
     try:
         if resume:
@@ -154,11 +134,8 @@ def main(resume, force, reverify, device, compile_, small_images, **options) -> 
             if not options["negatives"]:
                 raise click.UsageError("Missing option '--negatives' (or --resume CHECKPOINT)")
             if small_images is None:
-                small_images = options["image_size"] <= 48
-            config = TrainConfig(
-                **{**options, "manifest_dirs": tuple(options["manifest_dirs"])},
-                small_images=small_images,
-            )
+                options["small_images"] = options["image_size"] <= 48
+            config = TrainConfig(**{**options, "manifest_dirs": tuple(options["manifest_dirs"])})
             _refuse_other_run(Path(config.out), force, None)
         device = setup_distributed() or device
         _verify_once_per_node(config.negatives, reverify)
@@ -223,7 +200,7 @@ def _verify_once_per_node(negatives: str, reverify: bool) -> None:
     ranks wait, then find them in the verified cache."""
     from nsneg.trainer.data import verify_local
 
-    if not Path(negatives).is_dir():
+    if not (Path(negatives) / "manifest.json").is_file():  # no local shard set
         return
     leader = int(os.environ.get("LOCAL_RANK", "0")) == 0
     error = None
@@ -250,11 +227,7 @@ def _report_changes(trainer: Trainer, changes: dict[str, tuple[Any, Any]]) -> No
         line = f"resume: {_flag(name)} {old} -> {new}"
         if name == "epochs":
             steps = trainer.steps_per_epoch
-            before = (
-                trainer.config.base_lr
-                * 0.5
-                * (1 + math.cos(math.pi * min(1.0, trainer.step / (old * steps))))
-            )
+            before = lr_at(dataclasses.replace(trainer.config, epochs=old), trainer.step, steps)
             line += (
                 f"; the cosine learning-rate schedule now spans {new} epochs "
                 f"(lr at step {trainer.step}: {before:.4g} -> {trainer.lr_at(trainer.step):.4g})"

@@ -1,4 +1,5 @@
-"""Streaming training data: shards -> decoded (query, key, texture) crops -> batches.
+"""Streaming training data: shards -> decoded (query, key, texture) crops -> batches; or an
+ImageFolder tree -> (query, key) crops, for the negatives that need no texture (``none``, ``patch``).
 
 A webdataset pipeline of small stages. Sources are a local shard directory (its
 manifest is checked and its train shards' sha256 verified before training, once per
@@ -339,10 +340,115 @@ def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple
             key = raw.get("__key__", "?") if isinstance(raw, dict) else "?"
             log.warning("skipped undecodable sample %s in shard %s: %s", key, shard, e)
             continue
-        q, k = apply_box(source, box_q, image_size), apply_box(source, box_k, image_size)
-        t = apply_box(sample.texture, box_q, image_size)
+        q, k, t = paired_crops(source, box_q, box_k, image_size, sample.texture)
         yield q, k, t, skipped
         skipped = 0
+
+
+def paired_crops(
+    source: Image.Image,
+    box_q: tuple[float, float, float, float],
+    box_k: tuple[float, float, float, float],
+    image_size: int,
+    texture: Image.Image | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The query and key crops of ``source`` and the texture negative's crop -> uint8 [3, S, S] each.
+
+    The texture is cropped with the *query's* box (same area fraction, aspect ratio and relative
+    centre), so that it covers what the query covers; without a texture the third is empty
+    (``[0]``).
+    """
+    q, k = apply_box(source, box_q, image_size), apply_box(source, box_k, image_size)
+    t = apply_box(texture, box_q, image_size) if texture is not None else NO_TEXTURE
+    return q, k, t
+
+
+#: The texture crop of a sample without texture (image folders): batches of it are ``[B, 0]``.
+NO_TEXTURE = torch.zeros(0, dtype=torch.uint8)
+
+
+def image_folder(root: str | Path) -> list[str] | None:
+    """The image files of an ImageFolder tree (``root/CLASS/*.JPEG``, torchvision's scan), in a
+    fixed order; None where ``root`` is no folder or a shard set (it has a manifest.json)."""
+    root = Path(root)
+    if not root.is_dir() or (root / "manifest.json").exists():
+        return None
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return [path for path, _ in ImageFolder(str(root), loader=str).samples]
+    except (FileNotFoundError, RuntimeError):  # no class folders, or no image in them
+        return None
+
+
+def folder_images(paths: list[str], seed: int) -> Iterator[dict]:
+    """Endless samples ``{"__key__", "__url__", "path"}`` of this rank and worker's share of ``paths``,
+    reshuffled each pass with a generator seeded by (``seed``, rank, worker)."""
+    import webdataset as wds
+
+    rank, world, worker, workers = wds.utils.pytorch_worker_info()
+    mine = paths[rank * workers + worker :: world * workers] or paths
+    rng = random.Random(worker_seed(seed))
+    while True:
+        order = list(mine)
+        rng.shuffle(order)
+        for path in order:
+            yield {"__key__": Path(path).stem, "__url__": str(Path(path).parent), "path": path}
+
+
+def folder_views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple]:
+    """Image files -> (q, k, empty texture) uint8 crops and the number of unreadable files skipped
+    before (each logged, as ``views`` does for shard samples)."""
+    rng = random.Random(worker_seed(seed) + 1)
+    skipped = 0
+    for sample in samples:
+        try:
+            source = Image.open(sample["path"])
+            box_q, box_k = crop_box(*source.size, rng), crop_box(*source.size, rng)
+            draft_for_crops(source, [box_q, box_k], image_size)
+            source.load()
+            source = source if source.mode == "RGB" else source.convert("RGB")
+        except Exception as e:
+            skipped += 1
+            log.warning("skipped unreadable image %s: %s", sample["path"], e)
+            continue
+        yield (*paired_crops(source, box_q, box_k, image_size), skipped)
+        skipped = 0
+
+
+def make_folder_loader(
+    paths: list[str],
+    *,
+    batch_size: int,
+    image_size: int,
+    steps: int,
+    workers: int,
+    seed: int,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """``make_loader`` for the images of an ImageFolder tree (``image_folder``): no textures."""
+    import webdataset as wds
+
+    pipeline = wds.DataPipeline(
+        lambda: folder_images(paths, seed),
+        lambda src: folder_views(src, image_size, seed),
+        wds.batched(batch_size, partial=False),
+    )
+    loader = wds.WebLoader(
+        pipeline,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        worker_init_fn=ignore_interrupts,
+    )
+    return loader.with_epoch(steps)
+
+
+def ignore_interrupts(_worker: int) -> None:
+    """DataLoader workers leave Ctrl-C to the training process, which stops after its step."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(
@@ -371,5 +477,11 @@ def make_loader(
         lambda src: views(src, image_size, seed),
         wds.batched(batch_size, partial=False),
     )
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory)
+    loader = wds.WebLoader(
+        pipeline,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        worker_init_fn=ignore_interrupts,
+    )
     return loader.with_epoch(steps)

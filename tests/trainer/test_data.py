@@ -106,3 +106,31 @@ def test_drafted_crops_match_full_decodes_closely():
         assert diff(q, box_k) > 3 * diff(
             q, box_q
         )  # while another crop of the same photo is far off
+
+
+def test_image_folder_batches_repeat_from_their_seed_and_unreadable_files_are_counted(
+    texture_shards, tmp_path
+):
+    from pathlib import Path
+
+    from nsneg.trainer.data import image_folder, make_folder_loader
+
+    tree = Path(shutil.copytree(texture_shards[1] / "train", tmp_path / "train"))
+    (tree / "n00000001" / "broken.JPEG").write_bytes(b"not an image")
+    paths = image_folder(tree)
+    assert len(paths) == 7 and image_folder(tmp_path / "nothing") is None
+    assert image_folder(texture_shards[0]) is None  # a shard set is not an image folder
+
+    def batches(seed):
+        loader = make_folder_loader(
+            paths, batch_size=3, image_size=24, steps=4, workers=0, seed=seed
+        )
+        return list(loader)
+
+    first, again = batches(1), batches(1)
+    assert len(first) == 4
+    for (q, k, t, skipped), (q2, k2, _t2, skipped2) in zip(first, again):
+        assert q.shape == k.shape == (3, 3, 24, 24) and q.dtype == torch.uint8 and t.shape == (3, 0)
+        assert torch.equal(q, q2) and torch.equal(k, k2) and list(skipped) == list(skipped2)
+    assert sum(int(b[3].sum()) for b in first) >= 1  # 12 draws from 7 files: the broken one came up
+    assert not torch.equal(first[0][0], batches(2)[0][0])

@@ -29,7 +29,7 @@ def test_logits_and_loss_match_the_papers_formula():
         )
         / 0.2
     )
-    logits, labels = model(im_q, im_k, im_t, generator=torch.Generator().manual_seed(0))
+    logits, labels = model.logits(im_q, im_k, im_t, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(logits, expected, atol=1e-6) and torch.equal(
         labels, torch.zeros(4, dtype=torch.long)
     )
@@ -40,9 +40,11 @@ def test_logits_and_loss_match_the_papers_formula():
 def test_logits_in_bf16_autocast_stay_within_bf16_tolerance_of_the_formula():
     model = linear_moco()
     im_q, im_k, im_t = torch.rand(4, 3, 4, 4), torch.rand(4, 3, 4, 4), torch.rand(4, 1, 3, 4, 4)
-    reference, _ = linear_moco()(im_q, im_k, im_t, generator=torch.Generator().manual_seed(0))
+    reference, _ = linear_moco().logits(
+        im_q, im_k, im_t, generator=torch.Generator().manual_seed(0)
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, _ = model(im_q, im_k, im_t, generator=torch.Generator().manual_seed(0))
+        logits, _ = model.logits(im_q, im_k, im_t, generator=torch.Generator().manual_seed(0))
     assert logits.dtype == torch.bfloat16 and torch.allclose(
         logits.float(), reference, atol=0.1, rtol=0.02
     )
@@ -56,7 +58,7 @@ def test_queue_enqueues_keys_only_and_wraps():
     g = torch.Generator().manual_seed(0)
     batches = [torch.rand(4, 3, 4, 4) for _ in range(4)]
     for i, x in enumerate(batches):
-        model(x, x, torch.rand(4, 1, 3, 4, 4), generator=g)
+        model.logits(x, x, torch.rand(4, 1, 3, 4, 4), generator=g)
         k = F.normalize(model.encoder_k(x), dim=1)
         slot = (4 * i) % 12
         assert torch.allclose(
@@ -166,7 +168,17 @@ def test_moco_shuffles_keys_across_its_encoders_bn_sub_batches():
         lambda _module, args: seen.append(args[0].detach().clone())
     )
     im = torch.rand(8, 3, 16, 16)
-    model(im, im, generator=torch.Generator().manual_seed(1))
+    model.logits(im, im, generator=torch.Generator().manual_seed(1))
     (keys,) = seen
     rows = [next(i for i in range(8) if torch.equal(keys[slot], im[i])) for slot in range(8)]
     assert all(row // 4 != slot // 4 for slot, row in enumerate(rows))
+
+
+def test_the_method_interface_returns_infonce_and_metrics_that_leave_ns_logits_out_of_acc():
+    im_q, im_k, im_t = torch.rand(4, 3, 4, 4), torch.rand(4, 3, 4, 4), torch.rand(4, 2, 3, 4, 4)
+    logits, labels = linear_moco().logits(im_q, im_k, im_t, generator=torch.Generator())
+    loss, metrics = linear_moco()(im_q, im_k, im_t, generator=torch.Generator())
+    assert torch.allclose(loss, F.cross_entropy(logits, labels), atol=1e-6)
+    regular, ns = logits[:, 1:13], logits[:, 13:]  # K = 12 queue logits, then 2 NS logits
+    assert metrics["acc"] == (logits[:, 0] > regular.amax(dim=1)).float().mean()
+    assert metrics["ns_outrank"] == (ns > logits[:, :1]).float().mean()

@@ -3,14 +3,16 @@
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 
 from nsneg.trainer import checkpoint
+from nsneg.trainer.methods import METHODS
 from nsneg.trainer.train import TrainConfig, Trainer
-from nsneg_testing import SMALL_RUN
+from nsneg_testing import SMALL_METHOD, SMALL_RUN
 
 
 def config(shards, out, **overrides) -> TrainConfig:
@@ -51,6 +53,74 @@ def test_resume_continues_exactly(shards, tmp_path):
     )  # the resumed epoch did change the queue
 
 
+def stop_after(trainer: Trainer, step: int) -> None:
+    """``trainer`` gets SIGINT while its step ``step`` runs (as a user's Ctrl-C would)."""
+    original = trainer.train_step
+
+    def step_then_signal(batch, generator):
+        out = original(batch, generator)
+        if trainer.step == step:
+            trainer._request_stop(signal.SIGINT, None)
+        return out
+
+    trainer.train_step = step_then_signal
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_stop_mid_epoch_resumes_exactly(shards, tmp_path, method, capfd):
+    """Stopped at epoch 2 step 1 and resumed: the same weights, target or queue, optimiser state,
+    schedule and step count as the run that was never stopped."""
+    settings = dict(SMALL_METHOD[method], epochs=2, steps_per_epoch=3)
+    straight = Trainer(
+        config(shards, tmp_path / "a", **settings), device="cpu", show_progress=False
+    )
+    straight.fit()
+    stopping = Trainer(
+        config(shards, tmp_path / "b", **settings), device="cpu", show_progress=False
+    )
+    stop_after(stopping, 4)
+    with pytest.raises(SystemExit) as stopped:
+        stopping.fit()
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert "stopping after this step, writing checkpoint" in capfd.readouterr().err
+    state = checkpoint.load(tmp_path / "b" / "checkpoint.pt")
+    assert state["epoch"] == 1 and state["step"] == 4 and state["method"] == method
+    resumed = Trainer(config(shards, tmp_path / "b", **settings), device="cpu", show_progress=False)
+    resumed.restore(tmp_path / "b" / "checkpoint.pt")
+    resumed.fit()
+    assert resumed.step == straight.step == 6
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)  # incl. target network / queue, BN
+    opt_a, opt_b = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert opt_a.keys() == opt_b.keys() and all(
+        torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_a for k in opt_a[i]
+    )
+    log = lambda run: [json.loads(line) for line in open(tmp_path / run / "log.jsonl")]  # noqa: E731
+    steps = [(e["step"], e["lr"], e["loss"]) for e in log("b") if "step" in e]
+    assert steps == [(e["step"], e["lr"], e["loss"]) for e in log("a") if "step" in e]
+    ends = lambda run: [e["loss"] for e in log(run) if "epoch_end" in e]  # noqa: E731
+    assert ends("b") == pytest.approx(ends("a"), rel=1e-6)  # the resumed epoch's mean covers it all
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["byol", "simclr"])
+def test_byol_and_simclr_train_and_their_checkpoint_loads_as_a_backbone(shards, tmp_path, method):
+    trainer = Trainer(
+        config(shards, tmp_path, **SMALL_METHOD[method], epochs=1, steps_per_epoch=2),
+        device="cpu",
+        show_progress=False,
+    )
+    before = [p.detach().clone() for p in trainer.model.backbone.parameters()]
+    metrics = trainer.fit()
+    assert np.isfinite(metrics["loss"]) and {"acc", "ns_outrank"} <= metrics.keys()
+    assert all(not torch.equal(a, b) for a, b in zip(before, trainer.model.backbone.parameters()))
+    backbone, stored = checkpoint.load_backbone(tmp_path / "checkpoint.pt")
+    assert stored["method"] == method
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(backbone(x), trainer.model.backbone.eval()(x), atol=1e-6)
+
+
 def test_training_logs_and_moves_the_key_encoder_by_momentum(shards, tmp_path):
     trainer = Trainer(
         config(shards, tmp_path, epochs=2, steps_per_epoch=2, negatives_kind="texture"),
@@ -65,6 +135,7 @@ def test_training_logs_and_moves_the_key_encoder_by_momentum(shards, tmp_path):
         "epoch_end" in e for e in lines
     ) == 2
     assert all(np.isfinite(e["loss"]) and 0 <= e["acc"] <= 1 and e["img_per_s"] > 0 for e in steps)
+    assert all(0 <= e["ns_outrank"] <= 1 for e in steps)  # the rate an NS negative beats the key
     assert (
         steps[0]["lr"] == pytest.approx(trainer.config.base_lr) and steps[-1]["lr"] < steps[0]["lr"]
     )  # cosine
@@ -98,13 +169,16 @@ def test_loss_is_read_every_log_every_steps_and_at_each_epoch_end(shards, tmp_pa
     assert len(ends) == 2 and all(np.isfinite(e["loss"]) for e in ends)
 
 
-@pytest.mark.parametrize("log_every", [1, 100])
-def test_non_finite_loss_stops_with_last_checkpoint_intact(shards, tmp_path, log_every):
-    good = Trainer(config(shards, tmp_path, epochs=1), device="cpu", show_progress=False)
+@pytest.mark.parametrize(
+    "method,log_every", [("moco", 1), ("moco", 100), ("byol", 100), ("simclr", 100)]
+)
+def test_non_finite_loss_stops_with_last_checkpoint_intact(shards, tmp_path, method, log_every):
+    small = SMALL_METHOD[method]
+    good = Trainer(config(shards, tmp_path, epochs=1, **small), device="cpu", show_progress=False)
     good.fit()
     before = (tmp_path / "checkpoint.pt").read_bytes()
     bad = Trainer(
-        config(shards, tmp_path, epochs=2, alpha=float("nan"), log_every=log_every),
+        config(shards, tmp_path, epochs=2, alpha=float("nan"), log_every=log_every, **small),
         device="cpu",
         show_progress=False,
     )
@@ -143,7 +217,26 @@ def test_channels_last_and_bf16_path_trains_on_cpu(shards, tmp_path):
     assert len(seen) == 2 * 3  # per step: the keys, the texture and the patch negatives
 
 
-def test_compile_traces_both_encoders_and_trains_on_cpu(shards, tmp_path):
+@pytest.mark.parametrize("method", ["byol", "simclr"])
+def test_channels_last_and_bf16_path_trains_byol_and_simclr_on_cpu(shards, tmp_path, method):
+    trainer = Trainer(
+        config(shards, tmp_path, **SMALL_METHOD[method], epochs=1, channels_last=True, bf16=True),
+        device="cpu",
+        show_progress=False,
+    )
+    seen = []
+    trainer.model.backbone.layer1.register_forward_hook(lambda _m, _a, out: seen.append(out))
+    metrics = trainer.fit()
+    assert np.isfinite(metrics["loss"]) and trainer.step == 2 and seen
+    assert all(
+        o.dtype == torch.bfloat16 and o.is_contiguous(memory_format=torch.channels_last)
+        for o in seen
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_compile_traces_the_methods_networks_and_trains_on_cpu(shards, tmp_path, method):
     """``--compile``'s path through TorchDynamo and AOTAutograd for both encoders, split BN included.
 
     The suite uses the ``aot_eager`` backend: inductor's code generation for even a tiny resnet18
@@ -161,18 +254,17 @@ def test_compile_traces_both_encoders_and_trains_on_cpu(shards, tmp_path):
             compile=True,
             compile_backend="aot_eager",
             negatives_kind="none",
+            **SMALL_METHOD[method],
         ),
         device="cpu",
         show_progress=False,
     )
     metrics = trainer.fit()
     assert np.isfinite(metrics["loss"]) and trainer.step == 1
-    assert (
-        counters["stats"]["unique_graphs"] - before >= 2
-    )  # the query and the key encoder were compiled
+    assert counters["stats"]["unique_graphs"] - before >= len(trainer.model.compiled_modules())
 
 
-def _ddp_worker(rank: int, world: int, port: int, shards: str, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, shards: str, out: str, method: str) -> None:
     import torch.distributed as dist
 
     os.environ.update(
@@ -180,7 +272,7 @@ def _ddp_worker(rank: int, world: int, port: int, shards: str, out: str) -> None
     )
     dist.init_process_group("gloo", rank=rank, world_size=world)
     trainer = Trainer(
-        config(shards, out, batch_size=4, steps_per_epoch=3, epochs=2),
+        config(shards, out, batch_size=4, steps_per_epoch=3, epochs=2, **SMALL_METHOD[method]),
         device="cpu",
         show_progress=False,
     )
@@ -193,15 +285,18 @@ def _ddp_worker(rank: int, world: int, port: int, shards: str, out: str) -> None
 
     trainer.train_step = counting
     trainer.fit()
-    weights = torch.cat([p.detach().flatten() for p in trainer.model.encoder_q.parameters()])
+    weights = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])  # incl. target
+    queue = getattr(trainer.model, "queue", torch.zeros(1))
     torch.save(
-        {"steps": torch.tensor(steps), "weights": weights, "queue": trainer.model.queue},
+        {"steps": torch.tensor(steps), "weights": weights, "queue": queue},
         f"{out}/rank{rank}.pt",
     )
     dist.destroy_process_group()
 
 
-def test_ddp_two_cpu_ranks_have_equal_epochs_and_stay_in_sync(shards, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_ddp_two_cpu_ranks_have_equal_epochs_and_stay_in_sync(shards, tmp_path, method):
     import socket
 
     import torch.multiprocessing as mp
@@ -209,7 +304,41 @@ def test_ddp_two_cpu_ranks_have_equal_epochs_and_stay_in_sync(shards, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(shards), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, str(shards), str(tmp_path), method), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["steps"].tolist() == r1["steps"].tolist() == [0, 0, 0, 1, 1, 1]
     assert torch.equal(r0["weights"], r1["weights"]) and torch.equal(r0["queue"], r1["queue"])
+
+
+def test_patch_negatives_train_from_an_image_folder_and_texture_kinds_refuse_it(
+    texture_shards, tmp_path
+):
+    """The baseline and +Patch need no texture: a plain ImageFolder tree is their training data."""
+    folder = texture_shards[1] / "train"
+    with pytest.raises(ValueError, match="needs textures, and .* is an image folder without them"):
+        Trainer(config(folder, tmp_path, negatives_kind="texture+patch"), device="cpu")
+    trainer = Trainer(
+        config(folder, tmp_path, negatives_kind="patch", epochs=1, steps_per_epoch=None),
+        device="cpu",
+        show_progress=False,
+    )
+    assert trainer.steps_per_epoch == 1  # 6 images // batch 4
+    metrics = trainer.fit()
+    assert np.isfinite(metrics["loss"]) and 0 <= metrics["ns_outrank"] <= 1
+
+
+def test_a_checkpoint_of_earlier_nsneg_moco_resumes(shards, tmp_path):
+    """A run checkpointed by the MoCo-only nsneg (format nsneg-moco 1) continues under --method moco."""
+    first = Trainer(config(shards, tmp_path, epochs=1), device="cpu", show_progress=False)
+    first.fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    old = {k: state[k] for k in ("model", "optimizer", "epoch", "step", "samples_seen", "skipped")}
+    old["config"] = {
+        k: v for k, v in state["config"].items() if not k.startswith(("method", "byol", "simclr"))
+    }
+    torch.save({"format": "nsneg-moco", "version": 1, **old}, tmp_path / "checkpoint.pt")
+    resumed = Trainer(config(shards, tmp_path, epochs=2), device="cpu", show_progress=False)
+    resumed.restore(tmp_path / "checkpoint.pt")
+    assert resumed.epoch == 1 and resumed.step == 2
+    resumed.fit()
+    assert resumed.step == 4 and checkpoint.load(tmp_path / "checkpoint.pt")["method"] == "moco"

@@ -139,3 +139,58 @@ def test_sigterm_writes_a_checkpoint_before_exit(shards, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, output
     state = checkpoint.load(out / "checkpoint.pt")
     assert state["epoch"] == 0 and state["step"] >= 1 and "resume with --resume" in output
+    assert "stopping after this step, writing checkpoint" in output  # said at once
+
+
+def test_every_config_field_is_an_option_with_the_same_default():
+    """One source of truth: nsneg-train's options are TrainConfig's fields, defaults included
+    (``--small-images`` alone defaults to "decide from --image-size")."""
+    import dataclasses
+
+    from nsneg.trainer.train import TrainConfig
+
+    params = {p.name: p for p in main.params}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in params, f"TrainConfig.{f.name} has no option"
+        default = params[f.name].default
+        default = tuple(default) if isinstance(default, list) else default
+        expected = None if f.name == "small_images" else f.default
+        assert default == expected or (default, expected) == ((), ()), f.name
+        assert params[f.name].help == f.metadata.get("help", ""), f.name
+    assert {"resume", "force", "reverify", "device"} == params.keys() - {
+        f.name for f in dataclasses.fields(TrainConfig)
+    }
+    from nsneg.trainer.cli import SAFE_ON_RESUME
+
+    assert set(SAFE_ON_RESUME) <= {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_byol_trains_from_the_command_line_and_resumes(train, shards, tmp_path):
+    out = tmp_path / "byol"
+    small = ["--byol-proj-hidden-dim", 32, "--byol-proj-dim", 16, "--byol-pred-hidden-dim", 32]
+    first = train("--negatives", shards, "--out", out, "--epochs", 1, "--method", "byol", *small)
+    assert first.exit_code == 0, first.output
+    state = checkpoint.load(out / "checkpoint.pt")
+    assert state["method"] == "byol" and state["config"]["optimizer"] is None
+    more = train("--resume", out / "checkpoint.pt", "--epochs", 2)
+    assert more.exit_code == 0 and "done: epoch 2" in more.output, more.output
+    other = train("--resume", out / "checkpoint.pt", "--epochs", 3, "--method", "simclr")
+    assert other.exit_code == 2 and "--method cannot change on --resume" in other.output
+
+
+@pytest.mark.slow
+def test_a_simclr_checkpoint_goes_through_nsneg_eval_knn(
+    train, shards, texture_shards, tmp_path, cli
+):
+    from nsneg.trainer.eval.cli import main as evaluate
+
+    out = tmp_path / "simclr"
+    small = ["--simclr-proj-hidden-dim", 32, "--simclr-proj-dim", 16]
+    done = train("--negatives", shards, "--out", out, "--epochs", 1, "--method", "simclr", *small)
+    assert done.exit_code == 0, done.output
+    photos = texture_shards[1] / "train"
+    result = cli(
+        evaluate, "knn", "--checkpoint", out / "checkpoint.pt", "--train", photos, "--val", photos,
+        "--k", 2, "--workers", 0,
+    )  # fmt: skip
+    assert result.exit_code == 0 and result.stdout.startswith("knn top-1: "), result.output

@@ -16,6 +16,13 @@ TINY = SynthesisConfig(steps=(4, 2, 1), batch_size=4)
 #: A small MoCo run on the CPU, as TrainConfig fields (tests/trainer: the library and the command).
 SMALL_RUN = dict(arch="resnet18", image_size=32, batch_size=4, moco_k=16, workers=0, bn_splits=2)
 
+#: Per method, the TrainConfig fields that make its heads small (added to ``SMALL_RUN``).
+SMALL_METHOD = {
+    "moco": dict(method="moco"),
+    "byol": dict(method="byol", byol_proj_hidden_dim=32, byol_proj_dim=16, byol_pred_hidden_dim=32),
+    "simclr": dict(method="simclr", simclr_proj_hidden_dim=32, simclr_proj_dim=16),
+}
+
 #: Photographs bundled with scikit-image that the tests build their image trees from.
 PHOTOS = (
     "chelsea.png",

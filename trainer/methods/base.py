@@ -1,0 +1,148 @@
+"""What every pre-training method shares: the ``Method`` interface, the ResNet trunk, MLP heads.
+
+A method is an ``nn.Module`` whose ``forward`` takes one batch's two augmented views and its
+non-semantic (NS) negatives and returns ``(loss, metrics)``; it owns everything that is not
+optimised by gradient (momentum encoders, queues) and updates it inside ``forward``. The
+``Trainer`` (``nsneg.trainer.train``) knows nothing else about it: it optimises
+``trained_modules()``, compiles ``compiled_modules()``, checkpoints ``state_dict()`` and stores
+``backbone_state_dict()`` under a method-independent name, the weights that evaluation reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.distributed as dist
+import torchvision
+from torch import nn
+
+if TYPE_CHECKING:
+    from nsneg.trainer.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class OptimDefaults:
+    """A method's optimisation settings where the run gives none (``TrainConfig`` fields left None)."""
+
+    optimizer: str  # "sgd" or "lars"
+    lr_per_256: float  # base learning rate at a global batch of 256, scaled linearly with the batch
+    weight_decay: float
+    warmup_epochs: int  # linear warm-up before the cosine decay
+
+
+class Method(nn.Module):
+    """``forward(im_1, im_2, im_ns, *, progress, generator) -> (loss, metrics)``.
+
+    im_1, im_2: [B, 3, H, W] two augmented views of each image; im_ns: [B, N, 3, H, W] non-semantic
+    negatives of each image (made from view 1: its texture with view 1's crop and colour, patch-
+    shuffled copies of view 1) or None; progress: the fraction of training done (0 at the first
+    step) for schedules a method owns; generator: the run's CPU generator for any random choice.
+    loss: a scalar with gradient; metrics: detached scalars, read by the trainer now and then.
+    """
+
+    name: ClassVar[str]
+    defaults: ClassVar[OptimDefaults]
+    #: pooled features of an image; its ``fc`` (if any) is a projection head, left out of
+    #: ``backbone_state_dict``
+    backbone: nn.Module
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, bn_splits: int) -> Method:
+        raise NotImplementedError
+
+    def check_global_batch(self, batch_size: int) -> None:
+        """Raise ValueError where the method cannot run with this global batch."""
+
+    def trained_modules(self) -> list[nn.Module]:
+        """The modules whose parameters the optimiser updates."""
+        raise NotImplementedError
+
+    def compiled_modules(self) -> list[nn.Module]:
+        """The networks ``--compile`` compiles (each one's first call compiles it)."""
+        raise NotImplementedError
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The backbone's weights with torchvision's ResNet keys, without any head (no ``fc.*``)."""
+        return {k: v for k, v in self.backbone.state_dict().items() if not k.startswith("fc.")}
+
+
+def build_resnet(
+    arch: str, num_classes: int, small_images: bool = False, norm_layer=None
+) -> nn.Module:
+    """A torchvision ResNet, randomly initialised.
+
+    ``small_images``: a 3x3 stride-1 stem without max-pool (as for CIFAR), for 32-96 px training.
+    """
+    net = getattr(torchvision.models, arch)(
+        weights=None, num_classes=num_classes, norm_layer=norm_layer
+    )
+    if small_images:
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    return net
+
+
+def build_trunk(arch: str, small_images: bool = False, norm_layer=None) -> tuple[nn.Module, int]:
+    """A ResNet (``build_resnet``) without classifier: ``fc`` is the identity -> (network, feature dim)."""
+    net = build_resnet(arch, 1, small_images, norm_layer)
+    dim = net.fc.weight.shape[1]
+    net.fc = nn.Identity()
+    return net, dim
+
+
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = True) -> nn.Sequential:
+    """Linear - [BatchNorm1d] - ReLU - Linear: BYOL's projector and predictor, SimCLR's projector."""
+    norm = [nn.BatchNorm1d(hidden_dim)] if batch_norm else []
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), *norm, nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
+    )
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``x`` concatenated along dim 0 (no gradient)."""
+    gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, x.contiguous())
+    return torch.cat(gathered)
+
+
+@torch.no_grad()
+def ema_update(target: list[torch.Tensor], online: list[torch.Tensor], m: float) -> None:
+    """target <- m target + (1 - m) online, over all tensors at once (foreach kernels)."""
+    torch._foreach_mul_(target, m)
+    torch._foreach_add_(target, [p.detach() for p in online], alpha=1.0 - m)
+
+
+class frozen_bn_statistics:
+    """Within the block, training-mode BatchNorm layers of ``module`` normalise with their batch's
+    statistics but leave their running statistics as they were (momentum 0, the batch count
+    put back).
+
+    For forwards of images that evaluation must not be calibrated on (non-semantic negatives
+    through the network whose running statistics evaluation uses)."""
+
+    def __init__(self, module: nn.Module):
+        self.layers = [
+            m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
+
+    def __enter__(self):
+        self.saved = [
+            (m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+            for m in self.layers
+        ]
+        for m in self.layers:
+            m.momentum = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        for m, (momentum, tracked) in zip(self.layers, self.saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
