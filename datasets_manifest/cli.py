@@ -40,13 +40,46 @@ def _size(n: int) -> str:
 #: A shard set's folder (it must exist).
 shard_folder = click.Path(exists=True, file_okay=False, path_type=Path)
 
+max_skip_option = click.option(
+    "--max-skip-fraction",
+    type=click.FloatRange(0, 1),
+    default=contract.DEFAULT_MAX_SKIP_FRACTION,
+    show_default=True,
+    help="stop when more than this fraction of the samples read is bad (each bad sample is "
+    "skipped and named with its shard and key)",
+)
+check_option = click.option(
+    "--check-samples/--no-check-samples",
+    "check_samples_",
+    default=True,
+    show_default=True,
+    help="read every sample through the sample policy and report the bad ones",
+)
+
+
+def check_samples(directory: Path, splits, max_skip_fraction: float) -> dict[str, dict]:
+    """The sample policy over ``splits`` of a local set -> {split: skip report}; one summary line
+    per split; past ``max_skip_fraction`` one clear error (exit status 1)."""
+    manifest = contract.load_manifest(directory)
+    reports = {}
+    for split in splits or manifest["splits"]:
+        skips = contract.SkipLog(max_skip_fraction)
+        try:
+            for _ in contract.iter_samples(directory, split, skips):
+                pass
+            reports[split] = skips.finish()
+        except contract.TooManyBadSamples as e:
+            raise click.ClickException(f"{directory}/{split}: {e}") from None
+        click.echo(f"{split}: {skips.read} good samples, {skips.summary()}")
+    return reports
+
 
 @contextmanager
 def manifest_errors():
     """A missing or unreadable manifest -> ``Error: <message>`` and exit status 1."""
     try:
         yield
-    except (FileNotFoundError, contract.ManifestError) as e:
+    except (FileNotFoundError, contract.ManifestError, contract.TooManyBadSamples) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -112,8 +145,12 @@ def list_(manifest_dirs) -> None:
 @click.option("--jobs", type=int, default=4, show_default=True, help="parallel downloads")
 @click.option("--retries", type=int, default=5, show_default=True)
 @click.option("--quiet", is_flag=True)
+@check_option
+@max_skip_option
 @manifest_dir_option
-def fetch(spec, to, splits, jobs, retries, quiet, manifest_dirs) -> None:
+def fetch(
+    spec, to, splits, jobs, retries, quiet, check_samples_, max_skip_fraction, manifest_dirs
+) -> None:
     """Download a published set, by name or by its folder's url (hf://datasets/ORG/NAME, https://...):
     resumable, every shard verified before it is kept."""
     from nsneg.datasets_manifest.fetch import fetch as run_fetch
@@ -134,12 +171,18 @@ def fetch(spec, to, splits, jobs, retries, quiet, manifest_dirs) -> None:
         click.echo(f"  FAILED {shard}: {error}", err=True)
     if report.failed:
         sys.exit(1)
+    if check_samples_:
+        check_samples(to, list(splits) or None, max_skip_fraction)
 
 
 @main.command()
 @click.argument("directory", type=shard_folder)
-def verify(directory) -> None:
-    """Re-hash every shard against the manifest; exit status 1 on any mismatch."""
+@check_option
+@max_skip_option
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def verify(directory, check_samples_, max_skip_fraction, json_out) -> None:
+    """Re-hash every shard against the manifest, then read every sample through the sample policy;
+    exit status 1 on any mismatch or past --max-skip-fraction."""
     with manifest_errors():
         manifest = contract.load_manifest(directory)
     problems = {p.split(":")[0]: p for p in contract.verify(directory)}
@@ -155,11 +198,16 @@ def verify(directory) -> None:
     )
     if problems:
         sys.exit(1)
+    reports = check_samples(directory, None, max_skip_fraction) if check_samples_ else {}
+    if json_out:
+        files.atomic_write_json(json_out, {"bad_shards": [], "bad_samples": reports})
 
 
 @main.command()
 @click.argument("directory", type=shard_folder)
-def upgrade(directory) -> None:
+@check_option
+@max_skip_option
+def upgrade(directory, check_samples_, max_skip_fraction) -> None:
     """Bring a shard set written by an older nsneg to the current layout, in place (records leave the split folders)."""
     with manifest_errors():
         changed = contract.upgrade(directory)
@@ -171,6 +219,8 @@ def upgrade(directory) -> None:
             else f"already format version {contract.FORMAT_VERSION}; nothing to do"
         )
     )
+    if check_samples_:
+        check_samples(directory, None, max_skip_fraction)
 
 
 @main.command()
@@ -179,15 +229,18 @@ def upgrade(directory) -> None:
 @click.option("--n", type=int, default=32, show_default=True)
 @click.option("--classes", default=None, help="comma-separated class names (wnids) to show")
 @click.option("--split", default="train", show_default=True)
+@max_skip_option
 @manifest_dir_option
-def preview(source, out, n, classes, split, manifest_dirs) -> None:
-    """A contact sheet of source/texture pairs (texture only for sets without source pixels)."""
+def preview(source, out, n, classes, split, max_skip_fraction, manifest_dirs) -> None:
+    """A contact sheet of source/texture pairs (texture only for sets without source pixels):
+    about N samples, as many of each class shown (every class of --classes)."""
     from nsneg.pipeline.preview import contact_sheet
 
-    wanted = set(classes.split(",")) if classes else None
+    wanted = {c for c in classes.split(",") if c} if classes else None
+    skips = contract.SkipLog(max_skip_fraction)
     try:
         if Path(source).is_dir():
-            contact_sheet(Path(source), split, out, n, wanted)
+            contact_sheet(Path(source), split, out, n, wanted, skips)
         else:
             from nsneg.datasets_manifest.fetch import fetch as run_fetch
 
@@ -202,10 +255,11 @@ def preview(source, out, n, classes, split, manifest_dirs) -> None:
                     raise click.ClickException(
                         f"could not fetch a shard to preview: {report.failed}"
                     )
-                contact_sheet(Path(tmp), split, out, n, wanted)
+                contact_sheet(Path(tmp), split, out, n, wanted, skips)
+        skips.finish()
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e).strip('"')) from None
-    click.echo(f"preview {out}")
+    click.echo(f"preview {out} ({skips.read} samples read, {skips.summary()})")
 
 
 @main.command()
@@ -213,16 +267,18 @@ def preview(source, out, n, classes, split, manifest_dirs) -> None:
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="histogram PNG of texture losses [default: DIRECTORY/losses.png]",
+    default=Path("losses.png"),
+    show_default=True,
+    help="histogram PNG of texture losses (relative to the current folder)",
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def stats(directory, plot, json_out) -> None:
-    """Samples per class, skipped inputs, generator config, texture-loss histogram."""
+@max_skip_option
+def stats(directory, plot, json_out, max_skip_fraction) -> None:
+    """Samples per class, skipped inputs, bad samples, generator config, texture-loss histogram."""
     from nsneg.datasets_manifest.stats import loss_histogram, shard_stats
 
     with manifest_errors():
-        info = shard_stats(directory)
+        info = shard_stats(directory, max_skip_fraction)
     synthesis = info["generator"].get("synthesis", {})
     click.echo(
         f"generator: encoder {synthesis.get('encoder')}, sizes {synthesis.get('sizes')}, "
@@ -231,11 +287,18 @@ def stats(directory, plot, json_out) -> None:
     for split, s in info["splits"].items():
         click.echo(
             f"{split}: {s['samples']} samples in {s['shards']} shards ({_size(s['bytes'])})"
-            f"{'' if s['complete'] else ', INCOMPLETE'}; skipped {s['skipped']} {s['skip_reasons'] or ''}"
+            f"{'' if s['complete'] else ', INCOMPLETE'}; skipped by the build {s['skipped']} "
+            f"{s['skip_reasons'] or ''}"
+        )
+        bad = s["bad_samples"]
+        reasons = ", ".join(f"{k}: {v}" for k, v in bad["skip_reasons"].items())
+        click.echo(
+            f"  bad samples skipped in reading: {bad['skipped']}"
+            + (f" ({reasons})" if reasons else "")
         )
         for cls, count in s["per_class"].items():
             click.echo(f"  {cls:24s} {count}")
-    plot_path = loss_histogram(info, plot or Path(directory) / "losses.png")
+    plot_path = loss_histogram(info, plot)
     click.echo(f"loss histogram {plot_path}")
     if json_out:
         files.atomic_write_json(json_out, info)

@@ -104,6 +104,16 @@ def feature_options(image_size_default: str) -> Callable[[Callable], Callable]:
     )
 
 
+#: The sample policy's threshold for commands that read shard directories (``contract.SkipLog``).
+max_skip_option = click.option(
+    "--max-skip-fraction",
+    type=click.FloatRange(0, 1),
+    default=contract.DEFAULT_MAX_SKIP_FRACTION,
+    show_default=True,
+    help="stop when more than this fraction of a shard directory's samples is bad "
+    "(each bad sample is skipped and logged with its shard and key)",
+)
+
 # --------------------------------------------------------------------------- knn and linear
 
 _probe_options = options(
@@ -128,13 +138,7 @@ _probe_options = options(
         for side in ("train", "val")
     ),
     feature_options("the checkpoint's training size, else 224"),
-    click.option(
-        "--max-skip-fraction",
-        type=click.FloatRange(0, 1),
-        default=contract.DEFAULT_MAX_SKIP_FRACTION,
-        show_default=True,
-        help="stop when more than this fraction of a shard directory's samples is bad",
-    ),
+    max_skip_option,
     click.option(
         "--json",
         "json_path",
