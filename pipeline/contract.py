@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+import sys
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -735,6 +736,14 @@ class SkipLog:
 SKIPS_LISTED = 100
 
 
+def _this_workers_shards(paths: list[str]) -> list[str]:
+    """The shards of this DataLoader worker (every ``num_workers``-th), or all outside one; torch
+    is only asked when it is loaded already, so readers that never use it do not import it."""
+    torch = sys.modules.get("torch")
+    info = torch.utils.data.get_worker_info() if torch is not None else None
+    return paths if info is None else paths[info.id :: info.num_workers]
+
+
 def iter_checked(
     paths: Iterable[str | Path],
     skips: SkipLog,
@@ -745,12 +754,10 @@ def iter_checked(
 ) -> Iterator[TextureSample]:
     """The good samples of local shards in order, every bad one skipped into ``skips``.
 
-    webdataset hands each DataLoader worker (and each node) its own shards, as for any dataset.
+    In a DataLoader worker, only that worker's share of the shards (as webdataset splits them).
     """
-    import webdataset as wds
-
     paths = [str(p) for p in paths]
-    for shard in wds.split_by_worker(paths):
+    for shard in _this_workers_shards(paths):
         try:
             stream = open(shard, "rb")
         except OSError as e:

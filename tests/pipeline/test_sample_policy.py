@@ -95,6 +95,7 @@ def test_a_cut_shard_ends_with_one_skip_for_its_rest(bad_set, tmp_path):
     assert "not a readable tar from here on" in skips.skipped[-1]["reason"]
 
 
+@pytest.mark.slow
 def test_the_bomb_shard_is_read_in_bounded_memory(bad_set):
     """Decoding the 81 Mpx PNG bomb would take >= 81 MB (243 MB as RGB); the 11000 x 11000
     JPEG 363 MB. Reading the whole bad shard, sources decoded, must stay far below that."""

@@ -9,6 +9,7 @@ import json
 import struct
 import tarfile
 import zlib
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ GOOD_PER_CLASS = 3
 BOMB_SIDE = 9000
 
 
+@cache
 def png_bomb(side: int = BOMB_SIDE) -> bytes:
     """A valid grayscale PNG of ``side`` x ``side`` zeros, written chunk by chunk (never in memory)."""
 
@@ -31,7 +33,7 @@ def png_bomb(side: int = BOMB_SIDE) -> bytes:
             struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         )
 
-    compressor, row, idat = zlib.compressobj(9), bytes(side + 1), []
+    compressor, row, idat = zlib.compressobj(1), bytes(side + 1), []
     for _ in range(side):
         idat.append(compressor.compress(row))
     idat.append(compressor.flush())
@@ -52,6 +54,7 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+@cache
 def texture_png(seed: int) -> bytes:
     name = PHOTOS[seed % len(PHOTOS)]
     return files.png_bytes(np.asarray(photo(name, (contract.TEXTURE_SIZE, contract.TEXTURE_SIZE))))
@@ -65,8 +68,13 @@ def good_sample(key: str, cls: int, seed: int, with_source: bool) -> dict[str, b
         "json": json.dumps(meta).encode(),
     }
     if with_source:
-        sample["source.img"] = encode(photo(PHOTOS[seed % len(PHOTOS)], (120, 96)), "JPEG")
+        sample["source.img"] = source_jpeg(seed % len(PHOTOS))
     return sample
+
+
+@cache
+def source_jpeg(index: int) -> bytes:
+    return encode(photo(PHOTOS[index], (120, 96)), "JPEG")
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", **kind) -> None:
