@@ -16,8 +16,8 @@ manifest_dir_option = click.option(
     "--manifest-dir",
     "manifest_dirs",
     multiple=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="more published manifests, besides the ones shipped with nsneg (repeatable)",
+    help="more published manifests (<name>-<version>.json), besides the ones shipped with nsneg "
+    "and the user's: a folder, or the url of a published set's folder (repeatable)",
 )
 
 
@@ -245,17 +245,23 @@ def preview(source, out, n, classes, split, max_skip_fraction, manifest_dirs) ->
             from nsneg.datasets_manifest.fetch import fetch as run_fetch
 
             published = _find(source, manifest_dirs)
-            with (
-                tempfile.TemporaryDirectory() as tmp
-            ):  # only the first shard, verified like any fetch
-                report = run_fetch(
-                    published, Path(tmp), [split], jobs=1, show_progress=False, first_shards=1
-                )
-                if report.failed:
-                    raise click.ClickException(
-                        f"could not fetch a shard to preview: {report.failed}"
+            total = len(published.urls(split))
+            # the first shard, then twice as many until every class shown has its share
+            with tempfile.TemporaryDirectory() as tmp:
+                first = 1
+                while True:
+                    report = run_fetch(
+                        published, Path(tmp), [split], show_progress=False, first_shards=first
                     )
-                contact_sheet(Path(tmp), split, out, n, wanted, skips)
+                    if report.failed:
+                        raise click.ClickException(
+                            f"could not fetch a shard to preview: {report.failed}"
+                        )
+                    skips = contract.SkipLog(max_skip_fraction)
+                    lacking = contact_sheet(Path(tmp), split, out, n, wanted, skips)
+                    if not lacking or first >= total:
+                        break
+                    first *= 2
         skips.finish()
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e).strip('"')) from None

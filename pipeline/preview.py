@@ -94,9 +94,10 @@ def contact_sheet(
     n: int = 16,
     classes: set[str] | None = None,
     skips: contract.SkipLog | None = None,
-) -> Path:
+) -> int:
     """Write a PNG of about ``n`` samples of ``split``, the same number of each class shown
-    (``classes``: those only, every one of them), atomically. Bad samples go to ``skips``."""
+    (``classes``: those only, every one of them), atomically. Bad samples go to ``skips``.
+    Returns how many rows the sheet lacks for every shown class to have its share (0: none)."""
     manifest = contract.load_manifest(root)
     if split not in manifest["splits"]:
         raise ValueError(f"{root} has no split {split!r} (has {sorted(manifest['splits'])})")
@@ -135,4 +136,4 @@ def contact_sheet(
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     files.atomic_write_bytes(Path(out), buf.getvalue())
-    return Path(out)
+    return sum(per_class - len(r) for r in rows.values())

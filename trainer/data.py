@@ -136,7 +136,7 @@ def _published(spec: str, manifest_dirs: tuple[str, ...]):
     try:
         if "://" in spec:
             return registry.from_url(spec)
-        return registry.find(spec, [Path(d) for d in manifest_dirs])
+        return registry.find(spec, list(manifest_dirs))
     except (KeyError, FileNotFoundError, contract.ManifestError) as e:
         raise BadShards(str(e).strip('"')) from None
 
