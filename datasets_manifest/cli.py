@@ -310,5 +310,102 @@ def stats(directory, plot, json_out, max_skip_fraction) -> None:
         files.atomic_write_json(json_out, info)
 
 
+@main.command()
+@click.argument("directory", type=shard_folder)
+@click.option(
+    "--to",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="the texture folder, e.g. imagenet-100-texture: <split>/<wnid>/<stem>.png",
+)
+@click.option(
+    "--sources-to",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="also write the source photos here (a set with source pixels), e.g. imagenet-100",
+)
+@click.option("--split", "splits", multiple=True, help="[default: all splits]")
+@max_skip_option
+def export(directory, out, sources_to, splits, max_skip_fraction) -> None:
+    """Write a shard set as the paper's folder layout, which its trainer (DuoImageNetFolder) reads:
+    TO/<split>/<wnid>/<stem>.png, paired by path with <imagenet>/<split>/<wnid>/<stem>.JPEG."""
+    from nsneg.datasets_manifest import paper_layout
+
+    skips = contract.SkipLog(max_skip_fraction)
+    with manifest_errors():
+        try:
+            summary = paper_layout.export_set(
+                directory, out, list(splits) or None, sources_to, skips
+            )
+            skips.finish()
+        except paper_layout.LayoutError as e:
+            raise click.ClickException(str(e)) from None
+    probe = Path(out) / "SPLIT" / "WNID" / "STEM.png"
+    click.echo(
+        f"{out}: {summary.written} textures written, {summary.kept} already there "
+        f"({', '.join(f'{k} {v}' for k, v in summary.per_split.items())}); {skips.summary()}"
+    )
+    if sources_to:
+        click.echo(f"{sources_to}: {summary.sources} source photos written")
+    click.echo(
+        f"the paper's trainer reads each texture's photo from {paper_layout.paired_photo_path(str(probe))}"
+    )
+
+
+@main.command("import")
+@click.argument("folder", type=shard_folder)
+@click.option(
+    "--to",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="the shard set to write (resumable)",
+)
+@click.option(
+    "--imagenet",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="ImageNet root <split>/<wnid>/<stem>.JPEG: the sources go into the shards [default: "
+    "textures only; pair them later with nsneg-textures pair]",
+)
+@click.option("--split", "splits", multiple=True, help="[default: train and val, where present]")
+@click.option("--shard-size", type=click.IntRange(1), default=1000, show_default=True)
+@click.option(
+    "--made-by",
+    default=None,
+    help="how the textures were made, recorded as the manifest's external generator "
+    "[default: the paper's preprocess/imangenet_texture_syn.py]",
+)
+@max_skip_option
+def import_(folder, out, imagenet, splits, shard_size, made_by, max_skip_fraction) -> None:
+    """Turn a texture folder in the paper's layout (FOLDER/{train,val}/<wnid>/<stem>.png) into a
+    shard set of this format: manifest, sha256, the generator recorded as external."""
+    from nsneg.datasets_manifest import paper_layout
+
+    extra = {"made_by": made_by} if made_by else {}
+    with manifest_errors():
+        try:
+            summary = paper_layout.import_folder(
+                folder,
+                out,
+                imagenet,
+                list(splits) or None,
+                shard_size,
+                max_skip_fraction=max_skip_fraction,
+                **extra,
+            )
+        except (paper_layout.LayoutError, RuntimeError) as e:
+            raise click.ClickException(str(e)) from None
+    for split, info in summary.splits.items():
+        click.echo(
+            f"{split}: {info['samples']} samples of {info['images']} files in {info['shards']} "
+            f"shards ({info['shards_written']} written now); skipped {len(info['skipped'])}"
+        )
+        for s in info["skipped"][:10]:
+            click.echo(f"  {s['path']}: {s['reason']}")
+    click.echo(f"manifest {Path(out) / contract.MANIFEST_NAME}")
+
+
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nsneg.datasets_manifest.card import write_card
-from nsneg.datasets_manifest.registry import PublishedSet
+from nsneg.datasets_manifest.registry import PublishedSet, published_name
 from nsneg.pipeline import contract, files
 
 CHUNK = 1 << 16  # small enough that a cut connection leaves most of what arrived on disk
@@ -167,8 +167,9 @@ def fetch(
 ) -> FetchReport:
     """Fetch ``splits`` (default: all) of a published set into ``to``; writes ``to/manifest.json``
     (the pipeline's format, with the set's name, version and base url) listing the shards that
-    are there and verified, and the dataset card (``to/README.md``, as ``publish`` wrote it for
-    these splits), so Hugging Face ``datasets`` reads the copy with the publisher's split names.
+    are there and verified, the published manifest (``to/<name>-<version>.json``, as in the
+    publisher's folder) and the dataset card (``to/README.md``, as ``publish`` wrote it for these
+    splits), so Hugging Face ``datasets`` reads the copy with the publisher's split names.
     ``first_shards``: only the first N shards of each split (a preview needs no more)."""
     from tqdm import tqdm
 
@@ -247,6 +248,7 @@ def _write_local_manifest(
     local = contract.build_manifest(m["classes"], local_splits, m["generator"], m["has_source"])
     local.update(name=m["name"], version=m["version"], base_url=m["base_url"])
     files.atomic_write_json(to / contract.MANIFEST_NAME, local)
+    files.atomic_write_json(to / published_name(m["name"], m["version"]), m)
     try:
         write_card(to, m["name"], m["version"], local)
     except contract.ManifestError:

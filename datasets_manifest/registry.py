@@ -101,7 +101,11 @@ def known_sets(manifest_dirs: Iterable[Path | str] = ()) -> list[PublishedSet]:
     for directory in dict.fromkeys([SHIPPED_DIR, *user, *local]):
         if not Path(directory).is_dir():
             raise FileNotFoundError(f"manifest directory {directory} does not exist")
-        sets += [_read(p) for p in sorted(Path(directory).glob("*.json"))]
+        sets += [
+            _read(p)
+            for p in sorted(Path(directory).glob("*.json"))
+            if p.name != contract.MANIFEST_NAME  # a set's own folder: only its published manifest
+        ]
     return sorted(sets, key=lambda s: (s.name, s.version))
 
 

@@ -229,3 +229,20 @@ def make_bad_set(root: Path, with_source: bool = True) -> dict:
     files.atomic_write_json(root / contract.MANIFEST_NAME, manifest)
     assert contract.verify(root) == []
     return {"good": len(good_keys) + 2, "bad": bad, "classes": CLASSES}
+
+
+def make_clean_set(root: Path, splits: tuple[str, ...] = ("train", "val"), per_split: int = 4):
+    """A small set of good samples only, textures without sources (as sets are published), with
+    one shard of ``per_split`` samples per split and a manifest whose sha256 values match."""
+    records = {}
+    for s, split in enumerate(splits):
+        writer = contract.ShardWriter(contract.shard_path(root, split, 0))
+        for i in range(per_split):
+            key = f"{split}_{i}"
+            writer.write({"__key__": key, **good_sample(key, i % len(CLASSES), s + i, False)})
+        records[split] = {"shards": [writer.commit({"index": 0})], "skipped": [], "complete": True}
+    manifest = contract.build_manifest(
+        CLASSES, records, {"synthesis": {"encoder": "random"}}, False
+    )
+    files.atomic_write_json(root / contract.MANIFEST_NAME, manifest)
+    return root

@@ -1,0 +1,87 @@
+"""Two people: a publisher publishes a set and serves its folder on 127.0.0.1; a fetcher, in
+another folder and process with its own nsneg folders, fetches it by url and by name and gets
+the same name, version, splits, card and (through Hugging Face ``datasets``) split names."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from nsneg.pipeline import contract
+from nsneg_testing.bad_shards import make_clean_set
+
+
+def nsneg_data(cwd, home, *args):
+    """``nsneg-data ARGS`` in a process of its own, with its own manifest and cache folders."""
+    env = {
+        **os.environ,
+        "NSNEG_MANIFEST_DIR": str(home / "sets"),
+        "NSNEG_CACHE_DIR": str(home / "cache"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "nsneg.datasets_manifest.cli", *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def server(tmp_path):
+    www = tmp_path / "publisher" / "www"
+    www.mkdir(parents=True)
+    handler = partial(SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield www, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.mark.slow
+def test_publish_then_fetch_by_url_and_by_name_between_two_people(server, tmp_path):
+    from datasets import load_dataset
+
+    www, host = server
+    publisher, fetcher = tmp_path / "publisher", tmp_path / "fetcher"
+    fetcher.mkdir()
+    folder = make_clean_set(www / "in4-texture")
+    base = f"{host}/in4-texture"
+    published = nsneg_data(
+        publisher, publisher, "publish", folder, "--base-url", base, "--name", "in4-texture"
+    )
+    assert published.returncode == 0, published.stderr
+    assert (folder / "in4-texture-1.json").is_file()  # in the folder that is served
+
+    by_url = nsneg_data(fetcher, fetcher, "fetch", base, "--to", "by-url", "--quiet")
+    assert by_url.returncode == 0, by_url.stderr
+    assert by_url.stdout.startswith("in4-texture@1 -> by-url: 2 downloaded")
+    unknown = nsneg_data(fetcher, fetcher, "fetch", "in4-texture@1", "--to", "x", "--quiet")
+    assert unknown.returncode == 1 and "--manifest-dir" in unknown.stderr
+    by_name = nsneg_data(
+        fetcher, fetcher, "fetch", "in4-texture@1", "--manifest-dir", base, "--to", "by-name",
+        "--quiet",
+    )  # fmt: skip
+    assert by_name.returncode == 0, by_name.stderr
+
+    card = (folder / "README.md").read_text()
+    assert f"nsneg-data fetch {base} --to DIR" in card and "hf://" not in card
+    for copy in (fetcher / "by-url", fetcher / "by-name"):
+        manifest = contract.load_manifest(copy)
+        assert (manifest["name"], manifest["version"]) == ("in4-texture", "1")
+        assert list(manifest["splits"]) == ["train", "val"] and contract.verify(copy) == []
+        assert (copy / "README.md").read_text() == card
+        assert nsneg_data(fetcher, fetcher, "verify", copy).returncode == 0
+    splits = {
+        str(where): sorted(load_dataset(str(where), cache_dir=str(tmp_path / "hf")).keys())
+        for where in (folder, fetcher / "by-url", fetcher / "by-name")
+    }
+    assert set(map(tuple, splits.values())) == {("train", "val")}, splits
+    listed = nsneg_data(fetcher, fetcher, "list", "--manifest-dir", fetcher / "by-name")
+    assert listed.returncode == 0 and "in4-texture@1" in listed.stdout, listed.stderr
+    assert json.loads((fetcher / "by-name" / "in4-texture-1.json").read_text()) == json.loads(
+        (folder / "in4-texture-1.json").read_text()
+    )
