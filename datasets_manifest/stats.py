@@ -58,7 +58,10 @@ def loss_histogram(stats: dict[str, Any], out: Path) -> Path:
             ax.hist(info["losses"], bins=30, alpha=0.6, label=f"{split} ({len(info['losses'])})")
     ax.set_xlabel("final Gram loss of the texture (relative, summed over layers)")
     ax.set_ylabel("textures")
-    ax.legend()
+    if any(info["losses"] for info in stats["splits"].values()):
+        ax.legend()
+    else:  # an imported set: its external generator recorded no losses
+        ax.text(0.5, 0.5, "no texture losses recorded", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
