@@ -34,6 +34,7 @@ def data(cli):
     return run
 
 
+@pytest.mark.slow
 def test_an_export_reads_back_with_the_papers_pairing_rule(data, tmp_path):
     from torchvision import datasets
 
