@@ -51,6 +51,7 @@ def loss_histogram(stats: dict[str, Any], out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for split, info in stats["splits"].items():
@@ -58,6 +59,7 @@ def loss_histogram(stats: dict[str, Any], out: Path) -> Path:
             ax.hist(info["losses"], bins=30, alpha=0.6, label=f"{split} ({len(info['losses'])})")
     ax.set_xlabel("final Gram loss of the texture (relative, summed over layers)")
     ax.set_ylabel("textures")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if any(info["losses"] for info in stats["splits"].values()):
         ax.legend()
     else:  # an imported set: its external generator recorded no losses

@@ -28,6 +28,13 @@ webdataset loader requires a homogeneous set):
   crop boxes, seed, encoder, steps, loss, version
 
 Only PNG/image bytes, JSON and text: nothing in a shard is ever unpickled.
+
+Reading follows one sample policy, for every reader (``read_tar``, ``check_sample``,
+``SkipLog``; docs/contract.md): a sample that is not exactly the above -- a tar member that is
+not a plain regular file of a known field and size, a texture that is not a 224x224 RGB PNG,
+a ``cls`` outside the manifest's classes, ``json`` that is not an object, a source over the
+pipeline's pixel limit -- is skipped, counted and named with its shard and key, and a command
+stops past its ``--max-skip-fraction``.
 """
 
 from __future__ import annotations
@@ -408,8 +415,8 @@ MEMBER_LIMITS = {
 }
 #: Where ``read_tar`` puts the reason of a sample the tar layer already refused.
 BAD_FIELD = "__bad__"
-_KEY = re.compile(r"^[A-Za-z0-9_-]{1,200}$")  # what ``safe_key`` makes
-_CLS = re.compile(r"^[0-9]{1,9}$")
+_KEY = re.compile(r"[A-Za-z0-9_-]{1,200}")  # what ``safe_key`` makes
+_CLS = re.compile(r"[0-9]{1,9}")
 _MEMBER_KINDS = (
     ("symlink", tarfile.TarInfo.issym),
     ("hard link", tarfile.TarInfo.islnk),
@@ -442,7 +449,7 @@ def _member_name(name: str) -> tuple[str | None, str | None, str | None]:
     if "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
         return None, None, f"member name {name!r} is a path or hidden, not <key>.<field>"
     key, dot, field = name.partition(".")
-    if not dot or not _KEY.match(key):
+    if not dot or not _KEY.fullmatch(key):
         return (
             None,
             None,
@@ -603,7 +610,7 @@ def check_sample(
                 "members", f"member {field} is not bytes within {MEMBER_LIMITS[field]} bytes"
             )
     text = raw[CLASS_FIELD].decode("ascii", "replace").strip()
-    if not _CLS.match(text):
+    if not _CLS.fullmatch(text):
         raise BadSample("cls", f"cls {text[:20]!r} is not a class index")
     cls = int(text)
     if classes is not None and cls >= len(classes):
@@ -697,6 +704,10 @@ class SkipLog:
                 elif path.name != f"skips-{os.getpid()}.jsonl":
                     self.skipped.append(entry)
             path.unlink()
+        try:
+            Path(self.spool).rmdir()  # made again by the next skip, if any
+        except OSError:
+            pass
 
     def _check(self, total: int) -> None:
         if len(self.skipped) > self.max_fraction * total:

@@ -85,3 +85,16 @@ def test_publish_then_fetch_by_url_and_by_name_between_two_people(server, tmp_pa
     assert json.loads((fetcher / "by-name" / "in4-texture-1.json").read_text()) == json.loads(
         (folder / "in4-texture-1.json").read_text()
     )
+
+
+def test_the_cards_load_commands_follow_where_the_set_was_published(tmp_path):
+    from nsneg.datasets_manifest import card
+
+    manifest = contract.load_manifest(make_clean_set(tmp_path / "set"))
+    hub = card.render({**manifest, "base_url": "hf://datasets/someone/in4"}, "in4", "2")
+    assert 'load_dataset("someone/in4")' in hub
+    assert "nsneg-data fetch in4@2 --manifest-dir hf://datasets/someone/in4 --to DIR" in hub
+    web = card.render({**manifest, "base_url": "https://example.org/in4"}, "in4", "2")
+    assert "hf://" not in web and 'load_dataset("DIR")' in web
+    assert "nsneg-data fetch https://example.org/in4 --to DIR" in web
+    assert '- split: "val"\n    path: "val/*.tar"' in web
