@@ -4,11 +4,15 @@ the same name, version, splits, card and (through Hugging Face ``datasets``) spl
 
 import json
 import os
+import shlex
+import socket
 import subprocess
 import sys
 import threading
+import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +102,49 @@ def test_the_cards_load_commands_follow_where_the_set_was_published(tmp_path):
     assert "hf://" not in web and 'load_dataset("DIR")' in web
     assert "nsneg-data fetch https://example.org/in4 --to DIR" in web
     assert '- split: "val"\n    path: "val/*.tar"' in web
+
+
+def walkthrough() -> list[str]:
+    """The command lines of docs/datasets.md's walk-through block, as a user would type them."""
+    docs = Path(__file__).parents[2] / "docs" / "datasets.md"
+    block = docs.read_text().split("<!-- walkthrough -->\n```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+@pytest.mark.slow
+def test_the_documented_walkthrough_runs_as_written(tmp_path):
+    publisher, fetcher = tmp_path / "publisher", tmp_path / "fetcher"
+    fetcher.mkdir()
+    make_clean_set(publisher / "shards")  # in place of the demo set: same layout, no Ray build
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lines = [line.replace("8000", str(port)) for line in walkthrough()]
+    server = None
+    try:
+        for line in lines:
+            args = shlex.split(line.rstrip(" &"))
+            if args[0] == "python":
+                server = subprocess.Popen([sys.executable, *args[1:]], cwd=publisher,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                for _ in range(100):
+                    with socket.socket() as probe:
+                        if probe.connect_ex(("127.0.0.1", port)) == 0:
+                            break
+                    time.sleep(0.1)
+                continue
+            assert args[0] == "nsneg-data", line
+            who = publisher if args[1] == "publish" else fetcher
+            done = nsneg_data(who, who, *args[1:])
+            assert done.returncode == 0, (line, done.stdout, done.stderr)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+    assert "nsneg-demo@1" in done.stdout  # the last line lists the fetched copy's manifest
+    for copy in ("demo-by-url", "demo-by-name"):
+        manifest = contract.load_manifest(fetcher / copy)
+        assert (manifest["name"], manifest["version"]) == ("nsneg-demo", "1")
+        assert (fetcher / copy / "README.md").read_text() == (
+            publisher / "shards" / "README.md"
+        ).read_text()
