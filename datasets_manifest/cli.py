@@ -105,8 +105,10 @@ def main() -> None:
     "~/.local/share/nsneg/sets]",
 )
 def publish(shards, base_url, name, version, manifest_dir) -> None:
-    """Write the manifest that lets anyone fetch SHARDS later, and SHARDS/README.md, the dataset card
-    that makes the folder a Hugging Face dataset (upload SHARDS as it is under BASE_URL yourself)."""
+    """Write what lets anyone fetch SHARDS by url or NAME@VERSION once the folder is served, as it
+    is, under BASE_URL (upload it yourself): SHARDS/NAME-VERSION.json (also into the manifest
+    folder), the name and version in SHARDS/manifest.json, and SHARDS/README.md, the dataset card
+    that makes the folder a Hugging Face dataset."""
     with manifest_errors():
         has_source = contract.load_manifest(shards)["has_source"]
         path = registry.publish(shards, base_url, name, version, manifest_dir)
