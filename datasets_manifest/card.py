@@ -55,6 +55,35 @@ def _yaml_header(name: str, manifest: dict[str, Any]) -> str:
     return "\n".join(lines + ["---"])
 
 
+def _load_section(manifest: dict[str, Any], name: str, version: str) -> str:
+    """How to load the set, for where it was published (``base_url``): the Hub or any other url."""
+    base = manifest.get("base_url")
+    first = next(iter(manifest["splits"]), "train")
+    if base and base.startswith("hf://datasets/"):
+        repo = base[len("hf://datasets/") :]
+        where = f'load_dataset("{repo}")                  # or a local copy of this folder'
+    else:
+        where = 'load_dataset("DIR")                      # DIR: a copy of this folder'
+    lines = [
+        "```python",
+        "from datasets import load_dataset",
+        f"ds = {where}",
+        f'import ray.data; ray.data.read_webdataset("DIR/{first}/")   # or webdataset / tar on {first}/*.tar',
+        "```",
+        "",
+    ]
+    if base:
+        lines += [
+            "With nsneg (every shard verified, this card copied):",
+            "",
+            "```bash",
+            f"nsneg-data fetch {base} --to DIR",
+            f"nsneg-data fetch {name}@{version} --manifest-dir {base} --to DIR   # by name",
+            "```",
+        ]
+    return "\n".join(lines)
+
+
 def render(manifest: dict[str, Any], name: str, version: str) -> str:
     splits = manifest["splits"]
     rows = "\n".join(
@@ -67,7 +96,6 @@ def render(manifest: dict[str, Any], name: str, version: str) -> str:
         else "No ImageNet pixels: pair it with a local ImageNet copy (`nsneg-textures pair`) to train."
     )
     fields = ", ".join(f"`{f}`" for f in manifest["fields"])
-    first = next(iter(splits), "train")
     return f"""{_yaml_header(f"{name} {version}", manifest)}
 {MARKER}
 
@@ -86,13 +114,7 @@ Members of every sample: {fields}. {source}
 
 ## Load
 
-```python
-from datasets import load_dataset
-ds = load_dataset("ORG/{name}")                         # or a local copy of this folder
-import ray.data; ray.data.read_webdataset("{first}/")   # or webdataset / plain tar on {first}/*.tar
-```
-
-With nsneg: `nsneg-data fetch hf://datasets/ORG/{name} --to DIR` (every shard verified).
+{_load_section(manifest, name, version)}
 
 ## License
 
@@ -112,13 +134,15 @@ With nsneg: `nsneg-data fetch hf://datasets/ORG/{name} --to DIR` (every shard ve
 """
 
 
-def write_card(root: Path, name: str, version: str) -> Path:
-    """Write ``root/README.md`` for the set in ``root``; a README that nsneg did not write is never replaced."""
+def write_card(root: Path, name: str, version: str, manifest: dict[str, Any] | None = None) -> Path:
+    """Write ``root/README.md`` for the set in ``root`` (from ``manifest``, default its own); a
+    README that nsneg did not write is never replaced."""
     path = Path(root) / CARD_NAME
     if path.exists() and MARKER not in path.read_text(errors="replace"):
         raise contract.ManifestError(
             f"{path} exists and was not written by nsneg-data publish; move it "
             "away (the dataset card takes its place)"
         )
-    files.atomic_write_text(path, render(contract.load_manifest(root), name, version))
+    manifest = manifest if manifest is not None else contract.load_manifest(root)
+    files.atomic_write_text(path, render(manifest, name, version))
     return path

@@ -16,8 +16,8 @@ manifest_dir_option = click.option(
     "--manifest-dir",
     "manifest_dirs",
     multiple=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="more published manifests, besides the ones shipped with nsneg (repeatable)",
+    help="more published manifests (<name>-<version>.json), besides the ones shipped with nsneg "
+    "and the user's: a folder, or the url of a published set's folder (repeatable)",
 )
 
 
@@ -40,13 +40,46 @@ def _size(n: int) -> str:
 #: A shard set's folder (it must exist).
 shard_folder = click.Path(exists=True, file_okay=False, path_type=Path)
 
+max_skip_option = click.option(
+    "--max-skip-fraction",
+    type=click.FloatRange(0, 1),
+    default=contract.DEFAULT_MAX_SKIP_FRACTION,
+    show_default=True,
+    help="stop when more than this fraction of the samples read is bad (each bad sample is "
+    "skipped and named with its shard and key)",
+)
+check_option = click.option(
+    "--check-samples/--no-check-samples",
+    "check_samples_",
+    default=True,
+    show_default=True,
+    help="read every sample through the sample policy and report the bad ones",
+)
+
+
+def check_samples(directory: Path, splits, max_skip_fraction: float) -> dict[str, dict]:
+    """The sample policy over ``splits`` of a local set -> {split: skip report}; one summary line
+    per split; past ``max_skip_fraction`` one clear error (exit status 1)."""
+    manifest = contract.load_manifest(directory)
+    reports = {}
+    for split in splits or manifest["splits"]:
+        skips = contract.SkipLog(max_skip_fraction)
+        try:
+            for _ in contract.iter_samples(directory, split, skips):
+                pass
+            reports[split] = skips.finish()
+        except contract.TooManyBadSamples as e:
+            raise click.ClickException(f"{directory}/{split}: {e}") from None
+        click.echo(f"{split}: {skips.read} good samples, {skips.summary()}")
+    return reports
+
 
 @contextmanager
 def manifest_errors():
     """A missing or unreadable manifest -> ``Error: <message>`` and exit status 1."""
     try:
         yield
-    except (FileNotFoundError, contract.ManifestError) as e:
+    except (FileNotFoundError, contract.ManifestError, contract.TooManyBadSamples) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -72,8 +105,10 @@ def main() -> None:
     "~/.local/share/nsneg/sets]",
 )
 def publish(shards, base_url, name, version, manifest_dir) -> None:
-    """Write the manifest that lets anyone fetch SHARDS later, and SHARDS/README.md, the dataset card
-    that makes the folder a Hugging Face dataset (upload SHARDS as it is under BASE_URL yourself)."""
+    """Write what lets anyone fetch SHARDS by url or NAME@VERSION once the folder is served, as it
+    is, under BASE_URL (upload it yourself): SHARDS/NAME-VERSION.json (also into the manifest
+    folder), the name and version in SHARDS/manifest.json, and SHARDS/README.md, the dataset card
+    that makes the folder a Hugging Face dataset."""
     with manifest_errors():
         has_source = contract.load_manifest(shards)["has_source"]
         path = registry.publish(shards, base_url, name, version, manifest_dir)
@@ -112,8 +147,12 @@ def list_(manifest_dirs) -> None:
 @click.option("--jobs", type=int, default=4, show_default=True, help="parallel downloads")
 @click.option("--retries", type=int, default=5, show_default=True)
 @click.option("--quiet", is_flag=True)
+@check_option
+@max_skip_option
 @manifest_dir_option
-def fetch(spec, to, splits, jobs, retries, quiet, manifest_dirs) -> None:
+def fetch(
+    spec, to, splits, jobs, retries, quiet, check_samples_, max_skip_fraction, manifest_dirs
+) -> None:
     """Download a published set, by name or by its folder's url (hf://datasets/ORG/NAME, https://...):
     resumable, every shard verified before it is kept."""
     from nsneg.datasets_manifest.fetch import fetch as run_fetch
@@ -134,12 +173,18 @@ def fetch(spec, to, splits, jobs, retries, quiet, manifest_dirs) -> None:
         click.echo(f"  FAILED {shard}: {error}", err=True)
     if report.failed:
         sys.exit(1)
+    if check_samples_:
+        check_samples(to, list(splits) or None, max_skip_fraction)
 
 
 @main.command()
 @click.argument("directory", type=shard_folder)
-def verify(directory) -> None:
-    """Re-hash every shard against the manifest; exit status 1 on any mismatch."""
+@check_option
+@max_skip_option
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def verify(directory, check_samples_, max_skip_fraction, json_out) -> None:
+    """Re-hash every shard against the manifest, then read every sample through the sample policy;
+    exit status 1 on any mismatch or past --max-skip-fraction."""
     with manifest_errors():
         manifest = contract.load_manifest(directory)
     problems = {p.split(":")[0]: p for p in contract.verify(directory)}
@@ -155,11 +200,16 @@ def verify(directory) -> None:
     )
     if problems:
         sys.exit(1)
+    reports = check_samples(directory, None, max_skip_fraction) if check_samples_ else {}
+    if json_out:
+        files.atomic_write_json(json_out, {"bad_shards": [], "bad_samples": reports})
 
 
 @main.command()
 @click.argument("directory", type=shard_folder)
-def upgrade(directory) -> None:
+@check_option
+@max_skip_option
+def upgrade(directory, check_samples_, max_skip_fraction) -> None:
     """Bring a shard set written by an older nsneg to the current layout, in place (records leave the split folders)."""
     with manifest_errors():
         changed = contract.upgrade(directory)
@@ -171,6 +221,8 @@ def upgrade(directory) -> None:
             else f"already format version {contract.FORMAT_VERSION}; nothing to do"
         )
     )
+    if check_samples_:
+        check_samples(directory, None, max_skip_fraction)
 
 
 @main.command()
@@ -179,33 +231,43 @@ def upgrade(directory) -> None:
 @click.option("--n", type=int, default=32, show_default=True)
 @click.option("--classes", default=None, help="comma-separated class names (wnids) to show")
 @click.option("--split", default="train", show_default=True)
+@max_skip_option
 @manifest_dir_option
-def preview(source, out, n, classes, split, manifest_dirs) -> None:
-    """A contact sheet of source/texture pairs (texture only for sets without source pixels)."""
+def preview(source, out, n, classes, split, max_skip_fraction, manifest_dirs) -> None:
+    """A contact sheet of source/texture pairs (texture only for sets without source pixels):
+    about N samples, as many of each class shown (every class of --classes)."""
     from nsneg.pipeline.preview import contact_sheet
 
-    wanted = set(classes.split(",")) if classes else None
+    wanted = {c for c in classes.split(",") if c} if classes else None
+    skips = contract.SkipLog(max_skip_fraction)
     try:
         if Path(source).is_dir():
-            contact_sheet(Path(source), split, out, n, wanted)
+            contact_sheet(Path(source), split, out, n, wanted, skips)
         else:
             from nsneg.datasets_manifest.fetch import fetch as run_fetch
 
             published = _find(source, manifest_dirs)
-            with (
-                tempfile.TemporaryDirectory() as tmp
-            ):  # only the first shard, verified like any fetch
-                report = run_fetch(
-                    published, Path(tmp), [split], jobs=1, show_progress=False, first_shards=1
-                )
-                if report.failed:
-                    raise click.ClickException(
-                        f"could not fetch a shard to preview: {report.failed}"
+            total = len(published.urls(split))
+            # the first shard, then twice as many until every class shown has its share
+            with tempfile.TemporaryDirectory() as tmp:
+                first = 1
+                while True:
+                    report = run_fetch(
+                        published, Path(tmp), [split], show_progress=False, first_shards=first
                     )
-                contact_sheet(Path(tmp), split, out, n, wanted)
+                    if report.failed:
+                        raise click.ClickException(
+                            f"could not fetch a shard to preview: {report.failed}"
+                        )
+                    skips = contract.SkipLog(max_skip_fraction)
+                    lacking = contact_sheet(Path(tmp), split, out, n, wanted, skips)
+                    if not lacking or first >= total:
+                        break
+                    first *= 2
+        skips.finish()
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e).strip('"')) from None
-    click.echo(f"preview {out}")
+    click.echo(f"preview {out} ({skips.read} samples read, {skips.summary()})")
 
 
 @main.command()
@@ -213,16 +275,18 @@ def preview(source, out, n, classes, split, manifest_dirs) -> None:
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="histogram PNG of texture losses [default: DIRECTORY/losses.png]",
+    default=Path("losses.png"),
+    show_default=True,
+    help="histogram PNG of texture losses (relative to the current folder)",
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def stats(directory, plot, json_out) -> None:
-    """Samples per class, skipped inputs, generator config, texture-loss histogram."""
+@max_skip_option
+def stats(directory, plot, json_out, max_skip_fraction) -> None:
+    """Samples per class, skipped inputs, bad samples, generator config, texture-loss histogram."""
     from nsneg.datasets_manifest.stats import loss_histogram, shard_stats
 
     with manifest_errors():
-        info = shard_stats(directory)
+        info = shard_stats(directory, max_skip_fraction)
     synthesis = info["generator"].get("synthesis", {})
     click.echo(
         f"generator: encoder {synthesis.get('encoder')}, sizes {synthesis.get('sizes')}, "
@@ -231,14 +295,118 @@ def stats(directory, plot, json_out) -> None:
     for split, s in info["splits"].items():
         click.echo(
             f"{split}: {s['samples']} samples in {s['shards']} shards ({_size(s['bytes'])})"
-            f"{'' if s['complete'] else ', INCOMPLETE'}; skipped {s['skipped']} {s['skip_reasons'] or ''}"
+            f"{'' if s['complete'] else ', INCOMPLETE'}; skipped by the build {s['skipped']} "
+            f"{s['skip_reasons'] or ''}"
+        )
+        bad = s["bad_samples"]
+        reasons = ", ".join(f"{k}: {v}" for k, v in bad["skip_reasons"].items())
+        click.echo(
+            f"  bad samples skipped in reading: {bad['skipped']}"
+            + (f" ({reasons})" if reasons else "")
         )
         for cls, count in s["per_class"].items():
             click.echo(f"  {cls:24s} {count}")
-    plot_path = loss_histogram(info, plot or Path(directory) / "losses.png")
+    plot_path = loss_histogram(info, plot)
     click.echo(f"loss histogram {plot_path}")
     if json_out:
         files.atomic_write_json(json_out, info)
+
+
+@main.command()
+@click.argument("directory", type=shard_folder)
+@click.option(
+    "--to",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="the texture folder, e.g. imagenet-100-texture: <split>/<wnid>/<stem>.png",
+)
+@click.option(
+    "--sources-to",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="also write the source photos here (a set with source pixels), e.g. imagenet-100",
+)
+@click.option("--split", "splits", multiple=True, help="[default: all splits]")
+@max_skip_option
+def export(directory, out, sources_to, splits, max_skip_fraction) -> None:
+    """Write a shard set as the paper's folder layout, which its trainer (DuoImageNetFolder) reads:
+    TO/<split>/<wnid>/<stem>.png, paired by path with <imagenet>/<split>/<wnid>/<stem>.JPEG."""
+    from nsneg.datasets_manifest import paper_layout
+
+    skips = contract.SkipLog(max_skip_fraction)
+    with manifest_errors():
+        try:
+            summary = paper_layout.export_set(
+                directory, out, list(splits) or None, sources_to, skips
+            )
+            skips.finish()
+        except paper_layout.LayoutError as e:
+            raise click.ClickException(str(e)) from None
+    probe = Path(out) / "SPLIT" / "WNID" / "STEM.png"
+    click.echo(
+        f"{out}: {summary.written} textures written, {summary.kept} already there "
+        f"({', '.join(f'{k} {v}' for k, v in summary.per_split.items())}); {skips.summary()}"
+    )
+    if sources_to:
+        click.echo(f"{sources_to}: {summary.sources} source photos written")
+    click.echo(
+        f"the paper's trainer reads each texture's photo from {paper_layout.paired_photo_path(str(probe))}"
+    )
+
+
+@main.command("import")
+@click.argument("folder", type=shard_folder)
+@click.option(
+    "--to",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="the shard set to write (resumable)",
+)
+@click.option(
+    "--imagenet",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="ImageNet root <split>/<wnid>/<stem>.JPEG: the sources go into the shards [default: "
+    "textures only; pair them later with nsneg-textures pair]",
+)
+@click.option("--split", "splits", multiple=True, help="[default: train and val, where present]")
+@click.option("--shard-size", type=click.IntRange(1), default=1000, show_default=True)
+@click.option(
+    "--made-by",
+    default=None,
+    help="how the textures were made, recorded as the manifest's external generator "
+    "[default: the paper's preprocess/imangenet_texture_syn.py]",
+)
+@max_skip_option
+def import_(folder, out, imagenet, splits, shard_size, made_by, max_skip_fraction) -> None:
+    """Turn a texture folder in the paper's layout (FOLDER/{train,val}/<wnid>/<stem>.png) into a
+    shard set of this format: manifest, sha256, the generator recorded as external."""
+    from nsneg.datasets_manifest import paper_layout
+
+    extra = {"made_by": made_by} if made_by else {}
+    with manifest_errors():
+        try:
+            summary = paper_layout.import_folder(
+                folder,
+                out,
+                imagenet,
+                list(splits) or None,
+                shard_size,
+                max_skip_fraction=max_skip_fraction,
+                **extra,
+            )
+        except (paper_layout.LayoutError, RuntimeError) as e:
+            raise click.ClickException(str(e)) from None
+    for split, info in summary.splits.items():
+        click.echo(
+            f"{split}: {info['samples']} samples of {info['images']} files in {info['shards']} "
+            f"shards ({info['shards_written']} written now); skipped {len(info['skipped'])}"
+        )
+        for s in info["skipped"][:10]:
+            click.echo(f"  {s['path']}: {s['reason']}")
+    click.echo(f"manifest {Path(out) / contract.MANIFEST_NAME}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nsneg.datasets_manifest.registry import PublishedSet
+from nsneg.datasets_manifest.card import write_card
+from nsneg.datasets_manifest.registry import PublishedSet, published_name
 from nsneg.pipeline import contract, files
 
 CHUNK = 1 << 16  # small enough that a cut connection leaves most of what arrived on disk
@@ -165,12 +166,15 @@ def fetch(
     first_shards: int | None = None,
 ) -> FetchReport:
     """Fetch ``splits`` (default: all) of a published set into ``to``; writes ``to/manifest.json``
-    (the pipeline's format) listing the shards that are there and verified.
+    (the pipeline's format, with the set's name, version and base url) listing the shards that
+    are there and verified, the published manifest (``to/<name>-<version>.json``, as in the
+    publisher's folder) and the dataset card (``to/README.md``, as ``publish`` wrote it for these
+    splits), so Hugging Face ``datasets`` reads the copy with the publisher's split names.
     ``first_shards``: only the first N shards of each split (a preview needs no more)."""
     from tqdm import tqdm
 
     manifest = published.manifest
-    splits = splits or sorted(manifest["splits"])
+    splits = splits or list(manifest["splits"])  # the publisher's order, as the card lists them
     report = FetchReport()
     todo = []
     for split in splits:
@@ -244,3 +248,8 @@ def _write_local_manifest(
     local = contract.build_manifest(m["classes"], local_splits, m["generator"], m["has_source"])
     local.update(name=m["name"], version=m["version"], base_url=m["base_url"])
     files.atomic_write_json(to / contract.MANIFEST_NAME, local)
+    files.atomic_write_json(to / published_name(m["name"], m["version"]), m)
+    try:
+        write_card(to, m["name"], m["version"], local)
+    except contract.ManifestError:
+        pass  # the user's own README.md there is kept

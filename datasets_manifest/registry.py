@@ -1,11 +1,14 @@
 """Published shard sets: their manifests, found by name, and how one is published.
 
 A published manifest is the pipeline's manifest (``nsneg.pipeline.contract``) plus ``name``,
-``version``, ``base_url`` and a ``url`` per shard, stored as ``<name>-<version>.json``
-in ``datasets_manifest/sets/`` (shipped with nsneg), in the user's manifest folder
-(``user_manifest_dir``: where ``publish`` writes by default) or in any directory passed
-as ``--manifest-dir``. A set's folder itself, wherever it is served (``https://``,
-``hf://datasets/ORG/NAME``, ``file://``), is also a published set: ``from_url``.
+``version``, ``base_url`` and a ``url`` per shard, stored as ``<name>-<version>.json``.
+``NAME[@VERSION]`` is looked up, in this order, in ``datasets_manifest/sets/`` (shipped with
+nsneg), in the user's manifest folder (``user_manifest_dir``: where ``publish`` writes) and in
+every ``--manifest-dir``, which may also be a url: the folder of a published set holds its
+own ``<name>-<version>.json`` (``publish`` writes it there), so ``--manifest-dir BASE_URL``
+finds ``NAME@VERSION`` where it is served. A set's folder itself, wherever it is served
+(``https://``, ``hf://datasets/ORG/NAME``, ``file://``), is also a published set
+(``from_url``): its ``manifest.json`` carries the name and version it was published under.
 """
 
 from __future__ import annotations
@@ -45,9 +48,31 @@ class PublishedSet:
         return [s["url"] for s in self.manifest["splits"][split]["shards"]]
 
 
-def _read(path: Path) -> PublishedSet:
+def is_url(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def read_text(where: str) -> str:
+    """The text at a url (http(s) through requests, anything else through fsspec);
+    ``FileNotFoundError`` naming it when it cannot be read."""
     try:
-        manifest = json.loads(path.read_text())
+        if where.startswith(("http://", "https://")):
+            import requests
+
+            response = requests.get(where, timeout=(10, 60))
+            response.raise_for_status()
+            return response.text
+        import fsspec
+
+        with fsspec.open(where, "rt") as f:
+            return f.read()
+    except (OSError, ValueError, ImportError) as e:  # requests' errors are OSErrors
+        raise FileNotFoundError(f"cannot read {where}: {e}") from None
+
+
+def _read(path: Path | str, text: str | None = None) -> PublishedSet:
+    try:
+        manifest = json.loads(Path(path).read_text() if text is None else text)
     except json.JSONDecodeError as e:
         raise contract.ManifestError(f"{path}: not valid JSON ({e})") from None
     contract.validate_manifest(manifest, str(path))
@@ -59,29 +84,60 @@ def _read(path: Path) -> PublishedSet:
             raise contract.ManifestError(
                 f"{path}: every shard of a published set needs a 'url' (split {split!r})"
             )
-    return PublishedSet(manifest["name"], manifest["version"], manifest, path)
+    return PublishedSet(manifest["name"], manifest["version"], manifest, Path(str(path)))
 
 
-def known_sets(manifest_dirs: Iterable[Path] = ()) -> list[PublishedSet]:
-    """Every published manifest shipped with nsneg, in the user's folder and in ``manifest_dirs``,
-    sorted by name and version."""
+def published_name(name: str, version: str) -> str:
+    """The file name of a published manifest."""
+    return f"{name}-{version}.json"
+
+
+def known_sets(manifest_dirs: Iterable[Path | str] = ()) -> list[PublishedSet]:
+    """Every published manifest shipped with nsneg, in the user's folder and in the local
+    ``manifest_dirs`` (a url cannot be listed), sorted by name and version."""
     sets = []
     user = [user_manifest_dir()] if user_manifest_dir().is_dir() else []
-    for directory in dict.fromkeys([SHIPPED_DIR, *user, *manifest_dirs]):
+    local = [Path(d) for d in manifest_dirs if not is_url(d)]
+    for directory in dict.fromkeys([SHIPPED_DIR, *user, *local]):
         if not Path(directory).is_dir():
             raise FileNotFoundError(f"manifest directory {directory} does not exist")
-        sets += [_read(p) for p in sorted(Path(directory).glob("*.json"))]
+        sets += [
+            _read(p)
+            for p in sorted(Path(directory).glob("*.json"))
+            if p.name != contract.MANIFEST_NAME  # a set's own folder: only its published manifest
+        ]
     return sorted(sets, key=lambda s: (s.name, s.version))
 
 
-def find(spec: str, manifest_dirs: Iterable[Path] = ()) -> PublishedSet:
-    """``NAME`` (newest version) or ``NAME@VERSION``."""
+def find(spec: str, manifest_dirs: Iterable[Path | str] = ()) -> PublishedSet:
+    """``NAME`` (newest version) or ``NAME@VERSION``; a url in ``manifest_dirs`` is asked for
+    ``<url>/<name>-<version>.json`` (``NAME@VERSION`` only)."""
+    manifest_dirs = list(manifest_dirs)
     name, _, version = spec.partition("@")
     matches = [
         s
         for s in known_sets(manifest_dirs)
         if s.name == name and (not version or s.version == version)
     ]
+    remote = [str(d).rstrip("/") for d in manifest_dirs if is_url(d)]
+    if not matches and remote:
+        if not version:
+            raise KeyError(
+                f"{spec!r}: give NAME@VERSION to look a set up at {', '.join(remote)} "
+                "(a url cannot be listed)"
+            )
+        for base in remote:
+            where = f"{base}/{published_name(name, version)}"
+            try:
+                text = read_text(where)
+            except FileNotFoundError:
+                continue
+            found = _read(where, text)
+            if (found.name, found.version) != (name, version):
+                raise contract.ManifestError(
+                    f"{where} describes {found.name}@{found.version}, not {spec}"
+                )
+            return found
     if not matches:
         known = sorted({f"{s.name}@{s.version}" for s in known_sets(manifest_dirs)})
         raise KeyError(
@@ -102,20 +158,7 @@ def from_url(url: str) -> PublishedSet:
     ``manifest.json``, with every shard's url under ``url``."""
     base = url.rstrip("/")
     where = f"{base}/{contract.MANIFEST_NAME}"
-    try:
-        if base.startswith(("http://", "https://")):
-            import requests
-
-            response = requests.get(where, timeout=(10, 60))
-            response.raise_for_status()
-            text = response.text
-        else:
-            import fsspec
-
-            with fsspec.open(where, "rt") as f:
-                text = f.read()
-    except (OSError, ValueError, ImportError) as e:  # requests' errors are OSErrors
-        raise FileNotFoundError(f"cannot read {where}: {e}") from None
+    text = read_text(where)
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as e:
@@ -137,9 +180,13 @@ def from_url(url: str) -> PublishedSet:
 def publish(
     shards: Path, base_url: str, name: str, version: str, manifest_dir: Path | None = None
 ) -> Path:
-    """Write the published manifest of a local, verified shard set whose files will be served under
-    ``base_url`` (into ``manifest_dir``, default ``user_manifest_dir()``), and the set's dataset card
-    (``SHARDS/README.md``) so that its folder, uploaded as it is, loads with Hugging Face ``datasets``."""
+    """Publish a local, verified shard set whose folder will be served, as it is, under ``base_url``.
+
+    Writes the published manifest ``<name>-<version>.json`` into ``manifest_dir`` (default
+    ``user_manifest_dir()``) and into the folder itself (so ``--manifest-dir BASE_URL`` finds the
+    set by name), the name, version and base url into the folder's ``manifest.json`` (so a fetch
+    by url gets them), and the dataset card ``SHARDS/README.md`` (so the folder loads with
+    Hugging Face ``datasets``, with the manifest's split names)."""
     from nsneg.datasets_manifest.card import write_card
 
     contract.upgrade(shards)  # a version-1 folder would not load as a dataset: its records move out
@@ -164,8 +211,11 @@ def publish(
         for split, info in manifest["splits"].items()
     }
     contract.validate_manifest(published, f"{name}@{version}")
-    out = Path(manifest_dir or user_manifest_dir()) / f"{name}-{version}.json"
+    out = Path(manifest_dir or user_manifest_dir()) / published_name(name, version)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_card(shards, name, version)
+    local = {**manifest, "name": name, "version": version, "base_url": base}
+    write_card(shards, name, version, local)
+    files.atomic_write_json(Path(shards) / published_name(name, version), published)
+    files.atomic_write_json(Path(shards) / contract.MANIFEST_NAME, local)
     files.atomic_write_json(out, published)
     return out

@@ -9,10 +9,11 @@ from typing import Any
 from nsneg.pipeline import contract, files
 
 
-def shard_stats(root: Path) -> dict[str, Any]:
-    """Counts from the manifest plus one pass over the samples' json (textures are not decoded)."""
-    import json
-
+def shard_stats(
+    root: Path, max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION
+) -> dict[str, Any]:
+    """Counts from the manifest plus one pass over the samples through the sample policy
+    (``contract.iter_samples``): ``bad_samples`` per split is its skip report."""
     manifest = contract.load_manifest(root)
     stats: dict[str, Any] = {
         "generator": manifest["generator"],
@@ -22,9 +23,11 @@ def shard_stats(root: Path) -> dict[str, Any]:
     for split, info in manifest["splits"].items():
         per_class: Counter[str] = Counter()
         losses = []
-        for raw in contract.iter_raw(contract.shard_paths(root, split, manifest)):
-            per_class[manifest["classes"][int(raw[contract.CLASS_FIELD])]] += 1
-            losses.append(json.loads(raw[contract.META_FIELD])["loss"])
+        skips = contract.SkipLog(max_skip_fraction)
+        for sample in contract.iter_samples(root, split, skips):
+            per_class[manifest["classes"][sample.cls]] += 1
+            if isinstance(sample.meta.get("loss"), int | float):
+                losses.append(float(sample.meta["loss"]))
         reasons = Counter(s["reason"].split(":")[0].split(" (")[0] for s in info["skipped"])
         stats["splits"][split] = {
             "samples": info["samples"],
@@ -34,6 +37,7 @@ def shard_stats(root: Path) -> dict[str, Any]:
             "per_class": dict(sorted(per_class.items())),
             "skipped": len(info["skipped"]),
             "skip_reasons": dict(reasons),
+            "bad_samples": skips.finish(),
             "losses": losses,
         }
     return stats
@@ -47,6 +51,7 @@ def loss_histogram(stats: dict[str, Any], out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for split, info in stats["splits"].items():
@@ -54,7 +59,11 @@ def loss_histogram(stats: dict[str, Any], out: Path) -> Path:
             ax.hist(info["losses"], bins=30, alpha=0.6, label=f"{split} ({len(info['losses'])})")
     ax.set_xlabel("final Gram loss of the texture (relative, summed over layers)")
     ax.set_ylabel("textures")
-    ax.legend()
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if any(info["losses"] for info in stats["splits"].values()):
+        ax.legend()
+    else:  # an imported set: its external generator recorded no losses
+        ax.text(0.5, 0.5, "no texture losses recorded", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -13,7 +13,7 @@ Plain Python: the work is file copying, Ray would add nothing.
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +23,8 @@ from typing import Any
 from nsneg.pipeline import contract, shards
 from nsneg.pipeline.shards import ShardSpec, finished_record
 from nsneg.pipeline.sources import folder_listing, key_candidates
+
+log = logging.getLogger(__name__)
 
 #: How many ImageNet files without a texture the manifest names (the count is always exact).
 UNPAIRED_EXAMPLES = 20
@@ -103,8 +105,12 @@ def pair_shard(
     spec: ShardSpec,
     split_dir: Path,
     report: Callable[[int], Any] = lambda n: None,
+    classes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write one paired shard; returns its record.
+
+    Every input sample passes the sample policy first (``contract.check_sample``): a bad one
+    is skipped and listed with its reason, like a sample whose ImageNet file is missing.
 
     The record also lists every texture sample's ``<wnid>/<source_name>`` (``sources``),
     so a resumed run can count unpaired ImageNet files without rereading finished shards.
@@ -114,7 +120,18 @@ def pair_shard(
     sources: list[str] = []
     try:
         for raw in contract.iter_raw([input_path]):
-            key, meta = raw["__key__"], json.loads(raw[contract.META_FIELD])
+            key = raw["__key__"]
+            try:
+                meta = contract.check_sample(raw, classes, has_source=False).meta
+                if not isinstance(meta.get("wnid"), str) or not isinstance(
+                    meta.get("source_name"), str
+                ):
+                    raise contract.BadSample("json", "json names no wnid and source_name")
+            except contract.BadSample as e:
+                log.warning("skipped sample %s in shard %s: %s", key, input_path, e.reason)
+                skipped.append({"path": str(input_path), "key": key, "reason": e.reason})
+                report(1)
+                continue
             sources.append(_relative(meta["wnid"], meta["source_name"]))
             path, data, reason = _source_bytes(key, meta, split_dir)
             if data is None:
@@ -179,7 +196,9 @@ def run(
     try:
         for spec in pending:
             input_path = textures / split / info["shards"][spec.index]["name"]
-            records[spec.index] = pair_shard(input_path, spec, split_dir, bar.update)
+            records[spec.index] = pair_shard(
+                input_path, spec, split_dir, bar.update, manifest["classes"]
+            )
             bar.set_postfix(
                 missing=sum(len(r["skipped"]) for r in records.values()), shards=len(records)
             )

@@ -137,7 +137,7 @@ def _published(spec: str, manifest_dirs: tuple[str, ...]):
     try:
         if "://" in spec:
             return registry.from_url(spec)
-        return registry.find(spec, [Path(d) for d in manifest_dirs])
+        return registry.find(spec, list(manifest_dirs))
     except (KeyError, FileNotFoundError, contract.ManifestError) as e:
         raise BadShards(str(e).strip('"')) from None
 
@@ -246,12 +246,11 @@ def open_verified(src: Iterator[dict], handler=None) -> Iterator[dict]:
 
 
 def tar_samples(src: Iterator[dict], handler) -> Iterator[dict]:
-    """Shard urls -> raw samples: ``wds.tarfile_to_samples`` with ``open_verified`` as its opener."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    return group_by_keys(
-        tar_file_expander(open_verified(src, handler), handler=handler), handler=handler
-    )
+    """Shard urls -> raw samples through the contract's tar layer (``contract.read_tar``: a refused
+    member condemns its sample, which ``views`` skips), with ``open_verified`` as the opener."""
+    for opened in open_verified(src, handler):
+        with opened["stream"] as stream:
+            yield from contract.read_tar(stream, opened["url"])
 
 
 def crop_box(width: int, height: int, rng: random.Random) -> tuple[float, float, float, float]:
@@ -314,17 +313,16 @@ def worker_seed(seed: int) -> int:
 def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple]:
     """Raw samples -> (q, k, t) uint8 crops and the number of undecodable samples skipped before.
 
-    A sample that fails to decode is skipped, counted and logged (a warning naming its shard,
-    key and error); the count travels with the next good sample so the trainer can report it
+    A sample that fails the contract's sample policy (``contract.check_sample``; its class is
+    not range-checked: training does not read it) or whose source fails to decode is skipped,
+    counted and logged (a warning naming its shard, key and reason); the count travels with the next good sample so the trainer can report it
     and stop past its threshold.
     """
     rng = random.Random(worker_seed(seed))
     skipped = 0
     for raw in samples:
         try:
-            sample = contract.decode_sample(raw)
-            if sample.source_bytes is None:
-                raise ValueError("sample has no source image")
+            sample = contract.check_sample(raw, has_source=True)
             source = Image.open(
                 io.BytesIO(sample.source_bytes)
             )  # header only: size known, pixels not decoded

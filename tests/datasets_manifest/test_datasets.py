@@ -177,13 +177,13 @@ def test_cli_fetch_verify_preview_stats(data, served, tmp_path):
     assert Image.open(sheet).size[1] > 2 * 160
     result = data("preview", str(tmp_path / "got"), "-o", str(sheet), "--classes", "n00000002")
     assert result.exit_code == 0 and Image.open(sheet).size[1] > 3 * 160
-    result = data("stats", str(tmp_path / "got"), "--json", str(tmp_path / "stats.json"))
+    plot = tmp_path / "losses.png"
+    result = data("stats", tmp_path / "got", "--json", tmp_path / "stats.json", "--plot", plot)
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["splits"]["train"]["per_class"] == {"n00000001": 3, "n00000002": 3}
-    assert (
-        len(stats["splits"]["train"]["losses"]) == 6 and (tmp_path / "got" / "losses.png").exists()
-    )
+    assert len(stats["splits"]["train"]["losses"]) == 6 and plot.exists()
+    assert not (tmp_path / "got" / "losses.png").exists()  # never into the set unasked
     # a tampered local shard is reported by verify
     tar = tmp_path / "got" / "train" / names(shards)[1]
     tar.write_bytes(tar.read_bytes()[:-10])

@@ -13,9 +13,11 @@ from nsneg.trainer.analysis import shape_bias, texture_classes, texture_classes_
 from nsneg.trainer.eval.cli import (
     checkpoint_option,
     click_errors,
+    echo_skips,
     existing_folder,
     feature_options,
     linear_head_option,
+    max_skip_option,
     options,
 )
 from nsneg.trainer.eval.probes import LINEAR_LR
@@ -29,6 +31,7 @@ _analysis_options = options(
         show_default=True,
         help="where the Markdown, JSON and PNG go",
     ),
+    max_skip_option,
 )
 
 
@@ -95,6 +98,7 @@ def texture_classes_command(feature_kind: str | None, top: int, **options: objec
     with click_errors():
         report = texture_classes.analyse(top=top, say=click.echo, **options)
     click.echo(texture_classes_report.terminal_summary(report, top))
+    echo_skips(report["bad_samples"])
 
 
 @main.command("shape-bias")
@@ -137,6 +141,8 @@ def shape_bias_command(
     with click_errors():
         report = shape_bias.analyse(cue_dir=cue_dir, shards=shards, device=device, **options)
     click.echo(shape_bias.summary_table(report))
+    if report["bad_samples"] is not None:
+        echo_skips({"shards": report["bad_samples"]})
     for warning in report["warnings"]:
         click.echo(f"warning: {warning}")
     click.echo(f"wrote {report['outputs']['md']}, .json, .png")

@@ -103,10 +103,19 @@ def cue_conflict_image(
 
 
 def cue_conflict_from_shards(
-    root: Path, split: str, head_classes: Sequence[str], n: int, seed: int, out_dir: Path
+    root: Path,
+    split: str,
+    head_classes: Sequence[str],
+    n: int,
+    seed: int,
+    out_dir: Path,
+    skips: contract.SkipLog | None = None,
 ) -> tuple[list[CueImage], list[dict[str, Any]]]:
     """``n`` (shape A, texture B) pairs of samples of different classes the head knows, drawn with ``seed``;
-    writes each image as ``out_dir/<A wnid>/<i>_<A wnid>-<B wnid>.png`` and returns the images and their records."""
+    writes each image as ``out_dir/<A wnid>/<i>_<A wnid>-<B wnid>.png`` and returns the images and their records.
+    Samples are read through the sample policy; the bad ones go to ``skips`` (a pair drawn with a
+    sample whose source then fails to decode is left out)."""
+    skips = skips if skips is not None else contract.SkipLog(contract.DEFAULT_MAX_SKIP_FRACTION)
     manifest = contract.load_manifest(root)
     if not manifest.get("has_source"):
         raise ValueError(
@@ -115,8 +124,8 @@ def cue_conflict_from_shards(
     classes, known = manifest["classes"], set(head_classes)
     paths = contract.shard_paths(root, split, manifest)
     index = [
-        (raw["__key__"], int(raw[contract.CLASS_FIELD])) for raw in contract.iter_raw(paths)
-    ]  # no decoding
+        (sample.key, sample.cls) for sample in contract.iter_samples(root, split, skips)
+    ]  # the sources' headers only
     index = [(key, cls) for key, cls in index if classes[cls] in known]
     if len({cls for _, cls in index}) < 2:
         raise ValueError(
@@ -132,13 +141,19 @@ def cue_conflict_from_shards(
             b = index[int(rng.integers(len(index)))]
         pairs.append((a, b))
     needed = {key for pair in pairs for key, _ in pair}
-    samples = {
-        raw["__key__"]: contract.decode_sample(raw)
-        for raw in contract.iter_raw(paths)
-        if raw["__key__"] in needed
-    }
+    samples = {}
+    for raw in contract.iter_raw(paths):
+        if raw["__key__"] in needed:
+            try:
+                samples[raw["__key__"]] = contract.check_sample(
+                    raw, classes, has_source=True, decode_source=True
+                )
+            except contract.BadSample as e:
+                skips.skip(raw["__url__"], raw["__key__"], e.reason, e.kind)
     images, records, sheet_rows = [], [], []
     for i, ((key_a, cls_a), (key_b, cls_b)) in enumerate(pairs):
+        if key_a not in samples or key_b not in samples:
+            continue
         a, b = samples[key_a].source(), samples[key_b].texture
         image, mask = cue_conflict_image(a, b)
         shape, texture = classes[cls_a], classes[cls_b]

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from nsneg.pipeline import contract
 from nsneg.trainer.analysis.categories import GEIRHOS_CATEGORIES, covered_categories
 from nsneg.trainer.analysis.cue_conflict import (
     CueImage,
@@ -158,6 +159,7 @@ def analyse(
     workers: int,
     device: torch.device,
     out_dir: Path,
+    max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
 ) -> dict[str, Any]:
     """Score cue-conflict images (``cue_dir``, or ``n_pairs`` made from ``shards``) with the checkpoint's
     backbone and its linear head; write shape-bias.{md,json,png} into ``out_dir``; return the report."""
@@ -175,6 +177,7 @@ def analyse(
             "was it trained on another checkpoint's architecture?"
         )
 
+    skips = contract.SkipLog(max_skip_fraction)
     if cue_dir is not None:
         mode, categories = "geirhos-16", GEIRHOS_CATEGORIES
         images, left_out = read_cue_conflict_dir(cue_dir, list(categories))
@@ -184,7 +187,7 @@ def analyse(
         mode, categories = "shard-classes", {wnid: (wnid,) for wnid in head_classes}
         made_dir = out_dir / "cue-conflict-from-shards"
         images, made = cue_conflict_from_shards(
-            shards, split, head_classes, n_pairs, seed, made_dir
+            shards, split, head_classes, n_pairs, seed, made_dir, skips
         )
         left_out = {"same category": []}
         source = f"{n_pairs} images made from {shards} (split {split}, seed {seed}) in {made_dir}"
@@ -239,6 +242,7 @@ def analyse(
         ),
         "per_shape_category": per_category,
         "warnings": warnings,
+        "bad_samples": skips.finish() if shards is not None else None,
         "decisions": [
             {"file": im.name, "shape": im.shape, "texture": im.texture, "decision": d, "outcome": o}
             for im, d, o in zip(images, decisions, outcomes)

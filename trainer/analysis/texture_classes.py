@@ -9,6 +9,7 @@ Features are a checkpoint's frozen backbone or, without one, ``PixelStatistics``
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,14 +142,18 @@ class ShardViews(IterableDataset):
         held_out: bool,
         fraction: float,
         transform: Callable,
+        skips: contract.SkipLog | None = None,
     ):
         if view not in ("texture", "source"):
             raise ValueError(f"view must be 'texture' or 'source', not {view!r}")
         self.root, self.split, self.view, self.held_out = Path(root), split, view, held_out
         self.fraction, self.transform = fraction, transform
+        self.skips = skips or contract.SkipLog(1.0, spool=Path(tempfile.mkdtemp(".skips")))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
-        for sample in contract.iter_samples(self.root, self.split):
+        for sample in contract.iter_samples(
+            self.root, self.split, self.skips, decode_source=self.view == "source"
+        ):
             if is_held_out(sample.key, self.fraction) == self.held_out:
                 yield (
                     self.transform(sample.texture if self.view == "texture" else sample.source()),
@@ -183,6 +188,7 @@ def analyse(
     device: torch.device,
     out_dir: Path,
     say: Callable[[str], None] = print,
+    max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
 ) -> dict[str, Any]:
     """Train the texture probe, evaluate it per class, write texture-classes.{md,json,png} and the
     probe into ``out_dir``; returns the report. Progress notes go to ``say``."""
@@ -194,10 +200,17 @@ def analyse(
     say(f"features: {features.description} (image size {features.image_size})")
     transform = eval_transform(features.image_size)
 
+    bad_samples: dict[
+        str, Any
+    ] = {}  # the sample policy's skips, per view (each pass sees them all)
+
     def views(view: str, held_out: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-        dataset = ShardViews(shards, split, view, held_out, holdout, transform)
+        skips = contract.SkipLog(max_skip_fraction, spool=Path(tempfile.mkdtemp(".skips")))
+        dataset = ShardViews(shards, split, view, held_out, holdout, transform, skips)
         try:
-            return dataset_features(features.network, dataset, batch_size, workers, device, desc)
+            found = dataset_features(features.network, dataset, batch_size, workers, device, desc)
+            bad_samples[view] = skips.finish()
+            return found
         except ValueError as e:
             if not str(e).startswith("no images"):
                 raise
@@ -274,6 +287,7 @@ def analyse(
         "texture_train": len(train_y),
         "texture_held_out": len(test_y),
         "real": real,
+        "bad_samples": bad_samples,
         "top1": {
             "texture_held_out": top1(head, test_x, test_y),
             "real": top1(head, real_x, real_y) if real_x is not None else None,

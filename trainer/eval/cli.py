@@ -15,6 +15,7 @@ from typing import Any
 import click
 import torch
 
+from nsneg.pipeline import contract
 from nsneg.trainer.eval import probes, report, robustness_report
 from nsneg.trainer.eval import robustness as robust
 from nsneg.trainer.eval.features import probe_features
@@ -103,6 +104,16 @@ def feature_options(image_size_default: str) -> Callable[[Callable], Callable]:
     )
 
 
+#: The sample policy's threshold for commands that read shard directories (``contract.SkipLog``).
+max_skip_option = click.option(
+    "--max-skip-fraction",
+    type=click.FloatRange(0, 1),
+    default=contract.DEFAULT_MAX_SKIP_FRACTION,
+    show_default=True,
+    help="stop when more than this fraction of a shard directory's samples is bad "
+    "(each bad sample is skipped and logged with its shard and key)",
+)
+
 # --------------------------------------------------------------------------- knn and linear
 
 _probe_options = options(
@@ -127,6 +138,7 @@ _probe_options = options(
         for side in ("train", "val")
     ),
     feature_options("the checkpoint's training size, else 224"),
+    max_skip_option,
     click.option(
         "--json",
         "json_path",
@@ -134,6 +146,15 @@ _probe_options = options(
         help="also write the result here",
     ),
 )
+
+
+def echo_skips(skipped: dict[str, dict[str, Any]]) -> None:
+    """One line per shard directory read: how many bad samples were skipped, and why."""
+    for side, found in skipped.items():
+        reasons = ", ".join(f"{k}: {v}" for k, v in found["skip_reasons"].items())
+        click.echo(
+            f"{side}: skipped {found['skipped']} bad samples" + (f" ({reasons})" if reasons else "")
+        )
 
 
 @click.group()
@@ -171,6 +192,7 @@ def knn(
         f"knn top-1: {100 * acc:.2f}% (k={k}, T={temperature}, {len(sets.val_labels)} val / "
         f"{len(sets.train_labels)} train images)"
     )
+    echo_skips(sets.info["skipped"])
     if json_path is not None:
         report.write_json(
             json_path, {"metric": "knn", "top1": acc, "k": k, "t": temperature, **sets.info}
@@ -236,6 +258,7 @@ def linear(
         f"linear top-1: {100 * acc:.2f}% (train {100 * train_acc:.2f}%, {len(sets.val_labels)} val / "
         f"{len(sets.train_labels)} train images, {epochs} epochs, lr {lr}); head saved to {out_path}"
     )
+    echo_skips(sets.info["skipped"])
     if json_path is not None:
         report.write_json(
             json_path,

@@ -9,6 +9,7 @@ the command-line modules turn them into click errors.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,19 @@ def eval_transform(image_size: int) -> Callable:
 class ShardSources(IterableDataset):
     """The source photos of one split of a shard set, with their class index.
 
-    Streams through ``contract.iter_samples``; webdataset hands each DataLoader worker
-    its own shards, so every sample is read once whatever ``num_workers`` is.
+    Streams through ``contract.iter_samples`` (the sample policy: a bad sample is skipped into
+    ``skips``, spooled from DataLoader workers; ``skips.finish()`` after reading); each
+    DataLoader worker reads its own shards, so every sample is read once whatever
+    ``num_workers`` is.
     """
 
-    def __init__(self, root: Path, split: str, transform: Callable):
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        transform: Callable,
+        max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
+    ):
         manifest = contract.load_manifest(root)
         if not manifest.get("has_source"):
             raise ValueError(
@@ -77,21 +86,27 @@ class ShardSources(IterableDataset):
         self.root, self.split, self.transform = Path(root), split, transform
         self.classes: list[str] = list(manifest["classes"])
         self.samples: int = manifest["splits"][split]["samples"]
+        self.skips = contract.SkipLog(max_skip_fraction, spool=Path(tempfile.mkdtemp(".skips")))
 
     def __len__(self) -> int:
         return self.samples
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
-        for sample in contract.iter_samples(self.root, self.split):
+        for sample in contract.iter_samples(self.root, self.split, self.skips, decode_source=True):
             yield self.transform(sample.source()), sample.cls
 
 
-def load_dataset(path: Path, split: str, image_size: int) -> tuple[Dataset, list[str]]:
+def load_dataset(
+    path: Path,
+    split: str,
+    image_size: int,
+    max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
+) -> tuple[Dataset, list[str]]:
     """A shard directory (it has a manifest; ``split`` picks the split) or an ImageFolder tree
     -> (dataset of (image, class index), class names in index order)."""
     path = Path(path)
     if (path / contract.MANIFEST_NAME).exists():
-        dataset = ShardSources(path, split, eval_transform(image_size))
+        dataset = ShardSources(path, split, eval_transform(image_size), max_skip_fraction)
     else:
         try:
             dataset = datasets.ImageFolder(str(path), eval_transform(image_size))
@@ -191,12 +206,14 @@ def probe_features(
     image_size: int | None,
     batch_size: int,
     workers: int,
+    max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
 ) -> ProbeFeatures:
-    """The features ``nsneg-eval knn`` and ``linear`` read: a checkpoint's backbone over two sets."""
+    """The features ``nsneg-eval knn`` and ``linear`` read: a checkpoint's backbone over two sets.
+    ``info["skipped"]``: the bad samples skipped in each shard directory (``contract.SkipLog``)."""
     backbone, config = backbone_from_checkpoint(checkpoint_path)
     image_size = image_size or int(config.get("image_size", 224))
-    train_set, classes = load_dataset(train_dir, train_split, image_size)
-    val_set, val_classes = load_dataset(val_dir, val_split, image_size)
+    train_set, classes = load_dataset(train_dir, train_split, image_size, max_skip_fraction)
+    val_set, val_classes = load_dataset(val_dir, val_split, image_size, max_skip_fraction)
     val_to_train = align_classes(classes, val_classes)
     train_x, train_y = dataset_features(
         backbone, train_set, batch_size, workers, device, "train features"
@@ -211,5 +228,10 @@ def probe_features(
         "classes": len(classes),
         "train_samples": len(train_y),
         "val_samples": len(val_y),
+        "skipped": {
+            side: dataset.skips.finish()
+            for side, dataset in (("train", train_set), ("val", val_set))
+            if isinstance(dataset, ShardSources)
+        },
     }
     return ProbeFeatures(train_x, train_y, val_x, val_to_train[val_y], classes, info)
