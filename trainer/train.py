@@ -142,12 +142,7 @@ def build_optimizer(model: Method, config: TrainConfig) -> torch.optim.Optimizer
     wd = config.weight_decay_value
     if config.optimizer_name == "sgd":
         return torch.optim.SGD(params, lr=config.base_lr, momentum=0.9, weight_decay=wd)
-    try:
-        from lightly.utils.lars import LARS
-    except ImportError:
-        raise ValueError(
-            "--optimizer lars uses lightly's LARS: pip install lightly (or pass --optimizer sgd)"
-        ) from None
+    from lightly.utils.lars import LARS
     decayed = [p for p in params if p.dim() > 1]
     excluded = [p for p in params if p.dim() <= 1]
     return LARS(
