@@ -15,7 +15,7 @@ from typing import Any
 import click
 import torch
 
-from nsneg.trainer.eval import probes, report, robustness_report
+from nsneg.trainer.eval import outputs, probes, report, robustness_report
 from nsneg.trainer.eval import robustness as robust
 from nsneg.trainer.eval.features import probe_features
 
@@ -339,7 +339,10 @@ def robustness(
         for key, root in (("sketch", sketch), ("rendition", rendition), ("stylized", stylized))
         if root is not None
     }
+    name = name or outputs.run_name(checkpoint_path)
+    out_dir = out_dir or outputs.default_out_dir("robustness", name)
     with click_errors():
+        outputs.claim(out_dir, "robustness", outputs.evaluated(checkpoint_path))
         result = robust.evaluate_checkpoint(
             checkpoint_path,
             head_path,
@@ -354,12 +357,12 @@ def robustness(
             batch_size=batch_size,
             workers=workers,
         )
-    out_dir = out_dir or Path("robustness") / result["name"]
-    click.echo(robustness_report.write(out_dir, result, others))
-    for key, found in result["sets"].items():
-        if found["top1"] is None:
-            click.echo(
-                f"note: {robust.SET_TITLES[key]} ({found['path']}) shares no class with the head",
-                err=True,
-            )
+    with click_errors():
+        click.echo(robustness_report.write(out_dir, result, others))
+    for key in result["skipped_sets"]:
+        click.echo(
+            f"note: {robust.SET_TITLES[key]} ({result['sets'][key]['path']}) shares no class "
+            "with the head: skipped (recorded in robustness.json as skipped_sets)",
+            err=True,
+        )
     click.echo(f"wrote {out_dir / 'robustness.md'}, robustness.json and robustness.png")
