@@ -15,7 +15,7 @@ from typing import Any
 import click
 import torch
 
-from nsneg.trainer.eval import outputs, probes, report, robustness_report
+from nsneg.trainer.eval import outputs, probes, report, robustness_report, stats
 from nsneg.trainer.eval import robustness as robust
 from nsneg.trainer.eval.features import probe_features
 
@@ -158,6 +158,7 @@ def knn(
     """Weighted kNN top-1 of val images against train images (the InstDisc / MoCo monitor)."""
     with click_errors():
         sets = probe_features(device, **data)
+    k_used = min(k, len(sets.train_labels))
     acc = probes.knn_accuracy(
         sets.train_features.to(device),
         sets.train_labels,
@@ -167,13 +168,29 @@ def knn(
         T=temperature,
         num_classes=len(sets.classes),
     )
+    estimate = stats.from_accuracy(acc, len(sets.val_labels))
+    chance = 1 / len(sets.classes)
+    if k_used < k:
+        click.echo(f"note: k={k} asked, {k_used} used: there are only {k_used} training images")
     click.echo(
-        f"knn top-1: {100 * acc:.2f}% (k={k}, T={temperature}, {len(sets.val_labels)} val / "
-        f"{len(sets.train_labels)} train images)"
+        f"knn top-1: {stats.estimate_text(estimate, 2)} ({stats.INTERVAL_NAME}), chance "
+        f"{100 * chance:.2f}% ({len(sets.classes)} classes); k={k_used}, T={temperature}, "
+        f"{len(sets.train_labels)} train images"
     )
     if json_path is not None:
         report.write_json(
-            json_path, {"metric": "knn", "top1": acc, "k": k, "t": temperature, **sets.info}
+            json_path,
+            {
+                "metric": "knn",
+                "top1": acc,
+                "top1_interval": [estimate["low"], estimate["high"]],
+                "interval_method": stats.INTERVAL_NAME,
+                "chance": chance,
+                "k": k_used,
+                "k_requested": k,
+                "t": temperature,
+                **sets.info,
+            },
         )
 
 
@@ -232,9 +249,19 @@ def linear(
         sets.info["image_size"],
         sets.info["checkpoint"],
     )
+    estimate = stats.from_accuracy(acc, len(sets.val_labels))
+    chance = 1 / len(sets.classes)
+    batch_used = min(data["batch_size"], len(sets.train_labels))
+    if batch_used < data["batch_size"]:
+        click.echo(
+            f"note: batch size {data['batch_size']} asked, {batch_used} used: there are only "
+            f"{batch_used} training images"
+        )
     click.echo(
-        f"linear top-1: {100 * acc:.2f}% (train {100 * train_acc:.2f}%, {len(sets.val_labels)} val / "
-        f"{len(sets.train_labels)} train images, {epochs} epochs, lr {lr}); head saved to {out_path}"
+        f"linear top-1: {stats.estimate_text(estimate, 2)} ({stats.INTERVAL_NAME}), chance "
+        f"{100 * chance:.2f}% ({len(sets.classes)} classes); train {100 * train_acc:.2f}% of "
+        f"{len(sets.train_labels)} images, {epochs} epochs, lr {lr}, batch {batch_used}; "
+        f"head saved to {out_path}"
     )
     if json_path is not None:
         report.write_json(
@@ -242,10 +269,14 @@ def linear(
             {
                 "metric": "linear",
                 "top1": acc,
+                "top1_interval": [estimate["low"], estimate["high"]],
+                "interval_method": stats.INTERVAL_NAME,
+                "chance": chance,
                 "train_top1": train_acc,
                 "epochs": epochs,
                 "lr": lr,
-                "batch_size": data["batch_size"],
+                "batch_size": batch_used,
+                "batch_size_requested": data["batch_size"],
                 "weight_decay": weight_decay,
                 "seed": seed,
                 "head": str(out_path),
