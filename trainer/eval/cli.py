@@ -288,7 +288,7 @@ def linear(
 # --------------------------------------------------------------------------- robustness
 
 
-def _parsed(parse: Callable[[str], Any], text: str, option: str) -> Any:
+def parsed_option(parse: Callable[[str], Any], text: str, option: str) -> Any:
     try:
         return parse(text)
     except ValueError as e:
@@ -362,9 +362,9 @@ def robustness(
     device: torch.device,
 ) -> None:
     """Top-1 of the frozen encoder + linear head on ImageNet val, ImageNet-C, -Sketch, -R and Stylized-ImageNet."""
-    names = _parsed(robust.parse_corruptions, corruptions, "--corruptions")
-    levels = _parsed(robust.parse_severities, severities, "--severities")
-    others = [_parsed(robust.load_report, path, "--compare") for path in compare]
+    names = parsed_option(robust.parse_corruptions, corruptions, "--corruptions")
+    levels = parsed_option(robust.parse_severities, severities, "--severities")
+    others = [parsed_option(robust.load_report, path, "--compare") for path in compare]
     ood = {
         key: root
         for key, root in (("sketch", sketch), ("rendition", rendition), ("stylized", stylized))

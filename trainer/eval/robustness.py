@@ -18,7 +18,6 @@ Problems are ``FileNotFoundError`` / ``ValueError`` naming the file or option.
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from nsneg.trainer.eval import stats
+from nsneg.trainer.eval import compare, stats
 from nsneg.trainer.eval.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from nsneg.trainer.eval.features import (
     backbone_from_checkpoint,
@@ -372,13 +371,7 @@ def parse_severities(text: str) -> list[int]:
 
 def load_report(path: Path) -> dict[str, Any]:
     """An earlier robustness.json (for ``--compare``); ValueError when it is not one."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not readable JSON ({e})") from None
-    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
-        raise ValueError(f"{path} is not a robustness.json written by nsneg-eval robustness")
-    return report
+    return compare.load_report(path, "format", REPORT_FORMAT, "nsneg-eval robustness")
 
 
 def evaluate_checkpoint(

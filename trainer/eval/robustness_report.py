@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nsneg.trainer.eval import stats
+from nsneg.trainer.eval import compare, stats
 from nsneg.trainer.eval.corruptions import CORRUPTIONS
 from nsneg.trainer.eval.outputs import claim
 from nsneg.trainer.eval.report import figure, markdown_table, percent, save_png, write_report
@@ -72,56 +72,52 @@ def differences(reports: Sequence[dict[str, Any]]) -> list[str]:
     severities, ImageNet-C's source and the per-class cap."""
     if len(reports) < 2:
         return []
-    names = [r["name"] for r in reports]
 
-    def varies(label: str, values: Sequence[Any]) -> list[str]:
-        if len({repr(v) for v in values}) <= 1:
-            return []
-        return [f"{label}: " + ", ".join(f"{n} {v}" for n, v in zip(names, values))]
+    def c_field(report: dict[str, Any], get) -> Any:
+        return get(report["imagenet_c"]) if report.get("imagenet_c") else "none"
 
-    found = varies("head classes", [r["head_classes"] for r in reports])
-    found += varies("image size (px)", [r["image_size"] for r in reports])
-    found += varies("architecture", [r["arch"] for r in reports])
-    found += varies("images per class capped at", [r.get("max_per_class") for r in reports])
-    for key, title in SET_TITLES.items():
-        counts = [
-            "not evaluated"
-            if key not in r["sets"]
-            else f"{r['sets'][key]['images']} images of {r['sets'][key]['classes']} classes"
-            for r in reports
-        ]
-        found += varies(title, counts)
-    c_names = [_c_names(r) for r in reports]
-    if any(c_names):
-        found += varies(
+    fields = [
+        ("head classes", [r["head_classes"] for r in reports]),
+        ("image size (px)", [r["image_size"] for r in reports]),
+        ("architecture", [r["arch"] for r in reports]),
+        ("images per class capped at", [r.get("max_per_class") for r in reports]),
+        *(
+            (
+                title,
+                [
+                    "not evaluated"
+                    if key not in r["sets"]
+                    else f"{r['sets'][key]['images']} images of {r['sets'][key]['classes']} classes"
+                    for r in reports
+                ],
+            )
+            for key, title in SET_TITLES.items()
+        ),
+        (
             "ImageNet-C corruptions",
-            [", ".join(c for c in CORRUPTIONS if c in n) or "none" for n in c_names],
-        )
-        found += varies(
+            [", ".join(c for c in CORRUPTIONS if c in _c_names(r)) or "none" for r in reports],
+        ),
+        (
             "ImageNet-C severities",
-            [
-                ",".join(map(str, (r.get("imagenet_c") or {}).get("severities", []))) or "none"
-                for r in reports
-            ],
-        )
-        found += varies(
-            "ImageNet-C source",
-            [(r.get("imagenet_c") or {}).get("source", "none") for r in reports],
-        )
-        found += varies(
+            [c_field(r, lambda c: ",".join(map(str, c["severities"]))) for r in reports],
+        ),
+        ("ImageNet-C source", [c_field(r, lambda c: c["source"]) for r in reports]),
+        (
             "ImageNet-C images per variant",
             [
-                _span(
-                    v["images"]
-                    for e in r["imagenet_c"]["corruptions"].values()
-                    for v in e["severities"].values()
+                c_field(
+                    r,
+                    lambda c: _span(
+                        v["images"]
+                        for e in c["corruptions"].values()
+                        for v in e["severities"].values()
+                    ),
                 )
-                if r.get("imagenet_c")
-                else "none"
                 for r in reports
             ],
-        )
-    return found
+        ),
+    ]
+    return compare.differences([r["name"] for r in reports], fields)
 
 
 def markdown(reports: Sequence[dict[str, Any]]) -> str:
@@ -275,20 +271,10 @@ def plot(reports: Sequence[dict[str, Any]], path: Path) -> None:
     save_png(fig, path, dpi=120)
 
 
-def unique_names(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Column labels must differ: a repeated name gets ' (2)', ' (3)', ..."""
-    seen: dict[str, int] = {}
-    out = []
-    for report in reports:
-        n = seen[report["name"]] = seen.get(report["name"], 0) + 1
-        out.append(report if n == 1 else {**report, "name": f"{report['name']} ({n})"})
-    return out
-
-
 def write(out_dir: Path, report: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
     """robustness.json (``report``), robustness.md and robustness.png (``report`` against ``others``)
     in ``out_dir``; returns the Markdown."""
-    reports = unique_names([report, *others])
+    reports = compare.unique_names([report, *others])
     text = markdown(reports)
     claim(out_dir, "robustness", report["evaluated"])
     write_report(out_dir, "robustness", report, text)

@@ -428,7 +428,7 @@ def test_data_and_option_errors(invoke, world, tmp_path):
         (["--severities", "0,2"], 2, "severities from 1 to 5, got '0,2'"),
         (["--severities", "x"], 2, "severities from 1 to 5"),
         (["--compare", world["heads"]["ours"]], 2, "is not readable JSON"),
-        (["--compare", not_a_report], 2, "is not a robustness.json"),
+        (["--compare", not_a_report], 2, "is not a nsneg-robustness report"),
     ]
     for args, code, message in cases:  # the last --corruptions / --imagenet-val given wins
         result = invoke(
