@@ -397,3 +397,106 @@ def robustness(
             err=True,
         )
     click.echo(f"wrote {out_dir / 'robustness.md'}, robustness.json and robustness.png")
+
+
+# --------------------------------------------------------------------------- table
+
+
+@main.command()
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="a run's checkpoint (repeatable); seeds of one configuration become one row",
+)
+@click.option(
+    "--train",
+    "train_dir",
+    required=True,
+    type=existing_folder,
+    help="linear-probe training images: ImageNet(-100) train as DIR/<wnid>/<image>, or a shard directory",
+)
+@click.option(
+    "--val",
+    "val_dir",
+    required=True,
+    type=existing_folder,
+    help="ImageNet(-100) val as DIR/<wnid>/<image> (the IN-100 column; ImageNet-C is made from it)",
+)
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--sketch", type=existing_folder, help="ImageNet-Sketch DIR/<wnid>/*")
+@click.option("--rendition", type=existing_folder, help="ImageNet-R DIR/<wnid>/*")
+@click.option("--stylized", type=existing_folder, help="Stylized-ImageNet val DIR/<wnid>/*")
+@click.option(
+    "--imagenet-c",
+    type=existing_folder,
+    help="released ImageNet-C tree [default: generate from val]",
+)
+@click.option("--corruptions", default="all", show_default=True)
+@click.option("--severities", default="1,2,3,4,5", show_default=True)
+@click.option("--max-per-class", type=click.IntRange(1), default=None)
+@click.option(
+    "--cue-conflict",
+    type=existing_folder,
+    help="texture-vs-shape stimuli: adds a shape-bias column",
+)
+@click.option(
+    "--texture-shards",
+    type=existing_folder,
+    help="ImageNet-Texture shard directory: adds a held-out texture top-1 column (texture-classes)",
+)
+@click.option(
+    "--epochs", type=click.IntRange(1), default=60, show_default=True, help="probe epochs"
+)
+@click.option(
+    "--lr", type=click.FloatRange(0, min_open=True), default=probes.LINEAR_LR, show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="probe seed")
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("table"),
+    show_default=True,
+    help="table.{md,json,png} and the cached evaluations (runs/); never another set of checkpoints' folder",
+)
+@feature_options("the checkpoint's training size, else 224")
+def table(
+    checkpoints: tuple[Path, ...],
+    train_dir: Path,
+    val_dir: Path,
+    train_split: str,
+    corruptions: str,
+    severities: str,
+    out_dir: Path,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    **options: Any,
+) -> None:
+    """The paper's Table 1 for these checkpoints: IN-100, IN-C, Sketch, Stylized, R as mean ± std over
+    seeds, with the paper's rows beside; evaluations are cached and reused."""
+    from nsneg.trainer.eval import table as table_module
+
+    params = {
+        "train": str(train_dir.resolve()),
+        "val": str(val_dir.resolve()),
+        "train_split": train_split,
+        "val_split": "val",
+        "corruptions": parsed_option(robust.parse_corruptions, corruptions, "--corruptions"),
+        "severities": parsed_option(robust.parse_severities, severities, "--severities"),
+        **{
+            key: str(value.resolve()) if isinstance(value, Path) else value
+            for key, value in options.items()
+        },
+    }
+    with click_errors():
+        found, text = table_module.make_table(
+            list(checkpoints), params, out_dir, device, batch_size, workers, say=click.echo
+        )
+    click.echo(text)
+    click.echo(
+        f"wrote {out_dir / 'table.md'}, table.json and table.png "
+        f"({len(found['reused'])} of {len(checkpoints)} evaluations reused)"
+    )
