@@ -283,7 +283,7 @@ class Trainer:
                 loader = self.loader(epoch_seed, self.steps_per_epoch)
                 bar = tqdm(
                     total=self.steps_per_epoch,
-                    desc=f"epoch {self.epoch + 1}/{c.epochs}",
+                    desc=f"epoch {self.epoch} [0-{c.epochs - 1}]",  # numbered from 0, as log.jsonl
                     unit="step",
                     disable=not self.show_progress,
                 )

@@ -82,7 +82,7 @@ def test_resume_takes_epochs_says_what_changed_and_hashes_local_shards_once(
         "resume: --epochs 2 -> 3; the cosine learning-rate schedule now spans 3 epochs"
         in longer.output
     )
-    assert "done: epoch 3" in longer.output and "nan" not in longer.output
+    assert "done: epochs 0-2" in longer.output and "nan" not in longer.output
     assert checkpoint.load(ckpt)["epoch"] == 3 and epochs_logged(out) == 3
     finished = train("--resume", ckpt, "--verify")
     assert finished.exit_code == 0 and "nan" not in finished.output
