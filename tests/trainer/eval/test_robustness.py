@@ -449,3 +449,30 @@ def test_data_and_option_errors(invoke, world, tmp_path):
         )
         assert result.exit_code == code and message in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_default_folder_is_the_runs_and_never_another_checkpoints(
+    invoke, world, tmp_path, monkeypatch
+):
+    """robustness/<run> by default; a second checkpoint of the same run name is refused before any
+    evaluation, and the first report stays as it was."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--linear-head", world["heads"]["ours"], "--imagenet-val", world["root"] / "val"]
+    args += ["--corruptions", "none", "--workers", 0]
+    first = invoke("robustness", "--checkpoint", world["ours"], *args)
+    assert first.exit_code == 0, first.output
+    own = tmp_path / "robustness" / "ours" / "robustness.json"
+    before = own.read_bytes()
+    assert json.loads(before)["evaluated"] == str(world["ours"].resolve())
+    twin = tmp_path / "elsewhere" / "ours" / "checkpoint.pt"
+    twin.parent.mkdir(parents=True)
+    shutil.copyfile(world["ours"], twin)
+    refused = invoke("robustness", "--checkpoint", twin, *args)
+    assert (
+        refused.exit_code == 1 and f"is the report of {world['ours'].resolve()}" in refused.output
+    )
+    assert own.read_bytes() == before
+    named = invoke("robustness", "--checkpoint", twin, "--name", "twin", *args)
+    assert named.exit_code == 0 and (tmp_path / "robustness" / "twin" / "robustness.json").is_file()

@@ -13,7 +13,7 @@ from PIL import Image
 from nsneg.trainer import checkpoint
 from nsneg.trainer.eval import robustness, table
 from nsneg.trainer.moco import MoCo, build_backbone
-from nsneg_testing import PHOTOS, encode, photo
+from nsneg_testing import PHOTOS, encode, keep_sample, photo
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]
 TINTS = [(1.0, 0.6, 0.6), (0.6, 1.0, 0.6), (0.6, 0.6, 1.0)]
@@ -97,7 +97,9 @@ def run_table(invoke, world, out):
 
 
 @pytest.mark.slow
-def test_table_groups_seeds_and_reuses_its_cache(invoke, world, tmp_path, monkeypatch):
+def test_table_groups_seeds_and_reuses_its_cache(
+    invoke, world, tmp_path, tmp_path_factory, monkeypatch
+):
     out = tmp_path / "table"
     first = run_table(invoke, world, out)
     assert first.exit_code == 0, first.output
@@ -151,6 +153,8 @@ def test_table_groups_seeds_and_reuses_its_cache(invoke, world, tmp_path, monkey
     # Per run: every number with its interval and n.
     val_n = reports["patch-s0"]["sets"]["val"]["images"]
     assert val_n == 9 and f"(n={val_n})" in md and "[" in md
+    for name in ("table.md", "table.png"):
+        keep_sample(out / name, tmp_path_factory.getbasetemp())
 
     # A rerun computes nothing: every evaluation comes from the cache.
     def fail(*args, **kwargs):
