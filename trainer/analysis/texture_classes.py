@@ -242,6 +242,12 @@ def analyse(
     else:
         say("note: the shards hold no source photos and no --val was given: no real-image accuracy")
 
+    batch_used = min(batch_size, len(train_y))
+    if batch_used < batch_size:
+        say(
+            f"note: probe batch size {batch_size} asked, {batch_used} used: there are only "
+            f"{batch_used} training textures"
+        )
     head = train_linear(
         train_x.to(device),
         train_y,
@@ -281,6 +287,8 @@ def analyse(
         "epochs": epochs,
         "lr": lr,
         "seed": seed,
+        "batch_size": batch_used,
+        "batch_size_requested": batch_size,
         "texture_train": len(train_y),
         "texture_held_out": len(test_y),
         "real": real,

@@ -68,6 +68,9 @@ def test_texture_classes_defaults_to_its_model_folder_and_compares(invoke, shard
     report = json.loads(pixels_json.read_text())
     assert report["evaluated"] == f"pixels features of {shards.resolve()}"
     assert "chance 16.7%" in pixels.output and "(Wilson 95%)" in pixels.output  # 6 classes
+    assert report["batch_size_requested"] == 8 and report["batch_size"] == min(
+        8, report["texture_train"]
+    )
 
     ours = invoke("texture-classes", "--checkpoint", ckpt, "--compare", pixels_json, *args)
     assert ours.exit_code == 0, ours.output
