@@ -448,6 +448,13 @@ def robustness(
     help="ImageNet-Texture shard directory: adds a held-out texture top-1 column (texture-classes)",
 )
 @click.option(
+    "--texture-holdout",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="fraction of textures held out of the texture probe (texture-classes --holdout)",
+)
+@click.option(
     "--epochs", type=click.IntRange(1), default=60, show_default=True, help="probe epochs"
 )
 @click.option(

@@ -117,7 +117,22 @@ def differences(reports: Sequence[dict[str, Any]]) -> list[str]:
             ],
         ),
     ]
-    return compare.differences([r["name"] for r in reports], fields)
+    found = compare.differences([r["name"] for r in reports], fields)
+    subjects = [r.get("evaluated") for r in reports]
+    repeated = sorted({s for s in subjects if s is not None and subjects.count(s) > 1})
+    found += [
+        f"the same checkpoint ({s}) is in several columns: "
+        + ", ".join(r["name"] for r in reports if r.get("evaluated") == s)
+        for s in repeated
+    ]
+    found += [
+        f"the linear head of {r['name']} was trained on features of {r['head_checkpoint']}, "
+        f"not of {r['checkpoint']}"
+        for r in reports
+        if r.get("head_checkpoint")
+        and Path(r["head_checkpoint"]).resolve() != Path(r["checkpoint"]).resolve()
+    ]
+    return found
 
 
 def markdown(reports: Sequence[dict[str, Any]]) -> str:

@@ -210,7 +210,7 @@ def evaluate_run(
     """One checkpoint's Table 1 numbers: read from its cache when the key (checkpoint bytes +
     ``params``) matches, else computed and cached. ``params``: train, val, train_split, val_split,
     image_size, epochs, lr, seed, sketch, rendition, stylized, imagenet_c, corruptions,
-    severities, max_per_class, cue_conflict, texture_shards."""
+    severities, max_per_class, cue_conflict, texture_shards, texture_holdout."""
     folder = cache_dir(out_dir, checkpoint_path)
     key = hashlib.sha256(
         json.dumps(
@@ -279,39 +279,39 @@ def evaluate_run(
         from nsneg.trainer.analysis import shape_bias
 
         report = shape_bias.analyse(
-            checkpoint_path,
-            head_path,
-            Path(params["cue_conflict"]),
-            None,
-            "train",
-            0,
-            0,
-            params["image_size"],
-            batch_size,
-            workers,
-            device,
-            folder / "shape-bias",
+            checkpoint_path=checkpoint_path,
+            head_path=head_path,
+            cue_dir=Path(params["cue_conflict"]),
+            shards=None,
+            split="train",
+            n_pairs=0,
+            seed=0,
+            image_size=params["image_size"],
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            out_dir=folder / "shape-bias",
         )
         columns["shape_bias"] = report["shape_bias_estimate"]
     if params.get("texture_shards"):
         from nsneg.trainer.analysis import texture_classes
 
         report = texture_classes.analyse(
-            Path(params["texture_shards"]),
-            "train",
-            None,
-            "val",
-            checkpoint_path,
-            0.2,
-            params["epochs"],
-            params["lr"],
-            params["seed"],
-            10,
-            params["image_size"],
-            batch_size,
-            workers,
-            device,
-            folder / "texture-classes",
+            shards=Path(params["texture_shards"]),
+            split="train",
+            val_dir=None,
+            val_split="val",
+            checkpoint_path=checkpoint_path,
+            holdout=params["texture_holdout"],
+            epochs=params["epochs"],
+            lr=params["lr"],
+            seed=params["seed"],
+            top=10,
+            image_size=params["image_size"],
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            out_dir=folder / "texture-classes",
             say=lambda _: None,
         )
         columns["texture"] = report["top1"]["texture_held_out_estimate"]

@@ -309,6 +309,11 @@ def test_compare_puts_checkpoints_side_by_side(
     assert again.exit_code == 0 and "| Set | ours | ours (2) |" in again.output
     assert "ImageNet-C mean *" not in again.output and "| ImageNet-C mean | – |" in again.output
     assert (
+        f"* the same checkpoint ({world['ours'].resolve()}) is in several columns: ours, ours (2)"
+        in again.output
+    )
+    assert "the linear head of" not in again.output  # each head was trained on its checkpoint
+    assert (
         "* ImageNet-C corruptions: ours none, ours (2) gaussian_noise, defocus_blur" in again.output
     )
     assert "* ImageNet-C severities: ours none, ours (2) 1,4" in again.output

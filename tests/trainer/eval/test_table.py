@@ -228,3 +228,47 @@ def test_table_refuses_another_set_of_checkpoints_folder(invoke, world, tmp_path
         out,
     )
     assert result.exit_code == 1 and "is the report of /somewhere/else.pt" in result.output
+
+
+@pytest.mark.slow
+def test_texture_column_from_texture_shards(invoke, world, texture_shards, tmp_path):
+    """--texture-shards adds texture-classes' held-out texture top-1, with its n, for every run."""
+    shards, _ = texture_shards
+    result = invoke(
+        "table",
+        "--checkpoint",
+        world["runs"][2],
+        "--train",
+        world["train"],
+        "--val",
+        world["val"],
+        "--corruptions",
+        "none",
+        "--texture-shards",
+        shards,
+        "--texture-holdout",
+        0.5,
+        "--epochs",
+        5,
+        "--workers",
+        0,
+        "--out-dir",
+        tmp_path / "t",
+    )
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "t" / "table.json").read_text())
+    assert found["columns"]["texture"] == "Texture held-out"
+    run = found["runs"][0]
+    analysis = json.loads(
+        next(
+            (tmp_path / "t" / "runs").glob("patch-s0-*/texture-classes/texture-classes.json")
+        ).read_text()
+    )
+    assert run["columns"]["texture"] == analysis["top1"]["texture_held_out_estimate"]
+    assert found["rows"][0]["cells"]["texture"]["mean"] == pytest.approx(
+        100 * analysis["top1"]["texture_held_out"]
+    )
+    assert (
+        "| Model | seeds | IN-100 | IN-C | Sketch | Stylized | R | Texture held-out |"
+        in result.output
+    )
