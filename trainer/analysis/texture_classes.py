@@ -317,7 +317,12 @@ def analyse(
             "probe": str(head_path),
         },
     }
-    plot_texture_classes(body["classes"], 1 / len(classes), out_dir / "texture-classes.png")
+    plot_texture_classes(
+        body["classes"],
+        1 / len(classes),
+        out_dir / "texture-classes.png",
+        compare.unique_names([report, *others]) if others else (),
+    )
     write_report(out_dir, "texture-classes", report, texture_markdown(report, others))
     return report
 

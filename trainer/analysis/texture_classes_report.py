@@ -138,14 +138,24 @@ def fine_verdict(groups: dict[str, dict[str, Any]], comparison: dict[str, dict[s
     return " ".join(sentences)
 
 
-def plot_texture_classes(rows: list[dict[str, Any]], chance: float, path: Path) -> None:
-    """Sorted bars of per-class held-out texture accuracy, fine-group classes in their own colour."""
+def plot_texture_classes(
+    rows: list[dict[str, Any]],
+    chance: float,
+    path: Path,
+    compared: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Sorted bars of per-class held-out texture accuracy (Wilson 95% error bars, n on each bar),
+    fine-group classes in their own colour; with ``compared`` reports (the first is this one), a
+    second panel of every model's held-out texture and real-image top-1."""
     tested = sorted(
         (r for r in rows if r["texture_acc"] is not None),
         key=lambda r: (-r["texture_acc"], r["wnid"]),
     )
-    fig = figure(max(6.0, min(24.0, 0.25 * len(tested) + 2)), 4.5)
-    ax = fig.add_subplot()
+    width = max(6.0, min(24.0, 0.25 * len(tested) + 2))
+    fig = figure(width + (5 if compared else 0), 4.5)
+    ax = fig.add_subplot(1, 2, 1) if compared else fig.add_subplot()
+    if compared:
+        _plot_compared(fig.add_subplot(1, 2, 2), compared, chance)
     colours = ["tab:orange" if r["group"] != "rest" else "tab:blue" for r in tested]
     values = [100 * r["texture_acc"] for r in tested]
     intervals = [
@@ -201,6 +211,33 @@ def _with_interval(acc: float | None, interval: list[float] | None) -> str:
     return f"{percent(acc)} " + (
         "" if interval is None else f"[{100 * interval[0]:.0f}, {100 * interval[1]:.0f}]"
     )
+
+
+def _plot_compared(ax, reports: Sequence[dict[str, Any]], chance: float) -> None:
+    """Each model's held-out texture and real top-1 with Wilson 95% error bars, chance dashed."""
+    for offset, key, label in (
+        (-0.2, "texture", "held-out textures"),
+        (0.2, "real", "real images"),
+    ):
+        found = [_texture_estimate(r, key) for r in reports]
+        values = [float("nan") if e["value"] is None else 100 * e["value"] for e in found]
+        ax.bar(
+            [i + offset for i in range(len(reports))],
+            values,
+            0.4,
+            yerr=[
+                [0 if e["low"] is None else v - 100 * e["low"] for v, e in zip(values, found)],
+                [0 if e["high"] is None else 100 * e["high"] - v for v, e in zip(values, found)],
+            ],
+            capsize=3,
+            label=label,
+        )
+    ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(range(len(reports)), [r["name"] for r in reports], rotation=30, ha="right")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("top-1 (%), 95% interval")
+    ax.set_title("compared")
+    ax.legend(fontsize=8)
 
 
 def class_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:

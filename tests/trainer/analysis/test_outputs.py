@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+from PIL import Image
 
 from nsneg_testing.analysis import SIZE
 
@@ -78,6 +79,12 @@ def test_texture_classes_defaults_to_its_model_folder_and_compares(invoke, shard
     assert "## Compared" in md and f"| pixels-{shards.name} |" in md
     assert "* features: moco_v2_released frozen resnet18 backbone of" in md
     assert pixels_json.exists() and json.loads(pixels_json.read_text()) == report  # untouched
+    # The plot gains a panel of both models' top-1s.
+    with (
+        Image.open(pixels_json.with_suffix(".png")) as alone,
+        Image.open(in_tmp / "texture-classes" / "moco_v2_released" / "texture-classes.png") as both,
+    ):
+        assert both.width > alone.width + 300 and both.height == alone.height
 
     # A pixels analysis of another shard set with the same folder name may not take its place.
     twin = in_tmp / "other" / shards.name
