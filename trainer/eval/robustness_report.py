@@ -191,6 +191,7 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
         ]
         for key, r in report["sets"].items()
     ]
+    counts.append(["chance (1 / head classes)", "", "", _pct(_chance(report))])
     lines += [
         "",
         f"## Sets of {report['name']}",
@@ -213,6 +214,7 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
         variants = [r for entry in c["corruptions"].values() for r in entry["severities"].values()]
         images = max(r["images"] for r in variants)
         rows.append(["**mean**", *[""] * len(c["severities"]), f"**{_cell(c['mean'], images)}**"])
+        rows.append(["chance", *[""] * len(c["severities"]), _pct(_chance(report))])
         lines += [
             "",
             f"## ImageNet-C of {report['name']} ({c['source']}), top-1 (%)",
