@@ -1,4 +1,5 @@
-"""``nsneg-analyze``: texture-classes and shape-bias. The commands parse options, call
+"""``nsneg-analyze``: texture-classes and shape-bias. The commands parse options, choose the output
+folder (``nsneg.trainer.eval.outputs``), call
 ``texture_classes.analyse`` / ``shape_bias.analyse`` and print; the option bundles are
 ``nsneg.trainer.eval.cli``'s."""
 

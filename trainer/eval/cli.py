@@ -1,4 +1,4 @@
-"""``nsneg-eval``: knn, linear and robustness. The commands parse options, call the library and
+"""``nsneg-eval``: knn, linear, robustness and table. The commands parse options, call the library and
 print; library errors (``FileNotFoundError``, ``ValueError``) become click errors here.
 
 The option bundles shared with ``nsneg-analyze`` (checkpoint, feature and loader options) are
@@ -17,6 +17,7 @@ import torch
 
 from nsneg.trainer.eval import outputs, probes, report, robustness_report, stats
 from nsneg.trainer.eval import robustness as robust
+from nsneg.trainer.eval import table as tables
 from nsneg.trainer.eval.features import probe_features
 
 # --------------------------------------------------------------------------- shared options
@@ -138,7 +139,7 @@ _probe_options = options(
 
 @click.group()
 def main() -> None:
-    """Evaluate a checkpoint's frozen backbone: weighted kNN or a linear probe."""
+    """Evaluate frozen backbones: weighted kNN, a linear probe, robustness, and the paper's Table 1."""
 
 
 @main.command()
@@ -484,8 +485,6 @@ def table(
 ) -> None:
     """The paper's Table 1 for these checkpoints: IN-100, IN-C, Sketch, Stylized, R as mean ± std over
     seeds, with the paper's rows beside; evaluations are cached and reused."""
-    from nsneg.trainer.eval import table as table_module
-
     params = {
         "train": str(train_dir.resolve()),
         "val": str(val_dir.resolve()),
@@ -499,7 +498,7 @@ def table(
         },
     }
     with click_errors():
-        found, text = table_module.make_table(
+        found, text = tables.make_table(
             list(checkpoints), params, out_dir, device, batch_size, workers, say=click.echo
         )
     click.echo(text)

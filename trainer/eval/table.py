@@ -185,13 +185,14 @@ def _summary(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A robustness report's Table 1 columns: top-1 with its count and Wilson interval."""
     sets = result["sets"]
     found = {}
-    for key, source in (("in100", "val"), ("sketch", "sketch"), ("stylized", "stylized")):
+    for key, source in (
+        ("in100", "val"),
+        ("sketch", "sketch"),
+        ("stylized", "stylized"),
+        ("rendition", "rendition"),
+    ):
         if source in sets:
             found[key] = stats.from_accuracy(sets[source]["top1"], sets[source]["images"])
-    if "rendition" in sets:
-        found["rendition"] = stats.from_accuracy(
-            sets["rendition"]["top1"], sets["rendition"]["images"]
-        )
     c = result.get("imagenet_c")
     if c:
         found["imagenet_c"] = stats.from_accuracy(c["mean"], c["images"])
