@@ -456,6 +456,7 @@ def test_data_and_option_errors(invoke, world, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_default_folder_is_the_runs_and_never_another_checkpoints(
     invoke, world, tmp_path, monkeypatch
 ):
