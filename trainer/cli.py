@@ -150,7 +150,7 @@ def main(resume, force, reverify, device, small_images, **options) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
     click.echo(
-        f"done: epoch {metrics.get('epoch', config.epochs - 1) + 1}, loss {metrics.get('loss', float('nan')):.4f}, "
+        f"done: epochs 0-{metrics.get('epoch', config.epochs - 1)}, loss {metrics.get('loss', float('nan')):.4f}, "
         f"checkpoint {trainer.checkpoint_path}"
     )
 

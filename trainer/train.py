@@ -143,6 +143,7 @@ def build_optimizer(model: Method, config: TrainConfig) -> torch.optim.Optimizer
     if config.optimizer_name == "sgd":
         return torch.optim.SGD(params, lr=config.base_lr, momentum=0.9, weight_decay=wd)
     from lightly.utils.lars import LARS
+
     decayed = [p for p in params if p.dim() > 1]
     excluded = [p for p in params if p.dim() <= 1]
     return LARS(
@@ -447,7 +448,7 @@ class Trainer:
                 bar = tqdm(
                     total=self.steps_per_epoch,
                     initial=done,
-                    desc=f"epoch {self.epoch + 1}/{c.epochs}",
+                    desc=f"epoch {self.epoch} [0-{c.epochs - 1}]",  # numbered from 0, as log.jsonl
                     unit="step",
                     disable=not self.show_progress,
                 )

@@ -1,15 +1,18 @@
-"""``nsneg-analyze``: texture-classes and shape-bias. The commands parse options, call
+"""``nsneg-analyze``: texture-classes and shape-bias. The commands parse options, choose the output
+folder (``nsneg.trainer.eval.outputs``), call
 ``texture_classes.analyse`` / ``shape_bias.analyse`` and print; the option bundles are
 ``nsneg.trainer.eval.cli``'s."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
 
 from nsneg.trainer.analysis import shape_bias, texture_classes, texture_classes_report
+from nsneg.trainer.eval import outputs
 from nsneg.trainer.eval.cli import (
     checkpoint_option,
     click_errors,
@@ -19,20 +22,34 @@ from nsneg.trainer.eval.cli import (
     linear_head_option,
     max_skip_option,
     options,
+    parsed_option,
 )
 from nsneg.trainer.eval.probes import LINEAR_LR
 
-_analysis_options = options(
-    feature_options("the checkpoint's (or head's) training size, else 224"),
-    click.option(
-        "--out-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=Path("analysis"),
-        show_default=True,
-        help="where the Markdown, JSON and PNG go",
-    ),
-    max_skip_option,
-)
+
+def _analysis_options(command: str):
+    return options(
+        feature_options("the checkpoint's (or head's) training size, else 224"),
+        click.option(
+            "--name",
+            default=None,
+            help="this model's label [default: its run directory or file name]",
+        ),
+        click.option(
+            "--out-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help=f"where the Markdown, JSON and PNG go [default: {command}/<name>]; never a folder "
+            "holding another model's report",
+        ),
+        click.option(
+            "--compare",
+            multiple=True,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help=f"{command}.json of another model to show alongside (repeatable)",
+        ),
+        max_skip_option,
+    )
 
 
 @click.group()
@@ -90,14 +107,26 @@ def main() -> None:
     show_default=True,
     help="classes in the most/least lists",
 )
-@_analysis_options
-def texture_classes_command(feature_kind: str | None, top: int, **options: object) -> None:
+@_analysis_options("texture-classes")
+def texture_classes_command(
+    feature_kind: str | None,
+    top: int,
+    name: str | None,
+    out_dir: Path | None,
+    compare: tuple[Path, ...],
+    **options: Any,
+) -> None:
     """Per-class accuracy of a linear probe trained on textures: on held-out textures and on real images."""
     if options["checkpoint_path"] is not None and feature_kind is not None:
         raise click.UsageError("give --checkpoint or --features pixels, not both")
+    others = [parsed_option(texture_classes.load_report, path, "--compare") for path in compare]
+    name = name or texture_classes.default_name(options["checkpoint_path"], options["shards"])
+    out_dir = out_dir or outputs.default_out_dir("texture-classes", name)
     with click_errors():
-        report = texture_classes.analyse(top=top, say=click.echo, **options)
-    click.echo(texture_classes_report.terminal_summary(report, top))
+        report = texture_classes.analyse(
+            top=top, say=click.echo, name=name, out_dir=out_dir, others=others, **options
+        )
+    click.echo(texture_classes_report.terminal_summary(report, top, others))
     echo_skips(report["bad_samples"])
 
 
@@ -131,16 +160,33 @@ def texture_classes_command(feature_kind: str | None, top: int, **options: objec
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="pair sampling of --from-shards"
 )
-@_analysis_options
+@_analysis_options("shape-bias")
 def shape_bias_command(
-    cue_dir: Path | None, shards: Path | None, device: torch.device, **options: object
+    cue_dir: Path | None,
+    shards: Path | None,
+    device: torch.device,
+    name: str | None,
+    out_dir: Path | None,
+    compare: tuple[Path, ...],
+    **options: Any,
 ) -> None:
     """Shape bias on cue-conflict images: shape decisions / (shape + texture decisions)."""
     if (cue_dir is None) == (shards is None):
         raise click.UsageError("give exactly one of --cue-conflict DIR or --from-shards DIR")
+    others = [parsed_option(shape_bias.load_report, path, "--compare") for path in compare]
+    name = name or outputs.run_name(options["checkpoint_path"])
+    out_dir = out_dir or outputs.default_out_dir("shape-bias", name)
     with click_errors():
-        report = shape_bias.analyse(cue_dir=cue_dir, shards=shards, device=device, **options)
-    click.echo(shape_bias.summary_table(report))
+        report = shape_bias.analyse(
+            cue_dir=cue_dir,
+            shards=shards,
+            device=device,
+            name=name,
+            out_dir=out_dir,
+            others=others,
+            **options,
+        )
+    click.echo(shape_bias.summary_table(report, others))
     if report["bad_samples"] is not None:
         echo_skips({"shards": report["bad_samples"]})
     for warning in report["warnings"]:

@@ -8,6 +8,7 @@ texture-vs-shape stimuli, or makes a crude cue-conflict set from our own shards
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,12 @@ from nsneg.trainer.analysis.cue_conflict import (
     cue_conflict_from_shards,
     read_cue_conflict_dir,
 )
+from nsneg.trainer.eval import compare, outputs, stats
 from nsneg.trainer.eval.features import backbone_from_checkpoint, dataset_features, eval_transform
 from nsneg.trainer.eval.probes import load_linear_head
 from nsneg.trainer.eval.report import (
     figure,
     markdown_table,
-    percent,
     save_png,
     text_table,
     write_report,
@@ -74,30 +75,80 @@ def shape_bias(outcomes: Sequence[str]) -> float | None:
     return shape / (shape + texture) if shape + texture else None
 
 
-def plot_shape_bias(
-    counts: dict[str, int], per_category: dict[str, dict[str, Any]], bias: float | None, path: Path
-) -> None:
-    """Decision counts, and shape bias per shape category (Geirhos et al.'s per-category view)."""
-    fig = figure(10, 4)
-    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+def _estimate(report: dict[str, Any]) -> dict[str, Any]:
+    """A report's shape bias with its Wilson interval (recomputed from the counts, so reports
+    written before intervals were recorded compare too)."""
+    counts = report["counts"]
+    return stats.proportion(counts["shape"], counts["shape"] + counts["texture"])
+
+
+def plot_shape_bias(reports: Sequence[dict[str, Any]], path: Path) -> None:
+    """Decision counts, and shape bias with its 95% interval per shape category (Geirhos et al.'s
+    per-category view), of the first report; with others, a third panel of every report's shape
+    bias. Chance (random decisions among the covered categories) is 50% shape bias."""
+    report = reports[0]
+    counts, per_category = report["counts"], report["per_shape_category"]
+    panels = 3 if len(reports) > 1 else 2
+    fig = figure(5 * panels, 4)
+    left, right = fig.add_subplot(1, panels, 1), fig.add_subplot(1, panels, 2)
     names = ["shape", "texture", "other", "uncovered"]
     left.bar(
         names, [counts[n] for n in names], color=["tab:blue", "tab:orange", "tab:grey", "lightgrey"]
     )
     left.set_ylabel("images")
-    left.set_title(f"decisions (shape bias {percent(bias)})")
+    left.set_title(
+        f"decisions of {report['name']}\n(shape bias {stats.estimate_text(_estimate(report))})"
+    )
     cats = [c for c, v in per_category.items() if v["shape_bias"] is not None]
-    right.barh(cats, [100 * per_category[c]["shape_bias"] for c in cats], color="tab:blue")
+    estimates = [
+        stats.proportion(
+            per_category[c]["shape"], per_category[c]["shape"] + per_category[c]["texture"]
+        )
+        for c in cats
+    ]
+    values = [100 * e["value"] for e in estimates]
+    right.barh(
+        cats,
+        values,
+        xerr=[
+            [v - 100 * e["low"] for v, e in zip(values, estimates)],
+            [100 * e["high"] - v for v, e in zip(values, estimates)],
+        ],
+        capsize=2,
+        color="tab:blue",
+    )
     right.set_xlim(0, 100)
-    right.axvline(50, color="grey", linestyle="--", linewidth=1)
-    right.set_xlabel("shape bias (%) by shape category")
+    right.axvline(50, color="grey", linestyle="--", linewidth=1, label="chance (50%)")
+    right.set_xlabel("shape bias (%) by shape category, 95% interval")
+    right.legend(fontsize="small")
+    if len(reports) > 1:
+        ax = fig.add_subplot(1, panels, 3)
+        found = [_estimate(r) for r in reports]
+        values = [math.nan if e["value"] is None else 100 * e["value"] for e in found]
+        ax.bar(
+            range(len(reports)),
+            values,
+            yerr=[
+                [0 if e["low"] is None else v - 100 * e["low"] for v, e in zip(values, found)],
+                [0 if e["high"] is None else 100 * e["high"] - v for v, e in zip(values, found)],
+            ],
+            capsize=3,
+            color="tab:blue",
+        )
+        ax.set_xticks(range(len(reports)), [r["name"] for r in reports], rotation=30, ha="right")
+        ax.axhline(50, color="grey", linestyle="--", linewidth=1, label="chance (50%)")
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("shape bias (%), 95% interval")
+        ax.set_title("compared")
+        ax.legend(fontsize="small")
     save_png(fig, path)
 
 
 def _shape_summary(report: dict[str, Any]) -> list[list[Any]]:
     counts = report["counts"]
     return [
-        ["shape bias", percent(report["shape_bias"])],
+        [f"shape bias [{stats.INTERVAL_NAME}]", stats.estimate_text(_estimate(report))],
+        ["chance (random decisions)", "50.0% shape bias"],
         ["shape decisions", counts["shape"]],
         ["texture decisions", counts["texture"]],
         ["other decisions", counts["other"]],
@@ -107,15 +158,77 @@ def _shape_summary(report: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
-def _shape_markdown(report: dict[str, Any]) -> str:
+def _comparison(reports: Sequence[dict[str, Any]]) -> list[str]:
+    """The Markdown section that puts the first report's shape bias beside the others'."""
+    first = _estimate(reports[0])
+    rows = []
+    for r in reports:
+        e = _estimate(r)
+        rows.append(
+            [
+                r["name"],
+                stats.estimate_text(e),
+                r["counts"]["shape"],
+                r["counts"]["texture"],
+                r["counts"]["other"],
+                f"{r['categories_covered']} / {r['categories_total']}",
+                "" if r is reports[0] else stats.difference_text(stats.difference(e, first)),
+            ]
+        )
+    names = [r["name"] for r in reports]
+    differ = compare.differences(
+        names,
+        [
+            ("images", [r.get("stimuli", r["source"]) for r in reports]),
+            ("categories", [r["mode"] for r in reports]),
+            ("categories covered", [r["categories_covered"] for r in reports]),
+            ("images scored", [r["images"] for r in reports]),
+            ("image size (px)", [r["image_size"] for r in reports]),
+            ("head classes", [r["head_classes"] for r in reports]),
+        ],
+    )
+    return [
+        "## Compared",
+        "",
+        f"Shape bias [{stats.INTERVAL_NAME}]; the difference to {reports[0]['name']} with "
+        f"{stats.DIFFERENCE_INTERVAL_NAME} (independent samples: conservative on the same images). "
+        "Chance: 50%.",
+        "",
+        markdown_table(
+            [
+                "model",
+                "shape bias",
+                "shape",
+                "texture",
+                "other",
+                "categories",
+                f"vs {reports[0]['name']}",
+            ],
+            rows,
+        ),
+        "",
+        *compare.differences_markdown(differ),
+        "",
+    ]
+
+
+def _shape_markdown(reports: Sequence[dict[str, Any]]) -> str:
+    report = reports[0]
     covered = [[c, " ".join(w)] for c, w in report["covered_categories"].items()]
     per_category = [
-        [c, v["images"], v["shape"], v["texture"], percent(v["shape_bias"])]
+        [
+            c,
+            v["images"],
+            v["shape"],
+            v["texture"],
+            stats.estimate_text(stats.proportion(v["shape"], v["shape"] + v["texture"])),
+        ]
         for c, v in report["per_shape_category"].items()
     ]
     md = [
-        "# Shape bias (cue conflict)",
+        f"# Shape bias (cue conflict) of {report['name']}",
         "",
+        *(_comparison(reports) if len(reports) > 1 else []),
         f"* images: {report['source']}",
         f"* checkpoint `{report['checkpoint']}`, head `{report['linear_head']}` ({report['head_classes']} classes), "
         f"image size {report['image_size']}",
@@ -130,7 +243,7 @@ def _shape_markdown(report: dict[str, Any]) -> str:
         "## By shape category",
         "",
         markdown_table(
-            ["shape category", "images", "shape", "texture", "shape bias"], per_category
+            ["shape category", "images", "shape", "texture", "shape bias [95%]"], per_category
         ),
     ]
     if report["warnings"]:
@@ -138,9 +251,20 @@ def _shape_markdown(report: dict[str, Any]) -> str:
     return "\n".join(md)
 
 
-def summary_table(report: dict[str, Any]) -> str:
-    """What ``nsneg-analyze shape-bias`` prints: the summary rows as a terminal table."""
-    return text_table(["", "value"], _shape_summary(report))
+def summary_table(report: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
+    """What ``nsneg-analyze shape-bias`` prints: the summary rows as a terminal table, then the
+    comparison with ``others`` when there are any."""
+    text = text_table(["", "value"], _shape_summary(report))
+    if others:
+        reports = compare.unique_names([report, *others])
+        text += "\n\n" + "\n".join(_comparison(reports)).rstrip()
+    return text
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """An earlier shape-bias.json (for ``--compare``); ValueError when it is not one."""
+    report = compare.load_report(path, "analysis", "shape-bias", "nsneg-analyze shape-bias")
+    return {"name": outputs.run_name(Path(report["checkpoint"])), **report}
 
 
 # --------------------------------------------------------------------------- the analysis
@@ -160,9 +284,14 @@ def analyse(
     device: torch.device,
     out_dir: Path,
     max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
+    name: str | None = None,
+    others: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Score cue-conflict images (``cue_dir``, or ``n_pairs`` made from ``shards``) with the checkpoint's
-    backbone and its linear head; write shape-bias.{md,json,png} into ``out_dir``; return the report."""
+    backbone and its linear head; write shape-bias.{md,json,png} into ``out_dir`` (the Markdown
+    and plot beside ``others``, earlier shape-bias reports); return the report. ``out_dir`` must not
+    hold another checkpoint's report (``outputs.claim``)."""
+    outputs.claim(out_dir, "shape-bias", outputs.evaluated(checkpoint_path))
     if (cue_dir is None) == (shards is None):
         raise ValueError("give exactly one of cue_dir (--cue-conflict) or shards (--from-shards)")
     head, head_info = load_linear_head(head_path)
@@ -182,7 +311,7 @@ def analyse(
         mode, categories = "geirhos-16", GEIRHOS_CATEGORIES
         images, left_out = read_cue_conflict_dir(cue_dir, list(categories))
         made: list[dict[str, Any]] = []
-        source = str(cue_dir)
+        source = stimuli = str(cue_dir)
     else:
         mode, categories = "shard-classes", {wnid: (wnid,) for wnid in head_classes}
         made_dir = out_dir / "cue-conflict-from-shards"
@@ -190,7 +319,8 @@ def analyse(
             shards, split, head_classes, n_pairs, seed, made_dir, skips
         )
         left_out = {"same category": []}
-        source = f"{n_pairs} images made from {shards} (split {split}, seed {seed}) in {made_dir}"
+        stimuli = f"{n_pairs} images made from {shards} (split {split}, seed {seed})"
+        source = f"{stimuli} in {made_dir}"
     if not images:
         raise ValueError(
             f"no cue-conflict images to score in {cue_dir} (left out: "
@@ -217,15 +347,23 @@ def analyse(
     bias = shape_bias(outcomes)
     per_category = _per_shape_category(images, outcomes)
     warnings = _warnings(mode, covered, len(categories), counts["shape"] + counts["texture"])
+    decided = counts["shape"] + counts["texture"]
     report = {
         "analysis": "shape-bias",
+        "name": name or outputs.run_name(checkpoint_path),
+        "evaluated": outputs.evaluated(checkpoint_path),
         "mode": mode,
         "source": source,
+        "stimuli": stimuli,
         "checkpoint": str(checkpoint_path),
         "linear_head": str(head_path),
         "image_size": size,
         "head_classes": len(head_classes),
         "shape_bias": bias,
+        "shape_bias_estimate": stats.proportion(counts["shape"], decided),
+        "interval_method": stats.INTERVAL_NAME,
+        # Decisions at random among the covered categories: shape and texture equally likely.
+        "chance": {"shape_bias": 0.5, "follows_a_cue": min(1.0, 2 / len(covered))},
         "counts": counts,
         "images": len(images),
         "left_out": {k: len(v) for k, v in left_out.items()},
@@ -251,8 +389,9 @@ def analyse(
         "outputs": {name: str(out_dir / f"shape-bias.{name}") for name in ("md", "json", "png")},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_shape_bias(counts, per_category, bias, out_dir / "shape-bias.png")
-    write_report(out_dir, "shape-bias", report, _shape_markdown(report))
+    reports = compare.unique_names([report, *others])
+    plot_shape_bias(reports, out_dir / "shape-bias.png")
+    write_report(out_dir, "shape-bias", report, _shape_markdown(reports))
     return report
 
 
@@ -267,6 +406,9 @@ def _per_shape_category(
             "shape": own.count("shape"),
             "texture": own.count("texture"),
             "shape_bias": shape_bias(own),
+            "shape_bias_estimate": stats.proportion(
+                own.count("shape"), own.count("shape") + own.count("texture")
+            ),
         }
     return per_category
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,13 @@ from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
 from nsneg.trainer.analysis.categories import FINE_GROUPS
 from nsneg.trainer.analysis.cue_conflict import sobel_gradients, sobel_kernel
 from nsneg.trainer.analysis.texture_classes_report import (
+    fine_comparison,
     fine_verdict,
     plot_texture_classes,
     texture_class_report,
     texture_markdown,
 )
+from nsneg.trainer.eval import compare, outputs, stats
 from nsneg.trainer.eval.features import (
     backbone_from_checkpoint,
     dataset_features,
@@ -189,9 +191,14 @@ def analyse(
     out_dir: Path,
     say: Callable[[str], None] = print,
     max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
+    name: str | None = None,
+    others: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Train the texture probe, evaluate it per class, write texture-classes.{md,json,png} and the
-    probe into ``out_dir``; returns the report. Progress notes go to ``say``."""
+    probe into ``out_dir`` (the Markdown beside ``others``, earlier texture-classes reports);
+    returns the report. Progress notes go to ``say``. ``out_dir`` must not hold another model's
+    report (``outputs.claim``)."""
+    outputs.claim(out_dir, "texture-classes", subject(checkpoint_path, shards))
     manifest = contract.load_manifest(shards)
     if split not in manifest["splits"]:
         raise ValueError(f"{shards} has no split {split!r} (it has {sorted(manifest['splits'])})")
@@ -248,6 +255,12 @@ def analyse(
     else:
         say("note: the shards hold no source photos and no --val was given: no real-image accuracy")
 
+    batch_used = min(batch_size, len(train_y))
+    if batch_used < batch_size:
+        say(
+            f"note: probe batch size {batch_size} asked, {batch_used} used: there are only "
+            f"{batch_used} training textures"
+        )
     head = train_linear(
         train_x.to(device),
         train_y,
@@ -266,11 +279,14 @@ def analyse(
     real["samples"] = 0 if real_y is None else len(real_y)
     train_counts = np.bincount(train_y.numpy(), minlength=len(classes))
     body = texture_class_report(classes, texture_counts, real_counts, train_counts, top)
+    comparison = fine_comparison(body["groups"])
     out_dir.mkdir(parents=True, exist_ok=True)
     head_path = out_dir / "texture-probe.pt"
     save_linear_head(head_path, head, classes, features.arch, features.image_size, features.source)
     report = {
         "analysis": "texture-classes",
+        "name": name or default_name(checkpoint_path, shards),
+        "evaluated": subject(checkpoint_path, shards),
         "features": {
             "kind": features.kind,
             "description": features.description,
@@ -284,26 +300,67 @@ def analyse(
         "epochs": epochs,
         "lr": lr,
         "seed": seed,
+        "batch_size": batch_used,
+        "batch_size_requested": batch_size,
         "texture_train": len(train_y),
         "texture_held_out": len(test_y),
         "real": real,
         "bad_samples": bad_samples,
         "top1": {
             "texture_held_out": top1(head, test_x, test_y),
+            "texture_held_out_estimate": stats.proportion(
+                int(texture_counts[0].sum()), int(texture_counts[1].sum())
+            ),
             "real": top1(head, real_x, real_y) if real_x is not None else None,
+            "real_estimate": stats.proportion(
+                int(real_counts[0].sum()) if real_counts is not None else 0,
+                int(real_counts[1].sum()) if real_counts is not None else 0,
+            ),
             "chance": 1 / len(classes),
+            "interval_method": stats.INTERVAL_NAME,
         },
         **body,
         "fine_groups": {
             name: {"ancestor": ancestor, "imagenet_classes": len(members)}
             for name, (ancestor, members) in FINE_GROUPS.items()
         },
-        "fine_vs_rest": fine_verdict(body["groups"]),
+        "fine_vs_rest_comparison": comparison,
+        "fine_vs_rest": fine_verdict(body["groups"], comparison),
         "outputs": {
             **{name: str(out_dir / f"texture-classes.{name}") for name in ("md", "json", "png")},
             "probe": str(head_path),
         },
     }
-    plot_texture_classes(body["classes"], 1 / len(classes), out_dir / "texture-classes.png")
-    write_report(out_dir, "texture-classes", report, texture_markdown(report))
+    plot_texture_classes(
+        body["classes"],
+        1 / len(classes),
+        out_dir / "texture-classes.png",
+        compare.unique_names([report, *others]) if others else (),
+    )
+    write_report(out_dir, "texture-classes", report, texture_markdown(report, others))
     return report
+
+
+def subject(checkpoint_path: Path | None, shards: Path) -> str:
+    """What a texture-classes report evaluated: the checkpoint, or the pixel features of ``shards``."""
+    if checkpoint_path is not None:
+        return outputs.evaluated(checkpoint_path)
+    return f"pixels features of {Path(shards).resolve()}"
+
+
+def default_name(checkpoint_path: Path | None, shards: Path) -> str:
+    """The checkpoint's run name, or ``pixels-<shard folder>`` without a checkpoint."""
+    if checkpoint_path is not None:
+        return outputs.run_name(checkpoint_path)
+    return f"pixels-{Path(shards).resolve().name}"
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """An earlier texture-classes.json (for ``--compare``); ValueError when it is not one."""
+    report = compare.load_report(
+        path, "analysis", "texture-classes", "nsneg-analyze texture-classes"
+    )
+    checkpoint = (
+        report["features"]["source"] if report["features"]["kind"] == "checkpoint" else None
+    )
+    return {"name": default_name(checkpoint, report["shards"]), **report}

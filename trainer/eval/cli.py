@@ -1,4 +1,4 @@
-"""``nsneg-eval``: knn, linear and robustness. The commands parse options, call the library and
+"""``nsneg-eval``: knn, linear, robustness and table. The commands parse options, call the library and
 print; library errors (``FileNotFoundError``, ``ValueError``) become click errors here.
 
 The option bundles shared with ``nsneg-analyze`` (checkpoint, feature and loader options) are
@@ -16,8 +16,9 @@ import click
 import torch
 
 from nsneg.pipeline import contract
-from nsneg.trainer.eval import probes, report, robustness_report
+from nsneg.trainer.eval import outputs, probes, report, robustness_report, stats
 from nsneg.trainer.eval import robustness as robust
+from nsneg.trainer.eval import table as tables
 from nsneg.trainer.eval.features import probe_features
 
 # --------------------------------------------------------------------------- shared options
@@ -159,7 +160,7 @@ def echo_skips(skipped: dict[str, dict[str, Any]]) -> None:
 
 @click.group()
 def main() -> None:
-    """Evaluate a checkpoint's frozen backbone: weighted kNN or a linear probe."""
+    """Evaluate frozen backbones: weighted kNN, a linear probe, robustness, and the paper's Table 1."""
 
 
 @main.command()
@@ -179,6 +180,7 @@ def knn(
     """Weighted kNN top-1 of val images against train images (the InstDisc / MoCo monitor)."""
     with click_errors():
         sets = probe_features(device, **data)
+    k_used = min(k, len(sets.train_labels))
     acc = probes.knn_accuracy(
         sets.train_features.to(device),
         sets.train_labels,
@@ -188,14 +190,30 @@ def knn(
         T=temperature,
         num_classes=len(sets.classes),
     )
+    estimate = stats.from_accuracy(acc, len(sets.val_labels))
+    chance = 1 / len(sets.classes)
+    if k_used < k:
+        click.echo(f"note: k={k} asked, {k_used} used: there are only {k_used} training images")
     click.echo(
-        f"knn top-1: {100 * acc:.2f}% (k={k}, T={temperature}, {len(sets.val_labels)} val / "
-        f"{len(sets.train_labels)} train images)"
+        f"knn top-1: {stats.estimate_text(estimate, 2)} ({stats.INTERVAL_NAME}), chance "
+        f"{100 * chance:.2f}% ({len(sets.classes)} classes); k={k_used}, T={temperature}, "
+        f"{len(sets.train_labels)} train images"
     )
     echo_skips(sets.info["skipped"])
     if json_path is not None:
         report.write_json(
-            json_path, {"metric": "knn", "top1": acc, "k": k, "t": temperature, **sets.info}
+            json_path,
+            {
+                "metric": "knn",
+                "top1": acc,
+                "top1_interval": [estimate["low"], estimate["high"]],
+                "interval_method": stats.INTERVAL_NAME,
+                "chance": chance,
+                "k": k_used,
+                "k_requested": k,
+                "t": temperature,
+                **sets.info,
+            },
         )
 
 
@@ -254,9 +272,19 @@ def linear(
         sets.info["image_size"],
         sets.info["checkpoint"],
     )
+    estimate = stats.from_accuracy(acc, len(sets.val_labels))
+    chance = 1 / len(sets.classes)
+    batch_used = min(data["batch_size"], len(sets.train_labels))
+    if batch_used < data["batch_size"]:
+        click.echo(
+            f"note: batch size {data['batch_size']} asked, {batch_used} used: there are only "
+            f"{batch_used} training images"
+        )
     click.echo(
-        f"linear top-1: {100 * acc:.2f}% (train {100 * train_acc:.2f}%, {len(sets.val_labels)} val / "
-        f"{len(sets.train_labels)} train images, {epochs} epochs, lr {lr}); head saved to {out_path}"
+        f"linear top-1: {stats.estimate_text(estimate, 2)} ({stats.INTERVAL_NAME}), chance "
+        f"{100 * chance:.2f}% ({len(sets.classes)} classes); train {100 * train_acc:.2f}% of "
+        f"{len(sets.train_labels)} images, {epochs} epochs, lr {lr}, batch {batch_used}; "
+        f"head saved to {out_path}"
     )
     echo_skips(sets.info["skipped"])
     if json_path is not None:
@@ -265,10 +293,14 @@ def linear(
             {
                 "metric": "linear",
                 "top1": acc,
+                "top1_interval": [estimate["low"], estimate["high"]],
+                "interval_method": stats.INTERVAL_NAME,
+                "chance": chance,
                 "train_top1": train_acc,
                 "epochs": epochs,
                 "lr": lr,
-                "batch_size": data["batch_size"],
+                "batch_size": batch_used,
+                "batch_size_requested": data["batch_size"],
                 "weight_decay": weight_decay,
                 "seed": seed,
                 "head": str(out_path),
@@ -280,7 +312,7 @@ def linear(
 # --------------------------------------------------------------------------- robustness
 
 
-def _parsed(parse: Callable[[str], Any], text: str, option: str) -> Any:
+def parsed_option(parse: Callable[[str], Any], text: str, option: str) -> Any:
     try:
         return parse(text)
     except ValueError as e:
@@ -354,15 +386,18 @@ def robustness(
     device: torch.device,
 ) -> None:
     """Top-1 of the frozen encoder + linear head on ImageNet val, ImageNet-C, -Sketch, -R and Stylized-ImageNet."""
-    names = _parsed(robust.parse_corruptions, corruptions, "--corruptions")
-    levels = _parsed(robust.parse_severities, severities, "--severities")
-    others = [_parsed(robust.load_report, path, "--compare") for path in compare]
+    names = parsed_option(robust.parse_corruptions, corruptions, "--corruptions")
+    levels = parsed_option(robust.parse_severities, severities, "--severities")
+    others = [parsed_option(robust.load_report, path, "--compare") for path in compare]
     ood = {
         key: root
         for key, root in (("sketch", sketch), ("rendition", rendition), ("stylized", stylized))
         if root is not None
     }
+    name = name or outputs.run_name(checkpoint_path)
+    out_dir = out_dir or outputs.default_out_dir("robustness", name)
     with click_errors():
+        outputs.claim(out_dir, "robustness", outputs.evaluated(checkpoint_path))
         result = robust.evaluate_checkpoint(
             checkpoint_path,
             head_path,
@@ -377,12 +412,120 @@ def robustness(
             batch_size=batch_size,
             workers=workers,
         )
-    out_dir = out_dir or Path("robustness") / result["name"]
-    click.echo(robustness_report.write(out_dir, result, others))
-    for key, found in result["sets"].items():
-        if found["top1"] is None:
-            click.echo(
-                f"note: {robust.SET_TITLES[key]} ({found['path']}) shares no class with the head",
-                err=True,
-            )
+    with click_errors():
+        click.echo(robustness_report.write(out_dir, result, others))
+    for key in result["skipped_sets"]:
+        click.echo(
+            f"note: {robust.SET_TITLES[key]} ({result['sets'][key]['path']}) shares no class "
+            "with the head: skipped (recorded in robustness.json as skipped_sets)",
+            err=True,
+        )
     click.echo(f"wrote {out_dir / 'robustness.md'}, robustness.json and robustness.png")
+
+
+# --------------------------------------------------------------------------- table
+
+
+@main.command()
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="a run's checkpoint (repeatable); seeds of one configuration become one row",
+)
+@click.option(
+    "--train",
+    "train_dir",
+    required=True,
+    type=existing_folder,
+    help="linear-probe training images: ImageNet(-100) train as DIR/<wnid>/<image>, or a shard directory",
+)
+@click.option(
+    "--val",
+    "val_dir",
+    required=True,
+    type=existing_folder,
+    help="ImageNet(-100) val as DIR/<wnid>/<image> (the IN-100 column; ImageNet-C is made from it)",
+)
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--sketch", type=existing_folder, help="ImageNet-Sketch DIR/<wnid>/*")
+@click.option("--rendition", type=existing_folder, help="ImageNet-R DIR/<wnid>/*")
+@click.option("--stylized", type=existing_folder, help="Stylized-ImageNet val DIR/<wnid>/*")
+@click.option(
+    "--imagenet-c",
+    type=existing_folder,
+    help="released ImageNet-C tree [default: generate from val]",
+)
+@click.option("--corruptions", default="all", show_default=True)
+@click.option("--severities", default="1,2,3,4,5", show_default=True)
+@click.option("--max-per-class", type=click.IntRange(1), default=None)
+@click.option(
+    "--cue-conflict",
+    type=existing_folder,
+    help="texture-vs-shape stimuli: adds a shape-bias column",
+)
+@click.option(
+    "--texture-shards",
+    type=existing_folder,
+    help="ImageNet-Texture shard directory: adds a held-out texture top-1 column (texture-classes)",
+)
+@click.option(
+    "--texture-holdout",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="fraction of textures held out of the texture probe (texture-classes --holdout)",
+)
+@click.option(
+    "--epochs", type=click.IntRange(1), default=60, show_default=True, help="probe epochs"
+)
+@click.option(
+    "--lr", type=click.FloatRange(0, min_open=True), default=probes.LINEAR_LR, show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="probe seed")
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("table"),
+    show_default=True,
+    help="table.{md,json,png} and the cached evaluations (runs/); never another set of checkpoints' folder",
+)
+@feature_options("the checkpoint's training size, else 224")
+def table(
+    checkpoints: tuple[Path, ...],
+    train_dir: Path,
+    val_dir: Path,
+    train_split: str,
+    corruptions: str,
+    severities: str,
+    out_dir: Path,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    **options: Any,
+) -> None:
+    """The paper's Table 1 for these checkpoints: IN-100, IN-C, Sketch, Stylized, R as mean ± std over
+    seeds, with the paper's rows beside; evaluations are cached and reused."""
+    params = {
+        "train": str(train_dir.resolve()),
+        "val": str(val_dir.resolve()),
+        "train_split": train_split,
+        "val_split": "val",
+        "corruptions": parsed_option(robust.parse_corruptions, corruptions, "--corruptions"),
+        "severities": parsed_option(robust.parse_severities, severities, "--severities"),
+        **{
+            key: str(value.resolve()) if isinstance(value, Path) else value
+            for key, value in options.items()
+        },
+    }
+    with click_errors():
+        found, text = tables.make_table(
+            list(checkpoints), params, out_dir, device, batch_size, workers, say=click.echo
+        )
+    click.echo(text)
+    click.echo(
+        f"wrote {out_dir / 'table.md'}, table.json and table.png "
+        f"({len(found['reused'])} of {len(checkpoints)} evaluations reused)"
+    )

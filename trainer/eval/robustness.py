@@ -18,7 +18,6 @@ Problems are ``FileNotFoundError`` / ``ValueError`` naming the file or option.
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
+from nsneg.trainer.eval import compare, stats
 from nsneg.trainer.eval.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from nsneg.trainer.eval.features import (
     backbone_from_checkpoint,
@@ -38,6 +38,7 @@ from nsneg.trainer.eval.features import (
     eval_transform,
     feature_loader,
 )
+from nsneg.trainer.eval.outputs import evaluated, run_name
 from nsneg.trainer.eval.probes import load_linear_head, top1
 from nsneg.trainer.eval.report import mean_of_present
 
@@ -279,6 +280,34 @@ def imagenet_c_summary(
     }
 
 
+def add_intervals(report: dict[str, Any]) -> None:
+    """Give every top-1 of a report its Wilson interval (``interval``: [low, high], or None).
+
+    A set's top-1 is ``correct / images``. An ImageNet-C mean averages the same images over
+    several variants; its interval takes the distinct images as ``n`` (the mean correctness
+    of an image lies in [0, 1], so its variance is at most p (1 - p) / n: the interval is
+    conservative), with ``round(mean * n)`` as the count."""
+
+    def interval(top1: float | None, n: int) -> list[float] | None:
+        estimate = stats.from_accuracy(top1, n)
+        return None if estimate["low"] is None else [estimate["low"], estimate["high"]]
+
+    for result in report["sets"].values():
+        result["interval"] = interval(result["top1"], result["images"])
+    c = report.get("imagenet_c")
+    if not c:
+        return
+    distinct = 0
+    for entry in c["corruptions"].values():
+        for result in entry["severities"].values():
+            result["interval"] = interval(result["top1"], result["images"])
+        entry["images"] = max(r["images"] for r in entry["severities"].values())
+        entry["interval"] = interval(entry["mean"], entry["images"])
+        distinct = max(distinct, entry["images"])
+    c["images"] = distinct
+    c["interval"] = interval(c["mean"], distinct)
+
+
 def evaluate_all(
     model: Model,
     val: Path,
@@ -340,23 +369,9 @@ def parse_severities(text: str) -> list[int]:
     return severities
 
 
-def default_name(checkpoint_path: Path) -> str:
-    """A checkpoint's label: its run directory for ``runs/<name>/checkpoint.pt``, else its file name."""
-    name = checkpoint_path.name
-    for suffix in (".pth.tar", ".tar", ".pth", ".pt"):
-        name = name.removesuffix(suffix)
-    return checkpoint_path.resolve().parent.name if name.startswith("checkpoint") else name
-
-
 def load_report(path: Path) -> dict[str, Any]:
     """An earlier robustness.json (for ``--compare``); ValueError when it is not one."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not readable JSON ({e})") from None
-    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
-        raise ValueError(f"{path} is not a robustness.json written by nsneg-eval robustness")
-    return report
+    return compare.load_report(path, "format", REPORT_FORMAT, "nsneg-eval robustness")
 
 
 def evaluate_checkpoint(
@@ -376,7 +391,7 @@ def evaluate_checkpoint(
     """The robustness report of a checkpoint and its linear head (what robustness.json holds).
 
     ``ood`` maps keys of ``OOD_SETS`` to their folders; ``imagenet_c`` None generates ImageNet-C
-    from the val images; ``name`` defaults to ``default_name(checkpoint_path)``."""
+    from the val images; ``name`` defaults to ``outputs.run_name(checkpoint_path)``."""
     model = load_model(checkpoint_path, head_path)
     results = evaluate_all(
         model,
@@ -390,16 +405,23 @@ def evaluate_checkpoint(
         workers=workers,
         max_per_class=max_per_class,
     )
+    add_intervals(results)
     return {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
-        "name": name or default_name(checkpoint_path),
+        "name": name or run_name(checkpoint_path),
         "checkpoint": str(checkpoint_path),
+        "evaluated": evaluated(checkpoint_path),
         "linear_head": str(head_path),
         "head_checkpoint": model.head_checkpoint,
         "arch": model.arch,
         "image_size": model.image_size,
         "head_classes": len(model.classes),
+        "chance": 1 / len(model.classes),
         "max_per_class": max_per_class,
+        "interval_method": stats.INTERVAL_NAME,
+        "requested_corruptions": list(corruptions),
+        "requested_severities": list(severities),
+        "skipped_sets": [key for key, found in results["sets"].items() if found["top1"] is None],
         **results,
     }

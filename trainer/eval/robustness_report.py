@@ -8,7 +8,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nsneg.trainer.eval import compare, stats
 from nsneg.trainer.eval.corruptions import CORRUPTIONS
+from nsneg.trainer.eval.outputs import claim
 from nsneg.trainer.eval.report import figure, markdown_table, percent, save_png, write_report
 from nsneg.trainer.eval.robustness import SET_TITLES
 
@@ -17,24 +19,29 @@ def _pct(value: float | None) -> str:
     return percent(value, digits=2, missing="n/a", suffix="")
 
 
+def _cell(top1: float | None, images: int) -> str:
+    """``"58.33 [31.9, 80.7]"``: top-1 (%) and its Wilson interval; ``n/a`` without images."""
+    if top1 is None:
+        return "n/a"
+    return f"{_pct(top1)} {stats.interval_text(stats.from_accuracy(top1, images))}"
+
+
 def _rows(report: dict[str, Any]) -> dict[str, tuple[float | None, int]]:
-    """Comparison rows of a report: title -> (top-1, images behind it)."""
+    """Comparison rows of a report: title -> (top-1, distinct images behind it)."""
     rows = {
         SET_TITLES[key]: (result["top1"], result["images"])
         for key, result in report["sets"].items()
     }
     c = report.get("imagenet_c")
     if c:
-        total = sum(
-            r["images"] for entry in c["corruptions"].values() for r in entry["severities"].values()
-        )
-        rows["ImageNet-C mean"] = (c["mean"], total)
+        variants = [r for e in c["corruptions"].values() for r in e["severities"].values()]
+        rows["ImageNet-C mean"] = (c["mean"], max(r["images"] for r in variants))
         for name in CORRUPTIONS:
             if name in c["corruptions"]:
                 entry = c["corruptions"][name]
                 rows[f"C: {name}"] = (
                     entry["mean"],
-                    sum(r["images"] for r in entry["severities"].values()),
+                    max(r["images"] for r in entry["severities"].values()),
                 )
     return rows
 
@@ -51,38 +58,145 @@ def _span(values: Iterable[int]) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
+def _chance(report: dict[str, Any]) -> float:
+    return report.get("chance") or 1 / report["head_classes"]
+
+
+def _c_names(report: dict[str, Any]) -> list[str]:
+    return list((report.get("imagenet_c") or {}).get("corruptions", {}))
+
+
+def differences(reports: Sequence[dict[str, Any]]) -> list[str]:
+    """What differs between the reports besides the checkpoint, one sentence each: the head's
+    classes, image size, architecture, the sets and their image counts, the corruptions, the
+    severities, ImageNet-C's source and the per-class cap."""
+    if len(reports) < 2:
+        return []
+
+    def c_field(report: dict[str, Any], get) -> Any:
+        return get(report["imagenet_c"]) if report.get("imagenet_c") else "none"
+
+    fields = [
+        ("head classes", [r["head_classes"] for r in reports]),
+        ("image size (px)", [r["image_size"] for r in reports]),
+        ("architecture", [r["arch"] for r in reports]),
+        ("images per class capped at", [r.get("max_per_class") for r in reports]),
+        *(
+            (
+                title,
+                [
+                    "not evaluated"
+                    if key not in r["sets"]
+                    else f"{r['sets'][key]['images']} images of {r['sets'][key]['classes']} classes"
+                    for r in reports
+                ],
+            )
+            for key, title in SET_TITLES.items()
+        ),
+        (
+            "ImageNet-C corruptions",
+            [", ".join(c for c in CORRUPTIONS if c in _c_names(r)) or "none" for r in reports],
+        ),
+        (
+            "ImageNet-C severities",
+            [c_field(r, lambda c: ",".join(map(str, c["severities"]))) for r in reports],
+        ),
+        ("ImageNet-C source", [c_field(r, lambda c: c["source"]) for r in reports]),
+        (
+            "ImageNet-C images per variant",
+            [
+                c_field(
+                    r,
+                    lambda c: _span(
+                        v["images"]
+                        for e in c["corruptions"].values()
+                        for v in e["severities"].values()
+                    ),
+                )
+                for r in reports
+            ],
+        ),
+    ]
+    found = compare.differences([r["name"] for r in reports], fields)
+    subjects = [r.get("evaluated") for r in reports]
+    repeated = sorted({s for s in subjects if s is not None and subjects.count(s) > 1})
+    found += [
+        f"the same checkpoint ({s}) is in several columns: "
+        + ", ".join(r["name"] for r in reports if r.get("evaluated") == s)
+        for s in repeated
+    ]
+    found += [
+        f"the linear head of {r['name']} was trained on features of {r['head_checkpoint']}, "
+        f"not of {r['checkpoint']}"
+        for r in reports
+        if r.get("head_checkpoint")
+        and Path(r["head_checkpoint"]).resolve() != Path(r["checkpoint"]).resolve()
+    ]
+    return found
+
+
 def markdown(reports: Sequence[dict[str, Any]]) -> str:
-    """The first report against the others (top-1 %), then its counts and its ImageNet-C per severity."""
+    """The first report against the others (top-1 % with its Wilson 95% interval), chance, what
+    differs between them, then the first report's counts and its ImageNet-C per severity."""
     report = reports[0]
     per_report = [_rows(r) for r in reports]
-    comparison, differing = [], False
+    comparison = []
     for title in _row_order(reports):
         cells = [rows.get(title) for rows in per_report]
         sizes = {cell[1] for cell in cells if cell is not None}
         mark = " *" if len(sizes) > 1 else ""
-        differing |= bool(mark)
         comparison.append(
-            [title + mark, *("–" if cell is None else _pct(cell[0]) for cell in cells)]
+            [title + mark, *("–" if cell is None else _cell(*cell) for cell in cells)]
         )
+    comparison.append(["chance (1 / head classes)", *(_pct(_chance(r)) for r in reports)])
     lines = [
         f"# Robustness of {report['name']}",
         "",
         f"Linear head on frozen {report['arch']} features at {report['image_size']} px, "
-        f"{report['head_classes']} classes. Top-1 (%):",
+        f"{report['head_classes']} classes. Top-1 (%) [{stats.INTERVAL_NAME} interval]:",
         "",
         markdown_table(["Set", *(r["name"] for r in reports)], comparison),
     ]
-    if differing:
-        lines += ["", "\\* the checkpoints were evaluated on different numbers of images here."]
+    differ = differences(reports)
+    if len(reports) > 1:
+        lines += [
+            "",
+            "\\* measured on different numbers of images for different checkpoints."
+            if any(row[0].endswith(" *") for row in comparison)
+            else "Each row is measured on the same number of images for every checkpoint that has it.",
+        ]
+        lines += (
+            [
+                "",
+                "What differs between the checkpoints' evaluations:",
+                "",
+                *(f"* {d}" for d in differ),
+            ]
+            if differ
+            else ["", "The evaluations differ only in the checkpoint."]
+        )
+    if report.get("skipped_sets"):
+        lines += [
+            "",
+            "Skipped (no class shared with the head): "
+            + ", ".join(SET_TITLES[k] for k in report["skipped_sets"])
+            + ".",
+        ]
     counts = [
-        [f"{SET_TITLES[key]} ({r['path']})", str(r["classes"]), str(r["images"]), _pct(r["top1"])]
+        [
+            f"{SET_TITLES[key]} ({r['path']})",
+            str(r["classes"]),
+            str(r["images"]),
+            _cell(r["top1"], r["images"]),
+        ]
         for key, r in report["sets"].items()
     ]
+    counts.append(["chance (1 / head classes)", "", "", _pct(_chance(report))])
     lines += [
         "",
         f"## Sets of {report['name']}",
         "",
-        markdown_table(["Set", "Classes", "Images", "Top-1 (%)"], counts),
+        markdown_table(["Set", "Classes", "Images", "Top-1 (%) [95%]"], counts),
     ]
     c = report.get("imagenet_c")
     if c:
@@ -97,14 +211,17 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
                         _pct(entry["mean"]),
                     ]
                 )
-        rows.append(["**mean**", *[""] * len(c["severities"]), f"**{_pct(c['mean'])}**"])
         variants = [r for entry in c["corruptions"].values() for r in entry["severities"].values()]
+        images = max(r["images"] for r in variants)
+        rows.append(["**mean**", *[""] * len(c["severities"]), f"**{_cell(c['mean'], images)}**"])
+        rows.append(["chance", *[""] * len(c["severities"]), _pct(_chance(report))])
         lines += [
             "",
             f"## ImageNet-C of {report['name']} ({c['source']}), top-1 (%)",
             "",
             f"Classes per variant: {_span(r['classes'] for r in variants)}; "
-            f"images per variant: {_span(r['images'] for r in variants)}.",
+            f"images per variant: {_span(r['images'] for r in variants)}. The mean's interval "
+            f"takes the {images} distinct images as n (conservative: they recur in every variant).",
             "",
             markdown_table(["Corruption", *map(str, c["severities"]), "Mean"], rows),
         ]
@@ -132,17 +249,38 @@ def plot(reports: Sequence[dict[str, Any]], path: Path) -> None:
                 100 * rows[t][0] if t in rows and rows[t][0] is not None else math.nan
                 for t in panel
             ]
+            estimates = [stats.from_accuracy(*rows[t]) if t in rows else None for t in panel]
+            errors = [
+                [
+                    0 if e is None or e["low"] is None else v - 100 * e["low"]
+                    for v, e in zip(values, estimates)
+                ],
+                [
+                    0 if e is None or e["high"] is None else 100 * e["high"] - v
+                    for v, e in zip(values, estimates)
+                ],
+            ]
             bars = ax.bar(
                 [j + (i - (len(reports) - 1) / 2) * width for j in range(len(panel))],
                 values,
                 width,
+                yerr=errors,
+                capsize=2,
+                error_kw={"linewidth": 0.8},
                 label=report["name"],
             )
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
         ax.set_xticks(
             range(len(panel)), [t.removeprefix("C: ") for t in panel], rotation=30, ha="right"
         )
-        ax.set_ylabel("top-1 (%)")
+        ax.axhline(
+            100 * _chance(reports[0]),
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"chance ({100 * _chance(reports[0]):.1f}%)",
+        )
+        ax.set_ylabel("top-1 (%), 95% interval")
         ax.set_ylim(0, 108)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_title(f"Robustness: linear head top-1, {reports[0]['head_classes']} classes")
@@ -150,21 +288,12 @@ def plot(reports: Sequence[dict[str, Any]], path: Path) -> None:
     save_png(fig, path, dpi=120)
 
 
-def unique_names(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Column labels must differ: a repeated name gets ' (2)', ' (3)', ..."""
-    seen: dict[str, int] = {}
-    out = []
-    for report in reports:
-        n = seen[report["name"]] = seen.get(report["name"], 0) + 1
-        out.append(report if n == 1 else {**report, "name": f"{report['name']} ({n})"})
-    return out
-
-
 def write(out_dir: Path, report: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
     """robustness.json (``report``), robustness.md and robustness.png (``report`` against ``others``)
     in ``out_dir``; returns the Markdown."""
-    reports = unique_names([report, *others])
+    reports = compare.unique_names([report, *others])
     text = markdown(reports)
+    claim(out_dir, "robustness", report["evaluated"])
     write_report(out_dir, "robustness", report, text)
     plot(reports, Path(out_dir) / "robustness.png")
     return text

@@ -12,8 +12,8 @@ from PIL import Image
 from nsneg.pipeline import contract
 from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
 from nsneg.trainer import checkpoint
-from nsneg.trainer.analysis import texture_classes
-from nsneg.trainer.eval import probes
+from nsneg.trainer.analysis import texture_classes, texture_classes_report
+from nsneg.trainer.eval import probes, stats
 from nsneg_testing import keep_sample
 from nsneg_testing.analysis import CLASSES, SIZE, direct_counts, write_tree
 
@@ -110,7 +110,24 @@ def test_texture_classes_with_released_checkpoint(invoke, shards, ckpt, tmp_path
             r["texture_acc"] for r in rows if r["group"] == group and r["texture_acc"] is not None
         ]
         assert report["groups"][group]["mean_texture_acc"] == pytest.approx(np.mean(accs))
-    assert "dog breeds (n02084071): mean texture accuracy" in report["fine_vs_rest"]
+    assert "dog breeds (n02084071): held-out texture accuracy" in report["fine_vs_rest"]
+    # Pooled counts with their intervals; a conclusion only when the difference's interval excludes 0.
+    for group in ("dog breeds", "rest"):
+        members = [r for r in rows if r["group"] == group]
+        pooled = report["groups"][group]["texture_held_out"]
+        assert (pooled["correct"], pooled["n"]) == (
+            sum(r["texture_correct"] for r in members),
+            sum(r["texture_n"] for r in members),
+        )
+    found = report["fine_vs_rest_comparison"]["dog breeds"]
+    assert found["conclusive"] == stats.excludes_zero(found["difference"])
+    assert found["conclusion"] in report["fine_vs_rest"]
+    for r in rows:
+        if r["texture_n"]:
+            assert r["texture_interval"] == pytest.approx(
+                list(stats.wilson(r["texture_correct"], r["texture_n"]))
+            )
+    assert report["top1"]["texture_held_out_estimate"]["n"] == len(held)
     tested = [r for r in rows if r["texture_acc"] is not None]
     most = sorted(tested, key=lambda r: (-r["texture_acc"], r["wnid"]))
     least = sorted(tested, key=lambda r: (r["texture_acc"], r["wnid"]))
@@ -158,3 +175,55 @@ def test_texture_classes_errors(invoke, shards, ckpt, tmp_path):
     assert result.exit_code == 1 and "manifest.json not found" in result.output
     result = invoke("texture-classes", "--shards", shards, "--checkpoint", tmp_path / "missing.pt")
     assert result.exit_code == 1 and "not found" in result.output
+
+
+# --------------------------------------------------------------------------- the conclusion, both ways
+
+DOG, OTHERS = (
+    "n02085620",
+    ["n01440764", "n03085013", "n03594734"],
+)  # Chihuahua; tench, keyboard, jean
+
+
+def crafted_report(dog: tuple[int, int], others: list[tuple[int, int]]) -> dict:
+    """The report of crafted probe outputs: (correct, held-out textures) of the dog class and of the
+    other classes, as ``per_class_counts`` gives them."""
+    classes = [DOG, *OTHERS]
+    counts = [dog, *others]
+    correct, total = (np.array([c[i] for c in counts]) for i in (0, 1))
+    body = texture_classes_report.texture_class_report(
+        classes, (correct, total), None, np.full(len(classes), 10), top=2
+    )
+    comparison = texture_classes_report.fine_comparison(body["groups"])
+    return {
+        **body,
+        "comparison": comparison,
+        "verdict": texture_classes_report.fine_verdict(body["groups"], comparison),
+    }
+
+
+def test_one_dog_class_with_two_textures_concludes_nothing():
+    """+33 points from 2 / 2 against 4 / 6: the interval includes zero, and the report says so."""
+    report = crafted_report((2, 2), [(2, 2), (1, 2), (1, 2)])
+    found = report["comparison"]["dog breeds"]
+    assert found["difference"]["value"] == pytest.approx(1 - 4 / 6)
+    assert found["difference"]["low"] < 0 < found["difference"]["high"] and not found["conclusive"]
+    assert "the data cannot tell (the interval includes zero)" in report["verdict"]
+    assert (
+        "more recognisable" not in report["verdict"]
+        and "less recognisable" not in report["verdict"]
+    )
+    assert "100.0% [34.2, 100.0] (n=2) over 1 class(es)" in report["verdict"]
+    row = report["classes"][0]
+    assert row["texture_interval"] == pytest.approx([0.3424, 1.0], abs=5e-5)
+
+
+def test_many_textures_support_a_conclusion_both_ways():
+    more = crafted_report((45, 50), [(20, 50), (25, 50), (15, 50)])
+    assert more["comparison"]["dog breeds"]["conclusive"]
+    assert "dog breeds are more recognisable from texture than the rest." in more["verdict"]
+    less = crafted_report((5, 50), [(40, 50), (30, 50), (35, 50)])
+    assert less["comparison"]["dog breeds"]["difference"]["high"] < 0
+    assert "dog breeds are less recognisable from texture than the rest." in less["verdict"]
+    untested = crafted_report((0, 0), [(1, 2), (1, 2), (1, 2)])
+    assert "not comparable" in untested["verdict"]

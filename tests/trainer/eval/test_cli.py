@@ -12,7 +12,7 @@ from PIL import Image
 
 from nsneg.pipeline import contract
 from nsneg.trainer import checkpoint
-from nsneg.trainer.eval import features, probes
+from nsneg.trainer.eval import features, probes, stats
 from nsneg_testing import encode
 
 COLOURS = {"n01440764": (200, 40, 40), "n01443537": (40, 180, 60), "n01484850": (50, 70, 210)}
@@ -64,10 +64,21 @@ def test_knn_command_on_image_folders(probe, trees, tmp_path):
     result = probe("knn", train, val, "--k", 5, "--workers", 0, "--json", out)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
+    low, high = stats.wilson(round(9 * report["top1"]), 9)
+    assert report["top1_interval"] == pytest.approx([low, high]) and low <= report["top1"] <= high
     assert result.stdout.startswith(
-        f"knn top-1: {100 * report['top1']:.2f}% (k=5, T=0.07, 9 val / 18 train images)"
+        f"knn top-1: {100 * report['top1']:.2f}% [{100 * low:.2f}, {100 * high:.2f}] (n=9) "
+        "(Wilson 95%), chance 33.33% (3 classes); k=5, T=0.07, 18 train images"
     )
     assert report["metric"] == "knn" and report["k"] == 5 and report["t"] == 0.07
+    assert report["chance"] == pytest.approx(1 / 3) and "note:" not in result.stdout
+    # A k above the training set is capped, and said so: in the terminal and in the JSON.
+    capped = probe("knn", train, val, "--workers", 0, "--json", tmp_path / "capped.json")
+    assert capped.exit_code == 0, capped.output
+    assert "note: k=200 asked, 18 used: there are only 18 training images" in capped.stdout
+    assert "k=18, T=0.07" in capped.stdout
+    recorded = json.loads((tmp_path / "capped.json").read_text())
+    assert (recorded["k"], recorded["k_requested"]) == (18, 200)
     assert (report["arch"], report["image_size"], report["classes"]) == ("resnet18", 32, 3)
     assert (report["train_samples"], report["val_samples"]) == (18, 9)
     assert report["top1"] >= 2 / 3  # three colours, even through a random network
@@ -81,8 +92,12 @@ def test_linear_command_trains_saves_and_reloads_the_head(probe, trees, ckpt, tm
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert result.stdout.startswith(
-        f"linear top-1: {100 * report['top1']:.2f}% (train 100.00%, 9 val / 18 train"
+        f"note: batch size 128 asked, 18 used: there are only 18 training images\n"
+        f"linear top-1: {100 * report['top1']:.2f}% ["
     )
+    assert "chance 33.33% (3 classes); train 100.00% of 18 images, 30 epochs" in result.stdout
+    assert (report["batch_size"], report["batch_size_requested"]) == (18, 128)
+    assert report["chance"] == pytest.approx(1 / 3) and len(report["top1_interval"]) == 2
     assert (
         report["metric"] == "linear" and report["epochs"] == 30 and report["lr"] == probes.LINEAR_LR
     )

@@ -15,7 +15,7 @@ from torchvision import transforms
 
 from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
 from nsneg.trainer import checkpoint
-from nsneg.trainer.eval import features, probes
+from nsneg.trainer.eval import features, probes, stats
 from nsneg.trainer.eval.corruptions import corrupt
 from nsneg_testing import PHOTOS, encode, keep_sample, photo
 
@@ -199,12 +199,18 @@ def test_released_checkpoint_report_matches_a_direct_computation(world, released
             == (n_classes, n_images)
         )
         assert sets[key]["top1"] == pytest.approx(top1, abs=1e-12), key
+        low, high = stats.wilson(round(top1 * images), images)
+        assert sets[key]["interval"] == pytest.approx([low, high])
+        assert low <= sets[key]["top1"] <= high
     assert sets["stylized"] == {
         "path": str(root / "stylized"),
         "top1": None,
         "classes": 0,
         "images": 0,
+        "interval": None,
     }
+    assert report["skipped_sets"] == ["stylized"] and report["chance"] == pytest.approx(1 / 3)
+    assert report["evaluated"] == str(world["released"].resolve())
     assert "Stylized-ImageNet" in result.output and "shares no class with the head" in result.output
 
     c = report["imagenet_c"]
@@ -221,6 +227,10 @@ def test_released_checkpoint_report_matches_a_direct_computation(world, released
             np.mean([entry["severities"][s]["top1"] for s in ("1", "4")])
         )
     assert c["mean"] == pytest.approx(np.mean([e["mean"] for e in c["corruptions"].values()]))
+    # The mean's interval takes the 12 distinct images as n.
+    assert c["images"] == 12 and c["interval"] == pytest.approx(
+        list(stats.wilson(round(c["mean"] * 12), 12))
+    )
 
 
 @pytest.mark.slow  # a whole robustness report
@@ -229,10 +239,16 @@ def test_report_files_markdown_and_plot(released_run):
     text = (out / "robustness.md").read_text()
     report = json.loads((out / "robustness.json").read_text())
     assert text in result.output  # the terminal shows the same table
-    assert "| Set | moco_v2_released |" in text
-    assert f"| ImageNet val | {100 * report['sets']['val']['top1']:.2f} |" in text
+    assert "| Set | moco_v2_released |" in text and "[Wilson 95% interval]" in text
+    val = report["sets"]["val"]
+    assert (
+        f"| ImageNet val | {100 * val['top1']:.2f} "
+        f"[{100 * val['interval'][0]:.1f}, {100 * val['interval'][1]:.1f}] |" in text
+    )
     assert "| Stylized-ImageNet | n/a |" in text
-    assert f"| ImageNet-C mean | {100 * report['imagenet_c']['mean']:.2f} |" in text
+    assert "| chance (1 / head classes) | 33.33 |" in text
+    assert "Skipped (no class shared with the head): Stylized-ImageNet." in text
+    assert f"| ImageNet-C mean | {100 * report['imagenet_c']['mean']:.2f} [" in text
     assert "| Corruption | 1 | 4 | Mean |" in text and "images per variant: 12" in text
     assert f"| ImageNet-Sketch ({report['sets']['sketch']['path']}) | 2 | 5 |" in text
     with Image.open(out / "robustness.png") as png:
@@ -266,10 +282,18 @@ def test_compare_puts_checkpoints_side_by_side(
     )
     text = (tmp_path / "robustness.md").read_text()
     assert "| Set | ours | moco_v2_released |" in text
-    val = f"| ImageNet val | {100 * ours['sets']['val']['top1']:.2f} | {100 * released['sets']['val']['top1']:.2f} |"
+    val = (
+        f"| ImageNet val | {100 * ours['sets']['val']['top1']:.2f} [{100 * ours['sets']['val']['interval'][0]:.1f}, "
+        f"{100 * ours['sets']['val']['interval'][1]:.1f}] | {100 * released['sets']['val']['top1']:.2f} ["
+    )
     assert val in text
+    # What differs is said: the image size and the sets (Sketch evaluated on the same 5 images).
+    assert "* image size (px): ours 32, moco_v2_released 64" in text
+    assert "ImageNet-R: ours not evaluated, moco_v2_released 2 images of 1 classes" in text
+    assert "ImageNet-Sketch:" not in text and "ImageNet-C corruptions" not in text
+    assert "measured on the same number of images" in text
     assert (
-        f"| ImageNet-R | – | {100 * released['sets']['rendition']['top1']:.2f} |" in text
+        f"| ImageNet-R | – | {100 * released['sets']['rendition']['top1']:.2f} [" in text
     )  # only one evaluated it
     assert (tmp_path / "robustness.png").stat().st_size > 10_000
     for name in ("robustness.md", "robustness.png"):
@@ -287,6 +311,16 @@ def test_compare_puts_checkpoints_side_by_side(
     )
     assert again.exit_code == 0 and "| Set | ours | ours (2) |" in again.output
     assert "ImageNet-C mean *" not in again.output and "| ImageNet-C mean | – |" in again.output
+    assert (
+        f"* the same checkpoint ({world['ours'].resolve()}) is in several columns: ours, ours (2)"
+        in again.output
+    )
+    assert "the linear head of" not in again.output  # each head was trained on its checkpoint
+    assert (
+        "* ImageNet-C corruptions: ours none, ours (2) gaussian_noise, defocus_blur" in again.output
+    )
+    assert "* ImageNet-C severities: ours none, ours (2) 1,4" in again.output
+    assert "* image size" not in again.output and "* head classes" not in again.output
 
 
 @pytest.mark.slow  # a whole robustness report
@@ -404,7 +438,7 @@ def test_data_and_option_errors(invoke, world, tmp_path):
         (["--severities", "0,2"], 2, "severities from 1 to 5, got '0,2'"),
         (["--severities", "x"], 2, "severities from 1 to 5"),
         (["--compare", world["heads"]["ours"]], 2, "is not readable JSON"),
-        (["--compare", not_a_report], 2, "is not a robustness.json"),
+        (["--compare", not_a_report], 2, "is not a nsneg-robustness report"),
     ]
     for args, code, message in cases:  # the last --corruptions / --imagenet-val given wins
         result = invoke(
@@ -425,3 +459,31 @@ def test_data_and_option_errors(invoke, world, tmp_path):
         )
         assert result.exit_code == code and message in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_default_folder_is_the_runs_and_never_another_checkpoints(
+    invoke, world, tmp_path, monkeypatch
+):
+    """robustness/<run> by default; a second checkpoint of the same run name is refused before any
+    evaluation, and the first report stays as it was."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--linear-head", world["heads"]["ours"], "--imagenet-val", world["root"] / "val"]
+    args += ["--corruptions", "none", "--workers", 0]
+    first = invoke("robustness", "--checkpoint", world["ours"], *args)
+    assert first.exit_code == 0, first.output
+    own = tmp_path / "robustness" / "ours" / "robustness.json"
+    before = own.read_bytes()
+    assert json.loads(before)["evaluated"] == str(world["ours"].resolve())
+    twin = tmp_path / "elsewhere" / "ours" / "checkpoint.pt"
+    twin.parent.mkdir(parents=True)
+    shutil.copyfile(world["ours"], twin)
+    refused = invoke("robustness", "--checkpoint", twin, *args)
+    assert (
+        refused.exit_code == 1 and f"is the report of {world['ours'].resolve()}" in refused.output
+    )
+    assert own.read_bytes() == before
+    named = invoke("robustness", "--checkpoint", twin, "--name", "twin", *args)
+    assert named.exit_code == 0 and (tmp_path / "robustness" / "twin" / "robustness.json").is_file()
