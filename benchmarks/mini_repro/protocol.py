@@ -23,10 +23,11 @@ EVAL_SETS = ("test",) + OOD_SPLITS
 HELDOUT = "heldout"
 #: Transfer readings: linear-probe top-1 % per set, and shape bias on cue conflict.
 TRANSFER = EVAL_SETS + ("shape_bias",)
-#: Representation readings on held-out images, each (sim(x, v) - sim(x, other images)) /
-#: (sim(x, positive view) - sim(x, other images)) of cosine similarities of frozen features:
-#: 0 = as far as another image, 1 = as close as the image's own positive view.
-REPRESENTATION = ("texture_closeness", "shuffle_closeness", "blended_shuffle_closeness")
+#: Representation readings on held-out images: the mean cosine similarity of each image's frozen
+#: features to those of its positive view, its own texture, its patch-shuffled view and its
+#: seam-blended patch-shuffled view, each minus its mean similarity to the other images
+#: (0 = no closer than another image).
+REPRESENTATION = ("positive_margin", "texture_margin", "shuffle_margin", "blended_shuffle_margin")
 #: Shortcut controls: top-1 % of a linear probe on frozen features, fit on held-out images of
 #: the first half of the classes and read on the other half (chance 50 %).
 CONTROLS = ("shuffled_vs_intact", "blended_shuffled_vs_intact", "texture_vs_photo")

@@ -35,9 +35,10 @@ TITLES = {
     "unseen_textures": "unseen textures",
     "cue_conflict": "cue conflict",
     "shape_bias": "shape bias",
-    "texture_closeness": "texture closeness",
-    "shuffle_closeness": "shuffle closeness",
-    "blended_shuffle_closeness": "blended-shuffle closeness",
+    "positive_margin": "positive view",
+    "texture_margin": "own texture",
+    "shuffle_margin": "shuffled view",
+    "blended_shuffle_margin": "seam-blended shuffled view",
     "shuffled_vs_intact": "probe: shuffled vs intact",
     "blended_shuffled_vs_intact": "probe: blended shuffled vs intact",
     "texture_vs_photo": "probe: texture vs photo",
@@ -47,7 +48,10 @@ UNITS = {m: "points" for m in TRANSFER + CONTROLS} | {
 }
 GROUPS = (
     ("Transfer (linear probe top-1 %, shape bias)", TRANSFER),
-    ("Representation, held-out images (0 = another image, 1 = own positive view)", REPRESENTATION),
+    (
+        "Representation, held-out images (cosine similarity to the view minus to another image)",
+        REPRESENTATION,
+    ),
     ("Shortcut controls, unseen classes (probe top-1 %, chance 50 %)", CONTROLS),
 )
 

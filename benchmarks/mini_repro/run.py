@@ -458,8 +458,9 @@ def train(
     jobs = [(v, s) for s in protocol.seeds for v in order]
     runs: list[dict[str, Any]] = []
 
-    def write_report(complete: bool) -> dict[str, Any]:
-        """results.json/.md/.png of the runs so far (after every run: a stopped job leaves a valid report)."""
+    def write_report(complete: bool, plot: bool) -> dict[str, Any]:
+        """results.json/.md of the runs so far (after every run: a stopped job leaves a valid
+        report), and results.png when ``plot``."""
         names = [v.name for v in protocol.variants if any(r["variant"] == v.name for r in runs)]
         wall = time.time() - start + prepared["prepare_s"]
         full_report = {
@@ -482,12 +483,14 @@ def train(
         }
         files.atomic_write_json(out / "results.json", full_report, sort_keys=False)
         files.atomic_write_text(out / "results.md", report.markdown(full_report, protocol))
-        report.plot_effects(
-            full_report["summary"],
-            f"mini reproduction ({protocol.name}, {machine(device)}): paired difference to the "
-            f"row each is compared with, mean and 95 % t-interval over {len(protocol.seeds)} seeds",
-            out / "results.png",
-        )
+        if plot:
+            report.plot_effects(
+                full_report["summary"],
+                f"mini reproduction ({protocol.name}, {machine(device)}): paired difference to "
+                f"the row each is compared with, mean and 95 % t-interval over "
+                f"{len(protocol.seeds)} seeds",
+                out / "results.png",
+            )
         return full_report
 
     bar = tqdm(total=len(jobs), desc="mini-repro runs", unit="run", disable=not show_progress)
@@ -524,9 +527,9 @@ def train(
             )
         runs.append(result)
         bar.update()
-        write_report(complete=False)
+        write_report(complete=False, plot=False)  # the plot (a dozen panels) once, at the end
     bar.close()
-    full_report = write_report(complete=len(runs) == len(jobs))
+    full_report = write_report(complete=len(runs) == len(jobs), plot=True)
     log(report.markdown(full_report, protocol))
     log(
         f"wall time: {full_report['wall_s']:.0f} s ({full_report['wall_s'] / 60:.1f} min); "

@@ -398,11 +398,24 @@ def test_seam_blending_changes_the_tile_boundaries_only():
     assert torch.allclose(blended[:, band], smooth[:, band])
 
 
-def test_closeness_puts_another_image_at_0_and_the_positive_at_1():
-    assert readings.closeness(0.9, 0.9, 0.5) == pytest.approx(1.0)
-    assert readings.closeness(0.5, 0.9, 0.5) == pytest.approx(0.0)
-    assert readings.closeness(0.7, 0.9, 0.5) == pytest.approx(0.5)
-    assert readings.closeness(0.7, 0.5, 0.5) is None  # the positive is no closer than others
+def test_margins_are_similarities_above_another_image(tmp_path):
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 4, 4, generator=g)
+    views = {v: torch.randn(8, 3, 4, 4, generator=g) for v in readings.VIEWS}
+    views["intact"], views["positive"], views["texture"] = x, x.clone(), -x
+    held = readings.HeldoutViews(views, list(shapes.CLASSES), torch.full((8,), 2))
+    out = readings.read(Identity(), held, "cpu", probe_epochs=5, seed=0)
+    f = torch.nn.functional.normalize(x.flatten(1), dim=1)
+    other = float(((f @ f.T).sum() - 8) / 56)
+    assert out["similarity"]["other"] == pytest.approx(other, abs=1e-6)
+    assert out["positive_margin"] == pytest.approx(1.0 - other, abs=1e-6)
+    assert out["texture_margin"] == pytest.approx(-1.0 - other, abs=1e-6)
+    for m in protocol.CONTROLS:
+        assert 0 <= out[m] <= 100
 
 
 def test_control_probe_reads_unseen_classes_only():
@@ -415,6 +428,7 @@ def test_control_probe_reads_unseen_classes_only():
     assert same < 80.0
 
 
+@pytest.mark.slow
 def test_flop_count_orders_the_rows_by_their_work():
     setting = {**budget.REFERENCE_SETTING, "image_size": 32, "batch_size": 4, "moco_k": 8}
     none = budget.moco_flops_per_view(setting, "none")
