@@ -36,6 +36,7 @@ from mini_repro.protocol import (
     BASELINE,
     EVAL_SETS,
     HELDOUT,
+    MEASURES,
     PATCH_SIZE_RANGE,
     SKETCH_P,
     UNTRAINED,
@@ -83,6 +84,14 @@ RUN_FIELDS = DATA_FIELDS + (
     "shuffle_buffer",
     "probe_epochs",
 )
+
+
+def run_fingerprint(protocol: Protocol) -> str:
+    """What a kept run's result depends on: the run settings and the readings it holds (a result
+    written with other readings is made again, not read with missing ones)."""
+    return hashlib.sha256(
+        (fingerprint(protocol, *RUN_FIELDS) + json.dumps(MEASURES)).encode()
+    ).hexdigest()[:16]
 
 
 def machine(device: str) -> str:
@@ -449,7 +458,7 @@ def train(
     held = readings.heldout_views(
         out / "heldout-shards", HELDOUT, protocol.image_size, seed=protocol.data_seed
     )
-    key = fingerprint(protocol, *RUN_FIELDS)
+    key = run_fingerprint(protocol)
     eval_sizes = {s: protocol.per_class[s] * len(world.CLASSES) for s in EVAL_SETS}
     # Seed by seed, the untrained reference first: a stopped job leaves paired rows behind.
     order = [v for v in protocol.variants if v.kind == UNTRAINED] + [
