@@ -25,8 +25,8 @@ from mini_repro.protocol import PROTOCOLS
     type=click.Choice(["all", "prepare", "train"]),
     default="all",
     show_default=True,
-    help="prepare: world + textures (CPU, Ray) into --out; train: pre-training and probes on a "
-    "prepared --out (CPU or CUDA, no Ray)",
+    help="prepare: world + textures (CPU, Ray) into --out; train: pre-training, probes and readings "
+    "on a prepared --out (CPU or CUDA, no Ray)",
 )
 @click.option(
     "--device", default="cpu", show_default=True, help="cpu or cuda[:N], for the train stage"
