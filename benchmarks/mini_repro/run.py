@@ -4,10 +4,12 @@
 by the real Ray job (``nsneg.pipeline.job``) into shards, and their noise ratio. Its output
 folder is all that ``train`` needs, so it can be carried to a GPU machine without Ray.
 
-``train`` (CPU or CUDA, no Ray): for every variant and seed, MoCo v2 pre-training with the
-real ``nsneg.trainer.train.Trainer`` on those shards, then a linear probe on frozen features of
-``train`` (shape labels), read on test and the three out-of-domain sets. The baseline's
-seeds run first and the sanity gate is checked on them before any other variant.
+``train`` (CPU or CUDA, no Ray): for every seed and row, pre-training (MoCo v2 or the
+trainer's other methods) with the real ``nsneg.trainer.train.Trainer`` on those shards, then
+a linear probe on frozen features of ``train`` (shape labels), read on test and the three
+out-of-domain sets, and the representation reading and shortcut controls on the held-out
+images (``mini_repro.readings``). Every row always runs; the sanity readings are facts in
+the report, never a stop.
 
 A run that is stopped resumes: finished runs are kept (``runs/*/result.json``), an
 unfinished pre-training continues from its last checkpoint, the texture job skips
@@ -16,6 +18,7 @@ finished shards.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,13 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from mini_repro import report, world
+from mini_repro import readings, report, world
 from mini_repro.protocol import (
     BASELINE,
     EVAL_SETS,
-    GATE_MAX_SKETCH_P,
-    GATE_MIN_IN_DOMAIN,
-    GATE_SEARCH,
+    HELDOUT,
+    MEASURES,
+    PATCH_SIZE_RANGE,
+    SKETCH_P,
     UNTRAINED,
     Protocol,
     Variant,
@@ -55,10 +59,8 @@ from nsneg.trainer.train import TrainConfig, Trainer
 
 Log = Callable[[str], None]
 PREPARED = "prepared.json"
-
-
-class GateFailed(RuntimeError):
-    """The MoCo baseline did not learn shape: the variants' comparison would say nothing."""
+#: Where ``prepare`` writes the textures: folder -> (world split, shard split).
+TEXTURE_SETS = {"shards": ("pretrain", "train"), "heldout-shards": (HELDOUT, HELDOUT)}
 
 
 def fingerprint(protocol: Protocol, *fields: str) -> str:
@@ -84,6 +86,14 @@ RUN_FIELDS = DATA_FIELDS + (
 )
 
 
+def run_fingerprint(protocol: Protocol) -> str:
+    """What a kept run's result depends on: the run settings and the readings it holds (a result
+    written with other readings is made again, not read with missing ones)."""
+    return hashlib.sha256(
+        (fingerprint(protocol, *RUN_FIELDS) + json.dumps(MEASURES)).encode()
+    ).hexdigest()[:16]
+
+
 def machine(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"1 x {torch.cuda.get_device_name(0)}"
@@ -93,11 +103,11 @@ def machine(device: str) -> str:
 # --------------------------------------------------------------------------- prepare
 
 
-def texture_noise_ratio(shards: Path, limit: int = 16) -> tuple[float, int]:
+def texture_noise_ratio(shards: Path, split: str = "train", limit: int = 16) -> tuple[float, int]:
     """Mean noise ratio (``nsneg.pipeline.quality``) of the first ``limit`` textures against their own two crops."""
     ratios = []
     rng = np.random.default_rng(0)
-    for sample in contract.iter_samples(shards, "train"):
+    for sample in contract.iter_samples(shards, split):
         resized = np.array(resize_short(sample.source()))
         boxes = sample.meta["crop_boxes"]
         crops = np.stack(
@@ -113,13 +123,13 @@ def texture_noise_ratio(shards: Path, limit: int = 16) -> tuple[float, int]:
     return float(np.mean(ratios)), len(ratios)
 
 
-def texture_fingerprint(protocol: Protocol) -> str:
-    """What the textures depend on: the pretrain images (world, seed, count) and the synthesis."""
+def texture_fingerprint(protocol: Protocol, split: str = "pretrain") -> str:
+    """What one split's textures depend on: its images (world, seed, count) and the synthesis."""
     d = protocol.as_dict()
     keys = {
         "world": d["world"],
         "data_seed": d["data_seed"],
-        "pretrain": d["per_class"]["pretrain"],
+        split: d["per_class"][split],
         "synthesis_steps": d["synthesis_steps"],
         "synthesis_batch": d["synthesis_batch"],
     }
@@ -129,20 +139,29 @@ def texture_fingerprint(protocol: Protocol) -> str:
 def prepare(
     out: Path, protocol: Protocol, log: Log = print, show_progress: bool = True
 ) -> dict[str, Any]:
-    """World + textures into ``out`` (``out/data``, ``out/shards``, ``out/prepared.json``); idempotent.
+    """World + textures into ``out`` (``out/data``, ``out/shards``, ``out/heldout-shards``,
+    ``out/prepared.json``); idempotent.
 
-    Made for another protocol, the images are regenerated (seconds) and the textures kept
-    where they are of the same pretrain images and synthesis, else made again: never mixed.
+    Made for another protocol, the images are regenerated (seconds) and each texture set kept
+    where it is of the same images and synthesis, else made again: never mixed.
     """
     out = Path(out)
-    key, texture_key = fingerprint(protocol, *DATA_FIELDS), texture_fingerprint(protocol)
+    key = fingerprint(protocol, *DATA_FIELDS)
     done = out / PREPARED
     previous = json.loads(done.read_text()) if done.exists() else {}
     if previous.get("fingerprint") == key:
         log(f"prepare: {out} is ready (protocol {previous['protocol']}), reused")
         return previous
-    keep_textures = previous.get("texture_fingerprint") == texture_key
-    for stale in (out / "data", done) + (() if keep_textures else (out / "shards",)):
+    old_sets = previous.get("texture_sets") or (  # a folder prepared before held-out textures
+        {"shards": {**previous["textures"], "fingerprint": previous["texture_fingerprint"]}}
+        if "texture_fingerprint" in previous
+        else {}
+    )
+    keep = {
+        folder: old_sets.get(folder, {}).get("fingerprint") == texture_fingerprint(protocol, split)
+        for folder, (split, _) in TEXTURE_SETS.items()
+    }
+    for stale in (out / "data", done) + tuple(out / f for f, kept in keep.items() if not kept):
         if stale.is_dir():
             shutil.rmtree(stale)
         elif stale.exists():
@@ -157,19 +176,27 @@ def prepare(
     )
     n = sum(protocol.per_class.values()) * len(world.CLASSES)
     log(f"world: {n} images in {time.time() - start:.0f} s")
-    if keep_textures:
-        textures = previous["textures"]
-        log(
-            f"textures: the {textures['images']} of {out / 'shards'} are of the same images and synthesis, kept"
-        )
-    else:
-        textures = make_textures(data, out / "shards", protocol, log, show_progress)
+    texture_sets, kept_seconds = {}, 0.0
+    for folder, (split, shard_split) in TEXTURE_SETS.items():
+        if keep[folder]:
+            textures = old_sets[folder]
+            kept_seconds += textures["seconds"]
+            log(
+                f"textures: the {textures['images']} of {out / folder} are of the same images and "
+                "synthesis, kept"
+            )
+        else:
+            textures = make_textures(
+                data, split, out / folder, shard_split, protocol, log, show_progress
+            )
+            textures["fingerprint"] = texture_fingerprint(protocol, split)
+        texture_sets[folder] = textures
     prepared = {
         "protocol": protocol.name,
         "fingerprint": key,
-        "texture_fingerprint": texture_key,
-        "textures": textures,
-        "prepare_s": round(time.time() - start + (textures["seconds"] if keep_textures else 0), 1),
+        "texture_sets": texture_sets,
+        "textures": texture_sets["shards"],
+        "prepare_s": round(time.time() - start + kept_seconds, 1),
         "machine": machine("cpu"),
     }
     files.atomic_write_json(done, prepared)
@@ -177,9 +204,15 @@ def prepare(
 
 
 def make_textures(
-    data: Path, shards: Path, protocol: Protocol, log: Log, show_progress: bool
+    data: Path,
+    split: str,
+    shards: Path,
+    shard_split: str,
+    protocol: Protocol,
+    log: Log,
+    show_progress: bool,
 ) -> dict[str, Any]:
-    """The real Ray job on the pretrain split, then the textures' noise ratio."""
+    """The real Ray job on one split of the world, then the textures' noise ratio."""
     import ray
 
     started_here = not ray.is_initialized()
@@ -187,8 +220,8 @@ def make_textures(
     t0 = time.time()
     try:
         summary = run_texture_job(
-            JobConfig(out=shards, split="train", synthesis=synthesis, shard_size=40),
-            folder_listing(data, "pretrain"),
+            JobConfig(out=shards, split=shard_split, synthesis=synthesis, shard_size=40),
+            folder_listing(data, split),
             show_progress=show_progress,
         )
     finally:
@@ -199,10 +232,10 @@ def make_textures(
             f"texture job failed shards {summary.failed_shards}, skipped {summary.skipped}"
         )
     seconds = time.time() - t0
-    ratio, measured = texture_noise_ratio(shards)
+    ratio, measured = texture_noise_ratio(shards, shard_split)
     default_schedule = synthesis == SynthesisConfig(batch_size=synthesis.batch_size)
     log(
-        f"textures: {summary.images} in {seconds:.0f} s, noise ratio {ratio:.3f}"
+        f"textures of {split}: {summary.images} in {seconds:.0f} s, noise ratio {ratio:.3f}"
         + (" (the default schedule)" if default_schedule else "")
     )
     return {
@@ -219,6 +252,19 @@ def make_textures(
 # --------------------------------------------------------------------------- one run
 
 
+def method_option(method: str, config_type: type = TrainConfig) -> dict[str, str]:
+    """The ``TrainConfig`` keyword for a row's method: none for MoCo (every trainer has it)."""
+    if method == "moco":
+        return {}
+    if "method" not in {f.name for f in dataclasses.fields(config_type)}:
+        raise ValueError(
+            f"this protocol's {method.upper()} rows need TrainConfig.method, which this "
+            "nsneg's trainer does not have: run a protocol without them "
+            "(dataclasses.replace(protocol, variants=...)) or a trainer that has it"
+        )
+    return {"method": method}
+
+
 def pretrain(
     shards: Path,
     run_dir: Path,
@@ -228,7 +274,7 @@ def pretrain(
     device: str,
     show_progress: bool,
 ) -> Path:
-    """One MoCo v2 run with the real trainer (continues its own checkpoint); returns the checkpoint."""
+    """One pre-training run with the real trainer (continues its own checkpoint); returns the checkpoint."""
     p = protocol
     untrained = variant.kind == UNTRAINED
     config = TrainConfig(
@@ -236,6 +282,7 @@ def pretrain(
         out=str(run_dir),
         negatives_kind="none" if untrained else variant.kind,
         alpha=variant.alpha,
+        patch_size_range=PATCH_SIZE_RANGE,
         arch=p.arch,
         image_size=p.image_size,
         small_images=p.uses_small_images,
@@ -248,6 +295,7 @@ def pretrain(
         workers=p.workers,
         seed=seed,
         shuffle_buffer=p.shuffle_buffer,
+        **({} if untrained else method_option(variant.method)),
     )
     trainer = Trainer(config, device=device, show_progress=show_progress)
     if untrained:  # the seed's initial weights, saved as they are
@@ -272,12 +320,10 @@ def shape_bias(
 
 
 def probe(
-    checkpoint_path: Path, data: Path, protocol: Protocol, seed: int, device: str
+    backbone: torch.nn.Module, data: Path, protocol: Protocol, seed: int, device: str
 ) -> dict[str, Any]:
     """Linear probe on frozen features of ``train`` (shape labels); top-1 % on every set and shape bias."""
     from torch.utils.data import DataLoader
-
-    backbone, _ = checkpoints.load_backbone(checkpoint_path)
 
     def features(split: str):
         dataset, classes = load_dataset(data / split, split, protocol.image_size)
@@ -305,15 +351,25 @@ def probe(
     return result
 
 
-# --------------------------------------------------------------------------- the gate
+# --------------------------------------------------------------------------- sanity readings
 
 
-def gate(baseline_runs: list[dict[str, Any]], eval_sizes: dict[str, int]) -> dict[str, Any]:
-    """The sanity gate on the baseline's runs: in-domain mean >= GATE_MIN_IN_DOMAIN and, on every
-    seed, sketch top-1 above chance (one-sided binomial test, p < GATE_MAX_SKETCH_P)."""
+def sanity(runs: list[dict[str, Any]], eval_sizes: dict[str, int]) -> dict[str, Any]:
+    """Two facts about the baseline, each with what it means for reading the differences:
+    does it beat its untrained network in domain (paired 95 % interval above zero), and does
+    it transfer shape to outlines (sketch above chance on every seed, one-sided binomial test
+    at ``SKETCH_P``). Never a stop."""
     from scipy import stats
 
-    in_domain = float(np.mean([r["top1"]["test"] for r in baseline_runs]))
+    base = {r["seed"]: r for r in runs if r["variant"] == BASELINE}
+    untrained = {r["seed"]: r for r in runs if r["kind"] == UNTRAINED}
+    if not base:
+        return {"facts": [], "consequences": []}
+    in_domain = float(np.mean([r["top1"]["test"] for r in base.values()]))
+    seeds = sorted(set(base) & set(untrained))
+    d = [base[s]["top1"]["test"] - untrained[s]["top1"]["test"] for s in seeds]
+    ci = report.paired_interval(d)
+    learns = None if ci is None else ci[0] > 0
     n = eval_sizes["sketch"]
     p_values = [
         float(
@@ -321,22 +377,50 @@ def gate(baseline_runs: list[dict[str, Any]], eval_sizes: dict[str, int]) -> dic
                 round(r["top1"]["sketch"] * n / 100), n, chance() / 100, alternative="greater"
             ).pvalue
         )
-        for r in baseline_runs
+        for r in base.values()
     ]
-    sketch = float(np.mean([r["top1"]["sketch"] for r in baseline_runs]))
-    passed = in_domain >= GATE_MIN_IN_DOMAIN and all(p < GATE_MAX_SKETCH_P for p in p_values)
-    reading = (
-        f"baseline in-domain top-1 {in_domain:.1f} % (needs >= {GATE_MIN_IN_DOMAIN:.0f}), sketch "
-        f"{sketch:.1f} % vs chance {chance():.1f} %, binomial p per seed "
-        + ", ".join(f"{p:.1g}" for p in p_values)
-        + f" (needs each < {GATE_MAX_SKETCH_P})"
-    )
+    sketch = float(np.mean([r["top1"]["sketch"] for r in base.values()]))
+    transfers = all(p < SKETCH_P for p in p_values)
+    answer = {True: "yes", False: "no", None: "not known (fewer than two paired seeds)"}
+    facts = [
+        {
+            "label": "the baseline learns more shape in domain than its untrained network",
+            "answer": answer[learns],
+            "detail": f"in domain {in_domain:.1f} %, difference to untrained "
+            + (f"{np.mean(d):+.1f}" if d else "n/a")
+            + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+            + f" over seeds {seeds}",
+        },
+        {
+            "label": "the baseline transfers shape to outlines",
+            "answer": answer[transfers],
+            "detail": f"sketch {sketch:.1f} % vs chance {chance():.1f} %, one-sided binomial p per "
+            f"seed {', '.join(f'{p:.1g}' for p in p_values)} (yes: each < {SKETCH_P})",
+        },
+    ]
+    consequences = [
+        "Pre-training at this budget adds in-domain shape accuracy: the rows' differences are "
+        "differences between networks that learned something."
+        if learns
+        else "Pre-training at this budget adds no in-domain accuracy that the interval can "
+        "show: a difference between rows says how the negatives change a barely trained "
+        "network, not what it learned to see.",
+        "Sketch differences can be read as shape transfer."
+        if transfers
+        else "Sketch differences cannot be read as shape transfer (the baseline is at chance "
+        "there). Shape bias, cue conflict and unseen textures still read how much a network's "
+        "decisions follow texture, and the representation reading and the controls do not "
+        "depend on outlines.",
+    ]
     return {
-        "passed": passed,
+        "facts": facts,
+        "consequences": consequences,
         "in_domain": in_domain,
+        "in_domain_vs_untrained": {"diff": float(np.mean(d)) if d else None, "ci95": ci},
+        "learns_beyond_untrained": learns,
         "sketch": sketch,
         "sketch_p": p_values,
-        "reading": reading,
+        "transfers_to_outlines": transfers,
     }
 
 
@@ -350,8 +434,7 @@ def run_name(variant: Variant, seed: int) -> str:
 def train(
     out: Path, protocol: Protocol, device: str = "cpu", log: Log = print, show_progress: bool = True
 ) -> dict[str, Any]:
-    """Every variant x seed on a prepared ``out``; writes results.json/.md/.png and gate_search.png
-    there; returns the report."""
+    """Every seed x row on a prepared ``out``; writes results.json/.md/.png there; returns the report."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -368,26 +451,33 @@ def train(
             f"{out} was prepared for protocol {prepared['protocol']!r} with other data settings "
             f"than {protocol.name!r}: prepare it again"
         )
+    for v in protocol.variants:  # before any run, not after the first hour
+        if v.kind != UNTRAINED:
+            method_option(v.method)
     data, shards = out / "data", out / "shards"
-    key = fingerprint(protocol, *RUN_FIELDS)
+    held = readings.heldout_views(
+        out / "heldout-shards", HELDOUT, protocol.image_size, seed=protocol.data_seed
+    )
+    key = run_fingerprint(protocol)
     eval_sizes = {s: protocol.per_class[s] * len(world.CLASSES) for s in EVAL_SETS}
-    order = [v for v in protocol.variants if v.name == BASELINE] + [
-        v for v in protocol.variants if v.name != BASELINE
+    # Seed by seed, the untrained reference first: a stopped job leaves paired rows behind.
+    order = [v for v in protocol.variants if v.kind == UNTRAINED] + [
+        v for v in protocol.variants if v.kind != UNTRAINED
     ]
-    jobs = [(v, s) for v in order for s in protocol.seeds]
+    jobs = [(v, s) for s in protocol.seeds for v in order]
     runs: list[dict[str, Any]] = []
-    gate_reading = None
 
-    def write_report(complete: bool) -> dict[str, Any]:
-        """results.json/.md/.png of the runs so far (after every run: a stopped job leaves a valid report)."""
-        reading = gate_reading or gate([r for r in runs if r["variant"] == BASELINE], eval_sizes)
-        names = [v.name for v in order if any(r["variant"] == v.name for r in runs)]
+    def write_report(complete: bool, plot: bool) -> dict[str, Any]:
+        """results.json/.md of the runs so far (after every run: a stopped job leaves a valid
+        report), and results.png when ``plot``."""
+        names = [v.name for v in protocol.variants if any(r["variant"] == v.name for r in runs)]
         wall = time.time() - start + prepared["prepare_s"]
         full_report = {
             "protocol": protocol.as_dict(),
             "complete": complete,
             "machine": machine(device),
             "device": device,
+            "budget": protocol.budget,
             "torch_threads": torch.get_num_threads(),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_now": [round(x, 2) for x in os.getloadavg()],
@@ -395,33 +485,25 @@ def train(
             "prepare_s": prepared["prepare_s"],
             "train_s": round(time.time() - start, 1),
             "textures": prepared["textures"],
-            "gate": reading,
-            "gate_search": list(GATE_SEARCH),
+            "texture_sets": prepared.get("texture_sets", {}),
+            "sanity": sanity(runs, eval_sizes),
             "runs": [{k: v for k, v in r.items() if k != "fingerprint"} for r in runs],
-            "summary": report.summarise(runs, names),
+            "summary": report.summarise(runs, names, protocol.variants),
         }
-        files.atomic_write_json(
-            out / "results.json", full_report, sort_keys=False
-        )  # variant order kept
+        files.atomic_write_json(out / "results.json", full_report, sort_keys=False)
         files.atomic_write_text(out / "results.md", report.markdown(full_report, protocol))
-        report.plot(
-            full_report["summary"],
-            f"mini reproduction ({protocol.name}): shape classes, frozen features, "
-            f"mean ± std over {len(protocol.seeds)} seeds",
-            out / "results.png",
-        )
+        if plot:
+            report.plot_effects(
+                full_report["summary"],
+                f"mini reproduction ({protocol.name}, {machine(device)}): paired difference to "
+                f"the row each is compared with, mean and 95 % t-interval over "
+                f"{len(protocol.seeds)} seeds",
+                out / "results.png",
+            )
         return full_report
 
-    report.plot_gate_search(list(GATE_SEARCH), out / "gate_search.png")  # fixed: drawn once
     bar = tqdm(total=len(jobs), desc="mini-repro runs", unit="run", disable=not show_progress)
     for variant, seed in jobs:
-        if variant.name != BASELINE and gate_reading is None:
-            gate_reading = gate([r for r in runs if r["variant"] == BASELINE], eval_sizes)
-            log(
-                f"gate {'PASSED' if gate_reading['passed'] else 'FAILED'}: {gate_reading['reading']}"
-            )
-            if not gate_reading["passed"] and protocol.enforce_gate:
-                break
         run_dir = out / "runs" / run_name(variant, seed)
         cached = run_dir / "result.json"
         if cached.exists() and json.loads(cached.read_text()).get("fingerprint") == key:
@@ -431,12 +513,15 @@ def train(
             t0 = time.time()
             ckpt = pretrain(shards, run_dir, variant, seed, protocol, device, show_progress)
             t1 = time.time()
+            backbone, _ = checkpoints.load_backbone(ckpt)
             result = {
                 "variant": variant.name,
                 "kind": variant.kind,
                 "alpha": variant.alpha,
+                "method": variant.method,
                 "seed": seed,
-                **probe(ckpt, data, protocol, seed, device),
+                **probe(backbone, data, protocol, seed, device),
+                "readings": readings.read(backbone, held, device, protocol.probe_epochs, seed),
                 "train_s": round(t1 - t0, 1),
                 "probe_s": round(time.time() - t1, 1),
                 "fingerprint": key,
@@ -446,21 +531,19 @@ def train(
             log(
                 f"{variant.name:18s} seed {seed}: "
                 + " ".join(f"{k} {v:.1f}" for k, v in result["top1"].items())
-                + f" shape_bias {bias} ({result['train_s']:.0f} s train, {result['probe_s']:.0f} s probe)"
+                + f" shape_bias {bias} ({result['train_s']:.0f} s train, "
+                f"{result['probe_s']:.0f} s probes and readings)"
             )
         runs.append(result)
         bar.update()
-        write_report(complete=False)
+        write_report(complete=False, plot=False)  # the plot (a dozen panels) once, at the end
     bar.close()
-    gate_reading = gate_reading or gate([r for r in runs if r["variant"] == BASELINE], eval_sizes)
-    full_report = write_report(complete=len(runs) == len(jobs))
+    full_report = write_report(complete=len(runs) == len(jobs), plot=True)
     log(report.markdown(full_report, protocol))
     log(
         f"wall time: {full_report['wall_s']:.0f} s ({full_report['wall_s'] / 60:.1f} min); "
         f"wrote {out}/results.md, results.json, results.png"
     )
-    if not gate_reading["passed"] and protocol.enforce_gate:
-        raise GateFailed(f"sanity gate failed, variants not trained: {gate_reading['reading']}")
     return full_report
 
 

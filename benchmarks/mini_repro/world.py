@@ -6,7 +6,7 @@ instead be one flat colour for all images: ``World.background_colour``, the prot
 distribution texture is a *shortcut*: with probability ``World.class_texture_probability``
 a class's shape wears that class's typical texture (family + colour pair), otherwise a
 random one. A network can therefore separate the classes by texture or by shape on the
-in-distribution splits (``pretrain``, ``train``, ``test``); only shape transfers to the
+in-distribution splits (``pretrain``, ``train``, ``test``, ``heldout``); only shape transfers to the
 out-of-domain sets:
 
 * ``sketch``: black outlines on white, no texture at all;
@@ -34,16 +34,17 @@ TRAIN_FAMILIES = ("stripes", "checkers", "dots", "noise", "brick", "grass")
 #: Held out of training entirely: only ``unseen_textures`` uses them.
 UNSEEN_FAMILIES = ("gravel", "zigzag")
 PHOTO_FAMILIES = {"brick": "brick.png", "grass": "grass.png", "gravel": "gravel.png"}
-#: ``pretrain`` (MoCo's unlabelled images, textures made for each), ``train`` (the probe's
-#: labelled images) and ``test`` share one distribution; the rest are out of domain.
-IN_DOMAIN_SPLITS = ("pretrain", "train", "test")
+#: ``pretrain`` (the unlabelled pre-training images, textures made for each), ``train`` (the
+#: probe's labelled images), ``test`` and ``heldout`` (the representation reading's images,
+#: textures made for each) share one distribution; the rest are out of domain.
+IN_DOMAIN_SPLITS = ("pretrain", "train", "test", "heldout")
 OOD_SPLITS = ("sketch", "unseen_textures", "cue_conflict")
 SPLITS = IN_DOMAIN_SPLITS + OOD_SPLITS
 
 
 @dataclass(frozen=True)
 class World:
-    """The knobs of the world (fixed in the protocol; see ``protocol.GATE_SEARCH`` for how they were chosen)."""
+    """The knobs of the world (fixed in the protocol; docs/mini-repro/gate-search.json records how they were chosen)."""
 
     image_size: int = 128  # >= the pipeline's 96 px crops after resizing to 256 px short side
     shape_radius: tuple[float, float] = (0.22, 0.36)  # circumradius as a fraction of the image side

@@ -8,18 +8,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from mini_repro import protocol, report, run
+from mini_repro import budget, protocol, readings, report, run
 from mini_repro import world as shapes
 from mini_repro.__main__ import main
+from nsneg.trainer.train import TrainConfig
 
 ONE_EACH = {split: 1 for split in shapes.SPLITS}
 WORLD = protocol.FULL.world
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "mini-repro"
+HAS_METHOD = "method" in {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def test_generator_is_reproducible_from_its_seed(tmp_path):
@@ -162,6 +166,7 @@ def test_background_contrast_and_colour_change_only_the_background():
 
 
 def test_gate_search_rows_are_plotted_with_their_numbers(tmp_path, monkeypatch):
+    search = json.loads((DOCS / "gate-search.json").read_text())
     drawn = {}
 
     def keep(fig, path, dpi):
@@ -169,20 +174,20 @@ def test_gate_search_rows_are_plotted_with_their_numbers(tmp_path, monkeypatch):
         fig.savefig(path, dpi=dpi)
 
     monkeypatch.setattr(report, "save_png", keep)
-    report.plot_gate_search(list(protocol.GATE_SEARCH), tmp_path / "search.png")
+    report.plot_gate_search(search, tmp_path / "search.png")
     with Image.open(tmp_path / "search.png") as img:
         assert img.format == "PNG"
     ax = drawn["axes"]
     widths = sorted(round(p.get_width(), 2) for p in ax.patches)
     expected = sorted(
         round(row[key], 2)
-        for row in protocol.GATE_SEARCH
+        for row in search["rows"]
         for key in ("top1", "untrained")
         if row.get(key)
     )
     assert widths == expected
-    assert len(ax.get_yticklabels()) == len(protocol.GATE_SEARCH)
-    for row in protocol.GATE_SEARCH:  # every row says what changed, what it read, and a label
+    assert len(ax.get_yticklabels()) == len(search["rows"])
+    for row in search["rows"]:  # every row says what changed, what it read, and a label
         assert {"change", "test", "note", "short"} <= set(row)
         assert row.get("top1") or row.get("untrained")
 
@@ -204,67 +209,249 @@ def test_paired_interval_is_the_t_interval_of_the_differences():
     assert report.paired_interval([3.0]) is None
 
 
-def test_summary_pairs_each_variant_with_the_baseline_by_seed():
-    def result(variant, seed, test):
-        return {
-            "variant": variant,
-            "seed": seed,
-            "top1": {s: test for s in protocol.EVAL_SETS},
-            "shape_bias": 0.5,
-        }
+def _result(variant, seed, test, shape_bias=0.5, kind="none", values=None):
+    return {
+        "variant": variant,
+        "kind": kind,
+        "seed": seed,
+        "top1": {s: test for s in protocol.EVAL_SETS},
+        "shape_bias": shape_bias,
+        "readings": values or {m: 0.5 for m in protocol.REPRESENTATION + protocol.CONTROLS},
+    }
 
+
+ROWS = (
+    protocol.Variant("moco", "none", 1.0, compared_to=None),
+    protocol.Variant("x", "patch", 2.0),
+    protocol.Variant("byol", "none", 1.0, method="byol"),
+    protocol.Variant("byol+x", "patch", 2.0, method="byol", compared_to="byol"),
+)
+
+
+def test_summary_pairs_each_row_with_its_reference_by_seed():
     runs = [
-        result("moco", 0, 50.0),
-        result("moco", 1, 60.0),
-        result("x", 1, 65.0),
-        result("x", 0, 52.0),
+        _result("moco", 0, 50.0),
+        _result("moco", 1, 60.0),
+        _result("x", 1, 65.0),
+        _result("x", 0, 52.0),
+        _result("byol", 0, 40.0),
+        _result("byol", 1, 44.0),
+        _result("byol+x", 0, 41.0, shape_bias=None),
+        _result("byol+x", 1, 47.0),
     ]
-    table = report.summarise(runs, ["moco", "x"])
+    table = report.summarise(runs, ["moco", "x", "byol", "byol+x"], ROWS)
     assert table["moco"]["test"]["mean"] == 55.0 and "diff" not in table["moco"]["test"]
     cell = table["x"]["test"]
     assert cell["diff"] == pytest.approx(3.5) and cell["paired_seeds"] == [0, 1]
     assert cell["ci95"] == pytest.approx(report.paired_interval([2.0, 5.0]))
-    assert table["x"]["shape_bias"]["diff"] == 0.0
+    assert cell["compared_to"] == "moco" and table["x"]["shape_bias"]["diff"] == 0.0
+    byol_x = table["byol+x"]
+    assert byol_x["test"]["compared_to"] == "byol" and byol_x["test"]["diff"] == pytest.approx(2.0)
+    # a reading that is None on a seed leaves that seed out of the pairs and the mean
+    assert byol_x["shape_bias"]["paired_seeds"] == [1] and byol_x["shape_bias"]["ci95"] is None
+    assert byol_x["shape_bias"]["n"] == 1
+    assert table["byol"]["test"]["diff"] == pytest.approx(-13.0)  # byol against moco
 
 
-def test_gate_needs_in_domain_accuracy_and_sketches_above_chance():
-    sizes = {s: 400 for s in protocol.EVAL_SETS}
-
-    def baseline(test, sketch):
-        return [{"top1": {"test": test, "sketch": sketch}} for _ in range(3)]
-
-    assert run.gate(baseline(85.0, 30.0), sizes)["passed"]
-    assert not run.gate(baseline(75.0, 30.0), sizes)["passed"]  # in domain too low
-    assert not run.gate(baseline(85.0, 13.0), sizes)["passed"]  # sketches at chance
-    reading = run.gate(baseline(85.0, 13.0), sizes)["reading"]
-    assert "85.0" in reading and "13.0" in reading
-
-
-def test_a_report_stopped_by_the_gate_says_so_and_not_partial():
-    sizes = {s: 400 for s in protocol.EVAL_SETS}
-    runs = [
-        {
-            "variant": "moco",
-            "seed": seed,
-            "top1": {s: 85.0 if s == "test" else 13.0 for s in protocol.EVAL_SETS},
-            "shape_bias": 0.3,
-        }
-        for seed in protocol.FULL.seeds
+def test_findings_only_where_an_interval_excludes_zero_in_either_direction():
+    runs = [_result("moco", s, 50.0) for s in range(3)]
+    runs += [
+        _result("x", s, 50.0 - 5.0 - s * 0.5, shape_bias=0.5 + 0.1 * (s - 1)) for s in range(3)
     ]
-    base = {
-        "summary": report.summarise(runs, ["moco"]),
-        "machine": "test",
-        "wall_s": 60.0,
-        "runs": runs,
-        "complete": False,
-    }
-    failed = report.markdown({**base, "gate": run.gate(runs, sizes)}, protocol.FULL)
-    assert "Stopped at the gate: 3 of 18 runs made" in failed and "Partial" not in failed
-    assert "FAILED" in failed
-    passed = {"passed": True, "reading": "ok"}
-    assert "Partial: 3 of 18 runs finished" in report.markdown(
-        {**base, "gate": passed}, protocol.FULL
+    runs += [_result("byol", s, 50.0 + 3.0 + s * 0.1) for s in range(3)]
+    table = report.summarise(runs, ["moco", "x", "byol"], ROWS)
+    found = report.findings(table)
+    assert any(f.startswith("`x` lowers in domain by 5.5 points against `moco`") for f in found)
+    assert any(f.startswith("`byol` raises in domain by 3.1 points") for f in found)
+    assert not any("shape bias" in f for f in found)  # its interval spans zero
+    same = report.summarise(
+        [_result(n, s, 50.0 + s) for n in ("moco", "x") for s in range(3)], ["moco", "x"], ROWS
     )
+    assert report.findings(same) == []
+
+
+def test_sanity_readings_are_facts_with_consequences():
+    sizes = {s: 400 for s in protocol.EVAL_SETS}
+
+    def runs(test, sketch, untrained_test):
+        out = []
+        for seed in range(3):
+            out.append(
+                {**_result("moco", seed, test), "top1": {"test": test + seed, "sketch": sketch}}
+            )
+            out.append(
+                {
+                    **_result("no pre-training", seed, 0, kind=protocol.UNTRAINED),
+                    "top1": {"test": untrained_test + seed * 0.5, "sketch": 12.5},
+                }
+            )
+        return out
+
+    good = run.sanity(runs(85.0, 30.0, 80.0), sizes)
+    assert good["learns_beyond_untrained"] and good["transfers_to_outlines"]
+    assert [f["answer"] for f in good["facts"]] == ["yes", "yes"]
+    bad = run.sanity(runs(80.0, 13.0, 81.0), sizes)
+    assert bad["learns_beyond_untrained"] is False and bad["transfers_to_outlines"] is False
+    assert [f["answer"] for f in bad["facts"]] == ["no", "no"]
+    assert "cannot be read as shape transfer" in bad["consequences"][1]
+    assert "13.0" in bad["facts"][1]["detail"]
+
+
+def test_report_leads_with_the_effects_and_never_stops():
+    runs = [_result("moco", s, 50.0) for s in range(2)] + [
+        _result("x", s, 50.0 + s) for s in range(2)
+    ]
+    summary = report.summarise(runs, ["moco", "x"], ROWS)
+    sanity = run.sanity(runs, {s: 400 for s in protocol.EVAL_SETS})
+    text = report.markdown(
+        {
+            "summary": summary,
+            "sanity": sanity,
+            "machine": "test",
+            "device": "cpu",
+            "wall_s": 60.0,
+            "runs": runs,
+            "complete": False,
+        },
+        protocol.FULL,
+    )
+    assert text.index("## Effects") < text.index("## Sanity readings") < text.index("## Every row")
+    assert "No effect detectable at this budget" in text
+    assert f"Partial: 4 of {len(protocol.FULL.variants) * len(protocol.FULL.seeds)} runs" in text
+    assert "stopped at" not in text.lower()
+
+
+def test_effects_plot_draws_every_difference_with_its_interval(tmp_path, monkeypatch):
+    runs = [_result("moco", s, 50.0) for s in range(3)] + [
+        _result("x", s, 50.0 + s) for s in range(3)
+    ]
+    summary = report.summarise(runs, ["moco", "x"], ROWS)
+    drawn = {}
+
+    def keep(fig, path, dpi):
+        drawn["axes"] = fig.axes
+        fig.savefig(path, dpi=dpi)
+
+    monkeypatch.setattr(report, "save_png", keep)
+    report.plot_effects(summary, "t", tmp_path / "effects.png")
+    titles = [ax.get_title() for ax in drawn["axes"] if ax.get_title()]
+    assert titles == [report.TITLES[m] for m in protocol.MEASURES]
+    test_panel = drawn["axes"][0]
+    (line,) = [ln for ln in test_panel.get_lines() if list(ln.get_xdata()) == [1.0]]
+    assert line.get_ydata()[0] == 0  # the one compared row, at its mean difference
+
+
+def test_method_reaches_the_trainer_only_when_not_moco():
+    @dataclasses.dataclass
+    class WithMethod:
+        method: str = "moco"
+
+    @dataclasses.dataclass
+    class WithoutMethod:
+        negatives: str = ""
+
+    assert run.method_option("moco", WithoutMethod) == {}
+    assert run.method_option("byol", WithMethod) == {"method": "byol"}
+    with pytest.raises(ValueError, match="this protocol's BYOL rows need TrainConfig.method"):
+        run.method_option("byol", WithoutMethod)
+    with pytest.raises(ValueError, match="method must be one of"):
+        protocol.Variant("y", "none", 1.0, method="swav")
+    with pytest.raises(ValueError, match="not a row"):
+        dataclasses.replace(
+            protocol.QUICK, variants=(protocol.Variant("y", "none", 1.0, compared_to="z"),)
+        )
+
+
+def test_every_protocol_has_the_same_rows_including_byol():
+    kinds = {(v.method, v.kind) for v in protocol.FULL.variants}
+    assert {("byol", "none"), ("byol", "texture"), ("byol", "patch")} <= kinds
+    for p in protocol.PROTOCOLS.values():
+        assert p.variants == protocol.FULL.variants
+    assert len(protocol.FULL.seeds) >= 5 and protocol.GPU.seeds == protocol.FULL.seeds
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_reference_range_makes_patch_negatives_tile_at_exactly_that_side(size):
+    lo, hi = readings._scaled_range(protocol.PATCH_SIZE_RANGE, size, size)
+    # the view: each pixel's own index, so a copied tile is read back from its values
+    view = (
+        torch.arange(size * size, dtype=torch.float32).view(1, 1, size, size).expand(1, 3, -1, -1)
+    )
+    for side in range(lo, hi + 1):
+        out = readings.patch_negatives(
+            view, 1, readings.reference_range(side, size), torch.Generator().manual_seed(side)
+        )[0, 0, 0]
+        # within a tile, neighbours along a row differ by 1 (one column further in the source)
+        for x in range(side - 1):
+            assert (out[:, x + 1] - out[:, x] == 1).all()
+
+
+def test_seam_blending_changes_the_tile_boundaries_only():
+    side, size = 4, 16
+    band = readings.seam_band(side, size)
+    assert band[:, 3].all() and band[:, 4].all() and not band[1:3, 1:3].any()
+    assert not band[0, 0] and band.sum() < size * size
+    x = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
+    blended = readings.blend_seams(x, side)
+    assert torch.equal(blended[:, ~band], x[:, ~band])
+    smooth = torch.nn.functional.avg_pool2d(x[None], 3, 1, 1, count_include_pad=False)[0]
+    assert torch.allclose(blended[:, band], smooth[:, band])
+
+
+def test_margins_are_similarities_above_another_image(tmp_path):
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 4, 4, generator=g)
+    views = {v: torch.randn(8, 3, 4, 4, generator=g) for v in readings.VIEWS}
+    views["intact"], views["positive"], views["texture"] = x, x.clone(), -x
+    held = readings.HeldoutViews(views, list(shapes.CLASSES), torch.full((8,), 2))
+    out = readings.read(Identity(), held, "cpu", probe_epochs=5, seed=0)
+    f = torch.nn.functional.normalize(x.flatten(1), dim=1)
+    other = float(((f @ f.T).sum() - 8) / 56)
+    assert out["similarity"]["other"] == pytest.approx(other, abs=1e-6)
+    assert out["positive_margin"] == pytest.approx(1.0 - other, abs=1e-6)
+    assert out["texture_margin"] == pytest.approx(-1.0 - other, abs=1e-6)
+    for m in protocol.CONTROLS:
+        assert 0 <= out[m] <= 100
+
+
+def test_control_probe_reads_unseen_classes_only():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g) + 4.0
+    fit = torch.arange(40) < 20
+    assert readings.control_probe(a, b, fit, epochs=30, seed=0) == 100.0
+    # the same distribution on both sides: the held-out half is near chance, not memorised
+    same = readings.control_probe(a, torch.randn(40, 8, generator=g), fit, epochs=30, seed=0)
+    assert same < 80.0
+
+
+@pytest.mark.slow
+def test_flop_count_orders_the_rows_by_their_work():
+    setting = {**budget.REFERENCE_SETTING, "image_size": 32, "batch_size": 4, "moco_k": 8}
+    none = budget.moco_flops_per_view(setting, "none")
+    assert none == budget.moco_flops_per_view(setting, "none")  # deterministic
+    patch = budget.moco_flops_per_view(setting, "patch")
+    both = budget.moco_flops_per_view(setting, "texture+patch")
+    assert none < patch < both
+    # each negative is one more key-encoder forward: the same increment per negative
+    assert both - patch == pytest.approx(patch - none, rel=1e-3)
+    byol = protocol.Variant("b", "none", 1.0, method="byol")
+    assert budget.flops_per_view(setting, byol) == pytest.approx(2 * none)
+    untrained = protocol.Variant("u", protocol.UNTRAINED, 0.0)
+    assert budget.flops_per_view(setting, untrained) == 0.0
+
+
+def test_the_recorded_budget_is_the_protocol_s_and_fits_its_target():
+    recorded = json.loads((DOCS / "budget.json").read_text())
+    estimate = recorded["estimate"]
+    assert estimate["setting"] == budget.setting_of(protocol.FULL)
+    assert estimate["views_per_run"] == protocol.FULL.views_per_run
+    assert estimate["seeds"] == list(protocol.FULL.seeds)
+    assert [r["row"] for r in estimate["rows"]] == [v.name for v in protocol.FULL.variants]
+    assert estimate["machines"]["amd"]["total_s"] <= budget.TARGET_S
 
 
 def test_train_stage_refuses_an_unprepared_folder(tmp_path):
@@ -274,7 +461,8 @@ def test_train_stage_refuses_an_unprepared_folder(tmp_path):
     assert result.exit_code != 0 and "prepare" in result.output
 
 
-def test_quick_run_in_two_stages(tmp_path, ray_session):
+@pytest.mark.slow
+def test_quick_run_in_two_stages(tmp_path, ray_session, monkeypatch):
     from click.testing import CliRunner
 
     quick = protocol.QUICK
@@ -283,61 +471,99 @@ def test_quick_run_in_two_stages(tmp_path, ray_session):
     )
     assert prepared.exit_code == 0, prepared.output + repr(prepared.exception)
     assert not (tmp_path / "results.json").exists()
-    # the real pipeline made the pretrain split's textures, and measured them
-    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
-    assert manifest["splits"]["train"]["samples"] == quick.per_class["pretrain"] * len(
-        shapes.CLASSES
-    )
-    textures = json.loads((tmp_path / "prepared.json").read_text())["textures"]
-    # 4 optimisation steps: noise-like textures, measured all the same (plumbing, not quality)
-    assert 0 < textures["noise_ratio"] < math.inf and textures["quality_images"] > 0
-    assert textures["default_schedule"] is False
+    # the real pipeline made the textures of the pretrain and held-out splits, and measured them
+    for folder, (split, shard_split) in run.TEXTURE_SETS.items():
+        manifest = json.loads((tmp_path / folder / "manifest.json").read_text())
+        assert manifest["splits"][shard_split]["samples"] == quick.per_class[split] * len(
+            shapes.CLASSES
+        )
+    sets = json.loads((tmp_path / "prepared.json").read_text())["texture_sets"]
+    for textures in sets.values():
+        # 4 optimisation steps: noise-like textures, measured all the same (plumbing, not quality)
+        assert 0 < textures["noise_ratio"] < math.inf and textures["quality_images"] > 0
+        assert textures["default_schedule"] is False
+
+    if not HAS_METHOD:  # this trainer has no TrainConfig.method: BYOL rows refused up front
+        refused = CliRunner().invoke(
+            main, ["--quick", "--stage", "train", "--out", str(tmp_path), "--no-progress"]
+        )
+        assert refused.exit_code != 0
+        assert "this protocol's BYOL rows need TrainConfig.method" in refused.output
+        assert not (tmp_path / "runs").exists()
+        quick = dataclasses.replace(
+            quick, variants=tuple(v for v in quick.variants if v.method == "moco")
+        )
+        monkeypatch.setitem(protocol.PROTOCOLS, "quick", quick)
 
     result = CliRunner().invoke(
         main, ["--quick", "--stage", "train", "--out", str(tmp_path), "--no-progress"]
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert "wall time" in result.output and "gate" in result.output
-    for name in ("results.md", "results.json", "results.png", "gate_search.png"):
+    assert "wall time" in result.output
+    for name in ("results.md", "results.json", "results.png"):
         assert (tmp_path / name).stat().st_size > 0
     with Image.open(tmp_path / "results.png") as img:
         assert img.format == "PNG"
 
     report_ = json.loads((tmp_path / "results.json").read_text())
     names = [v.name for v in quick.variants]
-    assert list(report_["summary"]) == names  # the baseline first, then the paper's rows
-    assert {r["kind"] for r in report_["runs"]} == {
-        "none",
-        "texture",
-        "patch",
-        "texture+patch",
-        protocol.UNTRAINED,
+    assert list(report_["summary"]) == names  # in the protocol's order
+    kinds = {(r["method"], r["kind"]) for r in report_["runs"]}
+    assert kinds == {(v.method, v.kind) for v in quick.variants}
+    assert {"none", "texture", "patch", "texture+patch", protocol.UNTRAINED} <= {
+        k for _, k in kinds
     }
     assert len(report_["runs"]) == len(names) * len(quick.seeds)
     for r in report_["runs"]:
-        assert {"variant", "kind", "alpha", "seed", "top1", "shape_bias"} <= set(r)
+        assert {"variant", "kind", "alpha", "method", "seed", "top1", "shape_bias"} <= set(r)
         assert set(protocol.EVAL_SETS) <= set(r["top1"])
         assert r["shape_bias"] is None or 0 <= r["shape_bias"] <= 1
-    assert set(report_["gate"]) >= {"passed", "reading"}
+        reading = r["readings"]
+        assert set(protocol.REPRESENTATION + protocol.CONTROLS) <= set(reading)
+        assert set(reading["similarity"]) == {
+            "positive",
+            "texture",
+            "shuffled",
+            "blended",
+            "blended_intact",
+            "other",
+        }
+        assert all(-1.0 <= v <= 1.0 for v in reading["similarity"].values())
+        for m in protocol.CONTROLS:
+            assert 0 <= reading[m] <= 100
+    assert [f["answer"] for f in report_["sanity"]["facts"]] and report_["sanity"]["consequences"]
     for name, row in report_["summary"].items():
         assert set(row) == set(protocol.MEASURES)
+        compared = next(v.compared_to for v in quick.variants if v.name == name)
         for cell in row.values():
-            assert cell["std"] >= 0 and (cell["n"] == len(quick.seeds))
-            assert ("diff" in cell) == (name != protocol.BASELINE)
+            assert cell["std"] >= 0 and cell["n"] <= len(quick.seeds)
+            assert cell.get("compared_to") == compared
+            if compared and cell["diff"] is not None and len(cell["paired_seeds"]) > 1:
+                lo, hi = cell["ci95"]
+                assert lo <= cell["diff"] <= hi
 
-    lines = (tmp_path / "results.md").read_text().splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("| variant"))
+    text = (tmp_path / "results.md").read_text()
+    assert text.index("## Effects") < text.index("## Sanity readings") < text.index("## Every row")
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| difference"))
     assert [c.strip() for c in lines[header].strip("|").split("|")][1:] == [
-        report.TITLES[m] for m in protocol.MEASURES
+        report.TITLES[m] for m in protocol.TRANSFER
     ]
+    compared_rows = [v for v in quick.variants if v.compared_to]
+    rows = lines[header + 2 : header + 2 + len(compared_rows)]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        f"{v.name} − {v.compared_to}" for v in compared_rows
+    ]
+    header = next(i for i, line in enumerate(lines) if line.startswith("| row"))
     rows = lines[header + 2 : header + 2 + len(names)]
     assert [r.split("|")[1].strip() for r in rows] == names
     for r in rows:
         cells = [c.strip() for c in r.strip("|").split("|")][1:]
-        assert len(cells) == len(protocol.MEASURES)
+        assert len(cells) == len(protocol.TRANSFER)
         for cell in cells:
-            mean, std = (float(x) for x in cell.split("±"))
-            assert std >= 0 and (0 <= mean <= 100)
+            if cell != "n/a":
+                mean, std = (float(x) for x in cell.split("±"))
+                assert std >= 0 and (0 <= mean <= 100)
 
     again = CliRunner().invoke(
         main, ["--quick", "--stage", "train", "--out", str(tmp_path), "--no-progress"]
@@ -346,13 +572,13 @@ def test_quick_run_in_two_stages(tmp_path, ray_session):
         names
     ) * len(quick.seeds)
 
-    # another probe set: images regenerated, the textures (same pretrain images, same synthesis) kept
+    # another probe set: images regenerated, the textures (same images, same synthesis) kept
     shard = next((tmp_path / "shards").rglob("*.tar"))
     before = shard.stat().st_mtime_ns
     more = dataclasses.replace(quick, per_class={**quick.per_class, "train": 3})
     logged: list[str] = []
     run.prepare(tmp_path, more, log=logged.append, show_progress=False)
-    assert any("kept" in line for line in logged) and shard.stat().st_mtime_ns == before
+    assert sum("kept" in line for line in logged) == 2 and shard.stat().st_mtime_ns == before
     assert len(list((tmp_path / "data" / "train").rglob("*.png"))) == 3 * len(shapes.CLASSES)
     stale = CliRunner().invoke(
         main, ["--quick", "--stage", "train", "--out", str(tmp_path), "--no-progress"]
