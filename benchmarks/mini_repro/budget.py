@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from mini_repro.protocol import PATCH_SIZE_RANGE, UNTRAINED, Protocol, Variant
-from nsneg.trainer.moco import MoCo, build_backbone
+from nsneg.trainer.methods import METHODS
 from nsneg.trainer.negatives import patch_negatives
+from nsneg.trainer.train import TrainConfig
 
 #: The setting the reference wall times were measured at (FULL of 2026-11-27).
 REFERENCE_SETTING = {
@@ -61,51 +61,58 @@ AMD_SLOWDOWN = 70.0 / 43.0
 #: less well than the batch 64 of SMALL_VIEW_SPEEDUP's measurement (assumption).
 SAFETY_MARGIN = 1.1
 BUDGET_S = 45 * 60
-TARGET_S = 35 * 60
+TARGET_S = 37 * 60
 
 
 def _negatives(kind: str) -> int:
     return {"none": 0, "texture": 1, "patch": 1, "texture+patch": 2}[kind]
 
 
-def moco_flops_per_view(setting: dict[str, Any], kind: str) -> float:
-    """FLOPs of one MoCo training step (forward, loss, backward) per view, negatives included."""
+def flops_per_view_of(setting: dict[str, Any], kind: str, method: str = "moco") -> float:
+    """FLOPs of one training step of ``method`` (forward, loss, backward) per view, its
+    non-semantic negatives included, counted on the trainer's own model."""
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
     b, size = setting["batch_size"], setting["image_size"]
-    encoders = [
-        build_backbone(setting["arch"], 128, setting["bn_splits"], setting["small_images"])
-        for _ in range(2)
-    ]
-    model = MoCo(*encoders, dim=128, K=setting["moco_k"], alpha=2.0)
+    config = TrainConfig(
+        negatives="",
+        out="",
+        method=method,
+        negatives_kind=kind,
+        arch=setting["arch"],
+        image_size=size,
+        small_images=setting["small_images"],
+        batch_size=b,
+        moco_k=setting["moco_k"],
+        bn_splits=setting["bn_splits"],
+    )
+    model = METHODS[method].from_config(config, setting["bn_splits"])
     generator = torch.Generator().manual_seed(0)
-    im_q, im_k = torch.rand(b, 3, size, size), torch.rand(b, 3, size, size)
+    im_1, im_2 = torch.rand(b, 3, size, size), torch.rand(b, 3, size, size)
     n = _negatives(kind)
-    im_t = None
+    im_ns = None
     if n:
-        im_t = torch.cat(
+        im_ns = torch.cat(
             [torch.rand(b, 1, 3, size, size)] * (n - 1)
-            + [patch_negatives(im_q, 1, PATCH_SIZE_RANGE, generator)],
+            + [patch_negatives(im_1, 1, PATCH_SIZE_RANGE, generator)],
             dim=1,
         )
     with FlopCounterMode(display=False) as counter:
-        logits, labels = model(im_q, im_k, im_t, generator=generator)
-        F.cross_entropy(logits, labels).backward()
+        loss, _ = model(im_1, im_2, im_ns, generator=generator)
+        loss.backward()
     return counter.get_total_flops() / b
 
 
+def moco_flops_per_view(setting: dict[str, Any], kind: str) -> float:
+    return flops_per_view_of(setting, kind, "moco")
+
+
 def flops_per_view(setting: dict[str, Any], variant: Variant) -> float:
-    """MoCo: counted. BYOL (assumption until its trainer can be counted): both views through the
-    online network with gradients and through the target network, i.e. twice MoCo's step, and
-    each view's non-semantic negatives through the target network."""
+    """Counted for the row's method; 0 for the untrained reference."""
     if variant.kind == UNTRAINED:
         return 0.0
-    moco = moco_flops_per_view(setting, variant.kind)
-    if variant.method == "moco":
-        return moco
-    plain = moco_flops_per_view(setting, "none")
-    return 2 * plain + 2 * (moco - plain)
+    return flops_per_view_of(setting, variant.kind, variant.method)
 
 
 def setting_of(protocol: Protocol) -> dict[str, Any]:

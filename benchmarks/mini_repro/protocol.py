@@ -15,6 +15,7 @@ from typing import Any
 
 from mini_repro.world import CLASSES, OOD_SPLITS, TRAIN_FAMILIES, UNSEEN_FAMILIES, World
 from nsneg.pipeline.synthesis import SynthesisConfig
+from nsneg.trainer.methods import METHODS
 
 #: Sets a probe is read on after pre-training (the probe is fit on ``train``).
 EVAL_SETS = ("test",) + OOD_SPLITS
@@ -47,7 +48,6 @@ def chance() -> float:
 #: Not pre-trained at all: the same network at its seed's initial weights. A reference row that
 #: says how much of any number is the architecture's and the probe's rather than pre-training's.
 UNTRAINED = "untrained"
-METHODS = ("moco", "byol", "simclr")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ finished shards.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -252,19 +251,6 @@ def make_textures(
 # --------------------------------------------------------------------------- one run
 
 
-def method_option(method: str, config_type: type = TrainConfig) -> dict[str, str]:
-    """The ``TrainConfig`` keyword for a row's method: none for MoCo (every trainer has it)."""
-    if method == "moco":
-        return {}
-    if "method" not in {f.name for f in dataclasses.fields(config_type)}:
-        raise ValueError(
-            f"this protocol's {method.upper()} rows need TrainConfig.method, which this "
-            "nsneg's trainer does not have: run a protocol without them "
-            "(dataclasses.replace(protocol, variants=...)) or a trainer that has it"
-        )
-    return {"method": method}
-
-
 def pretrain(
     shards: Path,
     run_dir: Path,
@@ -295,7 +281,7 @@ def pretrain(
         workers=p.workers,
         seed=seed,
         shuffle_buffer=p.shuffle_buffer,
-        **({} if untrained else method_option(variant.method)),
+        method=variant.method,
     )
     trainer = Trainer(config, device=device, show_progress=show_progress)
     if untrained:  # the seed's initial weights, saved as they are
@@ -451,9 +437,6 @@ def train(
             f"{out} was prepared for protocol {prepared['protocol']!r} with other data settings "
             f"than {protocol.name!r}: prepare it again"
         )
-    for v in protocol.variants:  # before any run, not after the first hour
-        if v.kind != UNTRAINED:
-            method_option(v.method)
     data, shards = out / "data", out / "shards"
     held = readings.heldout_views(
         out / "heldout-shards", HELDOUT, protocol.image_size, seed=protocol.data_seed

@@ -18,12 +18,10 @@ from PIL import Image, ImageFilter
 from mini_repro import budget, protocol, readings, report, run
 from mini_repro import world as shapes
 from mini_repro.__main__ import main
-from nsneg.trainer.train import TrainConfig
 
 ONE_EACH = {split: 1 for split in shapes.SPLITS}
 WORLD = protocol.FULL.world
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "mini-repro"
-HAS_METHOD = "method" in {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def test_generator_is_reproducible_from_its_seed(tmp_path):
@@ -341,19 +339,7 @@ def test_effects_plot_draws_every_difference_with_its_interval(tmp_path, monkeyp
     assert line.get_ydata()[0] == 0  # the one compared row, at its mean difference
 
 
-def test_method_reaches_the_trainer_only_when_not_moco():
-    @dataclasses.dataclass
-    class WithMethod:
-        method: str = "moco"
-
-    @dataclasses.dataclass
-    class WithoutMethod:
-        negatives: str = ""
-
-    assert run.method_option("moco", WithoutMethod) == {}
-    assert run.method_option("byol", WithMethod) == {"method": "byol"}
-    with pytest.raises(ValueError, match="this protocol's BYOL rows need TrainConfig.method"):
-        run.method_option("byol", WithoutMethod)
+def test_rows_name_a_method_of_the_trainer_and_a_row_to_compare_with():
     with pytest.raises(ValueError, match="method must be one of"):
         protocol.Variant("y", "none", 1.0, method="swav")
     with pytest.raises(ValueError, match="not a row"):
@@ -439,7 +425,11 @@ def test_flop_count_orders_the_rows_by_their_work():
     # each negative is one more key-encoder forward: the same increment per negative
     assert both - patch == pytest.approx(patch - none, rel=1e-3)
     byol = protocol.Variant("b", "none", 1.0, method="byol")
-    assert budget.flops_per_view(setting, byol) == pytest.approx(2 * none)
+    byol_patch = protocol.Variant("bp", "patch", 2.0, method="byol")
+    # BYOL: both views through the online network (with its predictor) and the target network,
+    # where MoCo sends one view through each: about twice MoCo's step
+    assert 1.8 * none < budget.flops_per_view(setting, byol) < 2.6 * none
+    assert budget.flops_per_view(setting, byol) < budget.flops_per_view(setting, byol_patch)
     untrained = protocol.Variant("u", protocol.UNTRAINED, 0.0)
     assert budget.flops_per_view(setting, untrained) == 0.0
 
@@ -482,18 +472,6 @@ def test_quick_run_in_two_stages(tmp_path, ray_session, monkeypatch):
         # 4 optimisation steps: noise-like textures, measured all the same (plumbing, not quality)
         assert 0 < textures["noise_ratio"] < math.inf and textures["quality_images"] > 0
         assert textures["default_schedule"] is False
-
-    if not HAS_METHOD:  # this trainer has no TrainConfig.method: BYOL rows refused up front
-        refused = CliRunner().invoke(
-            main, ["--quick", "--stage", "train", "--out", str(tmp_path), "--no-progress"]
-        )
-        assert refused.exit_code != 0
-        assert "this protocol's BYOL rows need TrainConfig.method" in refused.output
-        assert not (tmp_path / "runs").exists()
-        quick = dataclasses.replace(
-            quick, variants=tuple(v for v in quick.variants if v.method == "moco")
-        )
-        monkeypatch.setitem(protocol.PROTOCOLS, "quick", quick)
 
     result = CliRunner().invoke(
         main, ["--quick", "--stage", "train", "--out", str(tmp_path), "--no-progress"]
