@@ -151,7 +151,7 @@ def main(resume, force, reverify, device, small_images, **options) -> None:
             dist.destroy_process_group()
     click.echo(
         f"done: epochs 0-{metrics.get('epoch', config.epochs - 1)}, loss {metrics.get('loss', float('nan')):.4f}, "
-        f"checkpoint {trainer.checkpoint_path}"
+        f"{trainer.skipped} bad samples skipped, checkpoint {trainer.checkpoint_path}"
     )
 
 

@@ -432,6 +432,13 @@ def make_folder_loader(
         lambda src: folder_views(src, image_size, seed),
         wds.batched(batch_size, partial=False),
     )
+    return epoch_loader(pipeline, steps=steps, workers=workers, pin_memory=pin_memory)
+
+
+def epoch_loader(pipeline, *, steps: int, workers: int, pin_memory: bool):
+    """A pipeline of whole batches as a DataLoader of exactly ``steps`` batches."""
+    import webdataset as wds
+
     loader = wds.WebLoader(
         pipeline,
         batch_size=None,
@@ -475,11 +482,4 @@ def make_loader(
         lambda src: views(src, image_size, seed),
         wds.batched(batch_size, partial=False),
     )
-    loader = wds.WebLoader(
-        pipeline,
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        worker_init_fn=ignore_interrupts,
-    )
-    return loader.with_epoch(steps)
+    return epoch_loader(pipeline, steps=steps, workers=workers, pin_memory=pin_memory)

@@ -207,3 +207,4 @@ def test_nsneg_train_skips_and_counts(bad_set, run, tmp_path):
     assert (
         state["samples_seen"] == 24 and 0 < state["skipped"] <= ALL_BAD
     )  # counted, named in the log
+    assert f"{state['skipped']} bad samples skipped" in trained.output  # and in the summary
