@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -67,6 +68,8 @@ def main(
         click.echo(budget.summary_line(estimate))
         return
     out = out or Path(f"runs/mini-repro-{protocol.name}")
+    if not progress:  # the evaluation's own bars too (tqdm reads TQDM_* defaults from the environment)
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         if stage in ("all", "prepare"):
             run.prepare(out, protocol, log=click.echo, show_progress=progress)
