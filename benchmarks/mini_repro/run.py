@@ -96,7 +96,18 @@ def run_fingerprint(protocol: Protocol) -> str:
 def machine(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"1 x {torch.cuda.get_device_name(0)}"
-    return f"{os.cpu_count()} CPU cores, no GPU"
+    return f"{os.cpu_count()} CPU cores{cpu_model()}, no GPU"
+
+
+def cpu_model() -> str:
+    """`` of <model name>`` from /proc/cpuinfo (Linux), else nothing."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return " of " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 # --------------------------------------------------------------------------- prepare
