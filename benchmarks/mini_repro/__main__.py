@@ -68,7 +68,9 @@ def main(
         click.echo(budget.summary_line(estimate))
         return
     out = out or Path(f"runs/mini-repro-{protocol.name}")
-    if not progress:  # the evaluation's own bars too (tqdm reads TQDM_* defaults from the environment)
+    if (
+        not progress
+    ):  # the evaluation's own bars too (tqdm reads TQDM_* defaults from the environment)
         os.environ["TQDM_DISABLE"] = "1"
     try:
         if stage in ("all", "prepare"):
