@@ -40,6 +40,7 @@ def _size(n: int) -> str:
 #: A shard set's folder (it must exist).
 shard_folder = click.Path(exists=True, file_okay=False, path_type=Path)
 
+#: The sample policy's threshold (``contract.SkipLog``), for every command that reads shards.
 max_skip_option = click.option(
     "--max-skip-fraction",
     type=click.FloatRange(0, 1),

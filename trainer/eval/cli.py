@@ -15,7 +15,7 @@ from typing import Any
 import click
 import torch
 
-from nsneg.pipeline import contract
+from nsneg.datasets_manifest.cli import max_skip_option  # the sample policy's threshold
 from nsneg.trainer.eval import outputs, probes, report, robustness_report, stats
 from nsneg.trainer.eval import robustness as robust
 from nsneg.trainer.eval import table as tables
@@ -104,16 +104,6 @@ def feature_options(image_size_default: str) -> Callable[[Callable], Callable]:
         loader_options,
     )
 
-
-#: The sample policy's threshold for commands that read shard directories (``contract.SkipLog``).
-max_skip_option = click.option(
-    "--max-skip-fraction",
-    type=click.FloatRange(0, 1),
-    default=contract.DEFAULT_MAX_SKIP_FRACTION,
-    show_default=True,
-    help="stop when more than this fraction of a shard directory's samples is bad "
-    "(each bad sample is skipped and logged with its shard and key)",
-)
 
 # --------------------------------------------------------------------------- knn and linear
 
