@@ -39,7 +39,7 @@ def make_checkpoint():
     import torch
 
     from nsneg.trainer import checkpoint
-    from nsneg.trainer.moco import MoCo, build_backbone
+    from nsneg.trainer.methods.moco import MoCo, build_backbone
 
     def make(path, released: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)

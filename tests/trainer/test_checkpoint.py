@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nsneg.trainer import checkpoint
-from nsneg.trainer.moco import MoCo, build_backbone
+from nsneg.trainer.methods.moco import MoCo, build_backbone
 
 
 def test_save_load_round_trip_and_backbone(tmp_path):

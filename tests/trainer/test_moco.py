@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nsneg.trainer.moco import MoCo, SplitBatchNorm2d, build_backbone, shuffle_across_splits
+from nsneg.trainer.methods.moco import MoCo, SplitBatchNorm2d, build_backbone, shuffle_across_splits
 
 
 def linear_moco(dim=8, K=12, alpha=2.0, T=0.2):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from nsneg.trainer import checkpoint
 from nsneg.trainer.eval import robustness, table
-from nsneg.trainer.moco import MoCo, build_backbone
+from nsneg.trainer.methods.moco import MoCo, build_backbone
 from nsneg_testing import PHOTOS, encode, keep_sample, photo
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]
