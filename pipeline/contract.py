@@ -539,9 +539,9 @@ class TextureSample:
 
 
 def _open_image(data: bytes, what: str) -> Image.Image:
-    kind = "texture" if what == TEXTURE_FIELD else "source"
     """PIL's lazy open (the header only: size and format known, no pixel decoded), refusing more
     pixels than the pipeline's limit (``images.MAX_PIXELS``) before anything is decoded."""
+    kind = "texture" if what == TEXTURE_FIELD else "source"
     import warnings
 
     from nsneg.pipeline.images import MAX_PIXELS
