@@ -93,6 +93,13 @@ def layout_ncc(texture: np.ndarray, crops: np.ndarray) -> float:
     return float((corr / window_norm).max())
 
 
+def noise_ratio(texture: np.ndarray, crops: np.ndarray, seed: int = 0) -> float:
+    """texture uint8 [224, 224, 3], crops uint8 [2, 96, 96, 3] -> swd(texture, crops) over
+    swd(crop-coloured noise, crops): 0 = the crops' own patches, 1 = no better than noise."""
+    noise = noise_like(crops, np.random.default_rng(seed))
+    return patch_swd(texture, crops, seed) / max(patch_swd(noise, crops, seed), 1e-12)
+
+
 @dataclass
 class TextureQuality:
     swd: float  # texture vs its two crops
