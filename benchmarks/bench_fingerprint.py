@@ -137,10 +137,11 @@ def main(photos, per_class, steps, encoder, weights, random_weights, batch_size,
         f"{'4-px share':>12s}{'noise ratio':>13s}"
     )
     for name, f in sets.items():
+        spread = f"({f['spike_q25']:.1f}-{f['spike_q75']:.1f})"
         nr = f"{f['noise_ratio']:13.3f}" if f["noise_ratio"] is not None else f"{'-':>13s}"
         print(
             f"{name:18s}{f['textures']:5d}{f['median_spike']:14.1f}"
-            f"{f'({f["spike_q25"]:.1f}-{f["spike_q75"]:.1f})':>14s}{f['frame_ratio']:8.3f}"
+            f"{spread:>14s}{f['frame_ratio']:8.3f}"
             f"{100 * f['profile_share']:11.2f}%{nr}"
         )
     met = all(fingerprint.Fingerprint(**{k: f[k] for k in ("textures", "median_spike", "frame_ratio", "profile_share")}).within_thresholds() for n, f in sets.items() if n != "real photo crops")  # fmt: skip

@@ -42,15 +42,16 @@ MAX_PROFILE_SHARE = 0.005
 
 def gradient_maps(images: np.ndarray) -> np.ndarray:
     """uint8 or float [N, H, W, 3] (or one [H, W, 3]) -> float64 [N, H, W]: gradient magnitude of
-    the grey image (central differences, one-sided at the border) over its own mean."""
+    the grey image (central differences, the border pixels repeated outside: a one-sided
+    difference there would weigh the border rows twice and read as a frame) over its own mean."""
     x = np.asarray(images, dtype=np.float64)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"images must be [N, H, W, 3] or [H, W, 3], got {x.shape}")
-    grey = x @ LUMA  # [N, H, W]
+    grey = np.pad(x @ LUMA, ((0, 0), (1, 1), (1, 1)), mode="edge")  # [N, H + 2, W + 2]
     gy, gx = np.gradient(grey, axis=(1, 2))
-    magnitude = np.hypot(gx, gy)  # [N, H, W]
+    magnitude = np.hypot(gx, gy)[:, 1:-1, 1:-1]  # [N, H, W]
     mean = magnitude.mean(axis=(1, 2), keepdims=True)
     return magnitude / np.maximum(mean, 1e-12)  # a flat image: all zeros
 
