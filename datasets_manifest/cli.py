@@ -271,6 +271,28 @@ def preview(source, out, n, classes, split, max_skip_fraction, manifest_dirs) ->
     click.echo(f"preview {out} ({skips.read} samples read, {skips.summary()})")
 
 
+def _quality_line(split_stats: dict) -> str:
+    """The textures' fingerprint and noise ratio, each against its threshold (docs/pipeline.md)."""
+    from nsneg.pipeline import fingerprint
+
+    fp, nr = split_stats["fingerprint"], split_stats["noise_ratio"]
+    if fp is None:
+        return "quality: no textures"
+    ok = fingerprint.Fingerprint(**fp).within_thresholds()
+    ratio = (
+        f"noise ratio {nr['mean']:.3f} (mean of {nr['textures']})"
+        if nr
+        else "noise ratio: no source pixels"
+    )
+    return (
+        f"quality: {ratio}; fingerprint of {fp['textures']} textures: median 4-px spike "
+        f"{fp['median_spike']:.1f} (<= {fingerprint.MAX_MEDIAN_SPIKE:g}), frame ratio "
+        f"{fp['frame_ratio']:.3f} (<= {fingerprint.MAX_FRAME_RATIO:g}), 4-px profile share "
+        f"{100 * fp['profile_share']:.2f} % (<= {100 * fingerprint.MAX_PROFILE_SHARE:g} %): "
+        f"{'no fingerprint' if ok else 'FINGERPRINT'}"
+    )
+
+
 @main.command()
 @click.argument("directory", type=shard_folder)
 @click.option(
@@ -283,7 +305,8 @@ def preview(source, out, n, classes, split, max_skip_fraction, manifest_dirs) ->
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @max_skip_option
 def stats(directory, plot, json_out, max_skip_fraction) -> None:
-    """Samples per class, skipped inputs, bad samples, generator config, texture-loss histogram."""
+    """Samples per class, skipped inputs, bad samples, generator config, the textures' spatial
+    fingerprint and noise ratio, texture-loss histogram."""
     from nsneg.datasets_manifest.stats import loss_histogram, shard_stats
 
     with manifest_errors():
@@ -305,6 +328,7 @@ def stats(directory, plot, json_out, max_skip_fraction) -> None:
             f"  bad samples skipped in reading: {bad['skipped']}"
             + (f" ({reasons})" if reasons else "")
         )
+        click.echo(f"  {_quality_line(s)}")
         for cls, count in s["per_class"].items():
             click.echo(f"  {cls:24s} {count}")
     plot_path = loss_histogram(info, plot)

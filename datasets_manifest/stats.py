@@ -1,4 +1,6 @@
-"""What a shard set holds: samples per class, skips, generator, and the texture losses' spread."""
+"""What a shard set holds: samples per class, skips, generator, the texture losses' spread, and
+the textures' quality: their spatial fingerprint (``nsneg.pipeline.fingerprint``, every texture)
+and, where the set holds the source pixels, their noise ratio (``nsneg.pipeline.quality``)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,30 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nsneg.pipeline import contract, files
+import numpy as np
+
+from nsneg.pipeline import contract, files, fingerprint, quality
+from nsneg.pipeline.images import resize_short
+
+#: Textures per split whose noise ratio is measured (spread evenly over the split): ~50 ms each.
+NOISE_RATIO_SAMPLES = 64
+
+
+def sample_crops(sample: contract.TextureSample) -> np.ndarray | None:
+    """uint8 [2, 96, 96, 3]: the two crops a texture was made from, cut again from its source
+    (resized as the job resized it), or None where the sample has no source or no crop boxes."""
+    source, meta = sample.source(), sample.meta
+    boxes, resized = meta.get("crop_boxes"), meta.get("resized_size")
+    if source is None or not isinstance(boxes, dict) or not isinstance(resized, list):
+        return None
+    boxes = [boxes.get("center"), boxes.get("random")]
+    if not resized or not all(isinstance(b, list) and len(b) == 4 for b in boxes):
+        return None
+    image = resize_short(source, int(min(resized)))
+    crops = [np.asarray(image.crop(tuple(b))) for b in boxes]
+    if any(c.shape != (contract.CROP_SIZE, contract.CROP_SIZE, 3) for c in crops):
+        return None
+    return np.stack(crops)
 
 
 def shard_stats(
@@ -24,10 +49,19 @@ def shard_stats(
         per_class: Counter[str] = Counter()
         losses = []
         skips = contract.SkipLog(max_skip_fraction)
-        for sample in contract.iter_samples(root, split, skips):
+        prints = fingerprint.FingerprintAccumulator()
+        ratios = []
+        every = max(1, -(-info["samples"] // NOISE_RATIO_SAMPLES))  # ceil: at most that many
+        for i, sample in enumerate(contract.iter_samples(root, split, skips)):
             per_class[manifest["classes"][sample.cls]] += 1
             if isinstance(sample.meta.get("loss"), int | float):
                 losses.append(float(sample.meta["loss"]))
+            texture = np.asarray(sample.texture.convert("RGB"))
+            prints.add(texture)
+            crops = sample_crops(sample) if manifest["has_source"] and i % every == 0 else None
+            if crops is not None and texture.shape == (contract.TEXTURE_SIZE,) * 2 + (3,):
+                ratios.append(quality.noise_ratio(texture, crops))
+        measured = prints.result()
         reasons = Counter(s["reason"].split(":")[0].split(" (")[0] for s in info["skipped"])
         stats["splits"][split] = {
             "samples": info["samples"],
@@ -39,6 +73,10 @@ def shard_stats(
             "skip_reasons": dict(reasons),
             "bad_samples": skips.finish(),
             "losses": losses,
+            "fingerprint": measured.as_dict() if measured else None,
+            "noise_ratio": {"mean": float(np.mean(ratios)), "textures": len(ratios)}
+            if ratios
+            else None,
         }
     return stats
 

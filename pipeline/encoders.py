@@ -27,17 +27,50 @@ class WeightsNotFound(FileNotFoundError):
     pass
 
 
-def replicate_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """``F.pad(x, (pad,) * 4, mode="replicate")`` as two index_selects: the same values.
+#: Padding of the canvas being synthesised (``wrap=True``): a stationary texture on a torus, so
+#: no pixel is near a border and no frame forms there. Crops (the targets) keep ``CROP_PADDING``.
+CANVAS_PADDING = "circular"
+CROP_PADDING = "replicate"
+#: Binomial low-pass of the random encoder's 2x downsampling (outer product, sums to 1): a box
+#: pool's gradient is the coarse gradient repeated in 2x2 blocks, a grid at the pool's period.
+BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
+
+
+def index_pad(x: torch.Tensor, pad: tuple[int, int, int, int], mode: str) -> torch.Tensor:
+    """``F.pad(x, pad, mode)`` for "replicate" and "circular" as two index_selects: the same values.
 
     Used under torch.compile: inductor's compiled backward of replication_pad2d expects a
     contiguous gradient where the eager kernel returns a channels_last one (torch 2.14, CPU:
-    a size/stride assertion at run time).
+    a size/stride assertion at run time). ``pad``: (left, right, top, bottom) as F.pad's.
     """
+    left, right, top, bottom = pad
     h, w = x.shape[-2:]
-    rows = torch.arange(-pad, h + pad, device=x.device).clamp(0, h - 1)
-    cols = torch.arange(-pad, w + pad, device=x.device).clamp(0, w - 1)
+    rows = torch.arange(-top, h + bottom, device=x.device)
+    cols = torch.arange(-left, w + right, device=x.device)
+    if mode == "circular":
+        rows, cols = rows % h, cols % w
+    elif mode == "replicate":
+        rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    else:
+        raise ValueError(f"index_pad pads 'replicate' or 'circular', not {mode!r}")
     return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def pad(x: torch.Tensor, pad: tuple[int, int, int, int], mode: str) -> torch.Tensor:
+    """F.pad, or ``index_pad`` under torch.compile (same values)."""
+    if torch.compiler.is_compiling():
+        return index_pad(x, pad, mode)
+    return F.pad(x, pad, mode=mode)
+
+
+def blur_downsample(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, ceil(H / 2), ceil(W / 2)]: a 4x4 binomial low-pass at stride 2
+    (anti-aliased, unlike a 2x2 box pool), the border padded by ``mode``."""
+    c, (h, w) = x.shape[1], x.shape[-2:]
+    taps = torch.tensor(BLUR_TAPS, dtype=x.dtype, device=x.device)
+    kernel = (taps[:, None] * taps[None, :]) / taps.sum() ** 2  # [4, 4]
+    padded = pad(x, (1, 1 + w % 2, 1, 1 + h % 2), mode)
+    return F.conv2d(padded, kernel.expand(c, 1, 4, 4), stride=2, groups=c)
 
 
 class _MatmulInputGradConv(torch.autograd.Function):
@@ -72,6 +105,9 @@ class _MatmulInputGradConv(torch.autograd.Function):
 
 class RandomMultiScaleEncoder(nn.Module):
     """Random ReLU filters over a 4-level image pyramid: receptive fields 5, 10, 20, 40 px.
+
+    Each level is the previous one low-passed and subsampled (``blur_downsample``); the border
+    is padded circularly for the canvas (``wrap=True``), by replication for crops.
 
     The pyramid gives large receptive fields for the price of small kernels, which keeps
     the encoder cheap enough for CPU synthesis. All buffers are rank 4 or less, so the
@@ -111,11 +147,13 @@ class RandomMultiScaleEncoder(nn.Module):
             "bias", 0.05 * torch.randn(levels * channels, generator=g)
         )  # [levels * C]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x [B, 3, H, W] in [0, 1] -> per level l: [B, C, ceil(H / 2^l), ceil(W / 2^l)]."""
+    def forward(self, x: torch.Tensor, wrap: bool = False) -> list[torch.Tensor]:
+        """x [B, 3, H, W] in [0, 1] -> per level l: [B, C, ceil(H / 2^l), ceil(W / 2^l)].
+        ``wrap``: x is a canvas on a torus (circular padding), else a crop (replicate)."""
+        mode = CANVAS_PADDING if wrap else CROP_PADDING
         x = x - 0.5  # centred: the zero-mean filters' sums cancel with less rounding error
         features = []
-        pad = self.kernel // 2
+        half = self.kernel // 2
         weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
         c = self.channels
         compiling = torch.compiler.is_compiling()
@@ -128,8 +166,8 @@ class RandomMultiScaleEncoder(nn.Module):
         )
         for level in range(self.levels):
             if level:
-                x = F.avg_pool2d(x, 2, ceil_mode=True)
-            padded = replicate_pad(x, pad) if compiling else F.pad(x, (pad,) * 4, mode="replicate")
+                x = blur_downsample(x, mode)
+            padded = pad(x, (half,) * 4, mode)
             w, b = weight[level * c : (level + 1) * c], bias[level * c : (level + 1) * c]
             features.append(F.relu(conv(padded, w, b)))
         return features
@@ -162,11 +200,17 @@ class VGG19Encoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, wrap: bool = False) -> list[torch.Tensor]:
+        """x [B, 3, H, W] in [0, 1] -> relu1_1 ... relu5_1. ``wrap``: x is a canvas on a torus,
+        its convolutions padded circularly; else torchvision's zero padding (as trained)."""
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         features = []
         for i, layer in enumerate(self.layers):
-            x = layer(x)
+            if wrap and isinstance(layer, nn.Conv2d):
+                p = layer.padding[0]
+                x = F.conv2d(pad(x, (p,) * 4, CANVAS_PADDING), layer.weight, layer.bias)
+            else:
+                x = layer(x)
             if i in VGG19_LAYERS:
                 features.append(x)
         return features

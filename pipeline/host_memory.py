@@ -4,9 +4,7 @@ glibc's malloc serves a large block (above a threshold that adapts up to 32 MiB)
 ``mmap`` and gives it back to the system on ``free``; it also trims the top of its heap once the
 free space there passes a threshold. A synthesis step on a CPU allocates and frees feature maps
 of tens to hundreds of MiB (16 images x 64 channels x 224^2 floats = 205 MiB) every step, so every
-step page-faulted and zeroed them again: on 2 cores of this project's Xeon the default schedule
-spent ~13 % of its CPU time in the kernel and ran at 0.80 textures/s (10 images); with the thresholds
-raised, 1.17 (the one-image reference 1.31x faster). PyTorch's CPU tuning guide recommends jemalloc or
+step page-faulted and zeroed them again (measured in docs/pipeline.md). PyTorch's CPU tuning guide recommends jemalloc or
 tcmalloc through ``LD_PRELOAD`` for the same reason; this does the part that matters here from
 inside the process, with no system package, on glibc only (elsewhere it does nothing).
 

@@ -10,27 +10,26 @@ of its two 96 px crops, and the batch is optimised together but independently:
 * coarse to fine (56 -> 112 -> 224 px by default), the crops scaled alike, so most
   steps run at 1/16 of the pixels;
 * each stage (120 / 40 / 14 steps): Adam at lr 0.05, ramped up linearly over the first 30 % of
-  its steps, then a cosine down to 0.1 x lr. The ramp matters: Adam's first steps move every
-  pixel by about lr whatever its gradient, which left colour grain in flat regions that the
-  last stage's few steps never removed; with the ramp a larger lr pays. The start is the
-  crops' mean colour plus seeded noise of std 0.05 (0.15 left a dark photo's background grey
-  and blotchy). Against the naive reference (``benchmarks/bench_synthesis.py``) on the ten
-  embedded photos: mean noise ratio 0.368 vs the reference's 0.373 (the previous schedule, lr
-  0.03 without ramp and init noise 0.15: 0.452) at the same cost per texture;
+  its steps, then a cosine down to 0.1 x lr (Adam's first steps move every pixel by about lr
+  whatever its gradient: without the ramp they leave colour grain in flat regions). The start
+  is the crops' mean colour plus seeded noise of std 0.05;
+* no spatial fingerprint: the canvas is a torus (the encoder pads it circularly, stages are
+  upsampled across the wrap) and every step sees it rolled by a random per-image shift, so no
+  pixel keeps one phase of the encoder's strides and none is near a border. Without this every
+  texture carried a 4 px grid and a frame (``nsneg.pipeline.fingerprint``);
 * ``accelerated`` (default: on CUDA only): channels_last and bf16 autocast, the Gram
   matrices of bf16 features computed without an fp32 copy of the feature maps. The
   same path runs on any device when asked for (the CPU tests do); otherwise float32
   and deterministic;
-* on a CPU the process keeps freed memory (``nsneg.pipeline.host_memory``): glibc otherwise gives
-  every step's large feature maps back to the system and page-faults them in again (1.45x),
-  and the random encoder takes the pixels' gradient as a matmul plus shifted adds
-  (``matmul_input_grad``: oneDNN's input gradient of a 3-channel convolution is slow; 1.5x);
+* on a CPU the process keeps freed memory (``nsneg.pipeline.host_memory``) and the random
+  encoder takes the pixels' gradient as a matmul plus shifted adds (``matmul_input_grad``);
 * ``compile`` (opt-in, default off): the per-step loss (features + Gram + loss, forward and
   backward) through ``torch.compile`` with ``dynamic=False`` (one compilation per stage size
   and batch size), inductor in mode "reduce-overhead": CUDA graphs on CUDA, against the launch
   overhead of the small early stages. The CPU tests run the same call with the ``aot_eager``
-  backend (inductor's code generation takes minutes on 2 cores). Off by default because no
-  GPU has measured it yet: ``make bench-gpu`` runs the random encoder with and without it.
+  backend.
+
+The measurements behind these choices: docs/pipeline.md and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from nsneg.pipeline.contract import CROP_SIZE, TEXTURE_SIZE
 from nsneg.pipeline.encoders import build_encoder
 from nsneg.pipeline.host_memory import retain_freed_memory
 
-GENERATOR_VERSION = "nsneg-gram-adam-3"
+GENERATOR_VERSION = "nsneg-gram-adam-4"
 
 #: Images per batch on a CPU when the config does not say.
 CPU_BATCH_SIZE = 16
@@ -146,6 +145,37 @@ class SynthesisResult:
     losses: np.ndarray  # float [B], final per-image Gram loss
 
 
+def canvas_shifts(seeds: list[int], stage: int, steps: int, size: int) -> torch.Tensor:
+    """int64 [steps, B, 2]: each image's (dy, dx) roll of its ``size`` px canvas at each step of
+    ``stage``, uniform over the torus and drawn from the image's own seed (not its batch's)."""
+    per_image = [
+        np.random.default_rng([seed, stage]).integers(0, size, (steps, 2)) for seed in seeds
+    ]  # B x [steps, 2]
+    return torch.from_numpy(np.stack(per_image, axis=1))
+
+
+def roll_each(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """x [B, C, H, W], shifts int64 [B, 2] -> x with image b rolled by shifts[b] = (dy, dx), as
+    ``torch.roll(x[b], (dy, dx), (-2, -1))``; one gather, so its gradient is one scatter-add."""
+    b, c, h, w = x.shape
+    rows = (torch.arange(h, device=x.device) - shifts[:, :1]) % h  # [B, H]
+    cols = (torch.arange(w, device=x.device) - shifts[:, 1:]) % w  # [B, W]
+    index = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return x.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
+
+
+def upsample_periodic(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, C, n, n] canvas on a torus -> [B, C, size, size], bicubic; the border interpolated
+    across the wrap (where ``size`` is a multiple of n), not from clamped pixels."""
+    n = x.shape[-1]
+    if size % n:
+        return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+    factor, margin = size // n, 2  # bicubic reads 2 px either side
+    padded = F.pad(x, (margin,) * 4, mode="circular")
+    up = F.interpolate(padded, scale_factor=factor, mode="bicubic", align_corners=False)
+    return up[..., margin * factor : margin * factor + size, margin * factor : margin * factor + size]
+
+
 class _GramProduct(torch.autograd.Function):
     """f [B, C, N] -> f f^T [B, C, C] in f's dtype (matmul accumulates in fp32).
 
@@ -224,15 +254,16 @@ class TextureSynthesizer:
                 dynamic=False,
             )
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor, wrap: bool = True) -> list[torch.Tensor]:
+        """``wrap``: x is a canvas (a torus: circular padding), else crops (the encoder's own)."""
         if self.accelerated:
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self.encoder(x)
-        return self.encoder(x)
+                return self.encoder(x, wrap=wrap)
+        return self.encoder(x, wrap=wrap)
 
     def per_image_loss(self, x: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
-        """[B] Gram loss of each image of ``x`` against its targets."""
+        """[B] Gram loss of each canvas of ``x`` against its targets."""
         return gram_loss([gram(f) for f in self.features(x)], targets)
 
     def targets(self, crops: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -247,7 +278,7 @@ class TextureSynthesizer:
         with torch.no_grad():
             return [
                 gram(f).reshape(b, 2, f.shape[1], f.shape[1]).mean(dim=1)
-                for f in self.features(flat)
+                for f in self.features(flat, wrap=False)
             ]
 
     def _init(self, crops: torch.Tensor, seeds: list[int]) -> torch.Tensor:
@@ -289,12 +320,12 @@ class TextureSynthesizer:
         """crops_t float [B, 2, 3, 96, 96] on the device."""
         x = self._init(crops_t, seeds)  # [B, 3, s0, s0] float32
         memory_format = torch.channels_last if self.accelerated else torch.contiguous_format
-        for size, steps, lr in zip(self.config.sizes, self.config.steps, self.config.stage_lrs()):
+        stages = zip(self.config.sizes, self.config.steps, self.config.stage_lrs())
+        for stage, (size, steps, lr) in enumerate(stages):
             if x.shape[-1] != size:
-                x = F.interpolate(
-                    x.detach(), size=(size, size), mode="bicubic", align_corners=False
-                ).clamp(0, 1)
+                x = upsample_periodic(x.detach(), size).clamp(0, 1)
             targets = self.targets(crops_t, size)
+            shifts = canvas_shifts(seeds, stage, steps, size).to(self.device)  # [steps, B, 2]
             x = x.detach().contiguous(memory_format=memory_format).requires_grad_(True)
             # fused: one kernel for the whole update, no per-step temporaries (CPU and CUDA)
             optimizer = torch.optim.Adam([x], lr=lr, fused=True)
@@ -302,9 +333,10 @@ class TextureSynthesizer:
             schedule = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, stage_schedule(steps, self.config.warmup, self.config.lr_floor)
             )
-            for _ in range(steps):  # no host sync inside: the loss is read once, at the end
+            for t in range(steps):  # no host sync inside: the loss is read once, at the end
                 optimizer.zero_grad(set_to_none=True)
-                per_image = self.step_loss(x, targets)  # [B]
+                # each step sees its canvas rolled: no pixel keeps one phase of the strides
+                per_image = self.step_loss(roll_each(x, shifts[t]), targets)  # [B]
                 per_image.sum().backward()  # a sum, so each image's gradient is its own
                 optimizer.step()
                 schedule.step()

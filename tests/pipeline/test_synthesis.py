@@ -259,20 +259,23 @@ def test_accelerated_bf16_quality_matches_fp32(crops):
     assert np.all(np.abs(bf16.losses - fp32.losses) <= 0.25 * fp32.losses + 1e-3)
 
 
-def test_random_encoder_matches_the_rank5_formulation():
-    """The flat [levels * C, 3, k, k] weights give what the old per-level rank-5 buffer gave."""
+@pytest.mark.parametrize("wrap", [False, True])
+def test_random_encoder_matches_the_rank5_formulation(wrap):
+    """The flat [levels * C, 3, k, k] weights give what a per-level rank-5 buffer gives, over a
+    binomial (anti-aliased) pyramid, padded circularly for a canvas and by replication for crops."""
+    from nsneg.pipeline.encoders import blur_downsample
+
     encoder = build_encoder("random", seed=3)
     weight = encoder.weight.view(encoder.levels, -1, 3, encoder.kernel, encoder.kernel)
     bias = encoder.bias.view(encoder.levels, -1)
     x = torch.rand(2, 3, 56, 56)
+    mode = "circular" if wrap else "replicate"
     expected, y = [], x - 0.5
     for level in range(encoder.levels):
         if level:
-            y = F.avg_pool2d(y, 2, ceil_mode=True)
-        expected.append(
-            F.relu(F.conv2d(F.pad(y, (2,) * 4, mode="replicate"), weight[level], bias[level]))
-        )
-    got = encoder(x)
+            y = blur_downsample(y, mode)
+        expected.append(F.relu(F.conv2d(F.pad(y, (2,) * 4, mode=mode), weight[level], bias[level])))
+    got = encoder(x, wrap=wrap)
     assert [g.shape for g in got] == [e.shape for e in expected]
     assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(got, expected))
 
@@ -443,14 +446,15 @@ def test_compiled_step_runs_through_inductor_on_cpu(crops):
     np.testing.assert_allclose(got.losses, want.losses, rtol=LOSS_RTOL)
 
 
-def test_replicate_pad_matches_f_pad_values_and_gradients():
-    """The compiled encoder's padding (index_select) is F.pad's replicate mode, gradients included."""
-    from nsneg.pipeline.encoders import replicate_pad
+@pytest.mark.parametrize("mode", ["replicate", "circular"])
+def test_index_pad_matches_f_pad_values_and_gradients(mode):
+    """The compiled encoder's padding (index_select) is F.pad's, gradients included."""
+    from nsneg.pipeline.encoders import index_pad
 
     x = torch.rand(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
     y = x.detach().clone().requires_grad_(True)
-    w = torch.randn(2, 3, 11, 13, dtype=torch.float64)
-    a, b = replicate_pad(x, 2), F.pad(y, (2,) * 4, mode="replicate")
+    w = torch.randn(2, 3, 10, 13, dtype=torch.float64)
+    a, b = index_pad(x, (2, 2, 1, 2), mode), F.pad(y, (2, 2, 1, 2), mode=mode)
     assert torch.equal(a, b)
     (a * w).sum().backward()
     (b * w).sum().backward()

@@ -1,0 +1,134 @@
+"""The spatial fingerprint: the measures read a grid and a frame, photos carry neither, and
+neither do the textures the synthesis makes of photos and of procedural images."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nsneg.pipeline import fingerprint
+from nsneg.pipeline.images import decode_rgb, make_crops
+from nsneg.pipeline.sources import embedded_listing
+from nsneg.pipeline.synthesis import (
+    SynthesisConfig,
+    TextureSynthesizer,
+    roll_each,
+    upsample_periodic,
+)
+
+#: A texture's 4-px spike may be this many times the real crops' median (which is ~2).
+SPIKE_FACTOR = 3.0
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [np.asarray(decode_rgb(open(im.path, "rb").read())[0]) for im in embedded_listing().images]
+
+
+@pytest.fixture(scope="module")
+def real_crops(photos):
+    """uint8 [30, 224, 224, 3]: three random crops of each demo photo, resized to 224 px."""
+    rng = np.random.default_rng(0)
+    return np.concatenate([fingerprint.photo_crops(p, 3, rng) for p in photos])
+
+
+def test_real_photo_crops_carry_no_fingerprint(real_crops):
+    fp = fingerprint.fingerprint(real_crops)
+    assert fp.textures == 30 and fp.within_thresholds(), fp
+    assert fp.median_spike < 4  # a photo's edges spread over all directions
+
+
+def test_a_4px_grid_is_read_as_a_spike_and_a_profile_share(real_crops):
+    """Grain on every 4th row and column, as a stride-4 gradient imprints it."""
+    rng = np.random.default_rng(2)
+    lattice = np.zeros((224, 224))
+    lattice[::4, :] = lattice[:, ::4] = 1
+    grain = rng.normal(0, 8, real_crops.shape[:3] + (1,)) * lattice[None, :, :, None]
+    grid = np.clip(real_crops + grain, 0, 255).astype(np.uint8)
+    spikes = fingerprint.period_spike(fingerprint.gradient_maps(grid))
+    fp = fingerprint.fingerprint(grid)
+    assert np.median(spikes) > 3 * fingerprint.MAX_MEDIAN_SPIKE
+    assert fp.profile_share > 3 * fingerprint.MAX_PROFILE_SHARE
+    assert not fp.within_thresholds()
+
+
+def test_a_busier_border_band_is_read_as_a_frame(real_crops):
+    rng = np.random.default_rng(1)
+    framed = real_crops.astype(np.float64)
+    band = np.ones((224, 224), bool)
+    band[24:-24, 24:-24] = False
+    framed[:, band] += rng.normal(0, 12, (len(framed), int(band.sum()), 1))
+    fp = fingerprint.fingerprint(np.clip(framed, 0, 255).astype(np.uint8))
+    assert fp.frame_ratio > 1.2
+    assert fingerprint.fingerprint(real_crops).frame_ratio < 1.0  # photos: objects sit inside
+
+
+def test_accumulator_streams_like_one_call_and_counts_other_sizes(real_crops):
+    acc = fingerprint.FingerprintAccumulator()
+    for image in real_crops:
+        acc.add(image)
+    acc.add(real_crops[0, :128, :128])
+    streamed, whole = acc.result(), fingerprint.fingerprint(real_crops)
+    assert acc.other_sizes == 1 and streamed.textures == 31
+    assert streamed.frame_ratio == pytest.approx(whole.frame_ratio)
+    assert streamed.profile_share == pytest.approx(whole.profile_share)
+    assert fingerprint.FingerprintAccumulator().result() is None
+    with pytest.raises(ValueError, match="H, W, 3"):
+        fingerprint.gradient_maps(np.zeros((4, 224, 224)))
+
+
+def test_roll_each_rolls_every_image_by_its_own_shift():
+    x = torch.rand(3, 2, 8, 10)
+    shifts = torch.tensor([[1, 2], [0, 0], [7, 13]])
+    rolled = roll_each(x, shifts)
+    for b in range(3):
+        assert torch.equal(rolled[b], torch.roll(x[b], tuple(shifts[b].tolist()), (-2, -1)))
+
+
+def test_upsampling_a_torus_commutes_with_rolling_it():
+    x = torch.rand(2, 3, 8, 8)
+    up = upsample_periodic(x, 16)
+    assert torch.allclose(torch.roll(up, (2, 6), (-2, -1)), upsample_periodic(torch.roll(x, (1, 3), (-2, -1)), 16))
+
+
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def textures():
+    """Textures of 6 demo photos and of 8 procedural images (one per class of the miniature
+    world), at a cheap schedule: cheap schedules made the strongest grid (a spike of ~235)."""
+    from mini_repro import protocol
+    from mini_repro import world as shapes
+
+    listing = embedded_listing().images
+    photo_pairs = [
+        make_crops(open(im.path, "rb").read(), np.random.default_rng(i)).pixels
+        for i, im in enumerate(listing[:6])
+    ]
+    world_pairs = []
+    for cls in range(len(shapes.CLASSES)):
+        img, _ = shapes.render(protocol.WORLD, "pretrain", cls, shapes.image_rng(0, "pretrain", cls, 0))
+        world_pairs.append(make_crops(_png(img), np.random.default_rng(cls)).pixels)
+    synth = TextureSynthesizer(SynthesisConfig(steps=(20, 5, 2), batch_size=16))
+    pairs = np.stack(photo_pairs + world_pairs)
+    return synth(pairs, list(range(len(pairs)))).textures
+
+
+def test_each_texture_spikes_no_more_than_real_crops_by_a_small_factor(textures, real_crops):
+    reference = float(np.median(fingerprint.period_spike(fingerprint.gradient_maps(real_crops))))
+    spikes = fingerprint.period_spike(fingerprint.gradient_maps(textures))
+    assert spikes.max() <= SPIKE_FACTOR * max(reference, 2.0), (spikes.round(1), reference)
+
+
+def test_the_textures_show_no_frame_and_no_grid_on_average(textures):
+    fp = fingerprint.fingerprint(textures)
+    assert fp.frame_ratio <= fingerprint.MAX_FRAME_RATIO, fp
+    assert fp.profile_share <= fingerprint.MAX_PROFILE_SHARE, fp
