@@ -79,10 +79,22 @@ def check_mergeable(
     if (old["classes"], old["generator"], old["has_source"]) != (classes, generator, has_source):
         raise contract.ManifestError(
             f"{Path(root) / contract.MANIFEST_NAME} describes another shard set (classes, generator or source pixels "
-            "differ); use a new output directory instead of mixing two datasets"
+            f"differ{_generator_change(old['generator'], generator)}); use a new output directory "
+            "instead of mixing two datasets"
         )
     contract.upgrade(root)
     return old
+
+
+def _generator_change(old: Any, new: dict[str, Any]) -> str:
+    """'': the same generator version; else which version made the set and which this run has."""
+    versions = [g.get("synthesis", {}).get("version") if isinstance(g, dict) else g for g in (old, new)]
+    if versions[0] == versions[1]:
+        return ""
+    return (
+        f"; it was made by generator {versions[0]}, this run is {versions[1]}: see docs/pipeline.md "
+        "for what changed"
+    )
 
 
 def merge_split(
