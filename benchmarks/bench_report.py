@@ -34,6 +34,13 @@ BENCHMARKS = {
         "matmul's rate measured in the same run. `--profile FILE` adds torch.profiler's "
         "operators by self time.",
     ),
+    "bench_fingerprint": (
+        "Spatial fingerprint of the textures",
+        "`nsneg.pipeline.fingerprint` on textures of scikit-image photographs and of the "
+        "miniature world's procedural images, against random crops of the photographs: median "
+        "per-texture 4-px spike, frame ratio and averaged 4-px profile share (thresholds 6, "
+        "1.05, 0.5 %), with the textures' mean noise ratio.",
+    ),
     "bench_pipeline": (
         "The Ray job end to end",
         "The whole job on the embedded set (2 shards of 5, Ray start-up, decoding, PNG encoding "

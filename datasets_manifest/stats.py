@@ -56,7 +56,7 @@ def shard_stats(
             per_class[manifest["classes"][sample.cls]] += 1
             if isinstance(sample.meta.get("loss"), int | float):
                 losses.append(float(sample.meta["loss"]))
-            texture = np.asarray(sample.texture.convert("RGB"))
+            texture = np.array(sample.texture.convert("RGB"))  # writable: torch reads it
             prints.add(texture)
             crops = sample_crops(sample) if manifest["has_source"] and i % every == 0 else None
             if crops is not None and texture.shape == (contract.TEXTURE_SIZE,) * 2 + (3,):
