@@ -88,7 +88,9 @@ def check_mergeable(
 
 def _generator_change(old: Any, new: dict[str, Any]) -> str:
     """'': the same generator version; else which version made the set and which this run has."""
-    versions = [g.get("synthesis", {}).get("version") if isinstance(g, dict) else g for g in (old, new)]
+    versions = [
+        g.get("synthesis", {}).get("version") if isinstance(g, dict) else g for g in (old, new)
+    ]
     if versions[0] == versions[1]:
         return ""
     return (

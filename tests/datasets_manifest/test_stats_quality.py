@@ -16,7 +16,9 @@ from nsneg_testing import bad_shards
 
 def test_stats_reports_the_fingerprint_of_a_set_without_sources(tmp_path, cli):
     root = bad_shards.make_clean_set(tmp_path / "set", per_split=3)
-    result = cli(data_cli.main, "stats", root, "--plot", tmp_path / "l.png", "--json", tmp_path / "s.json")
+    result = cli(
+        data_cli.main, "stats", root, "--plot", tmp_path / "l.png", "--json", tmp_path / "s.json"
+    )
     assert result.exit_code == 0, result.output
     assert "noise ratio: no source pixels" in result.output and "median 4-px spike" in result.output
     fp = json.loads((tmp_path / "s.json").read_text())["splits"]["train"]["fingerprint"]

@@ -26,7 +26,9 @@ SPIKE_FACTOR = 3.0
 
 @pytest.fixture(scope="module")
 def photos():
-    return [np.asarray(decode_rgb(open(im.path, "rb").read())[0]) for im in embedded_listing().images]
+    return [
+        np.asarray(decode_rgb(open(im.path, "rb").read())[0]) for im in embedded_listing().images
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,9 @@ def test_roll_each_rolls_every_image_by_its_own_shift():
 def test_upsampling_a_torus_commutes_with_rolling_it():
     x = torch.rand(2, 3, 8, 8)
     up = upsample_periodic(x, 16)
-    assert torch.allclose(torch.roll(up, (2, 6), (-2, -1)), upsample_periodic(torch.roll(x, (1, 3), (-2, -1)), 16))
+    assert torch.allclose(
+        torch.roll(up, (2, 6), (-2, -1)), upsample_periodic(torch.roll(x, (1, 3), (-2, -1)), 16)
+    )
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -115,7 +119,9 @@ def textures():
     ]
     world_pairs = []
     for cls in range(len(shapes.CLASSES)):
-        img, _ = shapes.render(protocol.WORLD, "pretrain", cls, shapes.image_rng(0, "pretrain", cls, 0))
+        img, _ = shapes.render(
+            protocol.WORLD, "pretrain", cls, shapes.image_rng(0, "pretrain", cls, 0)
+        )
         world_pairs.append(make_crops(_png(img), np.random.default_rng(cls)).pixels)
     synth = TextureSynthesizer(SynthesisConfig(steps=(20, 5, 2), batch_size=16))
     pairs = np.stack(photo_pairs + world_pairs)
