@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nsneg.pipeline import files
+from nsneg.datasets_manifest.format import files
 
 
 def mean_of_present(values: Sequence[float | None]) -> float | None:
