@@ -16,8 +16,8 @@ so ``imagenet-100-texture/train/n01/x.png`` pairs with ``imagenet-100/train/n01/
   set of our contract (manifest, sha256, the generator recorded as external), resumable like
   the build: shards are fingerprinted by their files and finished ones are kept.
 
-Every sample read goes through the sample policy (``contract``); every file imported through
-the pipeline's image loader (``images.decode_rgb``: the same pixel limit, no bomb decoded).
+Every sample read goes through the sample policy (``format.sample_reader``); every file imported through
+the pipeline's image loader (``format.image_decode.decode_rgb``: the same pixel limit, no bomb decoded).
 """
 
 from __future__ import annotations

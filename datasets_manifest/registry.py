@@ -1,6 +1,6 @@
 """Published shard sets: their manifests, found by name, and how one is published.
 
-A published manifest is the pipeline's manifest (``nsneg.pipeline.contract``) plus ``name``,
+A published manifest is the pipeline's manifest (``nsneg.datasets_manifest.format.manifest``) plus ``name``,
 ``version``, ``base_url`` and a ``url`` per shard, stored as ``<name>-<version>.json``.
 ``NAME[@VERSION]`` is looked up, in this order, in ``datasets_manifest/sets/`` (shipped with
 nsneg), in the user's manifest folder (``user_manifest_dir``: where ``publish`` writes) and in

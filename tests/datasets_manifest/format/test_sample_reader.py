@@ -1,4 +1,4 @@
-"""The contract's sample policy: every bad sample a tar file can carry is skipped with its shard,
+"""The sample policy (``sample_reader``): every bad sample a tar file can carry is skipped with its shard,
 key and reason; past the threshold one clear error; a bomb is never decoded (peak memory measured)."""
 
 import json
