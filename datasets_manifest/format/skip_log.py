@@ -20,6 +20,8 @@ class TooManyBadSamples(ValueError):
 
 #: A reader's ``--max-skip-fraction`` unless told otherwise (the build's own default).
 DEFAULT_MAX_SKIP_FRACTION = 0.01
+#: How many skipped samples a report names (the count is always exact).
+SKIPS_LISTED = 100
 
 
 @dataclass
@@ -113,7 +115,3 @@ class SkipLog:
         return f"skipped {len(self.skipped)} bad samples" + (
             f" ({', '.join(f'{k}: {v}' for k, v in reasons.items())})" if reasons else ""
         )
-
-
-#: How many skipped samples a report names (the count is always exact).
-SKIPS_LISTED = 100
