@@ -10,14 +10,19 @@ from typing import Any
 
 import numpy as np
 
-from nsneg.pipeline import contract, files, fingerprint, quality
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.constants import CROP_SIZE, TEXTURE_SIZE
+from nsneg.datasets_manifest.format.manifest import load_manifest
+from nsneg.datasets_manifest.format.sample_reader import TextureSample, iter_samples
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, SkipLog
+from nsneg.pipeline import fingerprint, quality
 from nsneg.pipeline.images import resize_short
 
 #: Textures per split whose noise ratio is measured (spread evenly over the split): ~50 ms each.
 NOISE_RATIO_SAMPLES = 64
 
 
-def sample_crops(sample: contract.TextureSample) -> np.ndarray | None:
+def sample_crops(sample: TextureSample) -> np.ndarray | None:
     """uint8 [2, 96, 96, 3]: the two crops a texture was made from, cut again from its source
     (resized as the job resized it), or None where the sample has no source or no crop boxes."""
     source, meta = sample.source(), sample.meta
@@ -29,17 +34,15 @@ def sample_crops(sample: contract.TextureSample) -> np.ndarray | None:
         return None
     image = resize_short(source, int(min(resized)))
     crops = [np.asarray(image.crop(tuple(b))) for b in boxes]
-    if any(c.shape != (contract.CROP_SIZE, contract.CROP_SIZE, 3) for c in crops):
+    if any(c.shape != (CROP_SIZE, CROP_SIZE, 3) for c in crops):
         return None
     return np.stack(crops)
 
 
-def shard_stats(
-    root: Path, max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION
-) -> dict[str, Any]:
+def shard_stats(root: Path, max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION) -> dict[str, Any]:
     """Counts from the manifest plus one pass over the samples through the sample policy
-    (``contract.iter_samples``): ``bad_samples`` per split is its skip report."""
-    manifest = contract.load_manifest(root)
+    (``iter_samples``): ``bad_samples`` per split is its skip report."""
+    manifest = load_manifest(root)
     stats: dict[str, Any] = {
         "generator": manifest["generator"],
         "has_source": manifest["has_source"],
@@ -48,18 +51,18 @@ def shard_stats(
     for split, info in manifest["splits"].items():
         per_class: Counter[str] = Counter()
         losses = []
-        skips = contract.SkipLog(max_skip_fraction)
+        skips = SkipLog(max_skip_fraction)
         prints = fingerprint.FingerprintAccumulator()
         ratios = []
         every = max(1, -(-info["samples"] // NOISE_RATIO_SAMPLES))  # ceil: at most that many
-        for i, sample in enumerate(contract.iter_samples(root, split, skips)):
+        for i, sample in enumerate(iter_samples(root, split, skips)):
             per_class[manifest["classes"][sample.cls]] += 1
             if isinstance(sample.meta.get("loss"), int | float):
                 losses.append(float(sample.meta["loss"]))
             texture = np.array(sample.texture.convert("RGB"))  # writable: torch reads it
             prints.add(texture)
             crops = sample_crops(sample) if manifest["has_source"] and i % every == 0 else None
-            if crops is not None and texture.shape == (contract.TEXTURE_SIZE,) * 2 + (3,):
+            if crops is not None and texture.shape == (TEXTURE_SIZE,) * 2 + (3,):
                 ratios.append(quality.noise_ratio(texture, crops))
         measured = prints.result()
         reasons = Counter(s["reason"].split(":")[0].split(" (")[0] for s in info["skipped"])

@@ -9,7 +9,11 @@ import numpy as np
 
 from nsneg.datasets_manifest import cli as data_cli
 from nsneg.datasets_manifest.stats import sample_crops, shard_stats
-from nsneg.pipeline import contract, files
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import build_manifest
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME, shard_path
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.datasets_manifest.format.shard_writer import ShardWriter
 from nsneg.pipeline.images import make_crops
 from nsneg_testing import bad_shards
 
@@ -33,7 +37,7 @@ def test_noise_ratio_uses_the_crops_the_texture_was_made_from(tmp_path):
         "crop_boxes": {"center": list(crops.boxes[0]), "random": list(crops.boxes[1])},
         "resized_size": list(crops.resized_size),
     }
-    writer = contract.ShardWriter(contract.shard_path(tmp_path, "train", 0))
+    writer = ShardWriter(shard_path(tmp_path, "train", 0))
     writer.write(
         {
             "__key__": "a",
@@ -44,9 +48,9 @@ def test_noise_ratio_uses_the_crops_the_texture_was_made_from(tmp_path):
         }
     )
     records = {"train": {"shards": [writer.commit({"index": 0})], "skipped": [], "complete": True}}
-    manifest = contract.build_manifest(bad_shards.CLASSES, records, {"synthesis": {}}, True)
-    files.atomic_write_json(tmp_path / contract.MANIFEST_NAME, manifest)
-    sample = next(contract.iter_samples(tmp_path, "train"))
+    manifest = build_manifest(bad_shards.CLASSES, records, {"synthesis": {}}, True)
+    files.atomic_write_json(tmp_path / MANIFEST_NAME, manifest)
+    sample = next(iter_samples(tmp_path, "train"))
     assert np.array_equal(sample_crops(sample), crops.pixels)
     ratio = shard_stats(tmp_path)["splits"]["train"]["noise_ratio"]
     assert ratio["textures"] == 1 and 0 < ratio["mean"] < 2
