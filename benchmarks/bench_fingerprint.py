@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from nsneg.pipeline import fingerprint, quality
 from nsneg.datasets_manifest.format.files import atomic_write_json
+from nsneg.pipeline import fingerprint, quality
 from nsneg.pipeline.images import decode_rgb, make_crops
 from nsneg.pipeline.sources import EMBEDDED_PHOTOS
 from nsneg.pipeline.synthesis import GENERATOR_VERSION, SynthesisConfig, TextureSynthesizer

@@ -8,12 +8,12 @@ import json
 import numpy as np
 
 from nsneg.datasets_manifest import cli as data_cli
-from nsneg.datasets_manifest.stats import sample_crops, shard_stats
 from nsneg.datasets_manifest.format import files
 from nsneg.datasets_manifest.format.manifest import build_manifest
 from nsneg.datasets_manifest.format.naming import MANIFEST_NAME, shard_path
 from nsneg.datasets_manifest.format.sample_reader import iter_samples
 from nsneg.datasets_manifest.format.shard_writer import ShardWriter
+from nsneg.datasets_manifest.stats import sample_crops, shard_stats
 from nsneg.pipeline.images import make_crops
 from nsneg_testing import bad_shards
 
