@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from nsneg.datasets_manifest.format.constants import CROP_SIZE, TEXTURE_SIZE
 from nsneg.pipeline import fingerprint
 from nsneg.pipeline.images import decode_rgb, make_crops
 from nsneg.pipeline.sources import embedded_listing
@@ -106,9 +107,10 @@ def _png(img: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def textures():
-    """Textures of 6 demo photos and of 8 procedural images (one per class of the miniature
-    world), at a cheap schedule: cheap schedules made the strongest grid (a spike of ~235)."""
+def made():
+    """(crop pairs, textures) of 6 demo photos and of 8 procedural images (one per class of the
+    miniature world), at a cheap schedule: cheap schedules made the strongest grid (a median
+    spike of ~235 before the canvas was a rolled torus)."""
     from mini_repro import protocol
     from mini_repro import world as shapes
 
@@ -119,22 +121,39 @@ def textures():
     ]
     world_pairs = []
     for cls in range(len(shapes.CLASSES)):
-        img, _ = shapes.render(
-            protocol.WORLD, "pretrain", cls, shapes.image_rng(0, "pretrain", cls, 0)
-        )
+        rng = shapes.image_rng(0, "pretrain", cls, 0)
+        img, _ = shapes.render(protocol.WORLD, "pretrain", cls, rng)
         world_pairs.append(make_crops(_png(img), np.random.default_rng(cls)).pixels)
     synth = TextureSynthesizer(SynthesisConfig(steps=(20, 5, 2), batch_size=16))
     pairs = np.stack(photo_pairs + world_pairs)
-    return synth(pairs, list(range(len(pairs)))).textures
+    return pairs, synth(pairs, list(range(len(pairs)))).textures
 
 
-def test_each_texture_spikes_no_more_than_real_crops_by_a_small_factor(textures, real_crops):
+def own_spikes(pairs: np.ndarray) -> np.ndarray:
+    """[N]: the larger 4-px spike of each image's two 96 px crops, scaled to a 224 px map (a
+    periodic component's peak over the ring's median grows with the side: x 224 / 96)."""
+    maps = fingerprint.gradient_maps(pairs.reshape(-1, *pairs.shape[2:]))
+    spikes = fingerprint.period_spike(maps).reshape(len(pairs), 2).max(axis=1)
+    return spikes * TEXTURE_SIZE / CROP_SIZE
+
+
+def test_each_texture_spikes_no_more_than_real_crops_by_a_small_factor(made, real_crops):
+    """A texture's spike is within SPIKE_FACTOR of real crops', or of its own crops' where the
+    photo itself is periodic at 4 px (the demo's brick wall: ~14 at 96 px)."""
+    pairs, textures = made
     reference = float(np.median(fingerprint.period_spike(fingerprint.gradient_maps(real_crops))))
+    allowed = SPIKE_FACTOR * np.maximum(max(reference, 2.0), own_spikes(pairs))
     spikes = fingerprint.period_spike(fingerprint.gradient_maps(textures))
-    assert spikes.max() <= SPIKE_FACTOR * max(reference, 2.0), (spikes.round(1), reference)
+    assert np.all(spikes <= allowed), (spikes.round(1), allowed.round(1))
+    assert np.median(spikes) <= fingerprint.MAX_MEDIAN_SPIKE
 
 
-def test_the_textures_show_no_frame_and_no_grid_on_average(textures):
-    fp = fingerprint.fingerprint(textures)
+def test_the_textures_show_no_frame_and_no_grid_on_average(made):
+    """Over the set, leaving out the images whose own crops are periodic at 4 px (their texture
+    rightly is, at its own phase, and one such texture dominates the average of 14)."""
+    pairs, textures = made
+    plain = own_spikes(pairs) <= fingerprint.MAX_MEDIAN_SPIKE * TEXTURE_SIZE / CROP_SIZE
+    assert plain.sum() >= 12
+    fp = fingerprint.fingerprint(textures[plain])
     assert fp.frame_ratio <= fingerprint.MAX_FRAME_RATIO, fp
     assert fp.profile_share <= fingerprint.MAX_PROFILE_SHARE, fp
