@@ -101,6 +101,22 @@ def profile_period_share(mean_map: np.ndarray, period: int = PERIOD) -> float:
     return float(max(shares))
 
 
+def profile_period_spike(mean_map: np.ndarray, period: int = PERIOD) -> float:
+    """float [H, W] averaged map -> the larger, over its row and column profiles, of the power at
+    ``period`` px over the median power of the profile's other frequencies. A set of stationary
+    textures has a flat profile spectrum: every bin holds ~1 / (W / 2) of the power whatever the
+    set's size, so ``profile_period_share`` reads ~0.9 % at 224 px without any grid; this reads
+    ~1 for them and far more for a grid at a fixed phase."""
+    m = np.asarray(mean_map, dtype=np.float64)
+    ratios = []
+    for profile in (m.mean(axis=0), m.mean(axis=1)):  # [W], [H]
+        power = np.abs(np.fft.rfft(profile - profile.mean())) ** 2
+        k = round(len(profile) / period)
+        others = np.delete(power[1:], k - 1)
+        ratios.append(power[k] / max(float(np.median(others)), 1e-30))
+    return float(max(ratios))
+
+
 @dataclass
 class Fingerprint:
     textures: int  # images measured
