@@ -169,7 +169,34 @@ def test_skip_threshold_fails_clearly_and_keeps_finished_shards(tmp_path, ray_se
     )
 
 
-def test_a_killed_worker_is_restarted_and_its_shard_retried(tmp_path, ray_session):
+def descendants_titled(title: str) -> list[int]:
+    """Processes below this one (Ray's raylet starts the workers) whose command line starts with
+    ``title``: Ray titles an actor's process after its class (``ray::TextureWorker``)."""
+
+    def parent(pid: str) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or not (entry / "cmdline").read_bytes().startswith(
+                title.encode()
+            ):
+                continue
+            pid = entry.name
+            while int(pid) > 1 and int(pid) != os.getpid():
+                pid = str(parent(pid))
+            if int(pid) == os.getpid():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_a_killed_worker_is_replaced_and_its_shard_redone(tmp_path, ray_session):
+    """An actor's process killed mid-shard: a new actor takes the shard; no partial file remains."""
+    from nsneg.pipeline import dispatch, pool_plan
+
     ray = ray_session
     listing = folder_listing(make_tree(tmp_path / "tree", bad=False), "train")
     config = job.JobConfig(
@@ -177,15 +204,25 @@ def test_a_killed_worker_is_restarted_and_its_shard_retried(tmp_path, ray_sessio
     )
     spec = job.plan_shards(listing, config)[0]
     (tmp_path / "out" / "train").mkdir(parents=True)
-    progress = job._progress_class().options(name="test-progress").remote()  # noqa: F841 (kept alive)
-    worker = job._worker_class().remote(config, "test-progress")
-    pid = ray.get(worker.pid.remote())
-    pending = worker.process.remote(spec)
-    time.sleep(3)  # mid-shard
-    os.kill(pid, signal.SIGKILL)
-    record = ray.get(pending, timeout=240)
-    assert ray.get(worker.pid.remote()) != pid  # a new process took over
+    here = ray.get_runtime_context().get_node_id()
+    slot = pool_plan.ActorSlot(here, "localhost", 1.0, 0.0)
+    killed, records = [], []
+
+    def kill_once_started(images, rates, actors, nodes):
+        if killed or not actors:
+            return
+        time.sleep(2)  # mid-shard
+        (pid,) = descendants_titled("ray::TextureWorker")
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    use = dispatch.run_shards(
+        config, [slot], [spec], records.append, kill_once_started, "test-progress", actor_wait_s=60
+    )
+    assert killed and use.lost == 1 and len(use.actors) == 2  # the first and its replacement
+    (record,) = records
     assert record["samples"] == 6 and files.sha256_file(Path(spec.path)) == record["sha256"]
+    assert record["node"]["id"] == here
     assert not list((tmp_path / "out" / "train").glob(".*tmp*"))
 
 
