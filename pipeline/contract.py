@@ -134,6 +134,12 @@ def encode_sample(
     return sample
 
 
+def drop_temporaries(final_path: Path) -> None:
+    """Delete the temporary files of unfinished attempts at the shard ``final_path``."""
+    for stale in Path(final_path).parent.glob(f".{Path(final_path).name}*.tmp-*"):
+        stale.unlink(missing_ok=True)
+
+
 class ShardWriter:
     """Writes one shard under a temporary name; ``commit`` hashes it and renames it into place.
 
@@ -148,8 +154,7 @@ class ShardWriter:
         self.final_path = Path(final_path)
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
         # Leftovers of an earlier attempt at this shard (a killed worker) are never final: drop them.
-        for stale in self.final_path.parent.glob(f".{self.final_path.name}*.tmp-*"):
-            stale.unlink(missing_ok=True)
+        drop_temporaries(self.final_path)
         self.tmp_path = self.final_path.with_name(f".{self.final_path.name}.tmp-{os.getpid()}")
         self._file = open(self.tmp_path, "wb")
         self._tar = wds.TarWriter(self._file, encoder=False, mtime=0.0)
@@ -210,8 +215,9 @@ def build_manifest(
     """
     out_splits = {}
     for name, split in splits.items():
-        shards = [
-            {k: r[k] for k in ("name", "sha256", "bytes", "samples")} for r in split["shards"]
+        shards = [  # with the writing node ({"id", "host"}) where the job recorded it
+            {k: r[k] for k in ("name", "sha256", "bytes", "samples", "node") if k in r}
+            for r in split["shards"]
         ]
         out_splits[name] = {
             "shards": shards,
@@ -242,6 +248,7 @@ _SHARD_SCHEMA = {
         "bytes": {"type": "integer", "minimum": 0},
         "samples": {"type": "integer", "minimum": 0},
         "url": {"type": "string"},  # published sets only
+        "node": {"type": "object"},  # the Ray node that wrote it: {"id", "host"}
     },
 }
 

@@ -288,6 +288,9 @@ def run(
             )
     finally:  # whatever happened, the manifest lists exactly the shards that are finished
         bar.close()
+        for spec in pending:  # the actors are gone: what they left unfinished is no shard
+            if spec.index not in records:
+                contract.drop_temporaries(Path(spec.path))
         _write_manifest(config, listing, specs, records)
     skipped = [s for i in sorted(records) for s in records[i]["skipped"]]
     return JobSummary(
