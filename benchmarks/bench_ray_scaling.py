@@ -104,7 +104,9 @@ def main(steps: str, json_path: Path | None) -> None:
         "2_nodes_over_1_node_2_actors": runs["2_nodes_1_actor_1_cpu_each"]["textures_per_s"]
         / runs["1_node_2_actors_1_cpu"]["textures_per_s"],
     }
-    print(f"{len(listing.images)} images, one shard each; steps {synthesis.steps}; {os.cpu_count()} CPUs")
+    print(
+        f"{len(listing.images)} images, one shard each; steps {synthesis.steps}; {os.cpu_count()} CPUs"
+    )
     for name, run in runs.items():
         print(
             f"{name:30s} {run['textures_per_s']:.3f} textures/s ({run['textures']} in "

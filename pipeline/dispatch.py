@@ -57,8 +57,12 @@ class PoolUse:
 
 
 def _first_line(error: BaseException) -> str:
+    """The error's first line; for a task's own exception, that exception's (not Ray's banner)."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        error = cause
     lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def run_shards(
@@ -125,7 +129,11 @@ def run_shards(
                 member, spec = inflight.pop(ref)
                 try:
                     record = ray.get(ref)
-                except ray.exceptions.RayActorError as e:  # the actor (or its node) is gone
+                except ray.exceptions.RayTaskError as e:  # the shard itself failed
+                    use.failed.append(f"{spec.path}: {_first_line(e)}")
+                    idle.append(member)
+                    continue
+                except ray.exceptions.RayError as e:  # the actor (or its node) is gone
                     last_loss = _first_line(e)
                     attempts[spec.index] += 1
                     if attempts[spec.index] >= MAX_SHARD_ATTEMPTS:
@@ -135,10 +143,6 @@ def run_shards(
                     else:
                         queue.appendleft(spec)
                     replace(member)
-                    continue
-                except ray.exceptions.RayTaskError as e:  # the shard itself failed
-                    use.failed.append(f"{spec.path}: {_first_line(e)}")
-                    idle.append(member)
                     continue
                 idle.append(member)
                 on_record(record)
