@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nsneg.pipeline import contract, files, job
+from nsneg.pipeline import actors, contract, files, job
 from nsneg.pipeline.sources import folder_listing
 from nsneg_testing import TINY, as_v1, make_tree
 
@@ -324,7 +324,7 @@ def test_host_stages_overlap_synthesis_and_threads_do_not_change_the_bytes(tmp_p
 
 def test_progress_reports_textures_per_second_per_worker(ray_session):
     ray = ray_session
-    progress = job._progress_class().remote()
+    progress = actors.progress_class().remote()
     ray.get(progress.add.remote(0, 0, 1))
     time.sleep(0.2)
     ray.get([progress.add.remote(4, 3, 1), progress.add.remote(2, 2, 0)])
