@@ -79,7 +79,10 @@ def worker_class():
             self.host_threads = max(1, threads)
             self.config = config
             self.index = index
-            self.progress = ray.get_actor(progress_name)
+            try:
+                self.progress = ray.get_actor(progress_name)
+            except ValueError:  # the counter is gone: shards are made all the same, uncounted
+                self.progress = None
             gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
             device = config.device or ("cuda" if gpu else "cpu")
             self.synthesizer = TextureSynthesizer(config.synthesis, device=device)
@@ -95,10 +98,11 @@ def worker_class():
         def process(self, spec) -> dict[str, Any]:
             from nsneg.pipeline.job import write_shard
 
-            self.progress.add.remote(0, 0, self.index)  # this worker's textures/s clock starts
-
             def report(images: int, textures: int) -> None:
-                self.progress.add.remote(images, textures, self.index)
+                if self.progress is not None:
+                    self.progress.add.remote(images, textures, self.index)
+
+            report(0, 0)  # this worker's textures/s clock starts
 
             return write_shard(
                 self.synthesizer,

@@ -147,10 +147,14 @@ def run_shards(
                 idle.append(member)
                 on_record(record)
             live = idle + [m for m, _ in inflight.values()]
-            try:
-                images, rates = ray.get(progress.take.remote(), timeout=10)
-            except ray.exceptions.GetTimeoutError:
-                images, rates = 0, {}
+            images, rates = 0, {}
+            if progress is not None:
+                try:
+                    images, rates = ray.get(progress.take.remote(), timeout=10)
+                except ray.exceptions.GetTimeoutError:
+                    pass
+                except ray.exceptions.RayError:  # the bar loses its counts, the job goes on
+                    progress = None
             on_progress(images, rates, len(live), len({m.info["id"] for m in live}))
             if live or not queue:
                 no_actor_since = time.monotonic()
@@ -168,5 +172,6 @@ def run_shards(
     finally:
         for member in [*starting.values(), *idle, *(m for m, _ in inflight.values())]:
             ray.kill(member.handle, no_restart=True)
-        ray.kill(progress, no_restart=True)
+        if progress is not None:
+            ray.kill(progress, no_restart=True)
     return use
