@@ -5,7 +5,7 @@ that keeps its encoder loaded; the pool is planned from each node's own resource
 per GPU on GPU nodes, CPU actors sized to the node otherwise: ``nsneg.pipeline.pool_plan``).
 Within a shard, decoding the next batch and writing the previous one overlap the synthesis of
 the current one. A shard is written under a temporary name and renamed only when complete
-(``contract.ShardWriter``), so a rerun skips finished shards and a killed job loses at most
+(``ShardWriter``), so a rerun skips finished shards and a killed job loses at most
 the shards in flight; a lost actor's shard goes to a live actor (``nsneg.pipeline.dispatch``).
 Bad images are skipped with a reason and counted against a threshold.
 """
@@ -21,8 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from nsneg.pipeline import contract, dispatch, pool_plan, shards
-from nsneg.pipeline.images import RESIZE_SHORT, BadImage, Crops, make_crops
+from nsneg.datasets_manifest.format.constants import CROP_SIZE, TEXTURE_SIZE
+from nsneg.datasets_manifest.format.image_decode import BadImage
+from nsneg.datasets_manifest.format.shard_writer import (
+    ShardWriter,
+    drop_temporaries,
+    encode_sample,
+)
+from nsneg.pipeline import dispatch, pool_plan, shards
+from nsneg.pipeline.images import RESIZE_SHORT, Crops, make_crops
 from nsneg.pipeline.pool_plan import ActorSlot
 from nsneg.pipeline.shards import ShardSpec, finished_record
 from nsneg.pipeline.shards import plan_shards as plan
@@ -62,8 +69,8 @@ class JobConfig:
             "shard_size": self.shard_size,
             "include_source": self.include_source,
             "resize_short": self.resize_short,
-            "crop_size": contract.CROP_SIZE,
-            "texture_size": contract.TEXTURE_SIZE,
+            "crop_size": CROP_SIZE,
+            "texture_size": TEXTURE_SIZE,
         }
 
 
@@ -140,7 +147,7 @@ def _encode_sample(
     image, seed, data, crops = prepared
     meta = _sample_meta(image, crops, seed, loss, config)
     source = data if config.include_source else None
-    return contract.encode_sample(image.key, texture, image.cls, meta, source)
+    return encode_sample(image.key, texture, image.cls, meta, source)
 
 
 def write_shard(
@@ -170,7 +177,7 @@ def write_shard(
         or auto_batch_size(config.synthesis.encoder, "cpu")
     )
     batches = [spec.images[start : start + size] for start in range(0, len(spec.images), size)]
-    writer = contract.ShardWriter(Path(spec.path))
+    writer = ShardWriter(Path(spec.path))
     skipped: list[dict[str, str]] = []
 
     def prepare(batch: list[SourceImage]) -> list:
@@ -232,16 +239,23 @@ def _init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
 
 
 def _namespace_for_workers() -> Path:
-    """A temporary ``nsneg/`` folder holding a copy of this package, for Ray's ``py_modules``.
+    """A temporary ``nsneg/`` folder holding a copy of this package and of the shard-set format
+    it writes (``nsneg.datasets_manifest.format``), for Ray's ``py_modules``.
 
-    Ray makes a shipped folder importable by its own name; the installed package's folder is
-    ``pipeline/`` (an editable install maps it), so it is copied under ``nsneg/pipeline``."""
+    Ray makes a shipped folder importable by its own name; the installed packages' folders are
+    ``pipeline/`` and ``datasets_manifest/`` (an editable install maps them), so they are copied
+    under ``nsneg/``."""
     import shutil
     import tempfile
 
-    here = Path(__file__).resolve().parent
+    import nsneg.datasets_manifest.format as shard_format
+
+    ignore = shutil.ignore_patterns("__pycache__")
     root = Path(tempfile.mkdtemp(prefix="nsneg-ray-")) / "nsneg"
-    shutil.copytree(here, root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(__file__).resolve().parent, root / "pipeline", ignore=ignore)
+    format_dir = Path(shard_format.__file__).resolve().parent
+    shutil.copytree(format_dir, root / "datasets_manifest" / "format", ignore=ignore)
+    shutil.copy(format_dir.parent / "__init__.py", root / "datasets_manifest" / "__init__.py")
     return root
 
 
@@ -290,7 +304,7 @@ def run(
         bar.close()
         for spec in pending:  # the actors are gone: what they left unfinished is no shard
             if spec.index not in records:
-                contract.drop_temporaries(Path(spec.path))
+                drop_temporaries(Path(spec.path))
         _write_manifest(config, listing, specs, records)
     skipped = [s for i in sorted(records) for s in records[i]["skipped"]]
     return JobSummary(

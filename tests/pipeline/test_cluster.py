@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from nsneg.pipeline import contract
+from nsneg.datasets_manifest.format.manifest import load_manifest, shard_paths, verify
+from nsneg.datasets_manifest.format.naming import record_path
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
 from nsneg.pipeline.sources import folder_listing
 from nsneg_testing import make_tree
 
@@ -67,18 +69,18 @@ def run_build(cluster, tree: Path, out: Path, *extra: str, timeout: float = JOB_
 
 def records_by_node(out: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for shard in contract.load_manifest(out)["splits"]["train"]["shards"]:
+    for shard in load_manifest(out)["splits"]["train"]["shards"]:
         counts[shard["node"]["id"]] = counts.get(shard["node"]["id"], 0) + 1
     return counts
 
 
 def assert_complete_set(out: Path, tree: Path) -> None:
     """Every image of the tree exactly once, every shard whole (verified), no temporary file."""
-    assert contract.verify(out) == []
-    keys = [s.key for s in contract.iter_samples(out, "train")]
+    assert verify(out) == []
+    keys = [s.key for s in iter_samples(out, "train")]
     assert sorted(keys) == sorted(im.key for im in folder_listing(tree, "train").images)
     assert not list((out / "train").glob(".*tmp*"))
-    manifest = contract.load_manifest(out)
+    manifest = load_manifest(out)
     assert manifest["splits"]["train"]["complete"] is True
 
 
@@ -162,12 +164,10 @@ def test_with_no_actor_placeable_the_job_stops_with_what_to_rerun(tmp_path):
     (line,) = stderr.strip().splitlines()
     assert "no synthesis actor is running (none could be placed for 20 s" in line
     assert "Rerun the same command" in line and f"nsneg-textures build --imagenet {tree}" in line
-    manifest = contract.load_manifest(
-        out
-    )  # the finished shards are listed, the set is not complete
+    manifest = load_manifest(out)  # the finished shards are listed, the set is not complete
     finished = manifest["splits"]["train"]["shards"]
     assert manifest["splits"]["train"]["complete"] is False and 1 <= len(finished) < 8
-    assert contract.verify(out) == [] and not list((out / "train").glob(".*tmp*"))
+    assert verify(out) == [] and not list((out / "train").glob(".*tmp*"))
 
 
 def test_a_gpu_shaped_cluster_gets_one_actor_per_declared_gpu(tmp_path):
@@ -185,6 +185,5 @@ def test_a_gpu_shaped_cluster_gets_one_actor_per_declared_gpu(tmp_path):
     )
     assert_complete_set(out, tree)
     assert all(
-        json.loads(contract.record_path(p).read_text())["node"]["id"]
-        for p in contract.shard_paths(out, "train")
+        json.loads(record_path(p).read_text())["node"]["id"] for p in shard_paths(out, "train")
     )
