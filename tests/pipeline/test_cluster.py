@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,16 +31,29 @@ JOB_TIMEOUT_S = 240
 
 @contextlib.contextmanager
 def ray_cluster(head: dict, *workers: dict):
-    """A Cluster of a head node and worker nodes (``add_node`` arguments); shut down on exit."""
+    """A Cluster of a head node and worker nodes (``add_node`` arguments); shut down on exit.
+
+    Its files live in a private temporary folder (``RAY_TMPDIR``): a Cluster records its address
+    in ``$RAY_TMPDIR/ray/ray_current_cluster``, where any other ``ray.init()`` on this machine
+    would find it and join it instead of starting its own instance."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args=head)
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="nsneg-ray-")  # short: socket paths
     try:
-        nodes = [cluster.add_node(**args) for args in workers]
-        cluster.wait_for_nodes()
-        yield cluster, nodes
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+        try:
+            nodes = [cluster.add_node(**args) for args in workers]
+            cluster.wait_for_nodes()
+            yield cluster, nodes
+        finally:
+            cluster.shutdown()
     finally:
-        cluster.shutdown()
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR")
+        else:
+            os.environ["RAY_TMPDIR"] = saved
 
 
 def build_cmd(tree: Path, out: Path, *extra: str) -> list[str]:
