@@ -67,6 +67,9 @@ def two_nodes(config: job.JobConfig, listing) -> dict[str, float]:
     import ray
     from ray.cluster_utils import Cluster
 
+    # a private RAY_TMPDIR: a Cluster records its address where any other ray.init() on this
+    # machine would find it and join it
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="nsneg-ray-")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         cluster.add_node(num_cpus=1)
@@ -76,6 +79,7 @@ def two_nodes(config: job.JobConfig, listing) -> dict[str, float]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(os.environ.pop("RAY_TMPDIR"), ignore_errors=True)
 
 
 @click.command()
