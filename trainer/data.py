@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 import random
 import tempfile
@@ -42,8 +41,6 @@ from nsneg.datasets_manifest.format.manifest import (
 from nsneg.datasets_manifest.format.sample_reader import check_sample, read_tar
 from nsneg.datasets_manifest.format.skip_log import SkipLog
 from nsneg.trainer.crops import decode_for_crops, paired_crops
-
-log = logging.getLogger(__name__)
 
 SPLIT = "train"
 #: A url's expected sha256 travels with it as a fragment (as pip's ``#sha256=``): ``open_verified`` checks it.
@@ -261,7 +258,7 @@ def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple
     A sample that fails the contract's sample policy (``check_sample``; its class is not
     range-checked: training does not read it) or whose source fails to decode is skipped.
     """
-    return _crops(samples, image_size, random.Random(worker_seed(seed)), _shard_source)
+    yield from _crops(samples, image_size, random.Random(worker_seed(seed)), _shard_source)
 
 
 def _shard_source(raw: dict) -> tuple[io.BytesIO, Image.Image | None]:
@@ -330,7 +327,7 @@ def folder_images(paths: list[str], seed: int) -> Iterator[dict]:
 def folder_views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple]:
     """Image files -> (q, k, empty texture) uint8 crops and the number of unreadable files skipped
     before (as ``views`` for shard samples)."""
-    return _crops(samples, image_size, random.Random(worker_seed(seed) + 1), _folder_source)
+    yield from _crops(samples, image_size, random.Random(worker_seed(seed) + 1), _folder_source)
 
 
 def make_folder_loader(
