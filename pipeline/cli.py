@@ -10,6 +10,7 @@ import click
 
 from nsneg.datasets_manifest.format.manifest import ManifestError, load_manifest
 from nsneg.datasets_manifest.format.naming import MANIFEST_NAME
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, TooManyBadSamples
 from nsneg.pipeline.dispatch import NoActorAvailable
 from nsneg.pipeline.images import RESIZE_SHORT
 from nsneg.pipeline.job import ACTOR_WAIT_S
@@ -124,7 +125,7 @@ def main() -> None:
 @click.option(
     "--max-skip-fraction",
     type=float,
-    default=0.01,
+    default=DEFAULT_MAX_SKIP_FRACTION,
     show_default=True,
     help="fail when more than this fraction of images is unusable",
 )
@@ -212,7 +213,7 @@ def build(
     except NoActorAvailable as e:
         rerun = shlex.join(["nsneg-textures", *sys.argv[1:]])
         raise click.ClickException(f"{e} ({rerun})") from None
-    except (PoolRequestError, job.SkipThresholdExceeded, RuntimeError, ManifestError) as e:
+    except (PoolRequestError, TooManyBadSamples, RuntimeError, ManifestError) as e:
         raise click.ClickException(str(e)) from None
     preview_path = preview or out / f"preview-{split}.png"
     manifest = load_manifest(out)

@@ -28,6 +28,7 @@ from nsneg.datasets_manifest.format.shard_writer import (
     drop_temporaries,
     encode_sample,
 )
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, check_fraction
 from nsneg.pipeline import dispatch, pool_plan, shards
 from nsneg.pipeline.images import RESIZE_SHORT, Crops, make_crops
 from nsneg.pipeline.pool_plan import ActorSlot
@@ -38,10 +39,11 @@ from nsneg.pipeline.synthesis import SynthesisConfig, auto_batch_size
 
 #: How long shards may wait with no actor running (none placeable) before the job stops.
 ACTOR_WAIT_S = 300.0
-
-
-class SkipThresholdExceeded(RuntimeError):
-    pass
+#: What a build stopped by too many unusable images says after the counts.
+SKIPS_DETAIL = (
+    "the input looks broken. Finished shards are kept; see their records/*.tar.json for the "
+    "reasons, fix the input, then rerun to resume"
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class JobConfig:
     shard_size: int = 1000
     include_source: bool = True
     resize_short: int = RESIZE_SHORT
-    max_skip_fraction: float = 0.01
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION
     workers: int | None = None  # actors; None: planned from the nodes (pool_plan)
     cpus_per_worker: float | None = None
     gpus_per_worker: float | None = None
@@ -259,15 +261,6 @@ def _namespace_for_workers() -> Path:
     return root
 
 
-def _check_skips(skipped: int, total: int, max_fraction: float) -> None:
-    if total and skipped / total > max_fraction:
-        raise SkipThresholdExceeded(
-            f"{skipped} of {total} images skipped ({skipped / total:.1%}), above --max-skip-fraction "
-            f"{max_fraction:.1%}: the input looks broken. Finished shards are kept; see their "
-            "records/*.tar.json for the reasons, fix the input, then rerun to resume."
-        )
-
-
 def run(
     config: JobConfig, listing: Listing, *, show_progress: bool = True, verbose: bool = False
 ) -> JobSummary:
@@ -355,7 +348,7 @@ def _run_pending(
         records[record["index"]] = record
         written += record["samples"]
         skipped_total += len(record["skipped"])
-        _check_skips(skipped_total, total_images, config.max_skip_fraction)
+        check_fraction(skipped_total, total_images, config.max_skip_fraction, SKIPS_DETAIL)
 
     def on_progress(images: int, rates: dict[int, float], actors: int, nodes: int) -> None:
         if images:
