@@ -30,10 +30,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nsneg.trainer import checkpoint
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, check_fraction
+from nsneg.trainer import checkpoint, elastic
 from nsneg.trainer.augment import augment, sample_params
 from nsneg.trainer.data import (
-    BadShards,
     image_folder,
     make_folder_loader,
     make_loader,
@@ -89,12 +89,13 @@ class TrainConfig:
     workers: int = option(4, "DataLoader workers per process")
     shuffle_buffer: int = option(1000)
     checkpoint_every: int = option(1, "epochs")
-    max_skip_fraction: float = option(0.01)
+    max_skip_fraction: float = option(DEFAULT_MAX_SKIP_FRACTION)
     compile: bool = option(False, "torch.compile the method's networks (moco: both encoders; byol: online and target backbone; simclr: the backbone)")  # fmt: skip
     compile_backend: str = option("inductor", 'torch.compile backend ("aot_eager": traced, no code generation)')  # fmt: skip
     channels_last: bool | None = option(None, "channels_last weights and views [default: on CUDA]")
     bf16: bool | None = option(None, "bf16 autocast [default: on CUDA]")
     log_every: int = option(10, "steps between reads of the loss (each read waits for the device)")
+    sync_bn: bool = option(False, "byol, simclr, several GPU processes: BatchNorm statistics over the global batch (torch's SyncBatchNorm; one process: no effect)")  # fmt: skip
     seed: int = option(0)
     manifest_dirs: tuple[str, ...] = option((), "more published manifests (see nsneg-data list)")
 
@@ -235,6 +236,14 @@ class Trainer:
         torch.manual_seed(c.seed)  # same initial weights (and queue) on every rank
         bn_splits = 1 if self.world > 1 else math.gcd(self.per_rank, c.bn_splits)
         self.model: Method = c.method_class.from_config(c, bn_splits).to(self.device)
+        if c.sync_bn and c.method == "moco":
+            raise ValueError("--sync-bn is for byol and simclr: MoCo shuffles BN across processes")
+        if c.sync_bn and self.world > 1:
+            if not self.cuda:  # torch's SyncBatchNorm (and DDP with it) runs on GPUs only
+                raise ValueError(
+                    "--sync-bn needs GPU processes: torch's SyncBatchNorm has no CPU path"
+                )
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.check_global_batch(c.batch_size)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -276,6 +285,7 @@ class Trainer:
             "epoch_sums": {} if epoch_complete else self.epoch_sums,
             "torch_rng": torch.get_rng_state(),  # MoCo's DDP key shuffle draws from it
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None,
+            "elastic_run_id": elastic.run_id(),  # a torchrun restart resumes its own run
             "config": {
                 **asdict(self.config),
                 "patch_size_range": list(self.config.patch_size_range),
@@ -349,12 +359,12 @@ class Trainer:
         self.step += 1
         self.samples_seen += q.shape[0]
         self.skipped += int(skipped.sum())  # counted by the loader, on the CPU
-        if self.skipped > self.config.max_skip_fraction * (self.samples_seen + self.skipped):
-            raise BadShards(
-                f"{self.skipped} undecodable samples out of {self.samples_seen + self.skipped}: "
-                f"above --max-skip-fraction {self.config.max_skip_fraction} (each was logged with its "
-                "shard and key as it was skipped)"
-            )
+        check_fraction(
+            self.skipped,
+            self.samples_seen + self.skipped,
+            self.config.max_skip_fraction,
+            "each was logged with its shard and key as it was skipped",
+        )
         return {"loss": loss.detach(), **metrics, "lr": lr}
 
     def check_finite(self, loss: float) -> None:
