@@ -1,17 +1,25 @@
-"""How a robustness report is shown: the Markdown table (one checkpoint against others), the bar
-plot, and the three files ``nsneg-eval robustness`` writes (robustness.md, .json, .png)."""
+"""How a robustness report is shown: the Markdown table (one checkpoint against others, then the
+difference of every pair of training configurations with its interval and verdict), the bar plot,
+and the three files ``nsneg-eval robustness`` writes (robustness.md, .json, .png)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from nsneg.trainer.eval import compare, stats
+from nsneg.trainer.eval.configurations import configuration, group_runs
 from nsneg.trainer.eval.corruptions import CORRUPTIONS
 from nsneg.trainer.eval.outputs import claim
-from nsneg.trainer.eval.report import figure, markdown_table, percent, save_png, write_report
+from nsneg.trainer.eval.report import (
+    figure,
+    interval_bars,
+    markdown_table,
+    percent,
+    save_png,
+    write_report,
+)
 from nsneg.trainer.eval.robustness import SET_TITLES
 
 
@@ -175,6 +183,12 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
             if differ
             else ["", "The evaluations differ only in the checkpoint."]
         )
+        groups = configuration_groups(reports)
+        titles = {t: t for t in _row_order(reports)}
+        if len(groups) > 1:
+            lines += ["", *compare.pairwise_markdown(compare.pairwise(groups, titles), titles)]
+        else:
+            lines += ["", "All checkpoints are runs of one configuration: nothing to compare."]
     if report.get("skipped_sets"):
         lines += [
             "",
@@ -229,7 +243,8 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(reports: Sequence[dict[str, Any]], path: Path) -> None:
-    """Grouped bars, one colour per checkpoint: the sets and ImageNet-C mean on top, each corruption below."""
+    """Grouped bars, one colour per checkpoint, each with its Wilson 95% interval: the sets and
+    ImageNet-C mean on top, each corruption below."""
     per_report = [_rows(r) for r in reports]
     titles = _row_order(reports)
     panels = [
@@ -242,50 +257,53 @@ def plot(reports: Sequence[dict[str, Any]], path: Path) -> None:
     ]
     fig = figure(max(6.0, 0.45 * len(reports) * max(map(len, panels)) + 2), 3.6 * len(panels))
     axes = fig.subplots(len(panels), 1, squeeze=False)
-    width = 0.8 / len(reports)
+    chance = 100 * _chance(reports[0])
     for ax, panel in zip(axes[:, 0], panels):
-        for i, (report, rows) in enumerate(zip(reports, per_report)):
-            values = [
-                100 * rows[t][0] if t in rows and rows[t][0] is not None else math.nan
-                for t in panel
-            ]
-            estimates = [stats.from_accuracy(*rows[t]) if t in rows else None for t in panel]
-            errors = [
-                [
-                    0 if e is None or e["low"] is None else v - 100 * e["low"]
-                    for v, e in zip(values, estimates)
-                ],
-                [
-                    0 if e is None or e["high"] is None else 100 * e["high"] - v
-                    for v, e in zip(values, estimates)
-                ],
-            ]
-            bars = ax.bar(
-                [j + (i - (len(reports) - 1) / 2) * width for j in range(len(panel))],
-                values,
-                width,
-                yerr=errors,
-                capsize=2,
-                error_kw={"linewidth": 0.8},
-                label=report["name"],
-            )
-            ax.bar_label(bars, fmt="%.1f", fontsize=7)
-        ax.set_xticks(
-            range(len(panel)), [t.removeprefix("C: ") for t in panel], rotation=30, ha="right"
+        interval_bars(
+            ax,
+            [t.removeprefix("C: ") for t in panel],
+            [
+                {
+                    "label": report["name"],
+                    "estimates": [
+                        stats.from_accuracy(*rows[t]) if t in rows else None for t in panel
+                    ],
+                    "bar_labels": "%.1f",
+                }
+                for report, rows in zip(reports, per_report)
+            ],
+            chance=chance,
+            chance_label=f"chance ({chance:.1f}%)",
         )
-        ax.axhline(
-            100 * _chance(reports[0]),
-            color="grey",
-            linestyle="--",
-            linewidth=1,
-            label=f"chance ({100 * _chance(reports[0]):.1f}%)",
-        )
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set_ylabel("top-1 (%), 95% interval")
         ax.set_ylim(0, 108)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_title(f"Robustness: linear head top-1, {reports[0]['head_classes']} classes")
     axes[0, 0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     save_png(fig, path, dpi=120)
+
+
+def configuration_groups(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reports grouped by the training configuration of their checkpoints (seeds of one
+    configuration together; a report that records no config is a group of its own), each run
+    with its rows as ``proportion`` estimates, for ``compare.pairwise``."""
+    runs = [
+        {
+            "name": r["name"],
+            "seed": r.get("seed"),
+            "configuration": configuration(r["config"])
+            if r.get("config")
+            else {"report": r["name"]},
+            "columns": {t: stats.from_accuracy(*cell) for t, cell in _rows(r).items()},
+        }
+        for r in reports
+    ]
+    groups = group_runs(runs)
+    for group in groups:
+        if "report" in group["configuration"]:
+            group["label"] = group["runs"][0]["name"]
+    return groups
 
 
 def write(out_dir: Path, report: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
