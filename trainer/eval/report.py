@@ -87,12 +87,14 @@ def interval_bars(
     width: float = 0.8,
     chance: float | None = None,
     chance_label: str = "chance",
+    rotation: float = 0,
 ) -> None:
     """Grouped bars (or points) with interval whiskers on ``ax``: one group per category, one
     bar per series in it. A series is ``{"label", "estimates": [estimate or None per category],
     "color" (one, or one per category), "bar_labels" (a format or one text per category)}``; an
     estimate is ``{"value", "low", "high"}`` (``stats``' dicts; low/high None: no whisker),
-    drawn times ``scale``. ``chance`` draws a dashed line at that (already scaled) value."""
+    drawn times ``scale``. ``points``: markers instead of bars. The categories label the ticks
+    (``rotation`` degrees); ``chance`` draws a dashed line at that (already scaled) value."""
     positions = list(range(len(categories)))
     step = width / max(1, len(series))
     for i, one in enumerate(series):
@@ -144,6 +146,12 @@ def interval_bars(
             ax.bar_label(bars, fmt=labels, fontsize=7)
         elif labels is not None:
             ax.bar_label(bars, labels, fontsize=6, padding=1)
+    if horizontal:
+        ax.set_yticks(positions, categories)
+    else:
+        ax.set_xticks(
+            positions, categories, rotation=rotation, ha="right" if rotation else "center"
+        )
     if chance is not None:
         line = ax.axvline if horizontal else ax.axhline
         line(chance, color="grey", linestyle="--", linewidth=1, label=chance_label)

@@ -274,8 +274,8 @@ def plot(reports: Sequence[dict[str, Any]], path: Path) -> None:
             ],
             chance=chance,
             chance_label=f"chance ({chance:.1f}%)",
+            rotation=30,
         )
-        ax.tick_params(axis="x", labelrotation=30)
         ax.set_ylabel("top-1 (%), 95% interval")
         ax.set_ylim(0, 108)
         ax.grid(axis="y", alpha=0.3)
@@ -286,8 +286,9 @@ def plot(reports: Sequence[dict[str, Any]], path: Path) -> None:
 
 def configuration_groups(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The reports grouped by the training configuration of their checkpoints (seeds of one
-    configuration together; a report that records no config is a group of its own), each run
-    with its rows as ``proportion`` estimates, for ``compare.pairwise``."""
+    configuration together, labelled by it; a report that records no config, or the only one of
+    its configuration, is a group of its own labelled by its name), each run with its rows as
+    ``proportion`` estimates, for ``compare.pairwise``."""
     runs = [
         {
             "name": r["name"],
@@ -300,8 +301,8 @@ def configuration_groups(reports: Sequence[dict[str, Any]]) -> list[dict[str, An
         for r in reports
     ]
     groups = group_runs(runs)
-    for group in groups:
-        if "report" in group["configuration"]:
+    for group in groups:  # one checkpoint: its report's name says more than its configuration
+        if len(group["runs"]) == 1:
             group["label"] = group["runs"][0]["name"]
     return groups
 
