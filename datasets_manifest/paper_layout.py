@@ -23,12 +23,14 @@ the pipeline's image loader (``images.decode_rgb``: the same pixel limit, no bom
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from nsneg.pipeline import contract, files, shards
 from nsneg.pipeline.images import BadImage, decode_rgb
@@ -64,6 +66,7 @@ class ExportSummary:
     written: int = 0
     kept: int = 0  # already there with the same bytes
     sources: int = 0
+    reencoded: int = 0  # sources that were not JPEG, written as JPEG under their .JPEG name
     per_split: dict[str, int] = field(default_factory=dict)
 
 
@@ -76,7 +79,8 @@ def export_set(
 ) -> ExportSummary:
     """Write ``splits`` (default: all) of the shard set ``root`` as ``out/<split>/<wnid>/<stem>.png``
     (``stem``: the source file's, so the paper's pairing rule finds the ImageNet photo), and, with
-    ``sources_to``, each sample's source file as ``sources_to/<split>/<wnid>/<stem>.JPEG``."""
+    ``sources_to``, each sample's source file as ``sources_to/<split>/<wnid>/<stem>.JPEG`` (a
+    source in another format, e.g. the demo's PNGs, re-encoded as JPEG: counted in ``reencoded``)."""
     root, out = Path(root), Path(out)
     manifest = contract.load_manifest(root)
     splits = splits or list(manifest["splits"])
@@ -118,10 +122,26 @@ def export_set(
             summary.kept += not written
             if sources_to is not None and sample.source_bytes is not None:
                 photo = Path(sources_to) / split / wnid / f"{stem}.{PHOTO_SUFFIX}"
-                summary.sources += _write_once(photo, sample.source_bytes)
+                photo_bytes = sample.source_bytes
+                if not photo_bytes.startswith(JPEG_MAGIC):  # the name promises JPEG bytes
+                    photo_bytes = _jpeg_bytes(photo_bytes)
+                    summary.reencoded += 1
+                summary.sources += _write_once(photo, photo_bytes)
             count += 1
         summary.per_split[split] = count
     return summary
+
+
+#: The first bytes of every JPEG file (SOI marker).
+JPEG_MAGIC = b"\xff\xd8"
+
+
+def _jpeg_bytes(data: bytes) -> bytes:
+    """Another format's image as JPEG bytes (RGB, quality 95), for a file named ``.JPEG``."""
+    with Image.open(io.BytesIO(data)) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
 
 
 def _write_once(path: Path, data: bytes) -> bool:
@@ -272,13 +292,18 @@ def import_folder(
         finally:  # the manifest lists exactly the shards that are finished
             ordered = [records[s.index] for s in specs if s.index in records]
             skipped_all = [s for r in ordered for s in r.get("skipped", [])]
-            shards.merge_split(
+            refused = len(skipped_all) > max_skip_fraction * max(1, len(images))
+            shards.merge_split(  # past the threshold the split stays incomplete: no usable set
                 out,
                 classes,
                 generator,
                 has_source,
                 split,
-                {"shards": ordered, "skipped": skipped_all, "complete": len(ordered) == len(specs)},
+                {
+                    "shards": ordered,
+                    "skipped": skipped_all,
+                    "complete": len(ordered) == len(specs) and not refused,
+                },
             )
         summary.splits[split] = {
             "images": len(images),
@@ -287,10 +312,12 @@ def import_folder(
             "shards_written": written,
             "skipped": skipped_all,
         }
-        if len(skipped_all) > max_skip_fraction * max(1, len(images)):
+        if refused:
             raise contract.TooManyBadSamples(
                 f"{split}: {len(skipped_all)} of {len(images)} files unusable, above "
                 f"--max-skip-fraction {max_skip_fraction} (first: {skipped_all[0]['path']}: "
-                f"{skipped_all[0]['reason']}); the manifest lists each"
+                f"{skipped_all[0]['reason']}); the manifest lists each and marks {split} "
+                "incomplete (nsneg-data verify refuses it); rerun with a higher "
+                "--max-skip-fraction to accept these skips (the written shards are kept)"
             )
     return summary
