@@ -144,15 +144,32 @@ def main(resume, force, reverify, device, small_images, **options) -> None:
             trainer.restore(Path(resume))
             _report_changes(trainer, changes)
         metrics = trainer.fit()
+        loss, skipped = over_ranks(
+            metrics.get("loss", float("nan")), trainer.skipped, trainer.device
+        )
     except (BadShards, FileNotFoundError, ValueError, FloatingPointError) as e:
         raise click.ClickException(str(e)) from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    click.echo(
-        f"done: epochs 0-{metrics.get('epoch', config.epochs - 1)}, loss {metrics.get('loss', float('nan')):.4f}, "
-        f"{trainer.skipped} bad samples skipped, checkpoint {trainer.checkpoint_path}"
-    )
+    if trainer.rank == 0:
+        click.echo(
+            f"done: epochs 0-{metrics.get('epoch', config.epochs - 1)}, loss {loss:.4f}"
+            f"{' (mean over ' + str(trainer.world) + ' processes)' if trainer.world > 1 else ''}, "
+            f"{skipped} bad samples skipped, checkpoint {trainer.checkpoint_path}"
+        )
+
+
+def over_ranks(loss: float, skipped: int, device) -> tuple[float, int]:
+    """The last epoch's loss averaged over all processes (each ran the same number of steps) and
+    the bad samples they skipped, summed; as given with one process."""
+    if not dist.is_initialized():
+        return loss, skipped
+    import torch
+
+    found = torch.tensor([loss, float(skipped)], dtype=torch.float64, device=device)
+    dist.all_reduce(found)
+    return found[0].item() / dist.get_world_size(), int(found[1].item())
 
 
 def _resumed_config(stored: dict[str, Any], options: dict[str, Any], given: set[str]):

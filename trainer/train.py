@@ -47,6 +47,23 @@ KINDS = ("none", "texture", "patch", "texture+patch")
 OPTIMIZERS = ("sgd", "lars")
 
 
+#: Seconds after a stop signal within which another is torchrun forwarding the same Ctrl-C (it
+#: signals its workers when it gets one itself, and kills them 30 s later if they are not done).
+LAUNCHER_FORWARD_S = 10.0
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is a worker of torchrun (torch.distributed.run sets this variable)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def default_workers() -> int:
+    """DataLoader workers per process by default: 4, but no more than this process's share of the
+    CPUs it may run on (shared by torchrun's LOCAL_WORLD_SIZE processes of the node)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(4, (cpus or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+
+
 def option(default, help: str = "", **click):
     """A TrainConfig field with its command-line help (``nsneg.trainer.cli`` makes the option)."""
     return field(default=default, metadata={"help": help, **click})
@@ -86,7 +103,7 @@ class TrainConfig:
     simclr_proj_hidden_dim: int = option(4096)
     simclr_proj_dim: int = option(512)
     simclr_t: float = option(0.2, "NT-Xent temperature")
-    workers: int = option(4, "DataLoader workers per process")
+    workers: int = option(default_workers(), "DataLoader workers per process [default: 4, at most this machine's CPUs per process]")  # fmt: skip
     shuffle_buffer: int = option(1000)
     checkpoint_every: int = option(1, "epochs")
     max_skip_fraction: float = option(0.01)
@@ -251,6 +268,7 @@ class Trainer:
         self.generator_states: list[torch.Tensor] | None = None  # each rank's, mid-epoch
         self.epoch_sums: dict[str, float] = {}  # metric sums over the epoch's steps so far
         self.stop_signal: int | None = None
+        self.stop_time = 0.0  # time.monotonic() of the stop signal
         self.out = Path(c.out)
         self.checkpoint_path = self.out / "checkpoint.pt"
 
@@ -391,9 +409,11 @@ class Trainer:
         )
 
     def _request_stop(self, signum, _frame) -> None:
-        if self.stop_signal is not None:  # a second Ctrl-C: stop now, without a checkpoint
-            raise KeyboardInterrupt
-        self.stop_signal = signum
+        if self.stop_signal is not None:
+            if launched_by_torchrun() and time.monotonic() - self.stop_time < LAUNCHER_FORWARD_S:
+                return  # torchrun passing on the Ctrl-C it got too: the same stop
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.stop_signal, self.stop_time = signum, time.monotonic()
         if self.rank == 0:
             print(
                 f"\nsignal {signum}: stopping after this step, writing checkpoint "
@@ -401,6 +421,23 @@ class Trainer:
                 file=sys.stderr,
                 flush=True,
             )
+
+    def _report_stop(self, finished: bool) -> None:
+        """After a stop's checkpoint: rank 0 says how to resume (or that the run is complete, when
+        the signal came on its last step, and ``fit`` returns); then exit with 128 + signal."""
+        if self.rank == 0:
+            print(
+                f"stopped by signal {self.stop_signal} at step {self.step}; checkpoint "
+                f"{self.checkpoint_path} "
+                + (
+                    "holds the complete run (its last step was done)"
+                    if finished
+                    else f"(resume with --resume {self.checkpoint_path})"
+                ),
+                flush=True,
+            )
+        if not finished:
+            raise SystemExit(128 + int(self.stop_signal)) from None
 
     def _stop_agreed(self, at_sync_point: bool) -> bool:
         """Whether to stop after this step. One process: as soon as a signal came. Several: all
@@ -509,17 +546,15 @@ class Trainer:
                     log.flush()
                 self.epoch_sums, self.generator_states = {}, None
                 last = self.epoch + 1 == c.epochs
-                if last or (self.epoch + 1) % c.checkpoint_every == 0:
+                stop = self._stop_agreed(at_sync_point=True)  # a signal after the last step's check
+                if last or stop or (self.epoch + 1) % c.checkpoint_every == 0:
                     self.save(epoch_complete=True)
                 self.epoch += 1
+                if stop:
+                    self._report_stop(finished=last)
         except StopRequested:
             self.save(epoch_complete=False)  # resuming goes on from the next batch
-            if self.rank == 0:
-                print(
-                    f"stopped by signal {self.stop_signal} at step {self.step}; checkpoint "
-                    f"{self.checkpoint_path} (resume with --resume {self.checkpoint_path})"
-                )
-            raise SystemExit(128 + int(self.stop_signal)) from None
+            self._report_stop(finished=False)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
