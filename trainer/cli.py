@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch.distributed as dist
 
-from nsneg.trainer import checkpoint
-from nsneg.trainer.data import BadShards
-from nsneg.trainer.train import TrainConfig, Trainer, lr_at, setup_distributed
+from nsneg.trainer.config import TrainConfig, lr_at
+
+# torch, the data pipeline and the trainer are imported by the commands that use them, so that
+# ``nsneg-train --help`` does not wait for torch.
 
 #: Settings a resumed run may take from the command line: they change neither the model nor the data.
 SAFE_ON_RESUME = (
@@ -109,6 +109,12 @@ def config_options(command):
 def main(resume, force, reverify, device, small_images, **options) -> None:
     """Pre-train a ResNet (MoCo v2, BYOL or SimCLR) against non-semantic negatives streamed from
     texture shards."""
+    import torch.distributed as dist
+
+    from nsneg.trainer import checkpoint
+    from nsneg.trainer.data import BadShards
+    from nsneg.trainer.train import Trainer, setup_distributed
+
     ctx = click.get_current_context()
     options["small_images"] = small_images
     given = {
@@ -163,9 +169,11 @@ def main(resume, force, reverify, device, small_images, **options) -> None:
 def over_ranks(loss: float, skipped: int, device) -> tuple[float, int]:
     """The last epoch's loss averaged over all processes (each ran the same number of steps) and
     the bad samples they skipped, summed; as given with one process."""
+    import torch
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         return loss, skipped
-    import torch
 
     found = torch.tensor([loss, float(skipped)], dtype=torch.float64, device=device)
     dist.all_reduce(found)
@@ -215,7 +223,9 @@ def _refuse_other_run(out: Path, force: bool, resume: str | None) -> None:
 def _verify_once_per_node(negatives: str, reverify: bool) -> None:
     """Local shards are hashed by one process per node (local rank 0, with a progress bar); the other
     ranks wait, then find them in the verified cache."""
-    from nsneg.trainer.data import verify_local
+    import torch.distributed as dist
+
+    from nsneg.trainer.data import BadShards, verify_local
 
     if not (Path(negatives) / "manifest.json").is_file():  # no local shard set
         return
@@ -239,7 +249,7 @@ def _verify_once_per_node(negatives: str, reverify: bool) -> None:
         verify_local(Path(negatives))
 
 
-def _report_changes(trainer: Trainer, changes: dict[str, tuple[Any, Any]]) -> None:
+def _report_changes(trainer, changes: dict[str, tuple[Any, Any]]) -> None:
     for name, (old, new) in changes.items():
         line = f"resume: {_flag(name)} {old} -> {new}"
         if name == "epochs":

@@ -165,6 +165,22 @@ def test_every_config_field_is_an_option_with_the_same_default():
     assert set(SAFE_ON_RESUME) <= {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+@pytest.mark.slow  # a fresh interpreter
+def test_the_command_line_imports_no_torch_until_a_command_runs():
+    """``nsneg-train --help`` is quick: importing the command (and printing its help) loads
+    neither torch, torchvision nor ray; the method names come from the registry all the same."""
+    probe = (
+        "import sys; from click.testing import CliRunner; from nsneg.trainer.cli import main; "
+        "out = CliRunner().invoke(main, ['--help']).output; "
+        "print(sorted(m for m in ('torch', 'torchvision', 'ray') if m in sys.modules)); "
+        "print('[moco|byol|simclr]' in out)"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert found == ["[]", "True"]
+
+
 def test_byol_trains_from_the_command_line_and_resumes(train, shards, tmp_path):
     out = tmp_path / "byol"
     small = ["--byol-proj-hidden-dim", 32, "--byol-proj-dim", 16, "--byol-pred-hidden-dim", 32]

@@ -61,7 +61,7 @@ def used_settings(config: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's config as the trainer ran it: rebuilt as a ``TrainConfig`` (missing fields
     take today's defaults) with lr, optimizer, weight decay and warm-up resolved by its own
     properties; the config as stored when it is not one (a released checkpoint)."""
-    from nsneg.trainer.train import TrainConfig
+    from nsneg.trainer.config import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     known = {k: v for k, v in config.items() if k in names}
