@@ -11,8 +11,8 @@ import torch
 
 from nsneg.trainer import checkpoint
 from nsneg.trainer.cli import over_ranks
-from nsneg.trainer.methods import METHODS
 from nsneg.trainer.config import default_workers
+from nsneg.trainer.methods import METHODS
 from nsneg.trainer.train import TrainConfig, Trainer
 from nsneg_testing import SMALL_METHOD, SMALL_RUN
 
