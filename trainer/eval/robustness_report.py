@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nsneg.trainer.eval import compare, stats
-from nsneg.trainer.eval.configurations import configuration, group_runs
+from nsneg.trainer.eval.configurations import configuration, differing, group_runs
 from nsneg.trainer.eval.corruptions import CORRUPTIONS
 from nsneg.trainer.eval.outputs import claim
 from nsneg.trainer.eval.report import (
@@ -187,6 +187,22 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
         titles = {t: t for t in _row_order(reports)}
         if len(groups) > 1:
             lines += ["", *compare.pairwise_markdown(compare.pairwise(groups, titles), titles)]
+            settings = [k for k in differing([g["configuration"] for g in groups]) if k != "report"]
+            lines += [
+                "",
+                "Settings that differ between the configurations, as the trainer used them:",
+                "",
+            ]
+            lines += [
+                f"* {g['label']}: "
+                + (
+                    ", ".join(
+                        f"{k}={g['configuration'][k]}" for k in settings if k in g["configuration"]
+                    )
+                    or "no training config recorded"
+                )
+                for g in groups
+            ]
         else:
             lines += ["", "All checkpoints are runs of one configuration: nothing to compare."]
     if report.get("skipped_sets"):

@@ -88,14 +88,23 @@ def difference(
     }
 
 
-def _t_interval(test: Any, *samples: Any, value: float, confidence: float) -> tuple[float, float]:
-    """The interval of scipy's t-test ``test(*samples)``; the point itself when the spread is zero
-    (scipy warns and gives NaN)."""
+def _t_interval(test: Any, *samples: Any, confidence: float) -> tuple[float, float] | None:
+    """The interval of scipy's t-test ``test(*samples)``; None when the samples have no spread
+    (scipy warns and gives NaN: a t-interval of zero width would claim certainty)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ci = test(*samples).confidence_interval(confidence_level=confidence)
     low, high = float(ci.low), float(ci.high)
-    return (value, value) if math.isnan(low) or math.isnan(high) else (low, high)
+    return None if math.isnan(low) or math.isnan(high) or low == high else (low, high)
+
+
+def _pooled(estimates: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The runs' images as one sample: ``proportion`` of the summed counts."""
+    return proportion(sum(e["correct"] for e in estimates), sum(e["n"] for e in estimates))
+
+
+#: The fallback when per-seed values have no spread: their images pooled.
+POOLED = "no spread over seeds: images pooled"
 
 
 def seed_difference(
@@ -104,7 +113,8 @@ def seed_difference(
     """Mean of ``a`` minus mean of ``b``, two configurations' estimates by seed (seed ->
     ``proportion``), with an interval and the ``test`` that made it: paired t when both ran the
     same two or more seeds, Welch t when both have two or more runs otherwise, Agresti-Caffo on
-    the image counts with one run each; no interval (low, high None) with one run against several.
+    the image counts with one run each, and on the pooled images when the per-seed values have no
+    spread; no interval (low, high None) with one run against several.
     ``n``: the pairs, the runs per side, or the images per side."""
     a = {s: e for s, e in a.items() if e is not None and e.get("value") is not None}
     b = {s: e for s, e in b.items() if e is not None and e.get("value") is not None}
@@ -121,38 +131,34 @@ def seed_difference(
         }
     if set(a) == set(b) and None not in a:
         seeds = sorted(a)
-        diffs = [a[s]["value"] - b[s]["value"] for s in seeds]
-        low, high = _t_interval(
+        found = _t_interval(
             ttest_rel,
             [a[s]["value"] for s in seeds],
             [b[s]["value"] for s in seeds],
-            value=statistics.fmean(diffs),
             confidence=confidence,
         )
+        test, n = PAIRED_TEST, f"{len(seeds)} seeds"
+    elif len(a) >= 2 and len(b) >= 2:
+        found = _t_interval(partial(ttest_ind, equal_var=False), xs, ys, confidence=confidence)
+        test, n = WELCH_TEST, f"{len(a)} vs {len(b)} runs"
+    else:
         return {
             "value": value,
-            "low": low,
-            "high": high,
-            "test": PAIRED_TEST,
-            "n": f"{len(seeds)} seeds",
-        }
-    if len(a) >= 2 and len(b) >= 2:
-        low, high = _t_interval(
-            partial(ttest_ind, equal_var=False), xs, ys, value=value, confidence=confidence
-        )
-        return {
-            "value": value,
-            "low": low,
-            "high": high,
-            "test": WELCH_TEST,
+            "low": None,
+            "high": None,
+            "test": f"none (one run against {max(len(a), len(b))}: no interval)",
             "n": f"{len(a)} vs {len(b)} runs",
         }
+    if found is not None:
+        return {"value": value, "low": found[0], "high": found[1], "test": test, "n": n}
+    pa, pb = _pooled(list(a.values())), _pooled(list(b.values()))
+    pooled = difference(pa, pb, confidence)
     return {
         "value": value,
-        "low": None,
-        "high": None,
-        "test": f"none (one run against {max(len(a), len(b))}: no interval)",
-        "n": f"{len(a)} vs {len(b)} runs",
+        "low": pooled["low"],
+        "high": pooled["high"],
+        "test": f"{DIFFERENCE_INTERVAL_NAME} ({POOLED})",
+        "n": f"{pa['n']} vs {pb['n']} images",
     }
 
 
@@ -168,10 +174,17 @@ def seed_mean(
         return {"value": None, "low": None, "high": None, "n": 0, "test": None}
     values = [e["value"] for e in present]
     value = statistics.fmean(values)
-    low, high = _t_interval(
-        partial(ttest_1samp, popmean=0.0), values, value=value, confidence=confidence
-    )
-    return {"value": value, "low": low, "high": high, "n": len(values), "test": "t over seeds"}
+    found = _t_interval(partial(ttest_1samp, popmean=0.0), values, confidence=confidence)
+    if found is None:
+        pooled = _pooled(present)
+        return {**pooled, "value": value, "test": f"{INTERVAL_NAME} ({POOLED})"}
+    return {
+        "value": value,
+        "low": found[0],
+        "high": found[1],
+        "n": len(values),
+        "test": "t over seeds",
+    }
 
 
 def excludes_zero(diff: dict[str, Any]) -> bool:
