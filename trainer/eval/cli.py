@@ -101,6 +101,13 @@ def knn(
     chance = 1 / len(sets.classes)
     if k_used < k:
         click.echo(f"note: k={k} asked, {k_used} used: there are only {k_used} training images")
+    shards = (data["train_dir"] / "manifest.json").is_file()  # else the splits are not read
+    if data["train_dir"].resolve() == data["val_dir"].resolve() and (
+        not shards or data["train_split"] == data["val_split"]
+    ):
+        click.echo(
+            "note: val is the training set: each image finds itself, so this checks plumbing only"
+        )
     click.echo(
         f"knn top-1: {stats.estimate_text(estimate, 2)} ({stats.INTERVAL_NAME}), chance "
         f"{100 * chance:.2f}% ({len(sets.classes)} classes); k={k_used}, T={temperature}, "
