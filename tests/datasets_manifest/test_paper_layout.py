@@ -10,7 +10,12 @@ import pytest
 from PIL import Image
 
 from nsneg.datasets_manifest.cli import main as data_cli
-from nsneg.pipeline import contract, files
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import build_manifest, load_manifest, verify
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME, shard_path
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.datasets_manifest.format.shard_writer import ShardWriter
+from nsneg.datasets_manifest.format.skip_log import SkipLog
 from nsneg.pipeline.cli import main as textures_cli
 from nsneg.trainer.analysis.cli import main as analyze_cli
 from nsneg_testing import PHOTOS, encode, photo
@@ -49,7 +54,7 @@ def test_an_export_reads_back_with_the_papers_pairing_rule(data, tmp_path):
     )  # truncated source: header ok
     folder = datasets.ImageFolder(str(out / "train"))
     assert folder.classes == expected["classes"] and len(folder) == expected["good"] + 1
-    samples = {s.key: s for s in contract.iter_samples(shards, "train", contract.SkipLog(1.0))}
+    samples = {s.key: s for s in iter_samples(shards, "train", SkipLog(1.0))}
     for path, target in folder.samples:
         key = Path(path).stem  # the fixture's source files are <key>.JPEG
         texture = Image.open(path)
@@ -102,23 +107,23 @@ def test_an_import_of_the_papers_folder_is_read_by_every_reader(data, cli, tmp_p
     assert stopped.exit_code == 1 and "above --max-skip-fraction" in stopped.output
     # Refused by the sample policy: no usable set is left behind (the split is incomplete and
     # verify says so), but the written shards stay for the rerun that accepts the skips.
-    refused = contract.load_manifest(shards)["splits"]["train"]
+    refused = load_manifest(shards)["splits"]["train"]
     assert refused["complete"] is False and refused["shards"]
     unverified = data("verify", shards)
     assert unverified.exit_code == 1 and "INCOMPLETE train" in unverified.output
     imported = data(*args, "--max-skip-fraction", 0.9)
     assert imported.exit_code == 0, imported.output
-    manifest = contract.load_manifest(shards)
+    manifest = load_manifest(shards)
     assert manifest["generator"]["external"]["layout"] == "<root>/<split>/<wnid>/<stem>.png"
     assert manifest["classes"] == list(WNIDS) and manifest["has_source"] is True
-    assert contract.verify(shards) == [] and list(manifest["splits"]) == ["train", "val"]
+    assert verify(shards) == [] and list(manifest["splits"]) == ["train", "val"]
     skipped = {Path(s["path"]).stem: s["reason"] for s in manifest["splits"]["train"]["skipped"]}
     assert set(skipped) == expected["bad"] and "decompression bomb" in skipped["bomb"]
     assert skipped["small"].startswith("texture is 100x100")
     samples = sum(i["samples"] for i in manifest["splits"].values())
     assert samples == expected["good"]
     again = data(*args, "--max-skip-fraction", 0.9)
-    assert "(0 written now)" in again.output and contract.load_manifest(shards) == manifest
+    assert "(0 written now)" in again.output and load_manifest(shards) == manifest
 
     stats = data("stats", shards, "--plot", tmp_path / "l.png", "--json", tmp_path / "s.json")
     assert stats.exit_code == 0, stats.output
@@ -144,7 +149,7 @@ def test_an_import_of_the_papers_folder_is_read_by_every_reader(data, cli, tmp_p
     assert len(rows) == manifest["splits"]["train"]["samples"]
 
     bare = data("import", folder, "--to", tmp_path / "bare", "--max-skip-fraction", 0.9)
-    assert bare.exit_code == 0 and contract.load_manifest(tmp_path / "bare")["has_source"] is False
+    assert bare.exit_code == 0 and load_manifest(tmp_path / "bare")["has_source"] is False
     paired = cli(
         textures_cli, "pair", "--textures", tmp_path / "bare", "--imagenet", imagenet, "--out",
         tmp_path / "paired", "--quiet",
@@ -159,15 +164,15 @@ def test_an_export_names_jpeg_bytes_jpeg(tmp_path):
     from nsneg_testing.bad_shards import CLASSES, good_sample
 
     root = tmp_path / "set"
-    writer = contract.ShardWriter(contract.shard_path(root, "train", 0))
+    writer = ShardWriter(shard_path(root, "train", 0))
     png = files.png_bytes(np.full((40, 30, 3), 90, np.uint8))
     for i, source in enumerate([png, None]):
         sample = good_sample(f"k{i}", i, i, with_source=True)
         sample["source.img"] = source or sample["source.img"]
         writer.write({"__key__": f"k{i}", **sample})
     records = {"train": {"shards": [writer.commit({"index": 0})], "skipped": [], "complete": True}}
-    manifest = contract.build_manifest(CLASSES, records, {"synthesis": {"encoder": "random"}}, True)
-    files.atomic_write_json(root / contract.MANIFEST_NAME, manifest)
+    manifest = build_manifest(CLASSES, records, {"synthesis": {"encoder": "random"}}, True)
+    files.atomic_write_json(root / MANIFEST_NAME, manifest)
     jpeg = good_sample("k1", 1, 1, with_source=True)["source.img"]
 
     summary = export_set(root, tmp_path / "x-texture", sources_to=tmp_path / "x")

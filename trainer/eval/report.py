@@ -2,8 +2,8 @@
 
 One matplotlib policy: figures are ``matplotlib.figure.Figure`` objects drawn with the Agg
 canvas, so no command touches pyplot's global backend or needs a display; every bar plot with
-intervals is drawn by ``interval_bars``. Every file is
-written atomically (``nsneg.pipeline.files``). Used by ``nsneg-eval``, ``nsneg-analyze``, and
+intervals is drawn by ``interval_bars``. Every file is written atomically
+(``nsneg.datasets_manifest.format.files``). Used by ``nsneg-eval``, ``nsneg-analyze``, and
 anything else that reports a table or a plot.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nsneg.pipeline import files
+from nsneg.datasets_manifest.format import files
 
 
 def mean_of_present(values: Sequence[float | None]) -> float | None:
