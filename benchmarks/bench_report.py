@@ -39,6 +39,13 @@ BENCHMARKS = {
         "The whole job on the embedded set (2 shards of 5, Ray start-up, decoding, PNG encoding "
         "and hashing included) against the bare synthesiser in-process on the same images.",
     ),
+    "bench_ray_scaling": (
+        "Scaling the Ray job",
+        "Textures/s of the whole job (actor start-up, decoding, PNG encoding and hashing included; "
+        "one shard per image) with 1 actor of 1 CPU, 2 actors of 1 CPU and 1 actor of 2 CPUs on "
+        "one node, and 2 nodes of 1 CPU (`ray.cluster_utils.Cluster`, two raylets on one "
+        "machine), as ratios measured in one run.",
+    ),
     "bench_patch_negatives": (
         "Patch negatives",
         "`trainer/negatives.py`'s vectorised gather against the paper's per-patch Python loop "

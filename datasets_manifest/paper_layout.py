@@ -42,6 +42,7 @@ from nsneg.datasets_manifest.format.skip_log import (
     DEFAULT_MAX_SKIP_FRACTION,
     SkipLog,
     TooManyBadSamples,
+    check_fraction,
 )
 from nsneg.pipeline import shards
 from nsneg.pipeline.sources import IMAGE_SUFFIXES, SourceImage, folder_listing
@@ -250,6 +251,27 @@ def _import_sample(
     return sample, None
 
 
+def _refusal(
+    split: str, skipped: list[dict[str, str]], images: int, max_skip_fraction: float
+) -> TooManyBadSamples | None:
+    """The sample policy's verdict on a split's unusable files (``check_fraction``): the error to
+    raise once the split is recorded as incomplete, or None."""
+    try:
+        if skipped:
+            check_fraction(
+                len(skipped),
+                max(1, images),
+                max_skip_fraction,
+                f"{split}, first: {skipped[0]['path']}: {skipped[0]['reason']}; the manifest "
+                f"lists each and marks {split} incomplete (nsneg-data verify refuses it); rerun "
+                "with a higher --max-skip-fraction to accept these skips (the written shards "
+                "are kept)",
+            )
+    except TooManyBadSamples as e:
+        return e
+    return None
+
+
 def import_folder(
     folder: Path,
     out: Path,
@@ -301,7 +323,7 @@ def import_folder(
         finally:  # the manifest lists exactly the shards that are finished
             ordered = [records[s.index] for s in specs if s.index in records]
             skipped_all = [s for r in ordered for s in r.get("skipped", [])]
-            refused = len(skipped_all) > max_skip_fraction * max(1, len(images))
+            refused = _refusal(split, skipped_all, len(images), max_skip_fraction)
             shards.merge_split(  # past the threshold the split stays incomplete: no usable set
                 out,
                 classes,
@@ -311,7 +333,7 @@ def import_folder(
                 {
                     "shards": ordered,
                     "skipped": skipped_all,
-                    "complete": len(ordered) == len(specs) and not refused,
+                    "complete": len(ordered) == len(specs) and refused is None,
                 },
             )
         summary.splits[split] = {
@@ -321,12 +343,6 @@ def import_folder(
             "shards_written": written,
             "skipped": skipped_all,
         }
-        if refused:
-            raise TooManyBadSamples(
-                f"{split}: {len(skipped_all)} of {len(images)} files unusable, above "
-                f"--max-skip-fraction {max_skip_fraction} (first: {skipped_all[0]['path']}: "
-                f"{skipped_all[0]['reason']}); the manifest lists each and marks {split} "
-                "incomplete (nsneg-data verify refuses it); rerun with a higher "
-                "--max-skip-fraction to accept these skips (the written shards are kept)"
-            )
+        if refused is not None:
+            raise refused
     return summary

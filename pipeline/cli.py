@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -9,7 +10,11 @@ import click
 
 from nsneg.datasets_manifest.format.manifest import ManifestError, load_manifest
 from nsneg.datasets_manifest.format.naming import MANIFEST_NAME
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, TooManyBadSamples
+from nsneg.pipeline.dispatch import NoActorAvailable
 from nsneg.pipeline.images import RESIZE_SHORT
+from nsneg.pipeline.job import ACTOR_WAIT_S
+from nsneg.pipeline.pool_plan import CPU_THREADS_PER_ACTOR, PoolRequestError
 from nsneg.pipeline.synthesis import CPU_BATCH_SIZE, SynthesisConfig
 
 DEFAULTS = SynthesisConfig()
@@ -78,14 +83,49 @@ def main() -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
-    "--workers", type=int, default=None, help="synthesis actors [default: one per GPU, else 1]"
+    "--workers",
+    type=int,
+    default=None,
+    help="synthesis actors [default: planned per node: one per GPU; on CPU-only clusters "
+    f"one per {CPU_THREADS_PER_ACTOR} CPUs of a node]",
+)
+@click.option(
+    "--cpus-per-worker",
+    type=float,
+    default=None,
+    help="CPUs of each actor (its torch threads) [default: its node's share]",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=float,
+    default=None,
+    help="GPUs of each actor (0.5: two actors share one) [default: 1 where there are GPUs]",
+)
+@click.option(
+    "--cpu-nodes",
+    is_flag=True,
+    help="on a cluster with GPUs, put CPU actors on its CPU-only nodes too",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="synthesis device: auto is an actor's GPU when it holds one; cpu even then",
+)
+@click.option(
+    "--actor-wait",
+    type=float,
+    default=ACTOR_WAIT_S,
+    show_default=True,
+    help="seconds shards may wait with no actor running (none placeable) before the job stops",
 )
 @click.option("--no-source", is_flag=True, help="omit source pixels (for sets to be published)")
 @click.option("--resize-short", type=int, default=RESIZE_SHORT, show_default=True)
 @click.option(
     "--max-skip-fraction",
     type=float,
-    default=0.01,
+    default=DEFAULT_MAX_SKIP_FRACTION,
     show_default=True,
     help="fail when more than this fraction of images is unusable",
 )
@@ -112,6 +152,11 @@ def build(
     shard_size,
     seed,
     workers,
+    cpus_per_worker,
+    gpus_per_worker,
+    cpu_nodes,
+    device,
+    actor_wait,
     no_source,
     resize_short,
     max_skip_fraction,
@@ -157,10 +202,18 @@ def build(
         resize_short=resize_short,
         max_skip_fraction=max_skip_fraction,
         workers=workers,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+        cpu_nodes=cpu_nodes,
+        device=None if device == "auto" else device,
+        actor_wait_s=actor_wait,
     )
     try:
         summary = job.run(config, listing, show_progress=not quiet, verbose=verbose)
-    except (job.SkipThresholdExceeded, RuntimeError, ManifestError) as e:
+    except NoActorAvailable as e:
+        rerun = shlex.join(["nsneg-textures", *sys.argv[1:]])
+        raise click.ClickException(f"{e} ({rerun})") from None
+    except (PoolRequestError, TooManyBadSamples, RuntimeError, ManifestError) as e:
         raise click.ClickException(str(e)) from None
     preview_path = preview or out / f"preview-{split}.png"
     manifest = load_manifest(out)
@@ -174,6 +227,11 @@ def build(
     click.echo(
         f"textures/s {summary.textures_per_second:.2f} ({summary.textures_written} in {summary.seconds:.1f} s)"
     )
+    if summary.pool:
+        click.echo(
+            f"actors     {summary.pool}; {summary.actors_started} started on "
+            f"{summary.nodes_used} nodes, {summary.actors_lost} lost"
+        )
     click.echo(f"skipped    {len(summary.skipped)}")
     for s in summary.skipped[:10]:
         click.echo(f"  {s['path']}: {s['reason']}")

@@ -1,11 +1,13 @@
 """The Ray job: source listing -> fixed shards -> one Ray task per shard -> manifest.
 
-Each shard is one task on a long-lived ``TextureWorker`` actor that keeps its encoder
-loaded (one actor per GPU where there are GPUs); within a shard, decoding the next batch and
-writing the previous one overlap the synthesis of the current one. A shard is written under a temporary name and renamed only when complete
-(``ShardWriter``), so a rerun skips finished shards and a killed job loses at
-most the shards in flight. Actors are restarted and their tasks retried by Ray when a
-worker dies; bad images are skipped with a reason and counted against a threshold.
+Each shard is one task on a long-lived ``TextureWorker`` actor (``nsneg.pipeline.actors``)
+that keeps its encoder loaded; the pool is planned from each node's own resources (one actor
+per GPU on GPU nodes, CPU actors sized to the node otherwise: ``nsneg.pipeline.pool_plan``).
+Within a shard, decoding the next batch and writing the previous one overlap the synthesis of
+the current one. A shard is written under a temporary name and renamed only when complete
+(``ShardWriter``), so a rerun skips finished shards and a killed job loses at most
+the shards in flight; a lost actor's shard goes to a live actor (``nsneg.pipeline.dispatch``).
+Bad images are skipped with a reason and counted against a threshold.
 """
 
 from __future__ import annotations
@@ -21,21 +23,27 @@ import numpy as np
 
 from nsneg.datasets_manifest.format.constants import CROP_SIZE, TEXTURE_SIZE
 from nsneg.datasets_manifest.format.image_decode import BadImage
-from nsneg.datasets_manifest.format.shard_writer import ShardWriter, encode_sample
-from nsneg.pipeline import shards
+from nsneg.datasets_manifest.format.shard_writer import (
+    ShardWriter,
+    drop_temporaries,
+    encode_sample,
+)
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, check_fraction
+from nsneg.pipeline import dispatch, pool_plan, shards
 from nsneg.pipeline.images import RESIZE_SHORT, Crops, make_crops
+from nsneg.pipeline.pool_plan import ActorSlot
 from nsneg.pipeline.shards import ShardSpec, finished_record
 from nsneg.pipeline.shards import plan_shards as plan
 from nsneg.pipeline.sources import Listing, SourceImage
 from nsneg.pipeline.synthesis import SynthesisConfig, auto_batch_size
 
-#: Ray fault tolerance, set deliberately (Ray's defaults: tasks retry 3 times, actors never restart).
-MAX_ACTOR_RESTARTS = 3
-MAX_TASK_RETRIES = 3
-
-
-class SkipThresholdExceeded(RuntimeError):
-    pass
+#: How long shards may wait with no actor running (none placeable) before the job stops.
+ACTOR_WAIT_S = 300.0
+#: What a build stopped by too many unusable images says after the counts.
+SKIPS_DETAIL = (
+    "the input looks broken. Finished shards are kept; see their records/*.tar.json for the "
+    "reasons, fix the input, then rerun to resume"
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +55,13 @@ class JobConfig:
     shard_size: int = 1000
     include_source: bool = True
     resize_short: int = RESIZE_SHORT
-    max_skip_fraction: float = 0.01
-    workers: int | None = None
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION
+    workers: int | None = None  # actors; None: planned from the nodes (pool_plan)
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float | None = None
+    cpu_nodes: bool = False  # CPU-only nodes too in a cluster that has GPUs
+    device: str | None = None  # synthesis device; None: the actor's GPU if it holds one, else CPU
+    actor_wait_s: float = ACTOR_WAIT_S
 
     def generator_config(self) -> dict[str, Any]:
         """Everything that determines a shard's content; recorded in the manifest."""
@@ -73,6 +86,10 @@ class JobSummary:
     failed_shards: list[str]
     seconds: float
     out: Path
+    pool: str = ""  # the planned pool, e.g. "2 actors on 2 nodes (1 CPU each)"
+    actors_started: int = 0
+    nodes_used: int = 0
+    actors_lost: int = 0
 
     @property
     def textures_per_second(self) -> float:
@@ -142,6 +159,7 @@ def write_shard(
     report=lambda images, textures: None,
     batch_size: int | None = None,
     host_threads: int = 1,
+    node: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Make one shard: crops -> batched synthesis -> samples -> atomic commit. Returns its record.
 
@@ -151,7 +169,7 @@ def write_shard(
     stage: while batch k is synthesised, batch k+1 is decoded and cropped and batch k-1 is
     PNG-encoded and appended to the shard, each on ``host_threads`` threads, in order (the
     bytes do not depend on the threading). ``batch_size`` defaults to the config's (or the
-    CPU default).
+    CPU default). ``node`` (the writing node's id and host) goes into the shard's record.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -196,95 +214,11 @@ def write_shard(
                 report(len(batch), len(ready))
             if written is not None:
                 written.result()
-        return writer.commit(
-            {"fingerprint": spec.fingerprint, "skipped": skipped, "index": spec.index}
-        )
+        extra = {"fingerprint": spec.fingerprint, "skipped": skipped, "index": spec.index}
+        return writer.commit({**extra, "node": node} if node else extra)
     except BaseException:
         writer.abort()
         raise
-
-
-def _progress_class():
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class ProgressCounter:
-        """Images handled by all workers since the driver last asked, and each worker's
-        textures/s: feeds the live progress bar.
-
-        Workers find it by name: an actor handle passed to a restartable actor's constructor
-        lives in the object store, which Ray warns an actor restart cannot rely on.
-        """
-
-        def __init__(self) -> None:
-            self.count = 0
-            self.workers: dict[
-                int, list[float]
-            ] = {}  # worker -> [textures, first report, last report]
-
-        def add(self, images: int, textures: int = 0, worker: int = 0) -> None:
-            now = time.monotonic()
-            self.count += images
-            entry = self.workers.setdefault(worker, [0, now, now])
-            entry[0] += textures
-            entry[2] = now
-
-        def take(self) -> tuple[int, dict[int, float]]:
-            """(images since the last call, {worker: textures/s since its first report})."""
-            n, self.count = self.count, 0
-            rates = {
-                w: t / (last - first)
-                for w, (t, first, last) in sorted(self.workers.items())
-                if last > first
-            }
-            return n, rates
-
-    return ProgressCounter
-
-
-def _worker_class():
-    import ray
-
-    @ray.remote(max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
-    class TextureWorker:
-        """Long-lived: loads the encoder once (on its GPU if it has one), then makes shard after shard."""
-
-        def __init__(self, config: JobConfig, progress_name: str, index: int = 0):
-            import torch
-
-            from nsneg.pipeline.synthesis import TextureSynthesizer
-
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-            if cpus:
-                torch.set_num_threads(max(1, int(cpus)))
-            self.host_threads = max(1, int(cpus or 1))
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.config = config
-            self.index = index
-            self.progress = ray.get_actor(progress_name)
-            self.synthesizer = TextureSynthesizer(config.synthesis, device=device)
-
-        def pid(self) -> int:
-            return os.getpid()
-
-        def process(self, spec: ShardSpec) -> dict[str, Any]:
-            self.progress.add.remote(
-                0, 0, self.index
-            )  # the clock of this worker's textures/s starts
-
-            def report(images: int, textures: int) -> None:
-                self.progress.add.remote(images, textures, self.index)
-
-            return write_shard(
-                self.synthesizer,
-                spec,
-                self.config,
-                report=report,
-                batch_size=self.synthesizer.batch_size,
-                host_threads=self.host_threads,
-            )
-
-    return TextureWorker
 
 
 def _init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
@@ -307,26 +241,24 @@ def _init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
 
 
 def _namespace_for_workers() -> Path:
-    """A temporary ``nsneg/`` folder holding a copy of this package, for Ray's ``py_modules``.
+    """A temporary ``nsneg/`` folder holding a copy of this package and of the shard-set format
+    it writes (``nsneg.datasets_manifest.format``), for Ray's ``py_modules``.
 
-    Ray makes a shipped folder importable by its own name; the installed package's folder is
-    ``pipeline/`` (an editable install maps it), so it is copied under ``nsneg/pipeline``."""
+    Ray makes a shipped folder importable by its own name; the installed packages' folders are
+    ``pipeline/`` and ``datasets_manifest/`` (an editable install maps them), so they are copied
+    under ``nsneg/``."""
     import shutil
     import tempfile
 
-    here = Path(__file__).resolve().parent
+    import nsneg.datasets_manifest.format as shard_format
+
+    ignore = shutil.ignore_patterns("__pycache__")
     root = Path(tempfile.mkdtemp(prefix="nsneg-ray-")) / "nsneg"
-    shutil.copytree(here, root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(__file__).resolve().parent, root / "pipeline", ignore=ignore)
+    format_dir = Path(shard_format.__file__).resolve().parent
+    shutil.copytree(format_dir, root / "datasets_manifest" / "format", ignore=ignore)
+    shutil.copy(format_dir.parent / "__init__.py", root / "datasets_manifest" / "__init__.py")
     return root
-
-
-def _check_skips(skipped: int, total: int, max_fraction: float) -> None:
-    if total and skipped / total > max_fraction:
-        raise SkipThresholdExceeded(
-            f"{skipped} of {total} images skipped ({skipped / total:.1%}), above --max-skip-fraction "
-            f"{max_fraction:.1%}: the input looks broken. Finished shards are kept; see their "
-            "records/*.tar.json for the reasons, fix the input, then rerun to resume."
-        )
 
 
 def run(
@@ -348,8 +280,7 @@ def run(
             records[spec.index] = record
     pending = [s for s in specs if s.index not in records]
     done_images = sum(len(specs[i].images) for i in records)
-    failed: list[str] = []
-    written = 0
+    written, use, pool = 0, None, ""
     bar = tqdm(
         total=len(listing.images),
         initial=done_images,
@@ -359,69 +290,84 @@ def run(
     )
     try:
         if pending:
-            written, failed = _run_pending(
+            written, use, pool = _run_pending(
                 config, pending, records, bar, len(listing.images), verbose
             )
     finally:  # whatever happened, the manifest lists exactly the shards that are finished
         bar.close()
+        for spec in pending:  # the actors are gone: what they left unfinished is no shard
+            if spec.index not in records:
+                drop_temporaries(Path(spec.path))
         _write_manifest(config, listing, specs, records)
     skipped = [s for i in sorted(records) for s in records[i]["skipped"]]
     return JobSummary(
         images=len(listing.images),
         shards=len(specs),
-        shards_written=len(pending) - len(failed),
+        shards_written=len(pending) - len(use.failed if use else []),
         textures_written=written,
         skipped=skipped,
-        failed_shards=failed,
+        failed_shards=use.failed if use else [],
         seconds=time.time() - start,
         out=Path(config.out),
+        pool=pool,
+        actors_started=len(use.actors) if use else 0,
+        nodes_used=len(use.nodes) if use else 0,
+        actors_lost=use.lost if use else 0,
     )
+
+
+def plan_pool(config: JobConfig, shards: int) -> list[ActorSlot]:
+    """The actors for ``shards`` pending shards on the Ray cluster this process is connected to
+    (at most one per shard); ``PoolRequestError`` when no node can host them."""
+    import ray
+
+    slots = pool_plan.plan_pool(
+        pool_plan.nodes_from_ray(ray.nodes()),
+        workers=config.workers,
+        cpus_per_worker=config.cpus_per_worker,
+        gpus_per_worker=config.gpus_per_worker,
+        cpu_nodes=config.cpu_nodes,
+    )
+    return slots[:shards]
 
 
 def _run_pending(
     config, pending, records, bar, total_images, verbose: bool = False
-) -> tuple[int, list[str]]:
-    import ray
-    from ray.util.actor_pool import ActorPool
-
+) -> tuple[int, dispatch.PoolUse, str]:
+    """(textures written, what the pool did, the pool's description)."""
     _init_ray(verbose=verbose)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    workers = config.workers or (gpus if gpus else 1)
-    workers = min(workers, len(pending))
-    # One actor per GPU; each gets its share of the CPUs (decoding, cropping, PNG encoding).
-    options = {"num_cpus": max(1, cpus // workers)}
-    if gpus:
-        options["num_gpus"] = 1
-    progress_name = f"nsneg-progress-{os.getpid()}-{time.time_ns()}"
-    progress = _progress_class().options(name=progress_name).remote()
-    worker_cls = _worker_class()
-    pool = ActorPool(
-        [worker_cls.options(**options).remote(config, progress_name, i) for i in range(workers)]
-    )
-    for spec in pending:
-        pool.submit(lambda actor, s: actor.process.remote(s), spec)
-    written, failed = 0, []
+    slots = plan_pool(config, len(pending))
+    pool = pool_plan.describe_pool(slots)
+    if not bar.disable:
+        bar.write(f"pool: {pool}")
+    written = 0
     skipped_total = sum(len(r["skipped"]) for r in records.values())
-    while pool.has_next():
-        try:
-            record = pool.get_next_unordered(timeout=0.5)
-        except TimeoutError:
-            record = None
-        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
-            failed.append(str(e).splitlines()[0])
-            record = None
-        done_now, rates = ray.get(progress.take.remote())
-        if done_now:
-            bar.update(done_now)
-        if record is not None:
-            records[record["index"]] = record
-            written += record["samples"]
-            skipped_total += len(record["skipped"])
-        bar.set_postfix_str(_progress_postfix(skipped_total, len(records), rates), refresh=False)
-        if record is not None:
-            _check_skips(skipped_total, total_images, config.max_skip_fraction)
-    return written, failed
+
+    def on_record(record: dict[str, Any]) -> None:
+        nonlocal written, skipped_total
+        records[record["index"]] = record
+        written += record["samples"]
+        skipped_total += len(record["skipped"])
+        check_fraction(skipped_total, total_images, config.max_skip_fraction, SKIPS_DETAIL)
+
+    def on_progress(images: int, rates: dict[int, float], actors: int, nodes: int) -> None:
+        if images:
+            bar.update(images)
+        postfix = _progress_postfix(skipped_total, len(records), rates)
+        bar.set_postfix_str(
+            f"actors={actors}/{len(slots)}, nodes={nodes}, {postfix}", refresh=False
+        )
+
+    use = dispatch.run_shards(
+        config,
+        slots,
+        pending,
+        on_record,
+        on_progress,
+        progress_name=f"nsneg-progress-{os.getpid()}-{time.time_ns()}",
+        actor_wait_s=config.actor_wait_s,
+    )
+    return written, use, pool
 
 
 def _progress_postfix(skipped: int, shards: int, rates: dict[int, float]) -> str:

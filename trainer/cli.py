@@ -111,7 +111,7 @@ def main(resume, force, reverify, device, small_images, **options) -> None:
     texture shards."""
     import torch.distributed as dist
 
-    from nsneg.trainer import checkpoint
+    from nsneg.trainer import checkpoint, elastic
     from nsneg.trainer.data import BadShards
     from nsneg.trainer.train import Trainer, setup_distributed
 
@@ -121,6 +121,8 @@ def main(resume, force, reverify, device, small_images, **options) -> None:
         n for n in options if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE
     }
     try:
+        if not resume and options["negatives"]:  # a torchrun restart continues its own run
+            resume = _elastic_resume(options, small_images)
         if resume:
             state = checkpoint.load(Path(resume))
             config, changes = _resumed_config(state["config"], options, given)
@@ -149,6 +151,8 @@ def main(resume, force, reverify, device, small_images, **options) -> None:
         if resume:
             trainer.restore(Path(resume))
             _report_changes(trainer, changes)
+        elif elastic.may_restart():  # a restart finds a checkpoint of this launch, even at step 0
+            trainer.save(epoch_complete=False)
         metrics = trainer.fit()
         loss, skipped = over_ranks(
             metrics.get("loss", float("nan")), trainer.skipped, trainer.device
@@ -178,6 +182,21 @@ def over_ranks(loss: float, skipped: int, device) -> tuple[float, int]:
     found = torch.tensor([loss, float(skipped)], dtype=torch.float64, device=device)
     dist.all_reduce(found)
     return found[0].item() / dist.get_world_size(), int(found[1].item())
+
+
+def _elastic_resume(options: dict[str, Any], small_images: bool | None) -> str | None:
+    """On a torchrun restart, the run folder's checkpoint of this same launch (``nsneg.trainer.elastic``)."""
+    from nsneg.trainer import elastic
+
+    if elastic.restart_count() == 0:
+        return None
+    fields = {**options, "manifest_dirs": tuple(options["manifest_dirs"])}
+    if small_images is None:
+        fields["small_images"] = options["image_size"] <= 48
+    path = elastic.own_checkpoint(TrainConfig(**fields))
+    if path is not None and int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"torchrun restart {elastic.restart_count()}: resuming from {path}")
+    return str(path) if path else None
 
 
 def _resumed_config(stored: dict[str, Any], options: dict[str, Any], given: set[str]):

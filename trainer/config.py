@@ -8,6 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION
 from nsneg.trainer.methods import METHODS
 
 KINDS = ("none", "texture", "patch", "texture+patch")
@@ -63,12 +64,13 @@ class TrainConfig:
     workers: int = option(default_workers(), "DataLoader workers per process [default: 4, at most this machine's CPUs per process]")  # fmt: skip
     shuffle_buffer: int = option(1000)
     checkpoint_every: int = option(1, "epochs")
-    max_skip_fraction: float = option(0.01)
+    max_skip_fraction: float = option(DEFAULT_MAX_SKIP_FRACTION)
     compile: bool = option(False, "torch.compile the method's networks (moco: both encoders; byol: online and target backbone; simclr: the backbone)")  # fmt: skip
     compile_backend: str = option("inductor", 'torch.compile backend ("aot_eager": traced, no code generation)')  # fmt: skip
     channels_last: bool | None = option(None, "channels_last weights and views [default: on CUDA]")
     bf16: bool | None = option(None, "bf16 autocast [default: on CUDA]")
     log_every: int = option(10, "steps between reads of the loss (each read waits for the device)")
+    sync_bn: bool = option(False, "byol, simclr, several GPU processes: BatchNorm statistics over the global batch (torch's SyncBatchNorm; one process: no effect)")  # fmt: skip
     seed: int = option(0)
     manifest_dirs: tuple[str, ...] = option((), "more published manifests (see nsneg-data list)")
 

@@ -30,11 +30,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nsneg.trainer import checkpoint
+from nsneg.datasets_manifest.format.skip_log import check_fraction
+from nsneg.trainer import checkpoint, elastic
 from nsneg.trainer.augment import augment, sample_params
 from nsneg.trainer.config import KINDS, OPTIMIZERS, TrainConfig, lr_at
 from nsneg.trainer.data import (
-    BadShards,
     image_folder,
     make_folder_loader,
     make_loader,
@@ -155,6 +155,14 @@ class Trainer:
         torch.manual_seed(c.seed)  # same initial weights (and queue) on every rank
         bn_splits = 1 if self.world > 1 else math.gcd(self.per_rank, c.bn_splits)
         self.model: Method = c.method_class.from_config(c, bn_splits).to(self.device)
+        if c.sync_bn and c.method == "moco":
+            raise ValueError("--sync-bn is for byol and simclr: MoCo shuffles BN across processes")
+        if c.sync_bn and self.world > 1:
+            if not self.cuda:  # torch's SyncBatchNorm (and DDP with it) runs on GPUs only
+                raise ValueError(
+                    "--sync-bn needs GPU processes: torch's SyncBatchNorm has no CPU path"
+                )
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.check_global_batch(c.batch_size)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -197,6 +205,7 @@ class Trainer:
             "epoch_sums": {} if epoch_complete else self.epoch_sums,
             "torch_rng": torch.get_rng_state(),  # MoCo's DDP key shuffle draws from it
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None,
+            "elastic_run_id": elastic.run_id(),  # a torchrun restart resumes its own run
             "config": {
                 **asdict(self.config),
                 "patch_size_range": list(self.config.patch_size_range),
@@ -270,12 +279,12 @@ class Trainer:
         self.step += 1
         self.samples_seen += q.shape[0]
         self.skipped += int(skipped.sum())  # counted by the loader, on the CPU
-        if self.skipped > self.config.max_skip_fraction * (self.samples_seen + self.skipped):
-            raise BadShards(
-                f"{self.skipped} undecodable samples out of {self.samples_seen + self.skipped}: "
-                f"above --max-skip-fraction {self.config.max_skip_fraction} (each was logged with its "
-                "shard and key as it was skipped)"
-            )
+        check_fraction(
+            self.skipped,
+            self.samples_seen + self.skipped,
+            self.config.max_skip_fraction,
+            "each was logged with its shard and key as it was skipped",
+        )
         return {"loss": loss.detach(), **metrics, "lr": lr}
 
     def check_finite(self, loss: float) -> None:

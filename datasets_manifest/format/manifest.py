@@ -32,8 +32,9 @@ def build_manifest(
     """
     out_splits = {}
     for name, split in splits.items():
-        shards = [
-            {k: r[k] for k in ("name", "sha256", "bytes", "samples")} for r in split["shards"]
+        shards = [  # with the writing node ({"id", "host"}) where the job recorded it
+            {k: r[k] for k in ("name", "sha256", "bytes", "samples", "node") if k in r}
+            for r in split["shards"]
         ]
         out_splits[name] = {
             "shards": shards,
@@ -64,6 +65,7 @@ _SHARD_SCHEMA = {
         "bytes": {"type": "integer", "minimum": 0},
         "samples": {"type": "integer", "minimum": 0},
         "url": {"type": "string"},  # published sets only
+        "node": {"type": "object"},  # the Ray node that wrote it: {"id", "host"}
     },
 }
 

@@ -42,6 +42,12 @@ def encode_sample(
     return sample
 
 
+def drop_temporaries(final_path: Path) -> None:
+    """Delete the temporary files of unfinished attempts at the shard ``final_path``."""
+    for stale in Path(final_path).parent.glob(f".{Path(final_path).name}*.tmp-*"):
+        stale.unlink(missing_ok=True)
+
+
 class ShardWriter:
     """Writes one shard under a temporary name; ``commit`` hashes it and renames it into place.
 
@@ -56,8 +62,7 @@ class ShardWriter:
         self.final_path = Path(final_path)
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
         # Leftovers of an earlier attempt at this shard (a killed worker) are never final: drop them.
-        for stale in self.final_path.parent.glob(f".{self.final_path.name}*.tmp-*"):
-            stale.unlink(missing_ok=True)
+        drop_temporaries(self.final_path)
         self.tmp_path = self.final_path.with_name(f".{self.final_path.name}.tmp-{os.getpid()}")
         self._file = open(self.tmp_path, "wb")
         self._tar = wds.TarWriter(self._file, encoder=False, mtime=0.0)

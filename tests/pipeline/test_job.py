@@ -16,7 +16,8 @@ from nsneg.datasets_manifest.format import files
 from nsneg.datasets_manifest.format.manifest import load_manifest, shard_paths, verify
 from nsneg.datasets_manifest.format.naming import FORMAT_NAME, MANIFEST_NAME, record_path
 from nsneg.datasets_manifest.format.sample_reader import iter_samples
-from nsneg.pipeline import job
+from nsneg.datasets_manifest.format.skip_log import TooManyBadSamples
+from nsneg.pipeline import actors, job
 from nsneg.pipeline.sources import folder_listing
 from nsneg_testing import TINY, make_tree
 
@@ -154,13 +155,40 @@ def test_skip_threshold_fails_clearly_and_keeps_finished_shards(tmp_path, ray_se
     config = job.JobConfig(
         out=tmp_path / "out", synthesis=TINY, shard_size=3, max_skip_fraction=0.05
     )
-    with pytest.raises(job.SkipThresholdExceeded, match="max-skip-fraction"):
+    with pytest.raises(TooManyBadSamples, match="max-skip-fraction"):
         job.run(config, folder_listing(tree, "train"), show_progress=False)
     manifest = load_manifest(tmp_path / "out")
     assert manifest["splits"]["train"]["complete"] is False and verify(tmp_path / "out") == []
 
 
-def test_a_killed_worker_is_restarted_and_its_shard_retried(tmp_path, ray_session):
+def descendants_titled(title: str) -> list[int]:
+    """Processes below this one (Ray's raylet starts the workers) whose command line starts with
+    ``title``: Ray titles an actor's process after its class (``ray::TextureWorker``)."""
+
+    def parent(pid: str) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or not (entry / "cmdline").read_bytes().startswith(
+                title.encode()
+            ):
+                continue
+            pid = entry.name
+            while int(pid) > 1 and int(pid) != os.getpid():
+                pid = str(parent(pid))
+            if int(pid) == os.getpid():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_a_killed_worker_is_replaced_and_its_shard_redone(tmp_path, ray_session):
+    """An actor's process killed mid-shard: a new actor takes the shard; no partial file remains."""
+    from nsneg.pipeline import dispatch, pool_plan
+
     ray = ray_session
     listing = folder_listing(make_tree(tmp_path / "tree", bad=False), "train")
     config = job.JobConfig(
@@ -168,15 +196,25 @@ def test_a_killed_worker_is_restarted_and_its_shard_retried(tmp_path, ray_sessio
     )
     spec = job.plan_shards(listing, config)[0]
     (tmp_path / "out" / "train").mkdir(parents=True)
-    progress = job._progress_class().options(name="test-progress").remote()  # noqa: F841 (kept alive)
-    worker = job._worker_class().remote(config, "test-progress")
-    pid = ray.get(worker.pid.remote())
-    pending = worker.process.remote(spec)
-    time.sleep(3)  # mid-shard
-    os.kill(pid, signal.SIGKILL)
-    record = ray.get(pending, timeout=240)
-    assert ray.get(worker.pid.remote()) != pid  # a new process took over
+    here = ray.get_runtime_context().get_node_id()
+    slot = pool_plan.ActorSlot(here, "localhost", 1.0, 0.0)
+    killed, records = [], []
+
+    def kill_once_started(images, rates, actors, nodes):
+        if killed or not actors:
+            return
+        time.sleep(2)  # mid-shard
+        (pid,) = descendants_titled("ray::TextureWorker")
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    use = dispatch.run_shards(
+        config, [slot], [spec], records.append, kill_once_started, "test-progress", actor_wait_s=60
+    )
+    assert killed and use.lost == 1 and len(use.actors) == 2  # the first and its replacement
+    (record,) = records
     assert record["samples"] == 6 and files.sha256_file(Path(spec.path)) == record["sha256"]
+    assert record["node"]["id"] == here
     assert not list((tmp_path / "out" / "train").glob(".*tmp*"))
 
 
@@ -275,7 +313,7 @@ def test_host_stages_overlap_synthesis_and_threads_do_not_change_the_bytes(tmp_p
 
 def test_progress_reports_textures_per_second_per_worker(ray_session):
     ray = ray_session
-    progress = job._progress_class().remote()
+    progress = actors.progress_class().remote()
     ray.get(progress.add.remote(0, 0, 1))
     time.sleep(0.2)
     ray.get([progress.add.remote(4, 3, 1), progress.add.remote(2, 2, 0)])
