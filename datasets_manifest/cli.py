@@ -130,7 +130,11 @@ def list_(manifest_dirs) -> None:
     with manifest_errors():
         sets = registry.known_sets(manifest_dirs)
     if not sets:
-        click.echo("no published shard sets known (add --manifest-dir DIR)")
+        click.echo(
+            "no shard sets known: nsneg ships none yet, and none was published here "
+            "(nsneg-data publish) or found in a --manifest-dir DIR|URL; build one with "
+            "nsneg-textures build, or fetch a set published elsewhere by its folder url"
+        )
         return
     click.echo(f"{'name@version':32s} {'splits':14s} {'samples':>9s} {'size':>10s}  source pixels")
     for s in sets:
@@ -186,7 +190,7 @@ def fetch(
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def verify(directory, check_samples_, max_skip_fraction, json_out) -> None:
     """Re-hash every shard against the manifest, then read every sample through the sample policy;
-    exit status 1 on any mismatch or past --max-skip-fraction."""
+    exit status 1 on any mismatch, an incomplete split, or past --max-skip-fraction."""
     with manifest_errors():
         manifest = load_manifest(directory)
     problems = {p.split(":")[0]: p for p in verify_shards(directory)}
@@ -200,7 +204,10 @@ def verify(directory, check_samples_, max_skip_fraction, json_out) -> None:
     click.echo(
         f"{len(problems)} of {sum(len(i['shards']) for i in manifest['splits'].values())} shards bad"
     )
-    if problems:
+    incomplete = sorted(split for split, info in manifest["splits"].items() if not info["complete"])
+    for split in incomplete:
+        click.echo(f"INCOMPLETE {split}: its build did not finish or was refused (see its log)")
+    if problems or incomplete:
         sys.exit(1)
     reports = check_samples(directory, None, max_skip_fraction) if check_samples_ else {}
     if json_out:
@@ -355,7 +362,15 @@ def export(directory, out, sources_to, splits, max_skip_fraction) -> None:
         f"({', '.join(f'{k} {v}' for k, v in summary.per_split.items())}); {skips.summary()}"
     )
     if sources_to:
-        click.echo(f"{sources_to}: {summary.sources} source photos written")
+        click.echo(
+            f"{sources_to}: {summary.sources} source photos written"
+            + (
+                f" ({summary.reencoded} were not JPEG: re-encoded as JPEG, quality 95, to match "
+                "their .JPEG names)"
+                if summary.reencoded
+                else ""
+            )
+        )
     click.echo(
         f"the paper's trainer reads each texture's photo from {paper_layout.paired_photo_path(str(probe))}"
     )

@@ -23,12 +23,14 @@ the pipeline's image loader (``format.image_decode.decode_rgb``: the same pixel 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from nsneg.datasets_manifest.format import files
 from nsneg.datasets_manifest.format.constants import TEXTURE_SIZE
@@ -39,6 +41,7 @@ from nsneg.datasets_manifest.format.shard_writer import ShardWriter, encode_samp
 from nsneg.datasets_manifest.format.skip_log import (
     DEFAULT_MAX_SKIP_FRACTION,
     SkipLog,
+    TooManyBadSamples,
     check_fraction,
 )
 from nsneg.pipeline import shards
@@ -74,6 +77,7 @@ class ExportSummary:
     written: int = 0
     kept: int = 0  # already there with the same bytes
     sources: int = 0
+    reencoded: int = 0  # sources that were not JPEG, written as JPEG under their .JPEG name
     per_split: dict[str, int] = field(default_factory=dict)
 
 
@@ -86,7 +90,8 @@ def export_set(
 ) -> ExportSummary:
     """Write ``splits`` (default: all) of the shard set ``root`` as ``out/<split>/<wnid>/<stem>.png``
     (``stem``: the source file's, so the paper's pairing rule finds the ImageNet photo), and, with
-    ``sources_to``, each sample's source file as ``sources_to/<split>/<wnid>/<stem>.JPEG``."""
+    ``sources_to``, each sample's source file as ``sources_to/<split>/<wnid>/<stem>.JPEG`` (a
+    source in another format, e.g. the demo's PNGs, re-encoded as JPEG: counted in ``reencoded``)."""
     root, out = Path(root), Path(out)
     manifest = load_manifest(root)
     splits = splits or list(manifest["splits"])
@@ -128,10 +133,26 @@ def export_set(
             summary.kept += not written
             if sources_to is not None and sample.source_bytes is not None:
                 photo = Path(sources_to) / split / wnid / f"{stem}.{PHOTO_SUFFIX}"
-                summary.sources += _write_once(photo, sample.source_bytes)
+                photo_bytes = sample.source_bytes
+                if not photo_bytes.startswith(JPEG_MAGIC):  # the name promises JPEG bytes
+                    photo_bytes = _jpeg_bytes(photo_bytes)
+                    summary.reencoded += 1
+                summary.sources += _write_once(photo, photo_bytes)
             count += 1
         summary.per_split[split] = count
     return summary
+
+
+#: The first bytes of every JPEG file (SOI marker).
+JPEG_MAGIC = b"\xff\xd8"
+
+
+def _jpeg_bytes(data: bytes) -> bytes:
+    """Another format's image as JPEG bytes (RGB, quality 95), for a file named ``.JPEG``."""
+    with Image.open(io.BytesIO(data)) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
 
 
 def _write_once(path: Path, data: bytes) -> bool:
@@ -230,6 +251,27 @@ def _import_sample(
     return sample, None
 
 
+def _refusal(
+    split: str, skipped: list[dict[str, str]], images: int, max_skip_fraction: float
+) -> TooManyBadSamples | None:
+    """The sample policy's verdict on a split's unusable files (``check_fraction``): the error to
+    raise once the split is recorded as incomplete, or None."""
+    try:
+        if skipped:
+            check_fraction(
+                len(skipped),
+                max(1, images),
+                max_skip_fraction,
+                f"{split}, first: {skipped[0]['path']}: {skipped[0]['reason']}; the manifest "
+                f"lists each and marks {split} incomplete (nsneg-data verify refuses it); rerun "
+                "with a higher --max-skip-fraction to accept these skips (the written shards "
+                "are kept)",
+            )
+    except TooManyBadSamples as e:
+        return e
+    return None
+
+
 def import_folder(
     folder: Path,
     out: Path,
@@ -281,13 +323,18 @@ def import_folder(
         finally:  # the manifest lists exactly the shards that are finished
             ordered = [records[s.index] for s in specs if s.index in records]
             skipped_all = [s for r in ordered for s in r.get("skipped", [])]
-            shards.merge_split(
+            refused = _refusal(split, skipped_all, len(images), max_skip_fraction)
+            shards.merge_split(  # past the threshold the split stays incomplete: no usable set
                 out,
                 classes,
                 generator,
                 has_source,
                 split,
-                {"shards": ordered, "skipped": skipped_all, "complete": len(ordered) == len(specs)},
+                {
+                    "shards": ordered,
+                    "skipped": skipped_all,
+                    "complete": len(ordered) == len(specs) and refused is None,
+                },
             )
         summary.splits[split] = {
             "images": len(images),
@@ -296,12 +343,6 @@ def import_folder(
             "shards_written": written,
             "skipped": skipped_all,
         }
-        if skipped_all:
-            check_fraction(
-                len(skipped_all),
-                max(1, len(images)),
-                max_skip_fraction,
-                f"{split}, first: {skipped_all[0]['path']}: {skipped_all[0]['reason']}; the "
-                "manifest lists each",
-            )
+        if refused is not None:
+            raise refused
     return summary

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch.distributed as dist
 
-from nsneg.trainer import checkpoint, elastic
-from nsneg.trainer.data import BadShards
-from nsneg.trainer.train import TrainConfig, Trainer, lr_at, setup_distributed
+from nsneg.trainer.config import TrainConfig, lr_at
+
+# torch, the data pipeline and the trainer are imported by the commands that use them, so that
+# ``nsneg-train --help`` does not wait for torch.
 
 #: Settings a resumed run may take from the command line: they change neither the model nor the data.
 SAFE_ON_RESUME = (
@@ -109,6 +109,12 @@ def config_options(command):
 def main(resume, force, reverify, device, small_images, **options) -> None:
     """Pre-train a ResNet (MoCo v2, BYOL or SimCLR) against non-semantic negatives streamed from
     texture shards."""
+    import torch.distributed as dist
+
+    from nsneg.trainer import checkpoint, elastic
+    from nsneg.trainer.data import BadShards
+    from nsneg.trainer.train import Trainer, setup_distributed
+
     ctx = click.get_current_context()
     options["small_images"] = small_images
     given = {
@@ -148,19 +154,40 @@ def main(resume, force, reverify, device, small_images, **options) -> None:
         elif elastic.may_restart():  # a restart finds a checkpoint of this launch, even at step 0
             trainer.save(epoch_complete=False)
         metrics = trainer.fit()
+        loss, skipped = over_ranks(
+            metrics.get("loss", float("nan")), trainer.skipped, trainer.device
+        )
     except (BadShards, FileNotFoundError, ValueError, FloatingPointError) as e:
         raise click.ClickException(str(e)) from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    click.echo(
-        f"done: epochs 0-{metrics.get('epoch', config.epochs - 1)}, loss {metrics.get('loss', float('nan')):.4f}, "
-        f"{trainer.skipped} bad samples skipped, checkpoint {trainer.checkpoint_path}"
-    )
+    if trainer.rank == 0:
+        click.echo(
+            f"done: epochs 0-{metrics.get('epoch', config.epochs - 1)}, loss {loss:.4f}"
+            f"{' (mean over ' + str(trainer.world) + ' processes)' if trainer.world > 1 else ''}, "
+            f"{skipped} bad samples skipped, checkpoint {trainer.checkpoint_path}"
+        )
+
+
+def over_ranks(loss: float, skipped: int, device) -> tuple[float, int]:
+    """The last epoch's loss averaged over all processes (each ran the same number of steps) and
+    the bad samples they skipped, summed; as given with one process."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return loss, skipped
+
+    found = torch.tensor([loss, float(skipped)], dtype=torch.float64, device=device)
+    dist.all_reduce(found)
+    return found[0].item() / dist.get_world_size(), int(found[1].item())
 
 
 def _elastic_resume(options: dict[str, Any], small_images: bool | None) -> str | None:
     """On a torchrun restart, the run folder's checkpoint of this same launch (``nsneg.trainer.elastic``)."""
+    from nsneg.trainer import elastic
+
     if elastic.restart_count() == 0:
         return None
     fields = {**options, "manifest_dirs": tuple(options["manifest_dirs"])}
@@ -215,7 +242,9 @@ def _refuse_other_run(out: Path, force: bool, resume: str | None) -> None:
 def _verify_once_per_node(negatives: str, reverify: bool) -> None:
     """Local shards are hashed by one process per node (local rank 0, with a progress bar); the other
     ranks wait, then find them in the verified cache."""
-    from nsneg.trainer.data import verify_local
+    import torch.distributed as dist
+
+    from nsneg.trainer.data import BadShards, verify_local
 
     if not (Path(negatives) / "manifest.json").is_file():  # no local shard set
         return
@@ -239,7 +268,7 @@ def _verify_once_per_node(negatives: str, reverify: bool) -> None:
         verify_local(Path(negatives))
 
 
-def _report_changes(trainer: Trainer, changes: dict[str, tuple[Any, Any]]) -> None:
+def _report_changes(trainer, changes: dict[str, tuple[Any, Any]]) -> None:
     for name, (old, new) in changes.items():
         line = f"resume: {_flag(name)} {old} -> {new}"
         if name == "epochs":

@@ -23,16 +23,17 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, check_fraction
+from nsneg.datasets_manifest.format.skip_log import check_fraction
 from nsneg.trainer import checkpoint, elastic
 from nsneg.trainer.augment import augment, sample_params
+from nsneg.trainer.config import KINDS, OPTIMIZERS, TrainConfig, lr_at
 from nsneg.trainer.data import (
     image_folder,
     make_folder_loader,
@@ -43,96 +44,14 @@ from nsneg.trainer.methods import METHODS
 from nsneg.trainer.methods.base import Method
 from nsneg.trainer.negatives import patch_negatives, texture_negative
 
-KINDS = ("none", "texture", "patch", "texture+patch")
-OPTIMIZERS = ("sgd", "lars")
+#: Seconds after a stop signal within which another is torchrun forwarding the same Ctrl-C (it
+#: signals its workers when it gets one itself, and kills them 30 s later if they are not done).
+LAUNCHER_FORWARD_S = 10.0
 
 
-def option(default, help: str = "", **click):
-    """A TrainConfig field with its command-line help (``nsneg.trainer.cli`` makes the option)."""
-    return field(default=default, metadata={"help": help, **click})
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run: the command line's options and their defaults are made from it."""
-
-    negatives: str = option(None, "[required unless --resume] the training data: shard directory (with manifest.json), a published set's NAME[@VERSION] or folder url (hf://datasets/ORG/NAME, https://...), comma list / brace pattern of shard urls, or an ImageFolder tree (CLASS/*.JPEG; no textures: --negatives-kind none or patch)")  # fmt: skip
-    out: str = option("runs/nsneg", "run folder: checkpoint.pt and log.jsonl")
-    method: str = option("moco", "pre-training method", choices=tuple(METHODS))
-    negatives_kind: str = option("texture+patch", "non-semantic negatives", choices=KINDS)
-    num_nonsem: int = option(1, "patch negatives per image")
-    alpha: float = option(2.0, "logit of a non-semantic negative = alpha a.t / T (every method)")
-    patch_size_range: tuple[int, int] = option((16, 72), "at 224 px; scales with the view")
-    arch: str = option("resnet50", "torchvision ResNet")
-    image_size: int = option(224)
-    small_images: bool = option(False, "3x3 stem, no max-pool [command line default: on at 48 px and below]")  # fmt: skip
-    batch_size: int = option(512, "global batch over all processes")
-    lr: float | None = option(None, "[default: the method's lr per 256 (moco 0.4, byol 0.5, simclr 0.3) * batch / 256]")  # fmt: skip
-    optimizer: str | None = option(None, "[default: moco sgd, byol and simclr lars]", choices=OPTIMIZERS)  # fmt: skip
-    weight_decay: float | None = option(None, "[default: moco 1e-4, byol 1e-6, simclr 1e-4]")
-    warmup_epochs: int | None = option(None, "linear warm-up before the cosine [default: moco 0, byol and simclr 10, at most epochs / 10]")  # fmt: skip
-    epochs: int = option(200)
-    steps_per_epoch: int | None = option(None, "[default: samples // batch]")
-    moco_dim: int = option(128)
-    moco_k: int = option(16384, "queue size, a multiple of the batch")
-    moco_m: float = option(0.99, "key encoder momentum")
-    moco_t: float = option(0.2, "temperature")
-    bn_splits: int = option(8, "moco, single process: BN sub-batches (shuffle BN)")
-    byol_proj_hidden_dim: int = option(4096)
-    byol_proj_dim: int = option(256)
-    byol_pred_hidden_dim: int = option(8192)
-    byol_tau_base: float = option(0.99, "target momentum at the start; it rises to 1 along a cosine")  # fmt: skip
-    byol_ns_t: float = option(0.2, "temperature of the non-semantic term")
-    simclr_proj_hidden_dim: int = option(4096)
-    simclr_proj_dim: int = option(512)
-    simclr_t: float = option(0.2, "NT-Xent temperature")
-    workers: int = option(4, "DataLoader workers per process")
-    shuffle_buffer: int = option(1000)
-    checkpoint_every: int = option(1, "epochs")
-    max_skip_fraction: float = option(DEFAULT_MAX_SKIP_FRACTION)
-    compile: bool = option(False, "torch.compile the method's networks (moco: both encoders; byol: online and target backbone; simclr: the backbone)")  # fmt: skip
-    compile_backend: str = option("inductor", 'torch.compile backend ("aot_eager": traced, no code generation)')  # fmt: skip
-    channels_last: bool | None = option(None, "channels_last weights and views [default: on CUDA]")
-    bf16: bool | None = option(None, "bf16 autocast [default: on CUDA]")
-    log_every: int = option(10, "steps between reads of the loss (each read waits for the device)")
-    sync_bn: bool = option(False, "byol, simclr, several GPU processes: BatchNorm statistics over the global batch (torch's SyncBatchNorm; one process: no effect)")  # fmt: skip
-    seed: int = option(0)
-    manifest_dirs: tuple[str, ...] = option((), "more published manifests (see nsneg-data list)")
-
-    @property
-    def method_class(self) -> type[Method]:
-        return METHODS[self.method]
-
-    @property
-    def base_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return self.method_class.defaults.lr_per_256 * self.batch_size / 256
-
-    @property
-    def optimizer_name(self) -> str:
-        return self.optimizer or self.method_class.defaults.optimizer
-
-    @property
-    def weight_decay_value(self) -> float:
-        if self.weight_decay is not None:
-            return self.weight_decay
-        return self.method_class.defaults.weight_decay
-
-    @property
-    def warmup(self) -> int:
-        """Warm-up epochs: as given, else the method's, at most a tenth of the run."""
-        if self.warmup_epochs is not None:
-            return self.warmup_epochs
-        return min(self.method_class.defaults.warmup_epochs, self.epochs // 10)
-
-
-def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up over ``warmup`` epochs, then a cosine to 0 at ``epochs * steps_per_epoch``."""
-    total, warm = config.epochs * steps_per_epoch, config.warmup * steps_per_epoch
-    if step < warm:
-        return config.base_lr * (step + 1) / warm
-    return config.base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total - warm))))
+def launched_by_torchrun() -> bool:
+    """Whether this process is a worker of torchrun (torch.distributed.run sets this variable)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def build_optimizer(model: Method, config: TrainConfig) -> torch.optim.Optimizer:
@@ -260,6 +179,7 @@ class Trainer:
         self.generator_states: list[torch.Tensor] | None = None  # each rank's, mid-epoch
         self.epoch_sums: dict[str, float] = {}  # metric sums over the epoch's steps so far
         self.stop_signal: int | None = None
+        self.stop_time = 0.0  # time.monotonic() of the stop signal
         self.out = Path(c.out)
         self.checkpoint_path = self.out / "checkpoint.pt"
 
@@ -401,9 +321,11 @@ class Trainer:
         )
 
     def _request_stop(self, signum, _frame) -> None:
-        if self.stop_signal is not None:  # a second Ctrl-C: stop now, without a checkpoint
-            raise KeyboardInterrupt
-        self.stop_signal = signum
+        if self.stop_signal is not None:
+            if launched_by_torchrun() and time.monotonic() - self.stop_time < LAUNCHER_FORWARD_S:
+                return  # torchrun passing on the Ctrl-C it got too: the same stop
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.stop_signal, self.stop_time = signum, time.monotonic()
         if self.rank == 0:
             print(
                 f"\nsignal {signum}: stopping after this step, writing checkpoint "
@@ -411,6 +333,23 @@ class Trainer:
                 file=sys.stderr,
                 flush=True,
             )
+
+    def _report_stop(self, finished: bool) -> None:
+        """After a stop's checkpoint: rank 0 says how to resume (or that the run is complete, when
+        the signal came on its last step, and ``fit`` returns); then exit with 128 + signal."""
+        if self.rank == 0:
+            print(
+                f"stopped by signal {self.stop_signal} at step {self.step}; checkpoint "
+                f"{self.checkpoint_path} "
+                + (
+                    "holds the complete run (its last step was done)"
+                    if finished
+                    else f"(resume with --resume {self.checkpoint_path})"
+                ),
+                flush=True,
+            )
+        if not finished:
+            raise SystemExit(128 + int(self.stop_signal)) from None
 
     def _stop_agreed(self, at_sync_point: bool) -> bool:
         """Whether to stop after this step. One process: as soon as a signal came. Several: all
@@ -519,17 +458,15 @@ class Trainer:
                     log.flush()
                 self.epoch_sums, self.generator_states = {}, None
                 last = self.epoch + 1 == c.epochs
-                if last or (self.epoch + 1) % c.checkpoint_every == 0:
+                stop = self._stop_agreed(at_sync_point=True)  # a signal after the last step's check
+                if last or stop or (self.epoch + 1) % c.checkpoint_every == 0:
                     self.save(epoch_complete=True)
                 self.epoch += 1
+                if stop:
+                    self._report_stop(finished=last)
         except StopRequested:
             self.save(epoch_complete=False)  # resuming goes on from the next batch
-            if self.rank == 0:
-                print(
-                    f"stopped by signal {self.stop_signal} at step {self.step}; checkpoint "
-                    f"{self.checkpoint_path} (resume with --resume {self.checkpoint_path})"
-                )
-            raise SystemExit(128 + int(self.stop_signal)) from None
+            self._report_stop(finished=False)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

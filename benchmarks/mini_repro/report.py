@@ -26,7 +26,7 @@ from mini_repro.protocol import (
     Variant,
     chance,
 )
-from nsneg.trainer.eval.report import figure, markdown_table, save_png
+from nsneg.trainer.eval.report import figure, interval_bars, markdown_table, save_png
 
 #: Column titles, in order, and the unit a difference is stated in.
 TITLES = {
@@ -272,35 +272,42 @@ def plot_effects(summary: dict[str, dict[str, dict[str, Any]]], title: str, path
     panels = math.ceil(len(MEASURES) / columns)
     fig = figure(16.0, 0.32 * max(len(names), 3) * panels + 1.2 * panels + 0.6)
     axes = np.atleast_1d(fig.subplots(panels, columns, sharey=True)).ravel()
-    y = np.arange(len(names))[::-1]
+    labels = [f"{n} − {summary[n][MEASURES[0]]['compared_to']}" for n in names][::-1]
     for ax, measure in zip(axes, MEASURES):
-        for yy, name in zip(y, names):
-            cell = summary[name][measure]
-            if cell["diff"] is None:
-                continue
-            ci = cell["ci95"]
-            excludes = bool(ci) and not ci[0] <= 0 <= ci[1]
-            colour = "tab:red" if excludes else "tab:blue"
-            if ci:
-                ax.errorbar(
-                    cell["diff"],
-                    yy,
-                    xerr=[[cell["diff"] - ci[0]], [ci[1] - cell["diff"]]],
-                    fmt="o",
-                    color=colour,
-                    capsize=2,
-                    markersize=4,
-                )
-            else:
-                ax.plot(cell["diff"], yy, "o", color=colour, markersize=4)
+        cells = [summary[name][measure] for name in names][::-1]  # the first row on top
+        estimates = [
+            None
+            if cell["diff"] is None
+            else {
+                "value": cell["diff"],
+                "low": cell["ci95"][0] if cell["ci95"] else None,
+                "high": cell["ci95"][1] if cell["ci95"] else None,
+            }
+            for cell in cells
+        ]
+        interval_bars(
+            ax,
+            labels,
+            [
+                {
+                    "estimates": estimates,
+                    "color": [
+                        "tab:red"
+                        if bool(cell["ci95"]) and not cell["ci95"][0] <= 0 <= cell["ci95"][1]
+                        else "tab:blue"
+                        for cell in cells
+                    ],
+                }
+            ],
+            horizontal=True,
+            points=True,
+            scale=1.0,
+        )
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_title(TITLES[measure], fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes[len(MEASURES) :]:
         ax.axis("off")
-    labels = [f"{n} − {summary[n][MEASURES[0]]['compared_to']}" for n in names]
-    for ax in axes[::columns]:
-        ax.set_yticks(y, labels, fontsize=7)
     fig.suptitle(title + " (red: interval excludes zero)", fontsize=9)
     save_png(fig, path, dpi=110)
 

@@ -11,8 +11,10 @@ from PIL import Image
 
 from nsneg.datasets_manifest.cli import main as data_cli
 from nsneg.datasets_manifest.format import files
-from nsneg.datasets_manifest.format.manifest import load_manifest, verify
+from nsneg.datasets_manifest.format.manifest import build_manifest, load_manifest, verify
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME, shard_path
 from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.datasets_manifest.format.shard_writer import ShardWriter
 from nsneg.datasets_manifest.format.skip_log import SkipLog
 from nsneg.pipeline.cli import main as textures_cli
 from nsneg.trainer.analysis.cli import main as analyze_cli
@@ -103,6 +105,12 @@ def test_an_import_of_the_papers_folder_is_read_by_every_reader(data, cli, tmp_p
     args = ["import", folder, "--to", shards, "--imagenet", imagenet, "--shard-size", 2]
     stopped = data(*args)
     assert stopped.exit_code == 1 and "above --max-skip-fraction" in stopped.output
+    # Refused by the sample policy: no usable set is left behind (the split is incomplete and
+    # verify says so), but the written shards stay for the rerun that accepts the skips.
+    refused = load_manifest(shards)["splits"]["train"]
+    assert refused["complete"] is False and refused["shards"]
+    unverified = data("verify", shards)
+    assert unverified.exit_code == 1 and "INCOMPLETE train" in unverified.output
     imported = data(*args, "--max-skip-fraction", 0.9)
     assert imported.exit_code == 0, imported.output
     manifest = load_manifest(shards)
@@ -147,3 +155,30 @@ def test_an_import_of_the_papers_folder_is_read_by_every_reader(data, cli, tmp_p
         tmp_path / "paired", "--quiet",
     )  # fmt: skip
     assert paired.exit_code == 0 and "paired     6" in paired.output, paired.output
+
+
+def test_an_export_names_jpeg_bytes_jpeg(tmp_path):
+    """A source that is not a JPEG (the demo's photographs are PNGs) is written as JPEG bytes under
+    its .JPEG name, counted; a JPEG source is written byte for byte."""
+    from nsneg.datasets_manifest.paper_layout import export_set
+    from nsneg_testing.bad_shards import CLASSES, good_sample
+
+    root = tmp_path / "set"
+    writer = ShardWriter(shard_path(root, "train", 0))
+    png = files.png_bytes(np.full((40, 30, 3), 90, np.uint8))
+    for i, source in enumerate([png, None]):
+        sample = good_sample(f"k{i}", i, i, with_source=True)
+        sample["source.img"] = source or sample["source.img"]
+        writer.write({"__key__": f"k{i}", **sample})
+    records = {"train": {"shards": [writer.commit({"index": 0})], "skipped": [], "complete": True}}
+    manifest = build_manifest(CLASSES, records, {"synthesis": {"encoder": "random"}}, True)
+    files.atomic_write_json(root / MANIFEST_NAME, manifest)
+    jpeg = good_sample("k1", 1, 1, with_source=True)["source.img"]
+
+    summary = export_set(root, tmp_path / "x-texture", sources_to=tmp_path / "x")
+    assert (summary.sources, summary.reencoded) == (2, 1)
+    written = tmp_path / "x" / "train" / CLASSES[0] / "k0.JPEG"
+    with Image.open(written) as image:
+        assert image.format == "JPEG" and image.size == (30, 40)
+        assert np.abs(np.asarray(image, dtype=int) - 90).max() <= 2  # quality 95 of a flat grey
+    assert (tmp_path / "x" / "train" / CLASSES[1] / "k1.JPEG").read_bytes() == jpeg

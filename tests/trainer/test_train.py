@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from nsneg.trainer import checkpoint
+from nsneg.trainer.cli import over_ranks
+from nsneg.trainer.config import default_workers
 from nsneg.trainer.methods import METHODS
 from nsneg.trainer.train import TrainConfig, Trainer
 from nsneg_testing import SMALL_METHOD, SMALL_RUN
@@ -284,11 +286,18 @@ def _ddp_worker(rank: int, world: int, port: int, shards: str, out: str, method:
         return original(batch, generator)
 
     trainer.train_step = counting
-    trainer.fit()
+    metrics = trainer.fit()
     weights = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])  # incl. target
     queue = getattr(trainer.model, "queue", torch.zeros(1))
+    summary = over_ranks(metrics["loss"], rank + 1, trainer.device)  # rank r "skipped" r + 1
     torch.save(
-        {"steps": torch.tensor(steps), "weights": weights, "queue": queue},
+        {
+            "steps": torch.tensor(steps),
+            "weights": weights,
+            "queue": queue,
+            "loss": torch.tensor(metrics["loss"], dtype=torch.float64),
+            "summary": torch.tensor(summary, dtype=torch.float64),
+        },
         f"{out}/rank{rank}.pt",
     )
     dist.destroy_process_group()
@@ -308,6 +317,9 @@ def test_ddp_two_cpu_ranks_have_equal_epochs_and_stay_in_sync(shards, tmp_path, 
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["steps"].tolist() == r1["steps"].tolist() == [0, 0, 0, 1, 1, 1]
     assert torch.equal(r0["weights"], r1["weights"]) and torch.equal(r0["queue"], r1["queue"])
+    # The done line's numbers: the ranks' losses averaged, their skips summed, the same on both.
+    mean = (r0["loss"].item() + r1["loss"].item()) / 2
+    assert r0["summary"].tolist() == r1["summary"].tolist() == pytest.approx([mean, 3.0])
 
 
 def test_patch_negatives_train_from_an_image_folder_and_texture_kinds_refuse_it(
@@ -342,3 +354,69 @@ def test_a_checkpoint_of_earlier_nsneg_moco_resumes(shards, tmp_path):
     assert resumed.epoch == 1 and resumed.step == 2
     resumed.fit()
     assert resumed.step == 4 and checkpoint.load(tmp_path / "checkpoint.pt")["method"] == "moco"
+
+
+def test_loader_workers_default_to_at_most_the_cpus(monkeypatch):
+    """4 on a big machine, no more than the CPUs this process may use, shared by torchrun's
+    processes of the node."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    assert default_workers() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert default_workers() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert default_workers() == 2
+    assert TrainConfig().workers <= len(os.sched_getaffinity(0))
+
+
+def test_torchruns_forwarded_signal_is_the_same_stop(shards, tmp_path, monkeypatch):
+    """Under torchrun a Ctrl-C reaches a worker twice (from the terminal, then from torchrun): the
+    second is the same stop; without torchrun a second signal stops at once."""
+    trainer = Trainer(config(shards, tmp_path / "a"), device="cpu", show_progress=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    trainer._request_stop(signal.SIGINT, None)
+    trainer._request_stop(signal.SIGINT, None)
+    assert trainer.stop_signal == signal.SIGINT
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    with pytest.raises(KeyboardInterrupt):
+        trainer._request_stop(signal.SIGINT, None)
+
+
+@pytest.mark.slow
+def test_a_signal_after_an_epochs_last_step_still_says_how_to_resume(shards, tmp_path, capsys):
+    """A signal that comes once the epoch's last step was checked (while its end is written)
+    stops at the epoch's end, with its checkpoint and the resume line; on the run's last epoch the
+    run is complete and says so."""
+    trainer = Trainer(config(shards, tmp_path / "a"), device="cpu", show_progress=False)
+    original, calls = trainer.check_finite, []
+
+    def signal_at_epoch_end(loss):
+        calls.append(trainer.step)
+        if calls.count(trainer.step) == 2:  # the epoch's end, after its last step's own check
+            trainer._request_stop(signal.SIGINT, None)
+        return original(loss)
+
+    trainer.check_finite = signal_at_epoch_end
+    with pytest.raises(SystemExit) as stopped:
+        trainer.fit()
+    assert stopped.value.code == 128 + signal.SIGINT
+    path = tmp_path / "a" / "checkpoint.pt"
+    assert f"stopped by signal 2 at step 2; checkpoint {path} (resume with --resume {path})" in (
+        capsys.readouterr().out
+    )
+    state = checkpoint.load(path)
+    assert (state["epoch"], state["step"]) == (1, 2)
+    resumed = Trainer(config(shards, tmp_path / "a"), device="cpu", show_progress=False)
+    resumed.restore(path)
+    resumed.check_finite = lambda loss: (calls.append(resumed.step), original(loss))[1]
+    calls.clear()
+
+    def last_epoch_end(loss):
+        calls.append(resumed.step)
+        if calls.count(resumed.step) == 2 and resumed.step == 4:
+            resumed._request_stop(signal.SIGINT, None)
+
+    resumed.check_finite = last_epoch_end
+    resumed.fit()  # the run's last step: complete, no exit
+    assert "holds the complete run" in capsys.readouterr().out
+    assert checkpoint.load(path)["step"] == 4

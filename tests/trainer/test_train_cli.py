@@ -3,6 +3,7 @@ says what changed, nothing left to do is said plainly, local shards are hashed o
 SIGTERM leaves a checkpoint to resume from."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -142,6 +143,32 @@ def test_sigterm_writes_a_checkpoint_before_exit(shards, tmp_path):
     assert "stopping after this step, writing checkpoint" in output  # said at once
 
 
+@pytest.mark.slow  # torchrun and two training processes
+def test_ctrl_c_under_torchrun_stops_with_one_resume_line(shards, tmp_path):
+    """Ctrl-C reaches torchrun and both workers (one process group, as from a terminal): the
+    workers stop after the same step with a checkpoint, rank 0 says how to resume (once), torchrun
+    passing the signal on again is not a second Ctrl-C, and no traceback is printed."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nsneg.trainer.torchrun", "--nproc-per-node", "2"]
+    cmd += ["--standalone", "-m", "nsneg.trainer.cli", *SMALL, "--batch-size", "8"]
+    cmd += ["--negatives", str(shards), "--out", str(out), "--epochs", "50"]
+    cmd += ["--steps-per-epoch", "50", "--log-every", "1"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "log.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGINT, output
+    assert "Traceback" not in output and "SignalException" not in output, output
+    assert output.count("resume with --resume") == 1, output
+    state = checkpoint.load(out / "checkpoint.pt")
+    assert state["step"] >= 1 and f"at step {state['step']};" in output
+
+
 def test_every_config_field_is_an_option_with_the_same_default():
     """One source of truth: nsneg-train's options are TrainConfig's fields, defaults included
     (``--small-images`` alone defaults to "decide from --image-size")."""
@@ -163,6 +190,22 @@ def test_every_config_field_is_an_option_with_the_same_default():
     from nsneg.trainer.cli import SAFE_ON_RESUME
 
     assert set(SAFE_ON_RESUME) <= {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_the_command_line_imports_no_torch_until_a_command_runs():
+    """``nsneg-train --help`` is quick: importing the command (and printing its help) loads
+    neither torch, torchvision nor ray; the method names come from the registry all the same."""
+    probe = (
+        "import sys; from click.testing import CliRunner; from nsneg.trainer.cli import main; "
+        "out = CliRunner().invoke(main, ['--help']).output; "
+        "print(sorted(m for m in ('torch', 'torchvision', 'ray') if m in sys.modules)); "
+        "print('[moco|byol|simclr]' in out)"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert found == ["[]", "True"]
 
 
 def test_byol_trains_from_the_command_line_and_resumes(train, shards, tmp_path):

@@ -1,7 +1,7 @@
 """``nsneg-analyze``: texture-classes and shape-bias. The commands parse options, choose the output
 folder (``nsneg.trainer.eval.outputs``), call
 ``texture_classes.analyse`` / ``shape_bias.analyse`` and print; the option bundles are
-``nsneg.trainer.eval.cli``'s."""
+``nsneg.trainer.eval.cli_options``'."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from typing import Any
 import click
 import torch
 
+from nsneg.datasets_manifest.cli import max_skip_option
 from nsneg.trainer.analysis import shape_bias, texture_classes, texture_classes_report
 from nsneg.trainer.eval import outputs
-from nsneg.trainer.eval.cli import (
+from nsneg.trainer.eval.cli_options import (
     checkpoint_option,
     click_errors,
     echo_skips,
     existing_folder,
     feature_options,
     linear_head_option,
-    max_skip_option,
     options,
     parsed_option,
 )
@@ -39,8 +39,9 @@ def _analysis_options(command: str):
             "--out-dir",
             type=click.Path(file_okay=False, path_type=Path),
             default=None,
-            help=f"where the Markdown, JSON and PNG go [default: {command}/<name>]; never a folder "
-            "holding another model's report",
+            help=f"where the Markdown, JSON and PNG go [default: {command}/ beside the checkpoint "
+            f"({command}-<name> with --name or a file not named checkpoint.pt); without a "
+            f"checkpoint {command}/<name>]; never a folder holding another model's report",
         ),
         click.option(
             "--compare",
@@ -120,8 +121,17 @@ def texture_classes_command(
     if options["checkpoint_path"] is not None and feature_kind is not None:
         raise click.UsageError("give --checkpoint or --features pixels, not both")
     others = [parsed_option(texture_classes.load_report, path, "--compare") for path in compare]
+    out_dir = out_dir or outputs.default_out_dir(
+        "texture-classes",
+        options["checkpoint_path"],
+        name
+        or (
+            None
+            if options["checkpoint_path"]
+            else texture_classes.default_name(None, options["shards"])
+        ),
+    )
     name = name or texture_classes.default_name(options["checkpoint_path"], options["shards"])
-    out_dir = out_dir or outputs.default_out_dir("texture-classes", name)
     with click_errors():
         report = texture_classes.analyse(
             top=top, say=click.echo, name=name, out_dir=out_dir, others=others, **options
@@ -174,8 +184,8 @@ def shape_bias_command(
     if (cue_dir is None) == (shards is None):
         raise click.UsageError("give exactly one of --cue-conflict DIR or --from-shards DIR")
     others = [parsed_option(shape_bias.load_report, path, "--compare") for path in compare]
+    out_dir = out_dir or outputs.default_out_dir("shape-bias", options["checkpoint_path"], name)
     name = name or outputs.run_name(options["checkpoint_path"])
-    out_dir = out_dir or outputs.default_out_dir("shape-bias", name)
     with click_errors():
         report = shape_bias.analyse(
             cue_dir=cue_dir,

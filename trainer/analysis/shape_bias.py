@@ -8,7 +8,6 @@ texture-vs-shape stimuli, or makes a crude cue-conflict set from our own shards
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from nsneg.trainer.eval.features import backbone_from_checkpoint, dataset_featur
 from nsneg.trainer.eval.probes import load_linear_head
 from nsneg.trainer.eval.report import (
     figure,
+    interval_bars,
     markdown_table,
     save_png,
     text_table,
@@ -106,37 +106,27 @@ def plot_shape_bias(reports: Sequence[dict[str, Any]], path: Path) -> None:
         )
         for c in cats
     ]
-    values = [100 * e["value"] for e in estimates]
-    right.barh(
+    interval_bars(
+        right,
         cats,
-        values,
-        xerr=[
-            [v - 100 * e["low"] for v, e in zip(values, estimates)],
-            [100 * e["high"] - v for v, e in zip(values, estimates)],
-        ],
-        capsize=2,
-        color="tab:blue",
+        [{"estimates": estimates, "color": "tab:blue"}],
+        horizontal=True,
+        chance=50,
+        chance_label="chance (50%)",
     )
     right.set_xlim(0, 100)
-    right.axvline(50, color="grey", linestyle="--", linewidth=1, label="chance (50%)")
     right.set_xlabel("shape bias (%) by shape category, 95% interval")
     right.legend(fontsize="small")
     if len(reports) > 1:
         ax = fig.add_subplot(1, panels, 3)
-        found = [_estimate(r) for r in reports]
-        values = [math.nan if e["value"] is None else 100 * e["value"] for e in found]
-        ax.bar(
-            range(len(reports)),
-            values,
-            yerr=[
-                [0 if e["low"] is None else v - 100 * e["low"] for v, e in zip(values, found)],
-                [0 if e["high"] is None else 100 * e["high"] - v for v, e in zip(values, found)],
-            ],
-            capsize=3,
-            color="tab:blue",
+        interval_bars(
+            ax,
+            [r["name"] for r in reports],
+            [{"estimates": [_estimate(r) for r in reports], "color": "tab:blue"}],
+            chance=50,
+            chance_label="chance (50%)",
+            rotation=30,
         )
-        ax.set_xticks(range(len(reports)), [r["name"] for r in reports], rotation=30, ha="right")
-        ax.axhline(50, color="grey", linestyle="--", linewidth=1, label="chance (50%)")
         ax.set_ylim(0, 100)
         ax.set_ylabel("shape bias (%), 95% interval")
         ax.set_title("compared")

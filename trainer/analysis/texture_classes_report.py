@@ -13,6 +13,7 @@ from nsneg.trainer.analysis.categories import FINE_GROUPS, fine_group
 from nsneg.trainer.eval import compare, stats
 from nsneg.trainer.eval.report import (
     figure,
+    interval_bars,
     markdown_table,
     mean_of_present,
     percent,
@@ -156,35 +157,26 @@ def plot_texture_classes(
     ax = fig.add_subplot(1, 2, 1) if compared else fig.add_subplot()
     if compared:
         _plot_compared(fig.add_subplot(1, 2, 2), compared, chance)
-    colours = ["tab:orange" if r["group"] != "rest" else "tab:blue" for r in tested]
-    values = [100 * r["texture_acc"] for r in tested]
-    intervals = [
-        stats.wilson(r["texture_correct"], r["texture_n"]) for r in tested
-    ]  # Wilson 95% of each class
-    errors = [
-        [v - 100 * low for v, (low, _) in zip(values, intervals)],
-        [100 * high - v for v, (_, high) in zip(values, intervals)],
-    ]
-    bars = ax.bar(
-        range(len(tested)),
-        values,
-        yerr=errors,
-        capsize=2,
-        error_kw={"linewidth": 0.8},
-        color=colours,
+    labelled = len(tested) <= 60
+    interval_bars(
+        ax,
+        [r["wnid"] for r in tested] if labelled else [""] * len(tested),
+        [
+            {
+                "estimates": [
+                    stats.proportion(r["texture_correct"], r["texture_n"]) for r in tested
+                ],
+                "color": ["tab:orange" if r["group"] != "rest" else "tab:blue" for r in tested],
+                "bar_labels": [f"n={r['texture_n']}" for r in tested] if labelled else None,
+            }
+        ],
         width=0.85,
+        chance=100 * chance,
+        chance_label=f"chance ({100 * chance:.1f}%)",
+        rotation=90,
     )
-    if len(tested) <= 60:
-        ax.bar_label(bars, [f"n={r['texture_n']}" for r in tested], fontsize=6, padding=1)
-    ax.axhline(
-        100 * chance,
-        color="grey",
-        linestyle="--",
-        linewidth=1,
-        label=f"chance ({100 * chance:.1f}%)",
-    )
-    if len(tested) <= 60:
-        ax.set_xticks(range(len(tested)), [r["wnid"] for r in tested], rotation=90, fontsize=7)
+    if labelled:
+        ax.tick_params(axis="x", labelsize=7)
     else:
         ax.set_xticks([])
         ax.set_xlabel(f"{len(tested)} classes, sorted")
@@ -215,25 +207,16 @@ def _with_interval(acc: float | None, interval: list[float] | None) -> str:
 
 def _plot_compared(ax, reports: Sequence[dict[str, Any]], chance: float) -> None:
     """Each model's held-out texture and real top-1 with Wilson 95% error bars, chance dashed."""
-    for offset, key, label in (
-        (-0.2, "texture", "held-out textures"),
-        (0.2, "real", "real images"),
-    ):
-        found = [_texture_estimate(r, key) for r in reports]
-        values = [float("nan") if e["value"] is None else 100 * e["value"] for e in found]
-        ax.bar(
-            [i + offset for i in range(len(reports))],
-            values,
-            0.4,
-            yerr=[
-                [0 if e["low"] is None else v - 100 * e["low"] for v, e in zip(values, found)],
-                [0 if e["high"] is None else 100 * e["high"] - v for v, e in zip(values, found)],
-            ],
-            capsize=3,
-            label=label,
-        )
-    ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_xticks(range(len(reports)), [r["name"] for r in reports], rotation=30, ha="right")
+    interval_bars(
+        ax,
+        [r["name"] for r in reports],
+        [
+            {"label": label, "estimates": [_texture_estimate(r, key) for r in reports]}
+            for key, label in (("texture", "held-out textures"), ("real", "real images"))
+        ],
+        chance=100 * chance,
+        rotation=30,
+    )
     ax.set_ylim(0, 100)
     ax.set_ylabel("top-1 (%), 95% interval")
     ax.set_title("compared")

@@ -2,13 +2,12 @@
 print; library errors (``FileNotFoundError``, ``ValueError``) become click errors here.
 
 The option bundles shared with ``nsneg-analyze`` (checkpoint, feature and loader options) are
-defined here once.
+in ``nsneg.trainer.eval.cli_options``. Reports go beside the evaluated checkpoints by default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,91 +18,18 @@ from nsneg.datasets_manifest.cli import max_skip_option  # the sample policy's t
 from nsneg.trainer.eval import outputs, probes, report, robustness_report, stats
 from nsneg.trainer.eval import robustness as robust
 from nsneg.trainer.eval import table as tables
-from nsneg.trainer.eval.features import probe_features
-
-# --------------------------------------------------------------------------- shared options
-
-
-@contextmanager
-def click_errors() -> Iterator[None]:
-    """Library errors about the user's inputs -> ``Error: <message>`` and exit status 1."""
-    try:
-        yield
-    except (FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-
-
-def _resolve_device(ctx: click.Context, param: click.Parameter, name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
-
-
-def options(*decorators: Callable) -> Callable[[Callable], Callable]:
-    """Several click options as one decorator, in the order given (as ``--help`` lists them)."""
-
-    def apply(command: Callable) -> Callable:
-        for option in reversed(decorators):
-            command = option(command)
-        return command
-
-    return apply
-
-
-#: An existing folder, as a ``Path``.
-existing_folder = click.Path(exists=True, file_okay=False, path_type=Path)
-
-
-def checkpoint_option(
-    required: bool = True, help: str = "nsneg checkpoint, or a released MoCo .pth.tar"
-):
-    return click.option(
-        "--checkpoint",
-        "checkpoint_path",
-        required=required,
-        type=click.Path(path_type=Path),
-        help=help,
-    )
-
-
-def linear_head_option(help: str):
-    """``--linear-head`` (required) -> ``head_path``: a head saved by ``nsneg-eval linear``."""
-    return click.option(
-        "--linear-head", "head_path", required=True, type=click.Path(path_type=Path), help=help
-    )
-
-
-#: DataLoader and device options; ``--device`` arrives as a ``torch.device`` (``auto``: CUDA if present).
-loader_options = options(
-    click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True),
-    click.option(
-        "--workers", type=click.IntRange(0), default=2, show_default=True, help="DataLoader workers"
-    ),
-    click.option(
-        "--device",
-        default="auto",
-        show_default=True,
-        callback=_resolve_device,
-        help="auto, cpu, cuda, cuda:1, ...",
-    ),
+from nsneg.trainer.eval.cli_options import (
+    checkpoint_option,
+    click_errors,
+    echo_skips,
+    existing_folder,
+    feature_options,
+    linear_head_option,
+    loader_options,
+    options,
+    parsed_option,
 )
-
-
-def feature_options(image_size_default: str) -> Callable[[Callable], Callable]:
-    """``--image-size`` (its default described by ``image_size_default``) and the loader options."""
-    return options(
-        click.option(
-            "--image-size",
-            type=click.IntRange(1),
-            default=None,
-            help=f"centre crop size [default: {image_size_default}]",
-        ),
-        loader_options,
-    )
-
+from nsneg.trainer.eval.features import probe_features
 
 # --------------------------------------------------------------------------- knn and linear
 
@@ -137,15 +63,6 @@ _probe_options = options(
         help="also write the result here",
     ),
 )
-
-
-def echo_skips(skipped: dict[str, dict[str, Any]]) -> None:
-    """One line per shard directory read: how many bad samples were skipped, and why."""
-    for side, found in skipped.items():
-        reasons = ", ".join(f"{k}: {v}" for k, v in found["skip_reasons"].items())
-        click.echo(
-            f"{side}: skipped {found['skipped']} bad samples" + (f" ({reasons})" if reasons else "")
-        )
 
 
 @click.group()
@@ -184,6 +101,13 @@ def knn(
     chance = 1 / len(sets.classes)
     if k_used < k:
         click.echo(f"note: k={k} asked, {k_used} used: there are only {k_used} training images")
+    shards = (data["train_dir"] / "manifest.json").is_file()  # else the splits are not read
+    if data["train_dir"].resolve() == data["val_dir"].resolve() and (
+        not shards or data["train_split"] == data["val_split"]
+    ):
+        click.echo(
+            "note: val is the training set: each image finds itself, so this checks plumbing only"
+        )
     click.echo(
         f"knn top-1: {stats.estimate_text(estimate, 2)} ({stats.INTERVAL_NAME}), chance "
         f"{100 * chance:.2f}% ({len(sets.classes)} classes); k={k_used}, T={temperature}, "
@@ -302,13 +226,6 @@ def linear(
 # --------------------------------------------------------------------------- robustness
 
 
-def parsed_option(parse: Callable[[str], Any], text: str, option: str) -> Any:
-    try:
-        return parse(text)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint=option) from None
-
-
 @main.command()
 @checkpoint_option()
 @linear_head_option(
@@ -354,7 +271,8 @@ def parsed_option(parse: Callable[[str], Any], text: str, option: str) -> Any:
     "--out-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="where robustness.{md,json,png} go [default: robustness/<name>]",
+    help="where robustness.{md,json,png} go [default: robustness/ beside the checkpoint; "
+    "robustness-<name> with --name or a file not named checkpoint.pt]",
 )
 @loader_options
 def robustness(
@@ -384,8 +302,8 @@ def robustness(
         for key, root in (("sketch", sketch), ("rendition", rendition), ("stylized", stylized))
         if root is not None
     }
+    out_dir = out_dir or outputs.default_out_dir("robustness", checkpoint_path, name)
     name = name or outputs.run_name(checkpoint_path)
-    out_dir = out_dir or outputs.default_out_dir("robustness", name)
     with click_errors():
         outputs.claim(out_dir, "robustness", outputs.evaluated(checkpoint_path))
         result = robust.evaluate_checkpoint(
@@ -478,9 +396,9 @@ def robustness(
 @click.option(
     "--out-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("table"),
-    show_default=True,
-    help="table.{md,json,png} and the cached evaluations (runs/); never another set of checkpoints' folder",
+    default=None,
+    help="table.{md,json,png} and the cached evaluations (runs/) [default: table/ in the folder "
+    "that holds the checkpoints' run folders]; never another set of checkpoints' folder",
 )
 @feature_options("the checkpoint's training size, else 224")
 def table(
@@ -490,7 +408,7 @@ def table(
     train_split: str,
     corruptions: str,
     severities: str,
-    out_dir: Path,
+    out_dir: Path | None,
     batch_size: int,
     workers: int,
     device: torch.device,
@@ -498,6 +416,9 @@ def table(
 ) -> None:
     """The paper's Table 1 for these checkpoints: IN-100, IN-C, Sketch, Stylized, R as mean ± std over
     seeds, with the paper's rows beside; evaluations are cached and reused."""
+    if out_dir is None:  # beside the runs: runs/a/checkpoint.pt, runs/b/checkpoint.pt -> runs/table
+        folders = sorted({str(Path(p).resolve().parent) for p in checkpoints})
+        out_dir = Path(os.path.commonpath(folders)) / "table"
     params = {
         "train": str(train_dir.resolve()),
         "val": str(val_dir.resolve()),

@@ -1,5 +1,6 @@
-"""Putting reports side by side (``--compare``): reading an earlier report, labelling the columns
-apart, and saying what differs between the evaluations besides the model."""
+"""Putting reports side by side (``--compare``, ``table``): reading an earlier report, labelling
+the columns apart, saying what differs between the evaluations besides the model, and the
+difference of every pair of configurations with its interval and a verdict where it concludes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from nsneg.trainer.eval import stats
+from nsneg.trainer.eval.report import markdown_table
 
 
 def load_report(path: Path, key: str, value: str, written_by: str) -> dict[str, Any]:
@@ -45,3 +49,80 @@ def differences_markdown(differ: Sequence[str], what: str = "checkpoints") -> li
     if not differ:
         return [f"The evaluations differ only in the {what}' weights."]
     return [f"What differs between the {what}' evaluations:", "", *(f"* {d}" for d in differ)]
+
+
+def pairwise(groups: Sequence[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
+    """For every pair of configurations (first-seen order, ``a`` before ``b``), ``a - b`` per
+    column with its interval and test (``stats.seed_difference``). ``groups``: ``{"label",
+    "runs": [{"seed", "columns": {column: proportion estimate}}]}``."""
+    found = []
+    for i, a in enumerate(groups):
+        for b in groups[i + 1 :]:
+            found.append(
+                {
+                    "a": a["label"],
+                    "b": b["label"],
+                    "differences": {
+                        key: stats.seed_difference(
+                            {r["seed"]: r["columns"].get(key) for r in a["runs"]},
+                            {r["seed"]: r["columns"].get(key) for r in b["runs"]},
+                        )
+                        for key in columns
+                    },
+                }
+            )
+    return found
+
+
+def verdicts(comparisons: Sequence[dict[str, Any]], columns: dict[str, str]) -> list[str]:
+    """One line per pair and column whose interval excludes zero, saying which is higher."""
+    lines = []
+    for pair in comparisons:
+        for key, title in columns.items():
+            diff = pair["differences"][key]
+            if stats.excludes_zero(diff):
+                higher = pair["a"] if diff["low"] > 0 else pair["b"]
+                lines.append(
+                    f"{title}: {pair['a']} − {pair['b']} = {stats.difference_text(diff)} "
+                    f"({diff['test']}, {diff['n']}): {higher} is higher."
+                )
+    return lines
+
+
+def pairwise_markdown(comparisons: Sequence[dict[str, Any]], columns: dict[str, str]) -> list[str]:
+    """The Markdown section of ``pairwise``: a table of differences (percentage points, 95%
+    interval) with the test of each pair, then the verdict lines."""
+    if not comparisons:
+        return []
+    rows = [
+        [
+            f"{pair['a']} − {pair['b']}",
+            *(stats.difference_text(pair["differences"][k]) for k in columns),
+            "; ".join(
+                sorted(
+                    {
+                        f"{d['test']} ({d['n']})"
+                        for d in pair["differences"].values()
+                        if d["test"] is not None
+                    }
+                )
+            ),
+        ]
+        for pair in comparisons
+    ]
+    found = verdicts(comparisons, columns)
+    return [
+        "## Differences between configurations",
+        "",
+        f"Top-1 difference in percentage points with its {100 * stats.CONFIDENCE:.0f}% interval: "
+        f"{stats.PAIRED_TEST} where both ran the same seeds, else {stats.WELCH_TEST} "
+        f"(unequal variances); one run each: {stats.DIFFERENCE_INTERVAL_NAME} on the image counts.",
+        "",
+        markdown_table(["pair", *columns.values(), "test (n)"], rows),
+        "",
+        *(
+            [f"* {line}" for line in found]
+            if found
+            else ["No interval excludes zero: these runs cannot tell the configurations apart."]
+        ),
+    ]

@@ -1,6 +1,8 @@
-"""Where reports go, for ``nsneg-eval`` and ``nsneg-analyze`` alike: one folder per command and
-evaluated model, ``<command>/<name>`` (``robustness/<run>``, ``shape-bias/<run>``,
-``texture-classes/<run>``), and a folder is never reused for another model's report.
+"""Where reports go, for ``nsneg-eval`` and ``nsneg-analyze`` alike: beside the evaluated
+checkpoint, one folder per command (``runs/x/robustness``, ``runs/x/shape-bias``; a file not named
+``checkpoint.pt`` or a ``--name``: ``<its folder>/<command>-<name>``), ``<command>/<name>`` under
+the working folder for checkpoint-free features; a folder is never reused for another model's
+report.
 
 A report records what it evaluated (``evaluated``: the resolved checkpoint path, or a
 description of checkpoint-free features); ``claim`` refuses a folder whose report is of
@@ -29,9 +31,19 @@ def evaluated(checkpoint_path: Path) -> str:
     return str(Path(checkpoint_path).resolve())
 
 
-def default_out_dir(command: str, name: str) -> Path:
-    """``<command>/<name>`` under the working directory."""
-    return Path(command) / name
+def default_out_dir(command: str, checkpoint_path: Path | None, name: str | None = None) -> Path:
+    """The run's own folder: ``<checkpoint's folder>/<command>`` for a ``checkpoint.pt``,
+    ``<checkpoint's folder>/<command>-<name or file stem>`` for another file or a given ``name``;
+    without a checkpoint, ``<command>/<name>`` under the working directory."""
+    if checkpoint_path is None:
+        return Path(command) / (name or command)
+    checkpoint_path = Path(checkpoint_path).resolve()
+    stem = checkpoint_path.name
+    for suffix in (".pth.tar", ".tar", ".pth", ".pt"):
+        stem = stem.removesuffix(suffix)
+    if name is None and stem == "checkpoint":
+        return checkpoint_path.parent / command
+    return checkpoint_path.parent / f"{command}-{name or stem}"
 
 
 def claim(out_dir: Path, stem: str, subject: str) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class Model:
     arch: str
     image_size: int
     head_checkpoint: str
+    config: dict = field(default_factory=dict)  # the checkpoint's training config
 
 
 def load_model(checkpoint_path: Path, head_path: Path) -> Model:
@@ -86,6 +87,7 @@ def load_model(checkpoint_path: Path, head_path: Path) -> Model:
         arch,
         int(info["image_size"]),
         str(info.get("checkpoint", "")),
+        config,
     )
 
 
@@ -414,6 +416,8 @@ def evaluate_checkpoint(
         "evaluated": evaluated(checkpoint_path),
         "linear_head": str(head_path),
         "head_checkpoint": model.head_checkpoint,
+        "config": model.config,
+        "seed": model.config.get("seed"),
         "arch": model.arch,
         "image_size": model.image_size,
         "head_classes": len(model.classes),

@@ -1,17 +1,25 @@
-"""How a robustness report is shown: the Markdown table (one checkpoint against others), the bar
-plot, and the three files ``nsneg-eval robustness`` writes (robustness.md, .json, .png)."""
+"""How a robustness report is shown: the Markdown table (one checkpoint against others, then the
+difference of every pair of training configurations with its interval and verdict), the bar plot,
+and the three files ``nsneg-eval robustness`` writes (robustness.md, .json, .png)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from nsneg.trainer.eval import compare, stats
+from nsneg.trainer.eval.configurations import configuration, differing, group_runs
 from nsneg.trainer.eval.corruptions import CORRUPTIONS
 from nsneg.trainer.eval.outputs import claim
-from nsneg.trainer.eval.report import figure, markdown_table, percent, save_png, write_report
+from nsneg.trainer.eval.report import (
+    figure,
+    interval_bars,
+    markdown_table,
+    percent,
+    save_png,
+    write_report,
+)
 from nsneg.trainer.eval.robustness import SET_TITLES
 
 
@@ -175,6 +183,28 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
             if differ
             else ["", "The evaluations differ only in the checkpoint."]
         )
+        groups = configuration_groups(reports)
+        titles = {t: t for t in _row_order(reports)}
+        if len(groups) > 1:
+            lines += ["", *compare.pairwise_markdown(compare.pairwise(groups, titles), titles)]
+            settings = [k for k in differing([g["configuration"] for g in groups]) if k != "report"]
+            lines += [
+                "",
+                "Settings that differ between the configurations, as the trainer used them:",
+                "",
+            ]
+            lines += [
+                f"* {g['label']}: "
+                + (
+                    ", ".join(
+                        f"{k}={g['configuration'][k]}" for k in settings if k in g["configuration"]
+                    )
+                    or "no training config recorded"
+                )
+                for g in groups
+            ]
+        else:
+            lines += ["", "All checkpoints are runs of one configuration: nothing to compare."]
     if report.get("skipped_sets"):
         lines += [
             "",
@@ -229,7 +259,8 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(reports: Sequence[dict[str, Any]], path: Path) -> None:
-    """Grouped bars, one colour per checkpoint: the sets and ImageNet-C mean on top, each corruption below."""
+    """Grouped bars, one colour per checkpoint, each with its Wilson 95% interval: the sets and
+    ImageNet-C mean on top, each corruption below."""
     per_report = [_rows(r) for r in reports]
     titles = _row_order(reports)
     panels = [
@@ -242,43 +273,24 @@ def plot(reports: Sequence[dict[str, Any]], path: Path) -> None:
     ]
     fig = figure(max(6.0, 0.45 * len(reports) * max(map(len, panels)) + 2), 3.6 * len(panels))
     axes = fig.subplots(len(panels), 1, squeeze=False)
-    width = 0.8 / len(reports)
+    chance = 100 * _chance(reports[0])
     for ax, panel in zip(axes[:, 0], panels):
-        for i, (report, rows) in enumerate(zip(reports, per_report)):
-            values = [
-                100 * rows[t][0] if t in rows and rows[t][0] is not None else math.nan
-                for t in panel
-            ]
-            estimates = [stats.from_accuracy(*rows[t]) if t in rows else None for t in panel]
-            errors = [
-                [
-                    0 if e is None or e["low"] is None else v - 100 * e["low"]
-                    for v, e in zip(values, estimates)
-                ],
-                [
-                    0 if e is None or e["high"] is None else 100 * e["high"] - v
-                    for v, e in zip(values, estimates)
-                ],
-            ]
-            bars = ax.bar(
-                [j + (i - (len(reports) - 1) / 2) * width for j in range(len(panel))],
-                values,
-                width,
-                yerr=errors,
-                capsize=2,
-                error_kw={"linewidth": 0.8},
-                label=report["name"],
-            )
-            ax.bar_label(bars, fmt="%.1f", fontsize=7)
-        ax.set_xticks(
-            range(len(panel)), [t.removeprefix("C: ") for t in panel], rotation=30, ha="right"
-        )
-        ax.axhline(
-            100 * _chance(reports[0]),
-            color="grey",
-            linestyle="--",
-            linewidth=1,
-            label=f"chance ({100 * _chance(reports[0]):.1f}%)",
+        interval_bars(
+            ax,
+            [t.removeprefix("C: ") for t in panel],
+            [
+                {
+                    "label": report["name"],
+                    "estimates": [
+                        stats.from_accuracy(*rows[t]) if t in rows else None for t in panel
+                    ],
+                    "bar_labels": "%.1f",
+                }
+                for report, rows in zip(reports, per_report)
+            ],
+            chance=chance,
+            chance_label=f"chance ({chance:.1f}%)",
+            rotation=30,
         )
         ax.set_ylabel("top-1 (%), 95% interval")
         ax.set_ylim(0, 108)
@@ -286,6 +298,29 @@ def plot(reports: Sequence[dict[str, Any]], path: Path) -> None:
     axes[0, 0].set_title(f"Robustness: linear head top-1, {reports[0]['head_classes']} classes")
     axes[0, 0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     save_png(fig, path, dpi=120)
+
+
+def configuration_groups(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reports grouped by the training configuration of their checkpoints (seeds of one
+    configuration together, labelled by it; a report that records no config, or the only one of
+    its configuration, is a group of its own labelled by its name), each run with its rows as
+    ``proportion`` estimates, for ``compare.pairwise``."""
+    runs = [
+        {
+            "name": r["name"],
+            "seed": r.get("seed"),
+            "configuration": configuration(r["config"])
+            if r.get("config")
+            else {"report": r["name"]},
+            "columns": {t: stats.from_accuracy(*cell) for t, cell in _rows(r).items()},
+        }
+        for r in reports
+    ]
+    groups = group_runs(runs)
+    for group in groups:  # one checkpoint: its report's name says more than its configuration
+        if len(group["runs"]) == 1:
+            group["label"] = group["runs"][0]["name"]
+    return groups
 
 
 def write(out_dir: Path, report: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:

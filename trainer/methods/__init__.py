@@ -1,11 +1,56 @@
 """Pre-training methods behind one interface (``Method``): MoCo v2, BYOL, SimCLR, each with
-non-semantic negatives. ``METHODS[name]`` is the class ``nsneg-train --method name`` trains."""
+non-semantic negatives. ``METHODS[name]`` is the class ``nsneg-train --method name`` trains.
 
-from nsneg.trainer.methods.base import Method, OptimDefaults
-from nsneg.trainer.methods.byol import BYOL
-from nsneg.trainer.methods.moco import MoCo
-from nsneg.trainer.methods.simclr import SimCLR
+``METHODS`` lists each method as ``"module:Class"`` and imports a method's module (and torch) when
+the class is first asked for, so the names are known without torch (``nsneg-train --help``)."""
 
-METHODS: dict[str, type[Method]] = {"moco": MoCo, "byol": BYOL, "simclr": SimCLR}
+from __future__ import annotations
 
-__all__ = ["BYOL", "METHODS", "Method", "MoCo", "OptimDefaults", "SimCLR"]
+from collections.abc import Iterator, Mapping
+from importlib import import_module
+from typing import Any
+
+#: name -> where its class is, ``"module:Class"``: the method registry.
+REGISTRY = {
+    "moco": "nsneg.trainer.methods.moco:MoCo",
+    "byol": "nsneg.trainer.methods.byol:BYOL",
+    "simclr": "nsneg.trainer.methods.simclr:SimCLR",
+}
+
+
+def _load(where: str) -> Any:
+    module, name = where.split(":")
+    return getattr(import_module(module), name)
+
+
+class _Methods(Mapping):
+    """``REGISTRY`` as a mapping name -> class, each class imported when first looked up."""
+
+    def __getitem__(self, name: str) -> type:
+        return _load(REGISTRY[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+
+METHODS: Mapping[str, type] = _Methods()
+
+_EXPORTS = {
+    "Method": "nsneg.trainer.methods.base:Method",
+    "OptimDefaults": "nsneg.trainer.methods.base:OptimDefaults",
+    "MoCo": REGISTRY["moco"],
+    "BYOL": REGISTRY["byol"],
+    "SimCLR": REGISTRY["simclr"],
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return _load(_EXPORTS[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BYOL", "METHODS", "REGISTRY", "Method", "MoCo", "OptimDefaults", "SimCLR"]

@@ -1,5 +1,6 @@
-"""Default output folders of nsneg-analyze: named after the model, never reused for another model's
-report (two checkpoints with the same run name included), and ``--compare`` beside an earlier report."""
+"""Default output folders of nsneg-analyze: beside the checkpoint (not the working folder), named
+after the model, never reused for another model's report, and ``--compare`` beside an earlier
+report."""
 
 import json
 import shutil
@@ -25,7 +26,8 @@ def test_shape_bias_defaults_to_its_checkpoint_folder_and_never_overwrites_anoth
     args = ["--linear-head", head, "--from-shards", shards, "--n", 6, *SMALL]
     first = invoke("shape-bias", "--checkpoint", ckpt, *args)
     assert first.exit_code == 0, first.output
-    own = in_tmp / "shape-bias" / "moco_v2_released" / "shape-bias.json"
+    own = ckpt.parent / "shape-bias-moco_v2_released" / "shape-bias.json"
+    assert not (in_tmp / "shape-bias").exists()
     report = json.loads(own.read_text())
     assert report["name"] == "moco_v2_released" and report["evaluated"] == str(ckpt.resolve())
     decided = report["counts"]["shape"] + report["counts"]["texture"]
@@ -35,22 +37,20 @@ def test_shape_bias_defaults_to_its_checkpoint_folder_and_never_overwrites_anoth
     # Rerunning the same checkpoint replaces its own report.
     assert invoke("shape-bias", "--checkpoint", ckpt, *args).exit_code == 0
 
-    # Another checkpoint with the same file name: same default folder, refused, nothing touched.
+    # Another checkpoint's report folder given as --out-dir: refused, nothing touched.
     twin = in_tmp / "elsewhere" / ckpt.name
     twin.parent.mkdir()
     shutil.copyfile(ckpt, twin)
-    refused = invoke("shape-bias", "--checkpoint", twin, *args)
+    refused = invoke("shape-bias", "--checkpoint", twin, "--out-dir", own.parent, *args)
     assert refused.exit_code == 1
     assert f"is the report of {ckpt.resolve()}, not of {twin.resolve()}" in refused.output
     assert own.read_bytes() == before
-    assert not (
-        in_tmp / "shape-bias" / "moco_v2_released" / "cue-conflict-from-shards" / "x"
-    ).exists()
+    assert not (own.parent / "cue-conflict-from-shards" / "x").exists()
 
     # With its own name it gets its own folder, and compares itself with the first.
     other = invoke("shape-bias", "--checkpoint", twin, "--name", "twin", "--compare", own, *args)
     assert other.exit_code == 0, other.output
-    md = (in_tmp / "shape-bias" / "twin" / "shape-bias.md").read_text()
+    md = (twin.parent / "shape-bias-twin" / "shape-bias.md").read_text()
     assert "## Compared" in md and "| twin |" in md and "| moco_v2_released |" in md
     assert (
         "The evaluations differ only in the checkpoints' weights." in md
@@ -75,14 +75,15 @@ def test_texture_classes_defaults_to_its_model_folder_and_compares(invoke, shard
 
     ours = invoke("texture-classes", "--checkpoint", ckpt, "--compare", pixels_json, *args)
     assert ours.exit_code == 0, ours.output
-    md = (in_tmp / "texture-classes" / "moco_v2_released" / "texture-classes.md").read_text()
+    beside = ckpt.parent / "texture-classes-moco_v2_released"
+    md = (beside / "texture-classes.md").read_text()
     assert "## Compared" in md and f"| pixels-{shards.name} |" in md
     assert "* features: moco_v2_released frozen resnet18 backbone of" in md
     assert pixels_json.exists() and json.loads(pixels_json.read_text()) == report  # untouched
     # The plot gains a panel of both models' top-1s.
     with (
         Image.open(pixels_json.with_suffix(".png")) as alone,
-        Image.open(in_tmp / "texture-classes" / "moco_v2_released" / "texture-classes.png") as both,
+        Image.open(beside / "texture-classes.png") as both,
     ):
         assert both.width > alone.width + 300 and both.height == alone.height
 

@@ -82,6 +82,9 @@ def test_knn_command_on_image_folders(probe, trees, tmp_path):
     assert (report["arch"], report["image_size"], report["classes"]) == ("resnet18", 32, 3)
     assert (report["train_samples"], report["val_samples"]) == (18, 9)
     assert report["top1"] >= 2 / 3  # three colours, even through a random network
+    # Evaluated on its own training images: said to be a plumbing check.
+    itself = probe("knn", train, train, "--k", 5, "--workers", 0)
+    assert itself.exit_code == 0 and "note: val is the training set" in itself.stdout
 
 
 def test_linear_command_trains_saves_and_reloads_the_head(probe, trees, ckpt, tmp_path):

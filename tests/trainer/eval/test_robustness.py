@@ -295,6 +295,16 @@ def test_compare_puts_checkpoints_side_by_side(
     assert (
         f"| ImageNet-R | – | {100 * released['sets']['rendition']['top1']:.2f} [" in text
     )  # only one evaluated it
+    # The two configurations' difference per row, one run each: the image counts' interval.
+    assert "## Differences between configurations" in text
+    pair = next(line for line in text.splitlines() if line.startswith("| ours − moco_v2_released"))
+    diff = stats.difference(
+        stats.from_accuracy(ours["sets"]["val"]["top1"], ours["sets"]["val"]["images"]),
+        stats.from_accuracy(released["sets"]["val"]["top1"], released["sets"]["val"]["images"]),
+    )
+    assert pair.startswith(f"| ours − moco_v2_released | {stats.difference_text(diff)} |")
+    assert "Agresti-Caffo 95% (12 vs 12 images)" in pair
+    assert ours["config"]["arch"] == "resnet18" and ours["seed"] == ours["config"].get("seed")
     assert (tmp_path / "robustness.png").stat().st_size > 10_000
     for name in ("robustness.md", "robustness.png"):
         keep_sample(tmp_path / name, tmp_path_factory.getbasetemp())
@@ -310,6 +320,7 @@ def test_compare_puts_checkpoints_side_by_side(
         tmp_path / "robustness.json",
     )
     assert again.exit_code == 0 and "| Set | ours | ours (2) |" in again.output
+    assert "runs of one configuration: nothing to compare" in again.output
     assert "ImageNet-C mean *" not in again.output and "| ImageNet-C mean | – |" in again.output
     assert (
         f"* the same checkpoint ({world['ours'].resolve()}) is in several columns: ours, ours (2)"
@@ -462,11 +473,11 @@ def test_data_and_option_errors(invoke, world, tmp_path):
 
 
 @pytest.mark.slow
-def test_default_folder_is_the_runs_and_never_another_checkpoints(
+def test_default_folder_is_beside_the_checkpoint_and_never_another_checkpoints(
     invoke, world, tmp_path, monkeypatch
 ):
-    """robustness/<run> by default; a second checkpoint of the same run name is refused before any
-    evaluation, and the first report stays as it was."""
+    """<run>/robustness by default, whatever the working folder; another checkpoint's report
+    folder given as --out-dir is refused before any evaluation, and that report stays as it was."""
     import shutil
 
     monkeypatch.chdir(tmp_path)
@@ -474,16 +485,65 @@ def test_default_folder_is_the_runs_and_never_another_checkpoints(
     args += ["--corruptions", "none", "--workers", 0]
     first = invoke("robustness", "--checkpoint", world["ours"], *args)
     assert first.exit_code == 0, first.output
-    own = tmp_path / "robustness" / "ours" / "robustness.json"
+    own = world["ours"].parent / "robustness" / "robustness.json"
     before = own.read_bytes()
     assert json.loads(before)["evaluated"] == str(world["ours"].resolve())
+    assert not (tmp_path / "robustness").exists()
     twin = tmp_path / "elsewhere" / "ours" / "checkpoint.pt"
     twin.parent.mkdir(parents=True)
     shutil.copyfile(world["ours"], twin)
-    refused = invoke("robustness", "--checkpoint", twin, *args)
+    refused = invoke("robustness", "--checkpoint", twin, "--out-dir", own.parent, *args)
     assert (
         refused.exit_code == 1 and f"is the report of {world['ours'].resolve()}" in refused.output
     )
     assert own.read_bytes() == before
+    assert invoke("robustness", "--checkpoint", twin, *args).exit_code == 0
+    assert (twin.parent / "robustness" / "robustness.json").is_file()
     named = invoke("robustness", "--checkpoint", twin, "--name", "twin", *args)
-    assert named.exit_code == 0 and (tmp_path / "robustness" / "twin" / "robustness.json").is_file()
+    assert named.exit_code == 0 and (twin.parent / "robustness-twin" / "robustness.json").is_file()
+
+
+def _report(name, seed, kind, val_correct, sketch_correct, n=200):
+    """A robustness report of one run (as robustness.json holds it) without evaluating anything."""
+    return {
+        "name": name,
+        "evaluated": f"/runs/{name}/checkpoint.pt",
+        "checkpoint": f"/runs/{name}/checkpoint.pt",
+        "config": {"arch": "resnet18", "negatives_kind": kind, "alpha": 2.0, "seed": seed},
+        "seed": seed,
+        "arch": "resnet18",
+        "image_size": 32,
+        "head_classes": 10,
+        "chance": 0.1,
+        "max_per_class": None,
+        "skipped_sets": [],
+        "sets": {
+            key: {"top1": correct / n, "images": n, "classes": 10, "path": f"/{key}"}
+            for key, correct in (("val", val_correct), ("sketch", sketch_correct))
+        },
+    }
+
+
+def test_compare_two_configurations_of_two_seeds_concludes_only_where_the_interval_does():
+    """Texture against patch, seeds 0 and 1 each: paired by seed; val differs by 20 and 22 points
+    (a verdict), Sketch by +4 and -4 (no verdict). The interval by hand: mean of the per-seed
+    differences ± t(0.975, 1 df) * their sd / sqrt(2)."""
+    from nsneg.trainer.eval import robustness_report
+
+    reports = [
+        _report("tex-s0", 0, "texture", 150, 100),
+        _report("tex-s1", 1, "texture", 152, 90),
+        _report("patch-s0", 0, "patch", 110, 92),
+        _report("patch-s1", 1, "patch", 108, 98),
+    ]
+    text = robustness_report.markdown(reports)
+    (row,) = [line for line in text.splitlines() if " − " in line and line.startswith("| ")]
+    half = 12.7062 * np.std([0.20, 0.22], ddof=1) / np.sqrt(2)
+    val = f"+21.0 points [{100 * (0.21 - half):+.1f}, {100 * (0.21 + half):+.1f}]"
+    assert row.startswith(f"| MoCo +Texture α=2.0 − MoCo +Patch α=2.0 | {val} | +0.0 points [")
+    assert "paired t over seeds (2 seeds)" in row
+    verdicts = [line for line in text.splitlines() if line.startswith("* ImageNet")]
+    assert verdicts == [
+        f"* ImageNet val: MoCo +Texture α=2.0 − MoCo +Patch α=2.0 = {val} "
+        "(paired t over seeds, 2 seeds): MoCo +Texture α=2.0 is higher."
+    ]

@@ -110,3 +110,34 @@ def test_mean_std_over_seeds():
     }
     assert stats.mean_std([0.5, None]) == {"mean": 0.5, "std": None, "n": 1}
     assert stats.mean_std([]) == {"mean": None, "std": None, "n": 0}
+
+
+def test_seed_differences_and_means_over_seeds():
+    """Welch's interval is scipy's; runs without spread over seeds fall back to their pooled
+    images rather than a zero-width t-interval; one run against several has no interval."""
+    from scipy.stats import ttest_ind
+
+    a = {0: stats.proportion(60, 100), 1: stats.proportion(64, 100), 2: stats.proportion(61, 100)}
+    b = {5: stats.proportion(50, 100), 6: stats.proportion(55, 100)}
+    welch = stats.seed_difference(a, b)
+    ci = ttest_ind([0.60, 0.64, 0.61], [0.50, 0.55], equal_var=False).confidence_interval()
+    assert welch["test"] == stats.WELCH_TEST and welch["n"] == "3 vs 2 runs"
+    assert (welch["low"], welch["high"]) == pytest.approx((ci.low, ci.high))
+    flat_a = {0: stats.proportion(60, 100), 1: stats.proportion(60, 100)}
+    flat_b = {0: stats.proportion(50, 100), 1: stats.proportion(50, 100)}
+    pooled = stats.seed_difference(flat_a, flat_b)
+    by_hand = stats.difference(stats.proportion(120, 200), stats.proportion(100, 200))
+    assert pooled["value"] == pytest.approx(0.1) and pooled["n"] == "200 vs 200 images"
+    assert (pooled["low"], pooled["high"]) == pytest.approx((by_hand["low"], by_hand["high"]))
+    assert "no spread over seeds" in pooled["test"] and pooled["low"] < pooled["high"]
+    lone = stats.seed_difference({0: stats.proportion(60, 100)}, b)
+    assert lone["low"] is None and stats.verdict(lone, "a", "b").startswith("the data cannot")
+    mean = stats.seed_mean(list(a.values()))
+    half = 4.302653 * np.std([0.60, 0.64, 0.61], ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
+    assert (mean["low"], mean["high"]) == pytest.approx((0.6167 - half, 0.6167 + half), abs=1e-4)
+    assert stats.seed_mean([stats.proportion(3, 4)]) == {
+        **stats.proportion(3, 4),
+        "test": stats.INTERVAL_NAME,
+    }
+    flat = stats.seed_mean(list(flat_a.values()))
+    assert flat["n"] == 200 and flat["low"] < 0.6 < flat["high"]

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from nsneg.trainer import checkpoint
-from nsneg.trainer.eval import robustness, table
+from nsneg.trainer.eval import compare, configurations, robustness, stats, table
 from nsneg.trainer.methods.moco import MoCo, build_backbone
 from nsneg_testing import PHOTOS, encode, keep_sample, photo
 
@@ -142,14 +142,25 @@ def test_table_groups_seeds_and_reuses_its_cache(
     assert found["chance"]["in100"] == pytest.approx(100 / 3)
     assert "| chance (1 / classes) |  | 33.3 | 33.3 | 33.3 | 33.3 | 33.3 |" in md
     assert (
-        "| MoCo v2 (paper) | 3 | 77.88 ± 0.28 | 43.08 ± 0.27 | 28.24 ± 0.58 | 16.20 ± 0.55 | 32.92 ± 0.12 |"
+        "| MoCo v2 | 3 | 77.88 ± 0.28 | 43.08 ± 0.27 | 28.24 ± 0.58 | 16.20 ± 0.55 | 32.92 ± 0.12 |"
         in md
     )
     assert (
-        "| +Patch, α = 3 (paper) | 3 | 75.58 ± 0.52 | 44.45 ± 0.15 | 34.03 ± 0.58 | 18.60 ± 0.26 | 36.89 ± 0.11 |"
+        "| +Patch, α = 3 | 3 | 75.58 ± 0.52 | 44.45 ± 0.15 | 34.03 ± 0.58 | 18.60 ± 0.26 | 36.89 ± 0.11 |"
         in md
     )
     assert "SongweiGe/Contrastive-Learning-with-Non-Semantic-Negatives" in found["paper"]["source"]
+    assert md.index("## The paper's Table 1") > md.index("## Runs")  # a table of its own
+    # The two configurations' difference per column, with its interval and test (2 seeds
+    # against 1: no interval for the mean; the columns of one run each: the image counts').
+    (pair,) = found["comparisons"]
+    assert (pair["a"], pair["b"]) == ("MoCo +Texture α=2.0", "MoCo +Patch α=3.0")
+    diff = pair["differences"]["in100"]
+    assert diff["value"] == pytest.approx(cell["mean"] / 100 - patch["in100"]["mean"] / 100)
+    assert "| MoCo +Texture α=2.0 − MoCo +Patch α=3.0 |" in md
+    # Only what differs between the configurations, with the values used.
+    assert found["differing_settings"] == ["alpha", "negatives_kind"]
+    assert "* **MoCo +Texture α=2.0**: alpha=2.0, negatives_kind=texture;" in md
     # Per run: every number with its interval and n.
     val_n = reports["patch-s0"]["sets"]["val"]["images"]
     assert val_n == 9 and f"(n={val_n})" in md and "[" in md
@@ -187,29 +198,73 @@ def test_table_groups_seeds_and_reuses_its_cache(
         )
 
 
-def test_configurations_group_by_everything_but_bookkeeping():
-    a = table.configuration(
+def test_configurations_group_by_what_the_trainer_used():
+    """Bookkeeping (seed, out) does not split a configuration; lr / optimizer left to the method
+    are the values the trainer used; other methods' settings are not part of it."""
+    a = configurations.configuration(
         {"arch": "resnet18", "negatives_kind": "patch", "alpha": 2, "seed": 0, "out": "runs/a"}
     )
-    b = table.configuration(
-        {"arch": "resnet18", "negatives_kind": "patch", "alpha": 2, "seed": 1, "out": "runs/b"}
+    b = configurations.configuration(
+        {"arch": "resnet18", "negatives_kind": "patch", "alpha": 2, "seed": 1, "lr": 0.8}
     )
-    c = table.configuration(
+    c = configurations.configuration(
         {"arch": "resnet18", "negatives_kind": "patch", "alpha": 2, "seed": 1, "moco_k": 8192}
     )
-    assert a == b == {"alpha": 2, "arch": "resnet18", "method": "moco", "negatives_kind": "patch"}
+    assert a == b  # lr None at batch 512 is MoCo's 0.4 per 256 = 0.8
+    assert (a["method"], a["lr"], a["optimizer"], a["weight_decay"]) == ("moco", 0.8, "sgd", 1e-4)
+    assert "seed" not in a and "out" not in a
+    assert not any(k.startswith(("byol", "simclr")) for k in a)
+    byol = configurations.configuration({"method": "byol", "arch": "resnet18"})
+    assert (byol["optimizer"], byol["lr"]) == ("lars", 1.0) and "moco_k" not in byol
     runs = [{"configuration": x, "seed": i} for i, x in enumerate((a, b, c))]
-    groups = table.group_runs(runs)
+    groups = configurations.group_runs(runs)
     assert [len(g["runs"]) for g in groups] == [2, 1]
     assert [g["label"] for g in groups] == [
-        "MoCo +Patch α=2 (moco_k=None)",
+        "MoCo +Patch α=2 (moco_k=16384)",
         "MoCo +Patch α=2 (moco_k=8192)",
     ]
-    assert table.configuration_label(table.configuration({"arch": "resnet50"})) == "MoCo"
+    assert configurations.differing([a, c]) == ["moco_k"]
     assert (
-        table.configuration_label({"method": "byol", "negatives_kind": "texture", "alpha": 3})
+        configurations.configuration_label(
+            {"method": "byol", "negatives_kind": "texture", "alpha": 3}
+        )
         == "byol +Texture α=3"
     )
+
+
+def test_differences_between_two_configurations_of_two_seeds():
+    """Paired by seed when the seeds match (the t-interval on the per-seed differences, by hand),
+    Welch otherwise; a verdict line only for the column whose interval excludes zero."""
+
+    def run(seed, in100, sketch):
+        return {
+            "seed": seed,
+            "columns": {"in100": stats.proportion(*in100), "sketch": stats.proportion(*sketch)},
+        }
+
+    a = {"label": "A", "runs": [run(0, (80, 100), (50, 100)), run(1, (82, 100), (40, 100))]}
+    b = {"label": "B", "runs": [run(0, (70, 100), (45, 100)), run(1, (71, 100), (47, 100))]}
+    columns = {"in100": "IN-100", "sketch": "Sketch"}
+    (pair,) = compare.pairwise([a, b], columns)
+    d = np.array([0.10, 0.11])
+    half = 12.7062 * d.std(ddof=1) / np.sqrt(2)  # t(0.975, 1 df)
+    in100 = pair["differences"]["in100"]
+    assert in100["test"] == stats.PAIRED_TEST and in100["n"] == "2 seeds"
+    assert (in100["value"], in100["low"], in100["high"]) == pytest.approx(
+        (d.mean(), d.mean() - half, d.mean() + half), abs=1e-4
+    )
+    assert not stats.excludes_zero(pair["differences"]["sketch"])
+    lines = compare.verdicts([pair], columns)
+    assert lines == [
+        f"IN-100: A − B = {stats.difference_text(in100)} (paired t over seeds, 2 seeds): A is higher."
+    ]
+    text = "\n".join(compare.pairwise_markdown([pair], columns))
+    assert "| A − B | +10.5 points" in text and "Sketch: A" not in text
+    b["runs"][1]["seed"] = 2  # other seeds: unpaired, Welch's interval
+    welch = compare.pairwise([a, b], columns)[0]["differences"]["in100"]
+    assert welch["test"] == stats.WELCH_TEST and welch["low"] < in100["low"]
+    one = compare.pairwise([{**a, "runs": a["runs"][:1]}, {**b, "runs": b["runs"][:1]}], columns)
+    assert one[0]["differences"]["in100"]["test"] == stats.DIFFERENCE_INTERVAL_NAME
 
 
 def test_table_refuses_another_set_of_checkpoints_folder(invoke, world, tmp_path):
