@@ -186,8 +186,15 @@ class Protocol:
         return self.epochs * self.views_per_epoch
 
     def with_views(self, views: int) -> Protocol:
-        """The same protocol trained for ``views`` (a whole number of epochs), no curve."""
-        return replace(self, epochs=views // self.views_per_epoch, curve_views=(), curve_rows=())
+        """The same protocol trained for ``views`` (a whole number of epochs), no curve, no search."""
+        return replace(
+            self,
+            epochs=views // self.views_per_epoch,
+            curve_views=(),
+            curve_rows=(),
+            curve_seeds=(),
+            search_views=(),
+        )
 
     def row(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
