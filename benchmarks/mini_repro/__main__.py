@@ -70,7 +70,7 @@ def smoke(protocol: Protocol, images: int) -> Protocol:
     "--estimate-budget",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="write the protocol's cost estimate (FLOPs per view against the reference machines) "
+    help="write the protocol's cost estimate on the AMD EPYC reference (measured per-view costs) "
     "to this JSON file and exit; trains nothing",
 )
 def main(
@@ -94,9 +94,9 @@ def main(
         from mini_repro import budget
         from nsneg.pipeline.files import atomic_write_json
 
-        estimate = budget.estimate(protocol)
-        atomic_write_json(estimate_budget, estimate, sort_keys=False)
-        click.echo(budget.summary_line(estimate))
+        record = budget.record(protocol)
+        atomic_write_json(estimate_budget, record, sort_keys=False)
+        click.echo(budget.summary_line(record["estimate"]))
         return
     out = out or Path(f"runs/mini-repro-{protocol.name}")
     if (

@@ -19,7 +19,6 @@ from mini_repro.protocol import (
     EVAL_SETS,
     HELDOUT,
     PATCH_SIZE_RANGE,
-    PROTOCOLS,
     UNTRAINED,
     Protocol,
     Variant,
@@ -221,9 +220,16 @@ def estimate(protocol: Protocol, rows_flops: bool = True) -> dict[str, Any]:
     return out
 
 
-def estimate_all() -> dict[str, Any]:
-    """The CPU protocols the budget binds (those with a ``budget_min``)."""
-    return {name: estimate(p) for name, p in PROTOCOLS.items() if p.budget_min is not None}
+def record(protocol: Protocol) -> dict[str, Any]:
+    """The estimate as docs/mini-repro/budget*.json keep it: what it is, how it was made."""
+    return {
+        "what": f"The cost of protocol {protocol.name!r} on the {REFERENCE} reference, estimated "
+        "from measured per-view costs (mini_repro.budget: every constant with its source); "
+        "nothing timed for this estimate.",
+        "command": "PYTHONPATH=benchmarks python -m mini_repro --protocol "
+        f"{protocol.name} --estimate-budget FILE",
+        "estimate": estimate(protocol),
+    }
 
 
 def summary_line(estimate: dict[str, Any]) -> str:

@@ -33,10 +33,8 @@ Log = Callable[[str], None]
 PREPARED = "prepared.json"
 #: Where ``prepare`` writes the textures: folder -> (world split, shard split).
 TEXTURE_SETS = {"shards": ("pretrain", "train"), "heldout-shards": (HELDOUT, HELDOUT)}
-#: Textures whose noise ratio is measured, and of those, how many are also made with the
-#: default schedule to compare (``quality.patch_swd``; the default costs ~4 s a texture).
+#: Textures whose noise ratio is measured (``quality.patch_swd``).
 QUALITY_IMAGES = 16
-DEFAULT_SCHEDULE_IMAGES = 8
 DATA_FIELDS = (
     "world",
     "per_class",
@@ -188,7 +186,7 @@ def prepare(
                 "synthesis, kept"
             )
         else:
-            compare = DEFAULT_SCHEDULE_IMAGES if folder == "shards" else 0
+            compare = protocol.default_schedule_images if folder == "shards" else 0
             textures = make_textures(
                 data, split, out / folder, shard_split, protocol, log, show_progress, compare
             )
