@@ -518,7 +518,7 @@ def test_control_probe_reads_unseen_classes_only():
 
 @pytest.mark.slow
 def test_flop_count_orders_the_rows_by_their_work():
-    setting = {**budget.REFERENCE_SETTING, "image_size": 32, "batch_size": 4, "moco_k": 8}
+    setting = {**budget.setting_of(protocol.FULL), "batch_size": 4, "moco_k": 8}
     none = budget.moco_flops_per_view(setting, "none")
     assert none == budget.moco_flops_per_view(setting, "none")  # deterministic
     patch = budget.moco_flops_per_view(setting, "patch")
