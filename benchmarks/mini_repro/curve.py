@@ -57,7 +57,11 @@ def points_of(curves: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[
     each curve seed at 0 views."""
     seeds = {c["seed"] for c in curves}
     untrained = [{**r, "views": 0} for r in runs if r["kind"] == UNTRAINED and r["seed"] in seeds]
-    out = [{"variant": c["variant"], "seed": c["seed"], **p} for c in curves for p in c["points"]]
+    out = [
+        {"variant": c["variant"], "kind": c["kind"], "seed": c["seed"], **p}
+        for c in curves
+        for p in c["points"]
+    ]
     return untrained + out
 
 
@@ -71,7 +75,7 @@ def table(points: list[dict[str, Any]], rows: tuple[str, ...], baseline: str) ->
     """Markdown: per row and views, the mean over seeds of each reading, and each NS row's mean
     paired difference to the baseline at the same views (with its 95 % interval where n > 1)."""
     by = {(p["variant"], p["views"], p["seed"]): p for p in points}
-    views = sorted({p["views"] for p in points if p["kind"] != UNTRAINED} if points else [])
+    views = sorted({p["views"] for p in points if p["views"] > 0})
     lines = []
     body = []
     for row in rows:

@@ -191,7 +191,9 @@ def train(
             )
         if on_curve:
             points = curve.probe_run(run_dir, images, protocol, seed, device, curve_key)
-            curves.append({"variant": variant.name, "seed": seed, "points": points})
+            curves.append(
+                {"variant": variant.name, "kind": variant.kind, "seed": seed, "points": points}
+            )
         runs.append(result)
         bar.update()
         write_report(complete=False, plot=False)  # the plots (a dozen panels) once, at the end
