@@ -45,7 +45,8 @@ def drift(base: list[dict[str, Any]], untrained: list[dict[str, Any]]) -> dict[s
     return {"measures": by_measure, "learns": learns}
 
 
-def _interval(cell: dict[str, Any], points: bool) -> str:
+def interval_text(cell: dict[str, Any], points: bool) -> str:
+    """``+1.2 [0.3, 2.1]`` of a ``paired`` cell (``n/a`` without pairs)."""
     if cell["diff"] is None:
         return "n/a"
     f = ".1f" if points else ".2f"
@@ -85,8 +86,8 @@ def sanity(runs: list[dict[str, Any]], eval_sizes: dict[str, int], baseline: str
             "label": f"the baseline ({baseline}) learns: its paired interval against its untrained "
             "network excludes zero on shape bias or cue conflict",
             "answer": answer[rule["learns"]],
-            "detail": f"shape bias {_interval(shape, False)}, cue conflict "
-            f"{_interval(cue, True)} points, over seeds {shape['seeds']}",
+            "detail": f"shape bias {interval_text(shape, False)}, cue conflict "
+            f"{interval_text(cue, True)} points, over seeds {shape['seeds']}",
         },
         {
             "label": "the baseline beats its untrained network in domain",
@@ -94,7 +95,7 @@ def sanity(runs: list[dict[str, Any]], eval_sizes: dict[str, int], baseline: str
             if in_domain["excludes_zero"] is not None
             else answer[None],
             "detail": f"in domain {level:.1f} %, difference to untrained "
-            f"{_interval(in_domain, True)}",
+            f"{interval_text(in_domain, True)}",
         },
         {
             "label": "the baseline transfers shape to outlines",

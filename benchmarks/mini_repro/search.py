@@ -22,7 +22,7 @@ from mini_repro.prepare import Log, load_prepared, machine
 from mini_repro.pretrain import pretrain, probe, run_name
 from mini_repro.protocol import UNTRAINED, Protocol
 from mini_repro.run import run_fingerprint
-from mini_repro.sanity import DRIFT_MEASURES, drift, paired
+from mini_repro.sanity import DRIFT_MEASURES, drift, interval_text, paired
 from nsneg.pipeline import files
 from nsneg.trainer import checkpoint as checkpoints
 from nsneg.trainer.eval.report import figure, save_png
@@ -136,7 +136,7 @@ def search(
         cell = rule["measures"]
         log(
             f"search: {base.name} at {views} views - untrained: "
-            + ", ".join(f"{m} {cell[m]['diff']:+.3g} {cell[m]['ci95']}" for m in DRIFT_MEASURES)
+            + ", ".join(f"{m} {interval_text(cell[m], m != 'shape_bias')}" for m in DRIFT_MEASURES)
             + f" -> learns: {rule['learns']}"
         )
         record = _record(protocol, budgets, untrained, prepared, device, start)
