@@ -92,7 +92,7 @@ def main(
         protocol = smoke(protocol, images_per_class)
     if estimate_budget:
         from mini_repro import budget
-        from nsneg.pipeline.files import atomic_write_json
+        from nsneg.datasets_manifest.format.files import atomic_write_json
 
         record = budget.record(protocol)
         atomic_write_json(estimate_budget, record, sort_keys=False)

@@ -18,7 +18,7 @@ import numpy as np
 from mini_repro.pretrain import curve_checkpoint, probe
 from mini_repro.protocol import UNTRAINED, Protocol
 from mini_repro.report import measure_of, paired_interval
-from nsneg.pipeline import files
+from nsneg.datasets_manifest.format import files
 from nsneg.trainer import checkpoint as checkpoints
 from nsneg.trainer.eval.report import figure, markdown_table, save_png
 

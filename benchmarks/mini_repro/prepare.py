@@ -22,7 +22,9 @@ import numpy as np
 
 from mini_repro import world
 from mini_repro.protocol import HELDOUT, Protocol
-from nsneg.pipeline import contract, files, quality
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.pipeline import quality
 from nsneg.pipeline.images import resize_short
 from nsneg.pipeline.job import JobConfig
 from nsneg.pipeline.job import run as run_texture_job
@@ -86,7 +88,7 @@ def noise_ratios(
         noise = quality.noise_like(crops, rng)
         return quality.patch_swd(texture, crops) / quality.patch_swd(noise, crops)
 
-    for sample in contract.iter_samples(shards, split):
+    for sample in iter_samples(shards, split):
         resized = np.array(resize_short(sample.source()))
         boxes = sample.meta["crop_boxes"]
         crops = np.stack(  # [2, 96, 96, 3]

@@ -27,7 +27,7 @@ from mini_repro.prepare import DATA_FIELDS, Log, fingerprint, load_prepared, mac
 from mini_repro.pretrain import pretrain, probe, run_name
 from mini_repro.protocol import EVAL_SETS, HELDOUT, MEASURES, UNTRAINED, Protocol
 from mini_repro.sanity import sanity
-from nsneg.pipeline import files
+from nsneg.datasets_manifest.format import files
 from nsneg.trainer import checkpoint as checkpoints
 
 RUN_FIELDS = DATA_FIELDS + (

@@ -23,7 +23,7 @@ from mini_repro.pretrain import pretrain, probe, run_name
 from mini_repro.protocol import UNTRAINED, Protocol
 from mini_repro.run import run_fingerprint
 from mini_repro.sanity import DRIFT_MEASURES, drift, interval_text, paired
-from nsneg.pipeline import files
+from nsneg.datasets_manifest.format import files
 from nsneg.trainer import checkpoint as checkpoints
 from nsneg.trainer.eval.report import figure, save_png
 
