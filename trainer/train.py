@@ -30,10 +30,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, check_fraction
 from nsneg.trainer import checkpoint
 from nsneg.trainer.augment import augment, sample_params
 from nsneg.trainer.data import (
-    BadShards,
     image_folder,
     make_folder_loader,
     make_loader,
@@ -89,7 +89,7 @@ class TrainConfig:
     workers: int = option(4, "DataLoader workers per process")
     shuffle_buffer: int = option(1000)
     checkpoint_every: int = option(1, "epochs")
-    max_skip_fraction: float = option(0.01)
+    max_skip_fraction: float = option(DEFAULT_MAX_SKIP_FRACTION)
     compile: bool = option(False, "torch.compile the method's networks (moco: both encoders; byol: online and target backbone; simclr: the backbone)")  # fmt: skip
     compile_backend: str = option("inductor", 'torch.compile backend ("aot_eager": traced, no code generation)')  # fmt: skip
     channels_last: bool | None = option(None, "channels_last weights and views [default: on CUDA]")
@@ -349,12 +349,12 @@ class Trainer:
         self.step += 1
         self.samples_seen += q.shape[0]
         self.skipped += int(skipped.sum())  # counted by the loader, on the CPU
-        if self.skipped > self.config.max_skip_fraction * (self.samples_seen + self.skipped):
-            raise BadShards(
-                f"{self.skipped} undecodable samples out of {self.samples_seen + self.skipped}: "
-                f"above --max-skip-fraction {self.config.max_skip_fraction} (each was logged with its "
-                "shard and key as it was skipped)"
-            )
+        check_fraction(
+            self.skipped,
+            self.samples_seen + self.skipped,
+            self.config.max_skip_fraction,
+            "each was logged with its shard and key as it was skipped",
+        )
         return {"loss": loss.detach(), **metrics, "lr": lr}
 
     def check_finite(self, loss: float) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from lightly.models.modules.heads import MoCoProjectionHead
 from torch import nn
 
 from nsneg.trainer.methods.base import (
@@ -174,14 +175,15 @@ def shuffle_across_splits(
 def build_backbone(
     arch: str, dim: int = 128, bn_splits: int = 1, small_images: bool = False
 ) -> nn.Module:
-    """A torchvision ResNet whose ``fc`` is MoCo v2's 2-layer MLP head (same keys as MoCo's checkpoints).
+    """A torchvision ResNet whose ``fc`` is MoCo v2's 2-layer MLP head (lightly's ``MoCoProjectionHead``;
+    the backbone's keys are MoCo's checkpoints' keys, whose heads nsneg never loads).
 
     ``small_images``: a 3x3 stride-1 stem without max-pool (as for CIFAR), for 32-96 px training.
     """
     norm = (lambda c: SplitBatchNorm2d(c, bn_splits)) if bn_splits > 1 else nn.BatchNorm2d
     net = build_resnet(arch, dim, small_images, norm_layer=norm)
     dim_mlp = net.fc.weight.shape[1]
-    net.fc = nn.Sequential(nn.Linear(dim_mlp, dim_mlp), nn.ReLU(), net.fc)
+    net.fc = MoCoProjectionHead(dim_mlp, dim_mlp, dim)  # MoCo v2's: Linear - ReLU - Linear
     return net
 
 
