@@ -12,7 +12,7 @@ SUBSET ?= all
 IMAGENET ?=
 ARGS ?=
 
-.PHONY: setup setup-dev texture-shards test test-fast lint format bench bench-gpu benchmarks-page mini-repro clean
+.PHONY: setup setup-dev texture-shards test test-fast lint format bench bench-gpu benchmarks-page mini-repro mini-repro-search mini-repro-byol clean
 
 setup: $(RUNTIME)
 
@@ -63,8 +63,16 @@ bench-gpu: $(RUNTIME)
 benchmarks-page: $(RUNTIME)
 	$(BIN)/python benchmarks/bench_report.py render
 
+# The mini reproduction (docs/mini-repro.md): the search for its views per run (the baseline
+# alone), the MoCo rows, the BYOL rows on the same prepared world. Each resumes where it stopped.
+mini-repro-search: $(RUNTIME)
+	PYTHONPATH=benchmarks $(BIN)/python -m mini_repro --stage search $(ARGS)
+
 mini-repro: $(RUNTIME)
 	PYTHONPATH=benchmarks $(BIN)/python -m mini_repro $(ARGS)
+
+mini-repro-byol: $(RUNTIME)
+	PYTHONPATH=benchmarks $(BIN)/python -m mini_repro --protocol byol --data runs/mini-repro-full $(ARGS)
 
 clean:
 	rm -rf $(VENV) shards

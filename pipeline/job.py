@@ -237,7 +237,9 @@ def _init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
         # under the same name as here (``nsneg.pipeline``).
         ray.init(runtime_env={"py_modules": [str(_namespace_for_workers())]}, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+        # address="local": a Ray instance of its own. Without it ray.init joins any cluster it
+        # finds on the machine (/tmp/ray), e.g. another user's, whose shutdown kills this job.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
 
 
 def _namespace_for_workers() -> Path:

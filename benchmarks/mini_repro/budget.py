@@ -1,11 +1,12 @@
-"""The protocol's cost, estimated without timing anything: FLOPs per view, counted by
-``torch.utils.flop_counter.FlopCounterMode`` on the trainer's own model (deterministic on any
-machine), scaled by wall times measured on two reference machines at a reference setting.
+"""The protocols' cost on the AMD EPYC reference (2 cores), estimated from per-view costs.
 
-Model, per pre-training run: seconds = views x FLOPs per view x (reference seconds per FLOP)
-x (small-view penalty) x (safety margin), plus a fixed cost per run (probes and readings) and
-per protocol (world and textures). Every constant below is a measurement with its source,
-or an assumption named as one.
+Model, per pre-training run: seconds = views / (MoCo's measured views/s at the protocol's
+setting) x (the row's step cost against MoCo's, measured) x (safety margin), plus the probes
+(and, for the runs of the learning curve, one probe per kept backbone); per protocol the world
+and the textures (measured per image). Every constant below is a measurement with its source,
+or an assumption named as one. FLOPs per view, counted by ``torch.utils.flop_counter`` on the
+trainer's own model, are listed beside each row (deterministic on any machine) as a check on
+the measured ratios.
 """
 
 from __future__ import annotations
@@ -14,58 +15,66 @@ from typing import Any
 
 import torch
 
-from mini_repro.protocol import PATCH_SIZE_RANGE, UNTRAINED, Protocol, Variant
+from mini_repro.protocol import (
+    EVAL_SETS,
+    HELDOUT,
+    PATCH_SIZE_RANGE,
+    UNTRAINED,
+    Protocol,
+    Variant,
+)
+from mini_repro.world import CLASSES
 from nsneg.trainer.methods import METHODS
 from nsneg.trainer.negatives import patch_negatives
 from nsneg.trainer.train import TrainConfig
 
-#: The setting the reference wall times were measured at (FULL of 2026-11-27).
-REFERENCE_SETTING = {
-    "arch": "resnet18",
-    "image_size": 64,
-    "small_images": False,
-    "batch_size": 32,
-    "moco_k": 64,
-    "bn_splits": 2,
+REFERENCE = "AMD EPYC, 2 cores, 24 GiB, no GPU"
+#: MoCo without negatives through the project's Trainer at the full protocol's setting
+#: (resnet18, ImageNet stem, 32 px, batch 64, K 1,024; 2,000 pre-training images), AMD EPYC
+#: reference: 19,200 views in 76 s and 64,000 in 253 s (docs/mini-repro.md, "How the protocol
+#: was found").
+MOCO_VIEWS_PER_S = 250.0
+MOCO_SETTING = {"arch": "resnet18", "image_size": 32, "small_images": False, "batch_size": 64}
+#: A step's cost against plain MoCo's, measured through the trainer (docs/benchmarks/
+#: 2026-12-01-bench_train_step-methods.json, 2 Intel Xeon cores, 64 px, batch 32): MoCo 71.9
+#: views/s, MoCo + texture + patch 52.5, BYOL 46.1, BYOL + texture + patch 35.4. Assumed: the
+#: same ratios at 32 px, and one negative costs half of two (each negative is one more forward
+#: of the key or target network: the FLOP count adds the same per negative).
+STEP_COST = {
+    "moco": (1.0, 71.9 / 52.5),  # (no negatives, two negatives)
+    "byol": (71.9 / 46.1, 71.9 / 35.4),
+    "simclr": (71.9 / 52.0, 71.9 / 45.7),
 }
-#: Measured wall times of 9,600-view runs at the reference setting, 2 cores.
-REFERENCE_MACHINES = {
-    "amd": {
-        "what": "AMD EPYC, 2 cores: 18 rows of the reference setting (gate switched off), 72.8 min",
-        "moco_run_s": 242.0,  # slowest of 234-242 s
-        "nonsemantic_run_s": 300.0,  # slowest of 254-300 s
-        "views": 9600,
-    },
-    "intel": {
-        "what": "Intel, 2 cores: gate-search.json rows 5-6 at the reference setting (74 views/s)",
-        "moco_run_s": 9600 / 70.0,
-        "views": 9600,
-    },
-}
-#: gate-search.json rows 6 and 13, one machine: 74 views/s at 64 px (batch 32) against 110 at
-#: 32 px (ImageNet stem, batch 64). FLOPs fall ~4x from 64 to 32 px, throughput rose 1.49x:
-#: small views use the cores less well. Applied as measured, to any view smaller than 64 px.
-SMALL_VIEW_SPEEDUP = 110.0 / 74.0
-#: Measured on the Intel machine: the probe alone 5.8-7.1 s per run at 64 px (2,400 images,
-#: docs/mini-repro/previous-2026-11-27). At a smaller view its feature pass is taken as
-#: SMALL_VIEW_SPEEDUP faster; assumed: readings and controls (6 views of the held-out images,
-#: 3 small probes) add at most this many seconds.
-PROBE_S_REFERENCE = 7.1
-READINGS_S = 2.0
-#: Measured on the Intel machine: prepare 167.2 s of which 96 textures 151.7 s
-#: (docs/mini-repro/previous-2026-11-27); textures scale with their count.
-PREPARE_S_REFERENCE = {"world_s": 167.2 - 151.7, "texture_s_per_image": 151.7 / 96}
-#: The AMD machine against the Intel one, for what was not measured on it: 43 vs 70 views/s.
-AMD_SLOWDOWN = 70.0 / 43.0
-#: On every training second beyond the slowest measured run: batch 32 at 32 px uses the cores
-#: less well than the batch 64 of SMALL_VIEW_SPEEDUP's measurement (assumption).
+#: On every training second: the ratios were measured at another view size and machine.
 SAFETY_MARGIN = 1.1
-BUDGET_S = 45 * 60
-TARGET_S = 37 * 60
+#: The probe of one backbone (features of 2,400 images at 64 px and a 100-epoch linear probe):
+#: 7.1 s at most on the Intel machine (docs/mini-repro/previous-2026-11-27), taken as 1.49x
+#: faster at 32 px (previous-2026-12-01/gate-search.json rows 6 and 13) and 1.63x slower on the
+#: AMD reference (43 against 70 views/s at the same setting), in proportion to its images.
+PROBE_S_PER_IMAGE = 7.1 / 1.49 * (70.0 / 43.0) / 2400
+#: The representation reading and the controls of one backbone (assumption: at most this).
+READINGS_S = 3.0
+#: The world: 15.5 s for 2,544 images on the Intel machine (2026-11-27), 1.63x on the AMD one.
+WORLD_S_PER_IMAGE = 15.5 / 2544 * (70.0 / 43.0)
+#: The texture job with the CPU protocols' schedule (56 -> 224 px, 80 + 2 steps), per texture,
+#: on the AMD reference: the synthesis alone measured 0.85 s (8 world images in one batch, a
+#: shared machine at load ~2; the default schedule 4.3 s); assumed: the job's decoding, crops,
+#: PNG encoding and shard writing add at most 0.15 s.
+TEXTURE_S = 1.0
+#: The default schedule made for the noise-ratio comparison: 8 textures x 4.3 s (AMD, shared).
+DEFAULT_SCHEDULE_S = 8 * 4.3
 
 
 def _negatives(kind: str) -> int:
     return {"none": 0, "texture": 1, "patch": 1, "texture+patch": 2}[kind]
+
+
+def step_cost(variant: Variant) -> float:
+    """The row's seconds per view against plain MoCo's (0 for the untrained reference)."""
+    if variant.kind == UNTRAINED:
+        return 0.0
+    plain, two = STEP_COST[variant.method]
+    return plain + _negatives(variant.kind) * (two - plain) / 2
 
 
 def flops_per_view_of(setting: dict[str, Any], kind: str, method: str = "moco") -> float:
@@ -126,90 +135,115 @@ def setting_of(protocol: Protocol) -> dict[str, Any]:
     }
 
 
-def estimate(protocol: Protocol) -> dict[str, Any]:
-    """Seconds per run and in all, on each reference machine, for every row x seed of ``protocol``."""
-    ref = moco_flops_per_view(REFERENCE_SETTING, "none")
-    setting = setting_of(protocol)
-    small = protocol.image_size < REFERENCE_SETTING["image_size"]
-    ref_small = moco_flops_per_view(
-        {**REFERENCE_SETTING, "image_size": protocol.image_size}, "none"
-    )
-    # per-view seconds at a small view: the reference's over the measured speed-up, in proportion
-    # to FLOPs within that view size
-    penalty = (ref / ref_small) / SMALL_VIEW_SPEEDUP if small else 1.0
-    textures = protocol.per_class["pretrain"] + protocol.per_class.get("heldout", 0)
-    eval_ref = (PROBE_S_REFERENCE / (SMALL_VIEW_SPEEDUP if small else 1.0)) * (
-        sum(
-            protocol.per_class[s]
-            for s in ("train", "test", "sketch", "unseen_textures", "cue_conflict")
-        )
-        / 300
-    ) + READINGS_S
-    prepare_ref = PREPARE_S_REFERENCE["world_s"] + PREPARE_S_REFERENCE["texture_s_per_image"] * (
-        textures * 8
-    )
-    machines: dict[str, Any] = {}
-    rows = []
-    for v in protocol.variants:
-        rows.append(
-            {
-                "row": v.name,
-                "method": v.method,
-                "kind": v.kind,
-                "gflops_per_view": round(flops_per_view(setting, v) / 1e9, 4),
-            }
-        )
-    for name, m in REFERENCE_MACHINES.items():
-        s_per_flop = m["moco_run_s"] / (m["views"] * ref)
-        slow = AMD_SLOWDOWN if name == "amd" else 1.0
-        per_row = {}
-        for row in rows:
-            train_s = (
-                protocol.views_per_run
-                * row["gflops_per_view"]
-                * 1e9
-                * s_per_flop
-                * penalty
-                * SAFETY_MARGIN
-            )
-            per_row[row["row"]] = round(train_s + eval_ref * slow, 1)
-        runs_s = sum(per_row.values()) * len(protocol.seeds)
-        machines[name] = {
-            "reference": m["what"],
-            "seconds_per_run": per_row,
-            "prepare_s": round(prepare_ref * slow, 1),
-            "total_s": round(runs_s + prepare_ref * slow, 1),
-            "total_min": round((runs_s + prepare_ref * slow) / 60, 1),
-        }
-    check = REFERENCE_MACHINES["amd"]
-    patch_ref = moco_flops_per_view(REFERENCE_SETTING, "patch")
+def probe_s(protocol: Protocol) -> float:
+    """One probe of one backbone on the AMD reference."""
+    images = sum(protocol.per_class[s] for s in ("train",) + EVAL_SETS) * len(CLASSES)
+    return PROBE_S_PER_IMAGE * images
+
+
+def train_s(protocol: Protocol, variant: Variant, views: int | None = None) -> float:
+    views = protocol.views_per_run if views is None else views
+    return views / MOCO_VIEWS_PER_S * step_cost(variant) * SAFETY_MARGIN
+
+
+def prepare_s(protocol: Protocol) -> dict[str, float]:
+    images = sum(protocol.per_class.values()) * len(CLASSES)
+    textures = (protocol.per_class["pretrain"] + protocol.per_class[HELDOUT]) * len(CLASSES)
     return {
+        "world_s": round(WORLD_S_PER_IMAGE * images, 1),
+        "textures_s": round(TEXTURE_S * textures + DEFAULT_SCHEDULE_S, 1),
+    }
+
+
+def _check_setting(protocol: Protocol) -> None:
+    setting = setting_of(protocol)
+    if any(setting[k] != v for k, v in MOCO_SETTING.items()):
+        raise ValueError(
+            f"the measured views/s are of {MOCO_SETTING}; protocol {protocol.name!r} trains at "
+            f"{setting}: measure it first"
+        )
+
+
+def estimate(protocol: Protocol, rows_flops: bool = True) -> dict[str, Any]:
+    """Seconds per run and in all on the AMD reference for every row x seed of ``protocol``
+    (with the learning curve's probes), its prepare, and its search if it has one."""
+    _check_setting(protocol)
+    setting = setting_of(protocol)
+    probe, prepare = probe_s(protocol), prepare_s(protocol)
+    rows, runs_s = [], 0.0
+    for v in protocol.variants:
+        per_run = train_s(protocol, v) + probe + READINGS_S
+        curve = len(protocol.curve_views) * probe if v.name in protocol.curve_rows else 0.0
+        runs_s += per_run * len(protocol.seeds) + curve * len(protocol.curve_seeds)
+        row = {
+            "row": v.name,
+            "method": v.method,
+            "kind": v.kind,
+            "step_cost_vs_moco": round(step_cost(v), 3),
+            "seconds_per_run": round(per_run, 1),
+            "curve_probes_s_per_run": round(curve, 1),
+        }
+        if rows_flops:
+            row["gflops_per_view"] = round(flops_per_view(setting, v) / 1e9, 4)
+        rows.append(row)
+    total = runs_s + sum(prepare.values())
+    out: dict[str, Any] = {
         "protocol": protocol.name,
+        "reference": REFERENCE,
         "setting": setting,
         "views_per_run": protocol.views_per_run,
         "seeds": list(protocol.seeds),
-        "reference_setting": REFERENCE_SETTING,
-        "reference_gflops_per_view": round(ref / 1e9, 4),
-        "small_view_penalty": round(penalty, 3),
+        "moco_views_per_s": MOCO_VIEWS_PER_S,
         "safety_margin": SAFETY_MARGIN,
+        "probe_s": round(probe, 1),
         "rows": rows,
-        "machines": machines,
-        "budget_s": BUDGET_S,
-        "target_s": TARGET_S,
-        "fits": machines["amd"]["total_s"] <= TARGET_S,
-        "model_check": {
-            "what": "the FLOP model's time for a patch run at the reference setting on the AMD "
-            "machine, against the measured 254-300 s",
-            "predicted_s": round(check["moco_run_s"] * patch_ref / ref, 1),
-        },
+        "prepare": prepare,
+        "runs_s": round(runs_s, 1),
+        "total_s": round(total, 1),
+        "total_min": round(total / 60, 1),
+        "budget_min": protocol.budget_min,
+        "fits": protocol.budget_min is None or total <= protocol.budget_min * 60,
+    }
+    if protocol.search_views:
+        base = protocol.row(protocol.baseline)
+        search = sum(train_s(protocol, base, v) + probe for v in protocol.search_views)
+        search = (search + probe) * len(protocol.seeds) + sum(prepare.values())
+        out["search"] = {
+            "views": list(protocol.search_views),
+            "total_s": round(search, 1),
+            "total_min": round(search / 60, 1),
+            "prepare_shared": "the search's prepared folder is the full run's: counted in both",
+        }
+        out["full_run_at_each_searched_budget_min"] = {
+            str(v): round(estimate(protocol.with_views(v), rows_flops=False)["total_min"], 1)
+            for v in protocol.search_views
+        }
+    return out
+
+
+def record(protocol: Protocol) -> dict[str, Any]:
+    """The estimate as docs/mini-repro/budget*.json keep it: what it is, how it was made."""
+    return {
+        "what": f"The cost of protocol {protocol.name!r} on the {REFERENCE} reference, estimated "
+        "from measured per-view costs (mini_repro.budget: every constant with its source); "
+        "nothing timed for this estimate.",
+        "command": "PYTHONPATH=benchmarks python -m mini_repro --protocol "
+        f"{protocol.name} --estimate-budget FILE",
+        "estimate": estimate(protocol),
     }
 
 
 def summary_line(estimate: dict[str, Any]) -> str:
-    amd, intel = estimate["machines"]["amd"], estimate["machines"]["intel"]
-    return (
+    line = (
         f"protocol {estimate['protocol']}: {estimate['views_per_run']} views per run, "
-        f"{len(estimate['seeds'])} seeds; estimated {amd['total_min']} min on the AMD reference, "
-        f"{intel['total_min']} min on the Intel one (target {estimate['target_s'] / 60:.0f} min, "
-        f"budget {estimate['budget_s'] / 60:.0f} min): {'fits' if estimate['fits'] else 'does not fit'}"
+        f"{len(estimate['seeds'])} seeds; estimated {estimate['total_min']} min on the "
+        f"{estimate['reference']}"
     )
+    if estimate["budget_min"] is not None:
+        line += (
+            f" (budget {estimate['budget_min']:.0f} min): "
+            f"{'fits' if estimate['fits'] else 'does not fit'}"
+        )
+    if "search" in estimate:
+        line += f"; its search {estimate['search']['total_min']} min"
+    return line

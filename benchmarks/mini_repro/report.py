@@ -243,8 +243,8 @@ def markdown(report: dict[str, Any], protocol: Protocol) -> str:
         "",
         protocol.describe(),
         "",
-        "How the world and the budget were chosen: `docs/mini-repro/gate-search.json` (baseline and "
-        "untrained network, in domain only) and `docs/mini-repro/budget.json` (cost per view).",
+        "How the views per run were chosen: `--stage search` (`gate-search.json`: the baseline "
+        "and the untrained network only) and `docs/mini-repro/budget.json` (the cost estimate).",
     ]
     for folder, tex in (report.get("texture_sets") or {"shards": report.get("textures")}).items():
         if tex and tex.get("noise_ratio") is not None:
@@ -258,7 +258,12 @@ def markdown(report: dict[str, Any], protocol: Protocol) -> str:
                     " (the engine's default schedule, generator "
                     f"{tex['synthesis'].get('version', '?')})."
                     if tex.get("default_schedule")
-                    else " (not the default schedule: plumbing only)."
+                    else f"; on {tex['default_schedule_images']} of the same images "
+                    f"{tex['this_schedule_noise_ratio_same_images']:.3f} against the default "
+                    f"schedule's {tex['default_schedule_noise_ratio']:.3f} (generator "
+                    f"{tex['synthesis'].get('version', '?')})."
+                    if "default_schedule_noise_ratio" in tex
+                    else " (not the default schedule)."
                 ),
             ]
     return "\n".join(lines) + "\n"

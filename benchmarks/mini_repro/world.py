@@ -322,9 +322,15 @@ def texture_class_of(path: str | Path) -> int:
 
 
 def generate(
-    root: Path, world: World, per_class: dict[str, int], seed: int = 0, show_progress: bool = True
+    root: Path,
+    world: World,
+    per_class: dict[str, int],
+    seed: int = 0,
+    show_progress: bool = True,
+    sides: dict[str, int] | None = None,
 ) -> Path:
-    """Write ``root/<split>/<class>/<file_name>`` for every split in ``per_class``."""
+    """Write ``root/<split>/<class>/<file_name>`` for every split in ``per_class``; a split in
+    ``sides`` is stored resized to that side (px; Lanczos), rendered at ``world.image_size``."""
     from tqdm import tqdm
 
     root = Path(root)
@@ -338,8 +344,10 @@ def generate(
                 d.mkdir(parents=True, exist_ok=True)
                 for i in range(n):
                     img, texture_class = render(world, split, cls, image_rng(seed, split, cls, i))
-                    Image.fromarray(img).save(
-                        d / file_name(split, cls, i, texture_class), optimize=False
-                    )
+                    picture = Image.fromarray(img)
+                    side = (sides or {}).get(split)
+                    if side and side != world.image_size:
+                        picture = picture.resize((side, side), Image.LANCZOS)
+                    picture.save(d / file_name(split, cls, i, texture_class), optimize=False)
                     bar.update()
     return root

@@ -1,4 +1,5 @@
-"""The miniature shape-vs-texture experiment: its world, statistics, gate, and ``--quick`` end to end.
+"""The miniature shape-vs-texture experiment: its world, statistics, search rule, learning curve,
+budget, and ``--quick`` end to end (prepare, search, train).
 
 The smoke test checks plumbing and the report's form only -- never which variant wins.
 """
@@ -15,9 +16,10 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from mini_repro import budget, protocol, readings, report, run
+from mini_repro import budget, curve, prepare, pretrain, protocol, readings, report, sanity, search
 from mini_repro import world as shapes
-from mini_repro.__main__ import main
+from mini_repro.__main__ import main, smoke
+from nsneg.trainer import checkpoint as checkpoints
 
 ONE_EACH = {split: 1 for split in shapes.SPLITS}
 WORLD = protocol.FULL.world
@@ -164,7 +166,7 @@ def test_background_contrast_and_colour_change_only_the_background():
 
 
 def test_gate_search_rows_are_plotted_with_their_numbers(tmp_path, monkeypatch):
-    search = json.loads((DOCS / "gate-search.json").read_text())
+    search = json.loads((DOCS / "previous-2026-12-01" / "gate-search.json").read_text())
     drawn = {}
 
     def keep(fig, path, dpi):
@@ -194,9 +196,9 @@ def test_shape_bias_counts_shape_and_texture_decisions_only():
     shape = torch.tensor([0, 1, 2, 3, 4])
     texture = torch.tensor([1, 2, 3, 4, 5])
     predicted = torch.tensor([0, 1, 3, 4, 7])  # 2 shape, 2 texture, 1 neither
-    assert run.shape_bias(predicted, shape, texture) == 0.5
-    assert run.shape_bias(torch.tensor([0, 1, 2, 3, 4]), shape, texture) == 1.0
-    assert run.shape_bias(torch.tensor([7, 7, 7, 7, 7]), shape, texture) is None
+    assert pretrain.shape_bias(predicted, shape, texture) == 0.5
+    assert pretrain.shape_bias(torch.tensor([0, 1, 2, 3, 4]), shape, texture) == 1.0
+    assert pretrain.shape_bias(torch.tensor([7, 7, 7, 7, 7]), shape, texture) is None
 
 
 def test_paired_interval_is_the_t_interval_of_the_differences():
@@ -268,31 +270,104 @@ def test_findings_only_where_an_interval_excludes_zero_in_either_direction():
     assert report.findings(same) == []
 
 
+def _baseline_and_untrained(test, sketch, untrained_test, bias, untrained_bias, seeds=3):
+    out = []
+    for seed in range(seeds):
+        base = _result("moco", seed, test, shape_bias=bias + 0.01 * seed)
+        # cue conflict: +0, +1, +2 over seeds, an interval that holds zero
+        base["top1"] = {**base["top1"], "test": test + seed, "sketch": sketch}
+        base["top1"]["cue_conflict"] = 30.0 + seed
+        untrained = _result(
+            "no pre-training", seed, 0, shape_bias=untrained_bias, kind=protocol.UNTRAINED
+        )
+        untrained["top1"] = {
+            **untrained["top1"],
+            "test": untrained_test + seed * 0.5,
+            "sketch": 12.5,
+            "cue_conflict": 30.0,
+        }
+        out += [base, untrained]
+    return out
+
+
 def test_sanity_readings_are_facts_with_consequences():
     sizes = {s: 400 for s in protocol.EVAL_SETS}
-
-    def runs(test, sketch, untrained_test):
-        out = []
-        for seed in range(3):
-            out.append(
-                {**_result("moco", seed, test), "top1": {"test": test + seed, "sketch": sketch}}
-            )
-            out.append(
-                {
-                    **_result("no pre-training", seed, 0, kind=protocol.UNTRAINED),
-                    "top1": {"test": untrained_test + seed * 0.5, "sketch": 12.5},
-                }
-            )
-        return out
-
-    good = run.sanity(runs(85.0, 30.0, 80.0), sizes)
+    # the baseline drifts toward texture (shape bias 0.41 -> 0.2x on every seed): it learns
+    good = sanity.sanity(_baseline_and_untrained(85.0, 30.0, 80.0, 0.2, 0.41), sizes, "moco")
     assert good["learns_beyond_untrained"] and good["transfers_to_outlines"]
-    assert [f["answer"] for f in good["facts"]] == ["yes", "yes"]
-    bad = run.sanity(runs(80.0, 13.0, 81.0), sizes)
+    assert [f["answer"] for f in good["facts"]] == ["yes", "yes", "yes"]
+    assert good["drift"]["measures"]["shape_bias"]["diff"] == pytest.approx(-0.20)
+    bad = sanity.sanity(_baseline_and_untrained(80.0, 13.0, 81.0, 0.41, 0.41), sizes, "moco")
+    # shape bias 0.41 + 0.01 x seed against 0.41: the interval [-0.015, 0.035] holds zero
     assert bad["learns_beyond_untrained"] is False and bad["transfers_to_outlines"] is False
-    assert [f["answer"] for f in bad["facts"]] == ["no", "no"]
+    assert [f["answer"] for f in bad["facts"]] == ["no", "no", "no"]
+    assert "barely trained network" in bad["consequences"][0]
     assert "cannot be read as shape transfer" in bad["consequences"][1]
-    assert "13.0" in bad["facts"][1]["detail"]
+    assert "13.0" in bad["facts"][2]["detail"]
+    one = sanity.sanity(_baseline_and_untrained(85.0, 30.0, 80.0, 0.2, 0.41, 1), sizes, "moco")
+    assert one["learns_beyond_untrained"] is None
+
+
+def test_the_search_rule_picks_the_smallest_budget_where_the_baseline_learns():
+    budgets = [
+        {"views": 2560, "learns": False},
+        {"views": 5120, "learns": None},
+        {"views": 10240, "learns": True},
+        {"views": 19200, "learns": True},
+    ]
+    assert search.choose(budgets) == {"views": 10240, "baseline_learns": True}
+    nothing = [{"views": 2560, "learns": False}, {"views": 5120, "learns": False}]
+    assert search.choose(nothing) == {"views": 5120, "baseline_learns": False}
+    # the rule reads both measures, either direction
+    untrained = [{"seed": s, "shape_bias": 0.4, "top1": {"cue_conflict": 30.0}} for s in range(3)]
+    more_cue = [
+        {"seed": s, "shape_bias": 0.4 + 0.05 * (s - 1), "top1": {"cue_conflict": 35.0 + s}}
+        for s in range(3)
+    ]
+    rule = sanity.drift(more_cue, untrained)
+    assert rule["learns"] is True and rule["measures"]["shape_bias"]["excludes_zero"] is False
+    assert rule["measures"]["cue_conflict"]["diff"] == pytest.approx(6.0)
+
+
+def test_learning_curve_table_pairs_each_row_with_the_baseline_at_the_same_views():
+    def point(row, seed, views, bias, kind="none"):
+        return {
+            "variant": row,
+            "kind": kind,
+            "seed": seed,
+            "views": views,
+            "top1": {s: 50.0 + seed for s in protocol.EVAL_SETS},
+            "shape_bias": bias,
+        }
+
+    points = [point("no pre-training", s, 0, 0.4, protocol.UNTRAINED) for s in (0, 1)]
+    points += [point("moco", s, v, 0.4 - v / 1e5) for s in (0, 1) for v in (1280, 19200)]
+    points += [
+        point("patch a=2", s, v, 0.45 - v / 1e5 + 0.01 * s) for s in (0, 1) for v in (1280, 19200)
+    ]
+    lines = curve.table(points, ("moco", "patch a=2"), "moco")
+    rows = [line for line in lines[0].splitlines() if line.startswith("| ")][1:]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "untrained",
+        "moco",
+        "moco",
+        "patch a=2",
+        "patch a=2",
+    ]
+    patch_late = rows[-1].split("|")
+    assert patch_late[2].strip() == "19,200" and patch_late[3].strip() == "2"
+    # shape bias: 0.258 mean; against moco +0.05 and +0.06 by seed: mean 0.055 (0.0549... in
+    # floats), t(0.975, 1) = 12.71 x sd 0.00707 / sqrt 2 = 0.0635 either side
+    assert patch_late[4].strip() == "0.26 (+0.05 [-0.01, 0.12])"
+
+
+def test_smoke_caps_every_split_and_names_itself():
+    small = smoke(protocol.FULL, 4)
+    assert small.name == "full-smoke4" and max(small.per_class.values()) == 4
+    assert (
+        small.per_class[protocol.HELDOUT] == 4
+        and small.views_per_run == protocol.FULL.views_per_run
+    )
 
 
 def test_report_leads_with_the_effects_and_never_stops():
@@ -300,11 +375,11 @@ def test_report_leads_with_the_effects_and_never_stops():
         _result("x", s, 50.0 + s) for s in range(2)
     ]
     summary = report.summarise(runs, ["moco", "x"], ROWS)
-    sanity = run.sanity(runs, {s: 400 for s in protocol.EVAL_SETS})
+    facts = sanity.sanity(runs, {s: 400 for s in protocol.EVAL_SETS}, "moco")
     text = report.markdown(
         {
             "summary": summary,
-            "sanity": sanity,
+            "sanity": facts,
             "machine": "test",
             "device": "cpu",
             "wall_s": 60.0,
@@ -348,12 +423,39 @@ def test_rows_name_a_method_of_the_trainer_and_a_row_to_compare_with():
         )
 
 
-def test_every_protocol_has_the_same_rows_including_byol():
-    kinds = {(v.method, v.kind) for v in protocol.FULL.variants}
-    assert {("byol", "none"), ("byol", "texture"), ("byol", "patch")} <= kinds
-    for p in protocol.PROTOCOLS.values():
-        assert p.variants == protocol.FULL.variants
-    assert len(protocol.FULL.seeds) >= 5 and protocol.GPU.seeds == protocol.FULL.seeds
+def test_protocols_hold_their_rows_seeds_and_curve():
+    moco_rows = {(v.method, v.kind, v.alpha) for v in protocol.FULL.variants}
+    assert moco_rows == {
+        ("moco", "none", 1.0),
+        ("moco", "texture", 2.0),
+        ("moco", "patch", 2.0),
+        ("moco", "patch", 3.0),
+        ("moco", "texture+patch", 2.0),
+        ("moco", protocol.UNTRAINED, 0.0),
+    }
+    assert {(v.method, v.kind) for v in protocol.BYOL.variants} == {
+        ("byol", "none"),
+        ("byol", "texture"),
+        ("byol", "patch"),
+        ("moco", protocol.UNTRAINED),
+    }
+    assert len(protocol.FULL.seeds) >= 5 and len(protocol.BYOL.seeds) >= 3
+    for p in (protocol.GPU, protocol.QUICK):
+        assert set(p.variants) == set(protocol.FULL.variants) | set(protocol.BYOL.variants[:-1])
+    for p in (protocol.BYOL, protocol.LONG, protocol.GPU):  # the full protocol's world and data
+        assert prepare.fingerprint(p, *prepare.DATA_FIELDS) == prepare.fingerprint(
+            protocol.FULL, *prepare.DATA_FIELDS
+        )
+    assert protocol.LONG.views_per_run == 4 * protocol.FULL.views_per_run
+    assert protocol.GPU.views_per_run > protocol.LONG.views_per_run
+    full = protocol.FULL
+    assert full.per_class["pretrain"] * len(shapes.CLASSES) >= 1000
+    assert len(full.curve_views) >= 4 and full.curve_views[-1] == full.views_per_run
+    assert full.curve_views[0] <= 1500 and len(full.curve_seeds) >= 2
+    assert {"moco", "patch a=2", "texture a=2"} <= set(full.curve_rows)
+    assert full.views_per_run in full.search_views
+    with pytest.raises(ValueError, match="whole number of epochs"):
+        dataclasses.replace(full, curve_views=(1000,))
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -416,7 +518,7 @@ def test_control_probe_reads_unseen_classes_only():
 
 @pytest.mark.slow
 def test_flop_count_orders_the_rows_by_their_work():
-    setting = {**budget.REFERENCE_SETTING, "image_size": 32, "batch_size": 4, "moco_k": 8}
+    setting = {**budget.setting_of(protocol.FULL), "batch_size": 4, "moco_k": 8}
     none = budget.moco_flops_per_view(setting, "none")
     assert none == budget.moco_flops_per_view(setting, "none")  # deterministic
     patch = budget.moco_flops_per_view(setting, "patch")
@@ -434,14 +536,36 @@ def test_flop_count_orders_the_rows_by_their_work():
     assert budget.flops_per_view(setting, untrained) == 0.0
 
 
-def test_the_recorded_budget_is_the_protocol_s_and_fits_its_target():
-    recorded = json.loads((DOCS / "budget.json").read_text())
-    estimate = recorded["estimate"]
-    assert estimate["setting"] == budget.setting_of(protocol.FULL)
-    assert estimate["views_per_run"] == protocol.FULL.views_per_run
-    assert estimate["seeds"] == list(protocol.FULL.seeds)
-    assert [r["row"] for r in estimate["rows"]] == [v.name for v in protocol.FULL.variants]
-    assert estimate["machines"]["amd"]["total_s"] <= budget.TARGET_S
+@pytest.mark.parametrize("name,record", [("full", "budget.json"), ("byol", "budget-byol.json")])
+def test_the_recorded_budget_is_the_protocol_s_and_fits_90_minutes(name, record):
+    p = protocol.PROTOCOLS[name]
+    recorded = json.loads((DOCS / record).read_text())["estimate"]
+    assert recorded["setting"] == budget.setting_of(p)
+    assert recorded["views_per_run"] == p.views_per_run and recorded["seeds"] == list(p.seeds)
+    assert [r["row"] for r in recorded["rows"]] == [v.name for v in p.variants]
+    fresh = budget.estimate(p, rows_flops=False)
+    assert recorded["total_s"] == fresh["total_s"]  # the record is today's model's
+    assert fresh["total_s"] <= 90 * 60 and fresh["fits"]
+
+
+def test_budget_counts_each_row_by_its_measured_step_cost():
+    rows = {v.name: v for v in protocol.FULL.variants + protocol.BYOL.variants}
+    costs = {n: budget.step_cost(v) for n, v in rows.items()}
+    assert costs["moco"] == 1.0 and costs["no pre-training"] == 0.0
+    assert costs["moco"] < costs["patch a=2"] == costs["texture a=2"] < costs["texture+patch a=2"]
+    assert costs["byol"] < costs["byol+patch a=2"]
+    base = budget.estimate(protocol.FULL, rows_flops=False)
+    more = budget.estimate(protocol.FULL.with_views(2 * protocol.FULL.views_per_run), False)
+    moco = next(r for r in base["rows"] if r["row"] == "moco")
+    assert moco["seconds_per_run"] == pytest.approx(
+        protocol.FULL.views_per_run / budget.MOCO_VIEWS_PER_S * budget.SAFETY_MARGIN
+        + base["probe_s"]
+        + budget.READINGS_S,
+        abs=0.1,
+    )
+    assert more["runs_s"] > base["runs_s"] and more["prepare"] == base["prepare"]
+    with pytest.raises(ValueError, match="measure it first"):
+        budget.estimate(dataclasses.replace(protocol.FULL, image_size=64), rows_flops=False)
 
 
 def test_train_stage_refuses_an_unprepared_folder(tmp_path):
@@ -452,7 +576,7 @@ def test_train_stage_refuses_an_unprepared_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_run_in_two_stages(tmp_path, ray_session, monkeypatch):
+def test_quick_run_in_stages_prepare_search_train(tmp_path, ray_session, monkeypatch):
     from click.testing import CliRunner
 
     quick = protocol.QUICK
@@ -462,7 +586,7 @@ def test_quick_run_in_two_stages(tmp_path, ray_session, monkeypatch):
     assert prepared.exit_code == 0, prepared.output + repr(prepared.exception)
     assert not (tmp_path / "results.json").exists()
     # the real pipeline made the textures of the pretrain and held-out splits, and measured them
-    for folder, (split, shard_split) in run.TEXTURE_SETS.items():
+    for folder, (split, shard_split) in prepare.TEXTURE_SETS.items():
         manifest = json.loads((tmp_path / folder / "manifest.json").read_text())
         assert manifest["splits"][shard_split]["samples"] == quick.per_class[split] * len(
             shapes.CLASSES
@@ -472,6 +596,40 @@ def test_quick_run_in_two_stages(tmp_path, ray_session, monkeypatch):
         # 4 optimisation steps: noise-like textures, measured all the same (plumbing, not quality)
         assert 0 < textures["noise_ratio"] < math.inf and textures["quality_images"] > 0
         assert textures["default_schedule"] is False
+    # beside the default schedule's noise ratio on the same images
+    pretrain_set = sets["shards"]
+    assert pretrain_set["default_schedule_images"] == quick.default_schedule_images
+    assert 0 < pretrain_set["default_schedule_noise_ratio"] < math.inf
+    assert 0 < pretrain_set["this_schedule_noise_ratio_same_images"] < math.inf
+    assert tuple(pretrain_set["synthesis"]["sizes"]) == quick.synthesis_sizes
+    with Image.open(next((tmp_path / "data" / "pretrain").rglob("*.png"))) as img:
+        assert img.size == (quick.pretrain_side, quick.pretrain_side)  # pre-resized
+    with Image.open(next((tmp_path / "data" / "train").rglob("*.png"))) as img:
+        assert img.size == (quick.world.image_size, quick.world.image_size)
+
+    # the search: the baseline alone at each searched budget, and the untrained network
+    searched = CliRunner().invoke(
+        main, ["--quick", "--stage", "search", "--out", str(tmp_path), "--no-progress"]
+    )
+    assert searched.exit_code == 0, searched.output + repr(searched.exception)
+    assert "the rule picks" in searched.output
+    record = json.loads((tmp_path / "gate-search.json").read_text())
+    assert record["complete"] and [b["views"] for b in record["budgets"]] == list(
+        quick.search_views
+    )
+    for b in record["budgets"]:
+        assert {r["variant"] for r in b["runs"]} == {quick.baseline}  # no NS row
+        assert [r["seed"] for r in b["runs"]] == list(quick.seeds)
+        assert {r["views"] for r in b["runs"]} == {b["views"]}
+        assert set(b["measures"]) == set(sanity.DRIFT_MEASURES)
+    assert [r["seed"] for r in record["untrained"]] == list(quick.seeds)
+    assert record["choice"] == search.choose(record["budgets"])
+    assert record["matches_protocol"] == (record["choice"]["views"] == quick.views_per_run)
+    assert {d.name for d in (tmp_path / "search" / "runs").iterdir()} == {
+        f"no_pre-training-seed{s}" for s in quick.seeds
+    } | {f"moco-views{v}-seed{s}" for v in quick.search_views for s in quick.seeds}
+    with Image.open(tmp_path / "gate-search.png") as img:
+        assert img.format == "PNG"
 
     result = CliRunner().invoke(
         main, ["--quick", "--stage", "train", "--out", str(tmp_path), "--no-progress"]
@@ -543,6 +701,23 @@ def test_quick_run_in_two_stages(tmp_path, ray_session, monkeypatch):
                 mean, std = (float(x) for x in cell.split("±"))
                 assert std >= 0 and (0 <= mean <= 100)
 
+    # the learning curve: each curve run's kept backbones, probed; the untrained seed at 0 views
+    points = report_["curve"]
+    for row in quick.curve_rows:
+        for seed in quick.curve_seeds:
+            mine = sorted(p["views"] for p in points if p["variant"] == row and p["seed"] == seed)
+            assert mine == list(quick.curve_views)
+            run_dir = tmp_path / "runs" / pretrain.run_name(quick.row(row), seed)
+            for views in quick.curve_views:
+                backbone, _ = checkpoints.load_backbone(pretrain.curve_checkpoint(run_dir, views))
+                assert sum(p.numel() for p in backbone.parameters()) > 0
+    assert sorted(p["seed"] for p in points if p["views"] == 0) == list(quick.curve_seeds)
+    for p in points:
+        assert p["shape_bias"] is None or 0 <= p["shape_bias"] <= 1
+    assert "## Learning curve" in text
+    with Image.open(tmp_path / "learning-curve.png") as img:
+        assert img.format == "PNG"
+
     again = CliRunner().invoke(
         main, ["--quick", "--stage", "train", "--out", str(tmp_path), "--no-progress"]
     )
@@ -555,7 +730,7 @@ def test_quick_run_in_two_stages(tmp_path, ray_session, monkeypatch):
     before = shard.stat().st_mtime_ns
     more = dataclasses.replace(quick, per_class={**quick.per_class, "train": 3})
     logged: list[str] = []
-    run.prepare(tmp_path, more, log=logged.append, show_progress=False)
+    prepare.prepare(tmp_path, more, log=logged.append, show_progress=False)
     assert sum("kept" in line for line in logged) == 2 and shard.stat().st_mtime_ns == before
     assert len(list((tmp_path / "data" / "train").rglob("*.png"))) == 3 * len(shapes.CLASSES)
     stale = CliRunner().invoke(
