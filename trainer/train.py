@@ -1,6 +1,7 @@
-"""Pre-training with non-semantic negatives (MoCo v2, BYOL, SimCLR), CPU to multi-node: ``TrainConfig`` and ``Trainer``.
+"""Pre-training with non-semantic negatives (MoCo v2, BYOL, SimCLR), CPU to multi-node: the ``Trainer``.
 
-The command line (``nsneg-train``, reruns and resume rules) is ``nsneg.trainer.cli``.
+The settings are ``nsneg.trainer.config``; the command line (``nsneg-train``, reruns and
+resume rules) is ``nsneg.trainer.cli``; metrics go through ``nsneg.trainer.tracking``.
 
 The method (``--method``: MoCo v2, BYOL, SimCLR; ``nsneg.trainer.methods``) is one module behind
 the ``Method`` interface; loading, augmentation, the non-semantic negatives, the schedule,
@@ -17,13 +18,10 @@ checked for being finite) every ``log_every`` steps and before every checkpoint.
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,8 @@ import torch.distributed as dist
 
 from nsneg.trainer import checkpoint
 from nsneg.trainer.augment import augment, sample_params
+from nsneg.trainer.backbones import check_arch
+from nsneg.trainer.config import KINDS, OPTIMIZERS, TrainConfig, to_dict, write_resolved
 from nsneg.trainer.data import (
     BadShards,
     image_folder,
@@ -39,158 +39,21 @@ from nsneg.trainer.data import (
     make_loader,
     resolve_urls,
 )
-from nsneg.trainer.methods import METHODS
+from nsneg.trainer.data_identity import data_identity
 from nsneg.trainer.methods.base import Method
 from nsneg.trainer.negatives import patch_negatives, texture_negative
-
-KINDS = ("none", "texture", "patch", "texture+patch")
-OPTIMIZERS = ("sgd", "lars")
-
-
-def option(default, help: str = "", **click):
-    """A TrainConfig field with its command-line help (``nsneg.trainer.cli`` makes the option)."""
-    return field(default=default, metadata={"help": help, **click})
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run: the command line's options and their defaults are made from it."""
-
-    negatives: str = option(None, "[required unless --resume] the training data: shard directory (with manifest.json), a published set's NAME[@VERSION] or folder url (hf://datasets/ORG/NAME, https://...), comma list / brace pattern of shard urls, or an ImageFolder tree (CLASS/*.JPEG; no textures: --negatives-kind none or patch)")  # fmt: skip
-    out: str = option("runs/nsneg", "run folder: checkpoint.pt and log.jsonl")
-    method: str = option("moco", "pre-training method", choices=tuple(METHODS))
-    negatives_kind: str = option("texture+patch", "non-semantic negatives", choices=KINDS)
-    num_nonsem: int = option(1, "patch negatives per image")
-    alpha: float = option(2.0, "logit of a non-semantic negative = alpha a.t / T (every method)")
-    patch_size_range: tuple[int, int] = option((16, 72), "at 224 px; scales with the view")
-    arch: str = option("resnet50", "torchvision ResNet")
-    image_size: int = option(224)
-    small_images: bool = option(False, "3x3 stem, no max-pool [command line default: on at 48 px and below]")  # fmt: skip
-    batch_size: int = option(512, "global batch over all processes")
-    lr: float | None = option(None, "[default: the method's lr per 256 (moco 0.4, byol 0.5, simclr 0.3) * batch / 256]")  # fmt: skip
-    optimizer: str | None = option(None, "[default: moco sgd, byol and simclr lars]", choices=OPTIMIZERS)  # fmt: skip
-    weight_decay: float | None = option(None, "[default: moco 1e-4, byol 1e-6, simclr 1e-4]")
-    warmup_epochs: int | None = option(None, "linear warm-up before the cosine [default: moco 0, byol and simclr 10, at most epochs / 10]")  # fmt: skip
-    epochs: int = option(200)
-    steps_per_epoch: int | None = option(None, "[default: samples // batch]")
-    moco_dim: int = option(128)
-    moco_k: int = option(16384, "queue size, a multiple of the batch")
-    moco_m: float = option(0.99, "key encoder momentum")
-    moco_t: float = option(0.2, "temperature")
-    bn_splits: int = option(8, "moco, single process: BN sub-batches (shuffle BN)")
-    byol_proj_hidden_dim: int = option(4096)
-    byol_proj_dim: int = option(256)
-    byol_pred_hidden_dim: int = option(8192)
-    byol_tau_base: float = option(0.99, "target momentum at the start; it rises to 1 along a cosine")  # fmt: skip
-    byol_ns_t: float = option(0.2, "temperature of the non-semantic term")
-    simclr_proj_hidden_dim: int = option(4096)
-    simclr_proj_dim: int = option(512)
-    simclr_t: float = option(0.2, "NT-Xent temperature")
-    workers: int = option(4, "DataLoader workers per process")
-    shuffle_buffer: int = option(1000)
-    checkpoint_every: int = option(1, "epochs")
-    max_skip_fraction: float = option(0.01)
-    compile: bool = option(False, "torch.compile the method's networks (moco: both encoders; byol: online and target backbone; simclr: the backbone)")  # fmt: skip
-    compile_backend: str = option("inductor", 'torch.compile backend ("aot_eager": traced, no code generation)')  # fmt: skip
-    channels_last: bool | None = option(None, "channels_last weights and views [default: on CUDA]")
-    bf16: bool | None = option(None, "bf16 autocast [default: on CUDA]")
-    log_every: int = option(10, "steps between reads of the loss (each read waits for the device)")
-    seed: int = option(0)
-    manifest_dirs: tuple[str, ...] = option((), "more published manifests (see nsneg-data list)")
-
-    @property
-    def method_class(self) -> type[Method]:
-        return METHODS[self.method]
-
-    @property
-    def base_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return self.method_class.defaults.lr_per_256 * self.batch_size / 256
-
-    @property
-    def optimizer_name(self) -> str:
-        return self.optimizer or self.method_class.defaults.optimizer
-
-    @property
-    def weight_decay_value(self) -> float:
-        if self.weight_decay is not None:
-            return self.weight_decay
-        return self.method_class.defaults.weight_decay
-
-    @property
-    def warmup(self) -> int:
-        """Warm-up epochs: as given, else the method's, at most a tenth of the run."""
-        if self.warmup_epochs is not None:
-            return self.warmup_epochs
-        return min(self.method_class.defaults.warmup_epochs, self.epochs // 10)
-
-
-def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up over ``warmup`` epochs, then a cosine to 0 at ``epochs * steps_per_epoch``."""
-    total, warm = config.epochs * steps_per_epoch, config.warmup * steps_per_epoch
-    if step < warm:
-        return config.base_lr * (step + 1) / warm
-    return config.base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total - warm))))
-
-
-def build_optimizer(model: Method, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9) over all trained parameters, or LARS (lightly's) with biases and norm
-    layers excluded from weight decay and from the trust ratio (as solo-learn's
-    ``exclude_bias_n_norm``), trust coefficient 0.02 (solo-learn's ``eta``)."""
-    params = [p for m in model.trained_modules() for p in m.parameters()]
-    wd = config.weight_decay_value
-    if config.optimizer_name == "sgd":
-        return torch.optim.SGD(params, lr=config.base_lr, momentum=0.9, weight_decay=wd)
-    from lightly.utils.lars import LARS
-
-    decayed = [p for p in params if p.dim() > 1]
-    excluded = [p for p in params if p.dim() <= 1]
-    return LARS(
-        [{"params": decayed, "weight_decay": wd}, {"params": excluded, "weight_decay": 0.0}],
-        lr=config.base_lr,
-        momentum=0.9,
-        trust_coefficient=0.02,
-    )
+from nsneg.trainer.optim import build_optimizer, lr_at
+from nsneg.trainer.tracking import MetricsLog, negatives_grid
 
 
 class StopRequested(Exception):
     pass
 
 
-class MetricsLog:
-    """Metrics as JSON lines in ``OUT/log.jsonl``; also TensorBoard where it is installed."""
-
-    def __init__(self, out: Path):
-        self.file = open(out / "log.jsonl", "a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            self.tensorboard = None
-
-    def write(self, record: dict[str, Any], tag: str, step: int) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        if self.tensorboard:
-            for name, value in record.items():
-                if isinstance(value, float):
-                    self.tensorboard.add_scalar(f"{tag}/{name}", value, step)
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tensorboard:
-            self.tensorboard.close()
-
-
 class Trainer:
     def __init__(self, config: TrainConfig, device: str | None = None, show_progress: bool = True):
         self.config = c = config
-        if c.method not in METHODS:
-            raise ValueError(f"--method must be one of {tuple(METHODS)}, got {c.method!r}")
+        check_arch(c.arch)  # before any data is read
         if c.negatives_kind not in KINDS:
             raise ValueError(f"--negatives-kind must be one of {KINDS}")
         if c.optimizer is not None and c.optimizer not in OPTIMIZERS:
@@ -223,6 +86,7 @@ class Trainer:
             self.urls, samples = [], len(self.folder)
         else:
             self.urls, samples = resolve_urls(c.negatives, manifest_dirs=tuple(c.manifest_dirs))
+        self.data = data_identity(c.negatives, tuple(c.manifest_dirs))
         self.steps_per_epoch = c.steps_per_epoch or (
             max(1, samples // c.batch_size) if samples else None
         )
@@ -251,6 +115,7 @@ class Trainer:
         self.generator_states: list[torch.Tensor] | None = None  # each rank's, mid-epoch
         self.epoch_sums: dict[str, float] = {}  # metric sums over the epoch's steps so far
         self.stop_signal: int | None = None
+        self.first_views: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the grid's
         self.out = Path(c.out)
         self.checkpoint_path = self.out / "checkpoint.pt"
 
@@ -276,11 +141,8 @@ class Trainer:
             "epoch_sums": {} if epoch_complete else self.epoch_sums,
             "torch_rng": torch.get_rng_state(),  # MoCo's DDP key shuffle draws from it
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None,
-            "config": {
-                **asdict(self.config),
-                "patch_size_range": list(self.config.patch_size_range),
-                "manifest_dirs": list(self.config.manifest_dirs),
-            },
+            "config": to_dict(self.config),
+            "data": self.data,  # what identifies the training data, wherever it is read from
         }
 
     def save(self, epoch_complete: bool) -> None:
@@ -303,11 +165,6 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
         if self.cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        if self.step > self.epoch * self.steps_per_epoch and self.generator_states is None:
-            print(  # a checkpoint written mid-epoch before generators were kept
-                f"{path}: stopped mid-epoch by an older nsneg; its epoch goes on from the next "
-                "batch, with other random augmentations than an uninterrupted run"
-            )
 
     # ------------------------------------------------------------------ one step
     def nonsemantic(
@@ -334,6 +191,8 @@ class Trainer:
         params_1 = sample_params(q.shape[0], generator)
         im_1, im_2 = augment(q, params_1), augment(k, sample_params(k.shape[0], generator))
         im_ns = self.nonsemantic(im_1, t, params_1, generator)
+        if self.step == 0 and self.rank == 0:  # the run's first views, for its image grid
+            self.first_views = (im_1[:4].detach(), None if im_ns is None else im_ns[:4].detach())
         if self.channels_last:
             im_1, im_2 = (x.contiguous(memory_format=torch.channels_last) for x in (im_1, im_2))
         lr = self.lr_at(self.step)
@@ -432,7 +291,10 @@ class Trainer:
         previous = {
             s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)
         }
-        log = MetricsLog(self.out) if self.rank == 0 else None
+        log = None
+        if self.rank == 0:
+            write_resolved(self.out, c, self.data)
+            log = MetricsLog(self.out, c.wandb, {**to_dict(c), "data": self.data})
         metrics: dict[str, float] = {}
         try:
             while self.epoch < c.epochs:
@@ -455,6 +317,9 @@ class Trainer:
                 start, steps = time.time(), 0
                 for batch in batches:
                     step = self.train_step(batch, generator)
+                    if log and self.first_views is not None:  # once per run
+                        log.image("negatives", negatives_grid(*self.first_views), self.step)
+                        self.first_views = None
                     for name, value in step.items():
                         if isinstance(value, torch.Tensor):
                             sums[name] = sums.get(name, 0.0) + value.float()  # on the device
@@ -486,6 +351,7 @@ class Trainer:
                                     "step": self.step,
                                     **metrics,
                                     "img_per_s": rate,
+                                    "skipped": self.skipped,
                                 },
                                 "step",
                                 self.step,
@@ -502,6 +368,7 @@ class Trainer:
                     "epoch": self.epoch,
                     **{name: float(v) / n for name, v in sums.items()},
                     "img_per_s": steps * c.batch_size / max(time.time() - start, 1e-9),
+                    "skipped": self.skipped,
                 }
                 self.check_finite(metrics["loss"])
                 if log:
@@ -526,16 +393,3 @@ class Trainer:
             if log:
                 log.close()
         return metrics
-
-
-def setup_distributed() -> str | None:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL on GPUs, gloo on CPUs. Returns the device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    if torch.cuda.is_available():
-        local_rank = int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
-        return f"cuda:{local_rank}"
-    dist.init_process_group("gloo")
-    return "cpu"

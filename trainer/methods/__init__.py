@@ -1,5 +1,6 @@
 """Pre-training methods behind one interface (``Method``): MoCo v2, BYOL, SimCLR, each with
-non-semantic negatives. ``METHODS[name]`` is the class ``nsneg-train --method name`` trains."""
+non-semantic negatives. ``METHODS[name]`` is the class ``nsneg-train --method name`` trains: a new method is its
+module (the ``Method`` subclass and its ``Settings``) and one line here."""
 
 from nsneg.trainer.methods.base import Method, OptimDefaults
 from nsneg.trainer.methods.byol import BYOL

@@ -21,6 +21,7 @@ Metrics: ``acc``, how often an anchor's positive is above all its regular negati
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,18 +29,31 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from nsneg.trainer.backbones import build_trunk
 from nsneg.trainer.methods.base import (
     Method,
     OptimDefaults,
-    build_trunk,
     distributed,
     frozen_bn_statistics,
+    memory_format_of,
     mlp_head,
+    setting,
 )
 from nsneg.trainer.negatives import contrast_metrics, nonsemantic_logits
 
 if TYPE_CHECKING:
-    from nsneg.trainer.train import TrainConfig
+    from nsneg.trainer.config import TrainConfig
+
+
+@dataclass
+class SimCLRSettings:
+    proj_hidden_dim: int = setting(4096, "projector's hidden layer")
+    proj_dim: int = setting(512, "projection size")
+    t: float = setting(0.2, "NT-Xent temperature")
+
+    @classmethod
+    def small(cls) -> SimCLRSettings:
+        return cls(proj_hidden_dim=32, proj_dim=16)
 
 
 class SimCLR(Method):
@@ -47,14 +61,16 @@ class SimCLR(Method):
     #: solo-learn's SimCLR on ImageNet-100 (scripts/pretrain/imagenet-100/simclr.yaml): LARS, lr 0.3
     #: at a batch of 256, weight decay 1e-4, 10 warm-up epochs then cosine
     defaults = OptimDefaults(optimizer="lars", lr_per_256=0.3, weight_decay=1e-4, warmup_epochs=10)
+    Settings = SimCLRSettings
+    backbone_passes = (2, 0)  # both views; the negatives without gradient
 
     def __init__(
         self,
         backbone: nn.Module,
         feature_dim: int,
-        proj_hidden_dim: int = 4096,
-        proj_dim: int = 512,
-        T: float = 0.2,
+        proj_hidden_dim: int = SimCLRSettings.proj_hidden_dim,
+        proj_dim: int = SimCLRSettings.proj_dim,
+        T: float = SimCLRSettings.t,
         alpha: float = 2.0,
     ):
         super().__init__()
@@ -64,14 +80,16 @@ class SimCLR(Method):
 
     @classmethod
     def from_config(cls, config: TrainConfig, bn_splits: int) -> SimCLR:
-        c = config
-        backbone, feature_dim = build_trunk(c.arch, c.small_images)
+        c, s = config, config.method_settings
+        backbone, feature_dim = build_trunk(
+            c.arch, small_images=c.small_images, image_size=c.image_size
+        )
         return cls(
             backbone,
             feature_dim,
-            proj_hidden_dim=c.simclr_proj_hidden_dim,
-            proj_dim=c.simclr_proj_dim,
-            T=c.simclr_t,
+            proj_hidden_dim=s.proj_hidden_dim,
+            proj_dim=s.proj_dim,
+            T=s.t,
             alpha=c.alpha,
         )
 
@@ -97,11 +115,7 @@ class SimCLR(Method):
         z_1, z_2 = self.project(im_1), self.project(im_2)  # [B, D]
         t = None
         if im_ns is not None:
-            fmt = (
-                torch.channels_last
-                if im_1.is_contiguous(memory_format=torch.channels_last)
-                else torch.contiguous_format
-            )
+            fmt = memory_format_of(im_1)
             with torch.no_grad(), frozen_bn_statistics(self):
                 t = torch.stack(
                     [
