@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from mini_repro.protocol import PATCH_SIZE_RANGE, UNTRAINED, Protocol, Variant
+from nsneg.trainer.config import TrainConfig
 from nsneg.trainer.methods import METHODS
 from nsneg.trainer.negatives import patch_negatives
-from nsneg.trainer.train import TrainConfig
 
 #: The setting the reference wall times were measured at (FULL of 2026-11-27).
 REFERENCE_SETTING = {
@@ -84,7 +84,7 @@ def flops_per_view_of(setting: dict[str, Any], kind: str, method: str = "moco") 
         image_size=size,
         small_images=setting["small_images"],
         batch_size=b,
-        moco_k=setting["moco_k"],
+        method_settings=dict(k=setting["moco_k"]) if method == "moco" else None,
         bn_splits=setting["bn_splits"],
     )
     model = METHODS[method].from_config(config, setting["bn_splits"])

@@ -52,9 +52,10 @@ from nsneg.pipeline.job import run as run_texture_job
 from nsneg.pipeline.sources import folder_listing
 from nsneg.pipeline.synthesis import SynthesisConfig
 from nsneg.trainer import checkpoint as checkpoints
+from nsneg.trainer.config import TrainConfig
 from nsneg.trainer.eval.features import align_classes, extract_features, load_dataset
 from nsneg.trainer.eval.probes import top1, train_linear
-from nsneg.trainer.train import TrainConfig, Trainer
+from nsneg.trainer.train import Trainer
 
 Log = Callable[[str], None]
 PREPARED = "prepared.json"
@@ -285,7 +286,7 @@ def pretrain(
         small_images=p.uses_small_images,
         lr=p.lr,
         batch_size=p.batch_size,
-        moco_k=p.moco_k,
+        method_settings=dict(k=p.moco_k) if variant.method == "moco" else None,
         epochs=p.epochs,
         steps_per_epoch=p.steps_per_epoch,
         bn_splits=p.bn_splits,

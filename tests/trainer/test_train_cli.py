@@ -142,27 +142,33 @@ def test_sigterm_writes_a_checkpoint_before_exit(shards, tmp_path):
     assert "stopping after this step, writing checkpoint" in output  # said at once
 
 
-def test_every_config_field_is_an_option_with_the_same_default():
-    """One source of truth: nsneg-train's options are TrainConfig's fields, defaults included
-    (``--small-images`` alone defaults to "decide from --image-size")."""
+def test_every_config_field_and_method_setting_is_an_option_with_the_same_default():
+    """One source of truth: nsneg-train's options are TrainConfig's fields and each method's
+    settings, defaults and help included (``--small-images`` alone defaults to "decide from
+    --image-size")."""
     import dataclasses
 
-    from nsneg.trainer.train import TrainConfig
+    from nsneg.trainer.cli import SAFE_ON_RESUME
+    from nsneg.trainer.config import run_fields
+    from nsneg.trainer.methods import METHODS
 
     params = {p.name: p for p in main.params}
-    for f in dataclasses.fields(TrainConfig):
-        assert f.name in params, f"TrainConfig.{f.name} has no option"
-        default = params[f.name].default
-        default = tuple(default) if isinstance(default, list) else default
-        expected = None if f.name == "small_images" else f.default
-        assert default == expected or (default, expected) == ((), ()), f.name
-        assert params[f.name].help == f.metadata.get("help", ""), f.name
-    assert {"resume", "force", "reverify", "device"} == params.keys() - {
-        f.name for f in dataclasses.fields(TrainConfig)
+    fields = {f.name: f for f in run_fields()}
+    fields |= {
+        f"{name}_{f.name}": f
+        for name, method in METHODS.items()
+        for f in dataclasses.fields(method.Settings)
     }
-    from nsneg.trainer.cli import SAFE_ON_RESUME
-
-    assert set(SAFE_ON_RESUME) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, f in fields.items():
+        assert name in params, f"{name} has no option"
+        default = params[name].default
+        default = tuple(default) if isinstance(default, list) else default
+        expected = None if name == "small_images" else f.default
+        assert default == expected or (default, expected) == ((), ()), name
+        assert params[name].help == f.metadata.get("help", ""), name
+    assert params["moco_k"].opts == ["--moco-k"] and params["moco_k"].default == 16384
+    assert {"config_file", "resume", "force", "reverify", "device"} == params.keys() - fields.keys()
+    assert set(SAFE_ON_RESUME) <= fields.keys()
 
 
 def test_byol_trains_from_the_command_line_and_resumes(train, shards, tmp_path):
