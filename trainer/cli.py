@@ -178,8 +178,17 @@ def main(config_file, resume, force, reverify, device, **options) -> None:
                 _check_same_data(from_file["data"], config, f"--config {config_file}")
             _refuse_other_run(Path(config.out), force, None)
         device = setup_distributed() or device
-        _verify_once_per_node(config.negatives, reverify)
-        trainer = Trainer(config, device=device)
+        try:
+            _verify_once_per_node(config.negatives, reverify)
+            trainer = Trainer(config, device=device)
+        except (BadShards, FileNotFoundError) as e:
+            moved = resume and "negatives" not in changes and not Path(config.negatives).exists()
+            if moved:  # the run's data may be elsewhere now
+                raise BadShards(
+                    f"{e}\n(the run read its data from {config.negatives}; where the data has "
+                    "moved, resume with --negatives NEW_PATH: it is checked to be the same data)"
+                ) from None
+            raise
         if resume:
             trainer.restore(Path(resume))
             _report_changes(trainer, changes)
