@@ -14,6 +14,7 @@ resumed run continues its W&B run (its id is kept in ``OUT/wandb-run-id``).
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def _start_wandb(out: Path, project: str, config: dict):
     except ImportError:
         raise ValueError("--wandb needs wandb: pip install 'nsneg[wandb]'") from None
     id_file = out / "wandb-run-id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
     id_file.write_text(run_id + "\n")
     return wandb.init(
         project=project,

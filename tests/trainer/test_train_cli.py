@@ -55,7 +55,11 @@ def test_an_existing_run_folder_is_refused_without_resume_or_force(train, shards
     assert train("--negatives", shards, "--out", out, "--epochs", "1").exit_code == 0
     before = (out / "checkpoint.pt").read_bytes(), (out / "log.jsonl").read_text()
     again = train("--negatives", shards, "--out", out, "--epochs", "1")
-    assert again.exit_code == 2 and "already holds a run (checkpoint.pt, log.jsonl, config.yaml, tensorboard)" in again.output
+    assert (
+        again.exit_code == 2
+        and "already holds a run (checkpoint.pt, log.jsonl, config.yaml, tensorboard)"
+        in again.output
+    )
     assert f"--resume {out / 'checkpoint.pt'}" in again.output and "--force" in again.output
     assert ((out / "checkpoint.pt").read_bytes(), (out / "log.jsonl").read_text()) == before
     forced = train("--negatives", shards, "--out", out, "--epochs", "1", "--force", "--verify")
