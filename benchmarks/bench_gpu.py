@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import torch
 
-from nsneg.pipeline.files import atomic_write_json, atomic_write_text
+from nsneg.datasets_manifest.format.files import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

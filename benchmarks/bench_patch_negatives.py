@@ -21,7 +21,7 @@ import click
 import numpy as np
 import torch
 
-from nsneg.pipeline.files import atomic_write_json
+from nsneg.datasets_manifest.format.files import atomic_write_json
 from nsneg.trainer.negatives import REFERENCE_SIZE, patch_negatives
 
 

@@ -17,8 +17,8 @@ import click
 import numpy as np
 import torch
 
+from nsneg.datasets_manifest.format.files import atomic_write_json
 from nsneg.pipeline import job
-from nsneg.pipeline.files import atomic_write_json
 from nsneg.pipeline.images import make_crops
 from nsneg.pipeline.sources import embedded_listing
 from nsneg.pipeline.synthesis import SynthesisConfig, TextureSynthesizer

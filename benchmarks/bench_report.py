@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from nsneg.pipeline.files import atomic_write_json, atomic_write_text
+from nsneg.datasets_manifest.format.files import atomic_write_json, atomic_write_text
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 RECORDS = DOCS / "benchmarks"

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from nsneg.datasets_manifest.format.files import atomic_write_json, atomic_write_text
 from nsneg.pipeline import quality
-from nsneg.pipeline.files import atomic_write_json, atomic_write_text
 from nsneg.pipeline.images import make_crops
 from nsneg.pipeline.sources import embedded_listing
 from nsneg.pipeline.synthesis import SynthesisConfig, TextureSynthesizer, gram

@@ -40,8 +40,11 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-from nsneg.pipeline import contract
-from nsneg.pipeline.files import atomic_write_json
+from nsneg.datasets_manifest.format.constants import TEXTURE_SIZE
+from nsneg.datasets_manifest.format.files import atomic_write_json
+from nsneg.datasets_manifest.format.naming import shard_path
+from nsneg.datasets_manifest.format.sample_reader import check_sample, iter_raw
+from nsneg.datasets_manifest.format.shard_writer import ShardWriter, encode_sample
 from nsneg.trainer.config import TrainConfig
 from nsneg.trainer.methods import METHODS
 from nsneg.trainer.methods.moco import build_backbone
@@ -65,8 +68,8 @@ def imagenet_like_shards(out: Path, images: int, shard_size: int = 64, seed: int
     ]
     paths = []
     for start in range(0, images, shard_size):
-        path = contract.shard_path(out, "train", start // shard_size)
-        writer = contract.ShardWriter(path)
+        path = shard_path(out, "train", start // shard_size)
+        writer = ShardWriter(path)
         for i in range(start, min(images, start + shard_size)):
             photo = photos[i % len(photos)]
             side = rng.uniform(0.4, 1.0)
@@ -89,13 +92,9 @@ def imagenet_like_shards(out: Path, images: int, shard_size: int = 64, seed: int
             )
             buffer = io.BytesIO()
             img.save(buffer, "JPEG", quality=rng.randint(85, 95))
-            texture = np.asarray(
-                img.resize((contract.TEXTURE_SIZE, contract.TEXTURE_SIZE)), dtype=np.uint8
-            )
+            texture = np.asarray(img.resize((TEXTURE_SIZE, TEXTURE_SIZE)), dtype=np.uint8)
             writer.write(
-                contract.encode_sample(
-                    f"img{i:06d}", texture, i % len(photos), {}, buffer.getvalue()
-                )
+                encode_sample(f"img{i:06d}", texture, i % len(photos), {}, buffer.getvalue())
             )
         writer.commit({})
         paths.append(str(path))
@@ -185,12 +184,12 @@ def decode_rates(urls: list[str], image_size: int, samples: int = 64) -> tuple[f
 
     from nsneg.trainer.data import apply_box, crop_box, views
 
-    raws = list(itertools.islice(contract.iter_raw(urls), samples))
+    raws = list(itertools.islice(iter_raw(urls), samples))
     rng = random.Random(0)
 
     def full_decode():
         for raw in raws:
-            sample = contract.decode_sample(raw)
+            sample = check_sample(raw)
             source = sample.source()
             box_q, box_k = crop_box(*source.size, rng), crop_box(*source.size, rng)
             apply_box(source, box_q, image_size), apply_box(source, box_k, image_size)

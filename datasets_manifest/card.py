@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nsneg.pipeline import contract, files
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import ManifestError, load_manifest
 
 CARD_NAME = "README.md"
 #: The line that marks a card as written by nsneg: only such a card is ever replaced.
@@ -139,10 +140,10 @@ def write_card(root: Path, name: str, version: str, manifest: dict[str, Any] | N
     README that nsneg did not write is never replaced."""
     path = Path(root) / CARD_NAME
     if path.exists() and MARKER not in path.read_text(errors="replace"):
-        raise contract.ManifestError(
+        raise ManifestError(
             f"{path} exists and was not written by nsneg-data publish; move it "
             "away (the dataset card takes its place)"
         )
-    manifest = manifest if manifest is not None else contract.load_manifest(root)
+    manifest = manifest if manifest is not None else load_manifest(root)
     files.atomic_write_text(path, render(manifest, name, version))
     return path

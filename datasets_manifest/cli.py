@@ -1,4 +1,4 @@
-"""``nsneg-data``: publish, list, fetch, verify, upgrade, preview and describe ImageNet-Texture shard sets."""
+"""``nsneg-data``: publish, list, fetch, verify, preview and describe ImageNet-Texture shard sets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ from pathlib import Path
 import click
 
 from nsneg.datasets_manifest import registry
-from nsneg.pipeline import contract, files
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import ManifestError, load_manifest
+from nsneg.datasets_manifest.format.manifest import verify as verify_shards
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.datasets_manifest.format.skip_log import (
+    DEFAULT_MAX_SKIP_FRACTION,
+    SkipLog,
+    TooManyBadSamples,
+)
 
 manifest_dir_option = click.option(
     "--manifest-dir",
@@ -25,7 +34,7 @@ def _find(spec: str, manifest_dirs) -> registry.PublishedSet:
     """A set by ``NAME[@VERSION]``, or by the url of its folder (``hf://datasets/ORG/NAME``, ``https://...``)."""
     try:
         return registry.from_url(spec) if "://" in spec else registry.find(spec, manifest_dirs)
-    except (KeyError, FileNotFoundError, contract.ManifestError) as e:
+    except (KeyError, FileNotFoundError, ManifestError) as e:
         raise click.ClickException(str(e).strip('"')) from None
 
 
@@ -40,11 +49,11 @@ def _size(n: int) -> str:
 #: A shard set's folder (it must exist).
 shard_folder = click.Path(exists=True, file_okay=False, path_type=Path)
 
-#: The sample policy's threshold (``contract.SkipLog``), for every command that reads shards.
+#: The sample policy's threshold (``SkipLog``), for every command that reads shards.
 max_skip_option = click.option(
     "--max-skip-fraction",
     type=click.FloatRange(0, 1),
-    default=contract.DEFAULT_MAX_SKIP_FRACTION,
+    default=DEFAULT_MAX_SKIP_FRACTION,
     show_default=True,
     help="stop when more than this fraction of the samples read is bad (each bad sample is "
     "skipped and named with its shard and key)",
@@ -61,15 +70,15 @@ check_option = click.option(
 def check_samples(directory: Path, splits, max_skip_fraction: float) -> dict[str, dict]:
     """The sample policy over ``splits`` of a local set -> {split: skip report}; one summary line
     per split; past ``max_skip_fraction`` one clear error (exit status 1)."""
-    manifest = contract.load_manifest(directory)
+    manifest = load_manifest(directory)
     reports = {}
     for split in splits or manifest["splits"]:
-        skips = contract.SkipLog(max_skip_fraction)
+        skips = SkipLog(max_skip_fraction)
         try:
-            for _ in contract.iter_samples(directory, split, skips):
+            for _ in iter_samples(directory, split, skips):
                 pass
             reports[split] = skips.finish()
-        except contract.TooManyBadSamples as e:
+        except TooManyBadSamples as e:
             raise click.ClickException(f"{directory}/{split}: {e}") from None
         click.echo(f"{split}: {skips.read} good samples, {skips.summary()}")
     return reports
@@ -80,7 +89,7 @@ def manifest_errors():
     """A missing or unreadable manifest -> ``Error: <message>`` and exit status 1."""
     try:
         yield
-    except (FileNotFoundError, contract.ManifestError, contract.TooManyBadSamples) as e:
+    except (FileNotFoundError, ManifestError, TooManyBadSamples) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -111,7 +120,7 @@ def publish(shards, base_url, name, version, manifest_dir) -> None:
     folder), the name and version in SHARDS/manifest.json, and SHARDS/README.md, the dataset card
     that makes the folder a Hugging Face dataset."""
     with manifest_errors():
-        has_source = contract.load_manifest(shards)["has_source"]
+        has_source = load_manifest(shards)["has_source"]
         path = registry.publish(shards, base_url, name, version, manifest_dir)
     if has_source:
         click.echo(
@@ -187,8 +196,8 @@ def verify(directory, check_samples_, max_skip_fraction, json_out) -> None:
     """Re-hash every shard against the manifest, then read every sample through the sample policy;
     exit status 1 on any mismatch or past --max-skip-fraction."""
     with manifest_errors():
-        manifest = contract.load_manifest(directory)
-    problems = {p.split(":")[0]: p for p in contract.verify(directory)}
+        manifest = load_manifest(directory)
+    problems = {p.split(":")[0]: p for p in verify_shards(directory)}
     for split, info in manifest["splits"].items():
         for shard in info["shards"]:
             path = str(Path(directory) / split / shard["name"])
@@ -207,26 +216,6 @@ def verify(directory, check_samples_, max_skip_fraction, json_out) -> None:
 
 
 @main.command()
-@click.argument("directory", type=shard_folder)
-@check_option
-@max_skip_option
-def upgrade(directory, check_samples_, max_skip_fraction) -> None:
-    """Bring a shard set written by an older nsneg to the current layout, in place (records leave the split folders)."""
-    with manifest_errors():
-        changed = contract.upgrade(directory)
-    click.echo(
-        f"{directory}: "
-        + (
-            f"upgraded to format version {contract.FORMAT_VERSION}"
-            if changed
-            else f"already format version {contract.FORMAT_VERSION}; nothing to do"
-        )
-    )
-    if check_samples_:
-        check_samples(directory, None, max_skip_fraction)
-
-
-@main.command()
 @click.argument("source", metavar="DIR|NAME[@VERSION]|URL")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--n", type=int, default=32, show_default=True)
@@ -240,7 +229,7 @@ def preview(source, out, n, classes, split, max_skip_fraction, manifest_dirs) ->
     from nsneg.pipeline.preview import contact_sheet
 
     wanted = {c for c in classes.split(",") if c} if classes else None
-    skips = contract.SkipLog(max_skip_fraction)
+    skips = SkipLog(max_skip_fraction)
     try:
         if Path(source).is_dir():
             contact_sheet(Path(source), split, out, n, wanted, skips)
@@ -260,7 +249,7 @@ def preview(source, out, n, classes, split, max_skip_fraction, manifest_dirs) ->
                         raise click.ClickException(
                             f"could not fetch a shard to preview: {report.failed}"
                         )
-                    skips = contract.SkipLog(max_skip_fraction)
+                    skips = SkipLog(max_skip_fraction)
                     lacking = contact_sheet(Path(tmp), split, out, n, wanted, skips)
                     if not lacking or first >= total:
                         break
@@ -335,7 +324,7 @@ def export(directory, out, sources_to, splits, max_skip_fraction) -> None:
     TO/<split>/<wnid>/<stem>.png, paired by path with <imagenet>/<split>/<wnid>/<stem>.JPEG."""
     from nsneg.datasets_manifest import paper_layout
 
-    skips = contract.SkipLog(max_skip_fraction)
+    skips = SkipLog(max_skip_fraction)
     with manifest_errors():
         try:
             summary = paper_layout.export_set(
@@ -407,7 +396,7 @@ def import_(folder, out, imagenet, splits, shard_size, made_by, max_skip_fractio
         )
         for s in info["skipped"][:10]:
             click.echo(f"  {s['path']}: {s['reason']}")
-    click.echo(f"manifest {Path(out) / contract.MANIFEST_NAME}")
+    click.echo(f"manifest {Path(out) / MANIFEST_NAME}")
 
 
 if __name__ == "__main__":

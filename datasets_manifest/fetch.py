@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from nsneg.datasets_manifest.card import write_card
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import ManifestError, build_manifest
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME
 from nsneg.datasets_manifest.registry import PublishedSet, published_name
-from nsneg.pipeline import contract, files
 
 CHUNK = 1 << 16  # small enough that a cut connection leaves most of what arrived on disk
 
@@ -245,11 +247,11 @@ def _write_local_manifest(
             "complete": info["complete"] and len(shards) == len(info["shards"]),
         }
     m = published.manifest
-    local = contract.build_manifest(m["classes"], local_splits, m["generator"], m["has_source"])
+    local = build_manifest(m["classes"], local_splits, m["generator"], m["has_source"])
     local.update(name=m["name"], version=m["version"], base_url=m["base_url"])
-    files.atomic_write_json(to / contract.MANIFEST_NAME, local)
+    files.atomic_write_json(to / MANIFEST_NAME, local)
     files.atomic_write_json(to / published_name(m["name"], m["version"]), m)
     try:
         write_card(to, m["name"], m["version"], local)
-    except contract.ManifestError:
+    except ManifestError:
         pass  # the user's own README.md there is kept

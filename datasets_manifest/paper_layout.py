@@ -16,8 +16,8 @@ so ``imagenet-100-texture/train/n01/x.png`` pairs with ``imagenet-100/train/n01/
   set of our contract (manifest, sha256, the generator recorded as external), resumable like
   the build: shards are fingerprinted by their files and finished ones are kept.
 
-Every sample read goes through the sample policy (``contract``); every file imported through
-the pipeline's image loader (``images.decode_rgb``: the same pixel limit, no bomb decoded).
+Every sample read goes through the sample policy (``format.sample_reader``); every file imported through
+the pipeline's image loader (``format.image_decode.decode_rgb``: the same pixel limit, no bomb decoded).
 """
 
 from __future__ import annotations
@@ -30,8 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from nsneg.pipeline import contract, files, shards
-from nsneg.pipeline.images import BadImage, decode_rgb
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.constants import TEXTURE_SIZE
+from nsneg.datasets_manifest.format.image_decode import BadImage, decode_rgb
+from nsneg.datasets_manifest.format.manifest import load_manifest
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.datasets_manifest.format.shard_writer import ShardWriter, encode_sample
+from nsneg.datasets_manifest.format.skip_log import (
+    DEFAULT_MAX_SKIP_FRACTION,
+    SkipLog,
+    TooManyBadSamples,
+)
+from nsneg.pipeline import shards
 from nsneg.pipeline.sources import IMAGE_SUFFIXES, SourceImage, folder_listing
 
 log = logging.getLogger(__name__)
@@ -72,13 +82,13 @@ def export_set(
     out: Path,
     splits: list[str] | None = None,
     sources_to: Path | None = None,
-    skips: contract.SkipLog | None = None,
+    skips: SkipLog | None = None,
 ) -> ExportSummary:
     """Write ``splits`` (default: all) of the shard set ``root`` as ``out/<split>/<wnid>/<stem>.png``
     (``stem``: the source file's, so the paper's pairing rule finds the ImageNet photo), and, with
     ``sources_to``, each sample's source file as ``sources_to/<split>/<wnid>/<stem>.JPEG``."""
     root, out = Path(root), Path(out)
-    manifest = contract.load_manifest(root)
+    manifest = load_manifest(root)
     splits = splits or list(manifest["splits"])
     if sources_to is not None:
         if not manifest["has_source"]:
@@ -92,14 +102,14 @@ def export_set(
                 f"--to {out} it looks in {Path(paired_photo_path(str(probe))).parents[2]}, not "
                 f"{sources_to} (name them e.g. imagenet-100-texture and imagenet-100)"
             )
-    skips = skips if skips is not None else contract.SkipLog(contract.DEFAULT_MAX_SKIP_FRACTION)
+    skips = skips if skips is not None else SkipLog(DEFAULT_MAX_SKIP_FRACTION)
     summary = ExportSummary()
     for split in splits:
         if split not in manifest["splits"]:
             raise LayoutError(f"{root} has no split {split!r} (has {sorted(manifest['splits'])})")
         seen: set[Path] = set()
         count = 0
-        for sample in contract.iter_samples(root, split, skips):
+        for sample in iter_samples(root, split, skips):
             wnid = manifest["classes"][sample.cls]
             source_name = sample.meta.get("source_name")
             stem = Path(source_name).stem if isinstance(source_name, str) else sample.key
@@ -191,10 +201,9 @@ def _import_sample(
         texture, conversions, fmt = decode_rgb(data)
     except (BadImage, OSError) as e:
         return None, f"texture: {getattr(e, 'reason', e)}"
-    if texture.size != (contract.TEXTURE_SIZE, contract.TEXTURE_SIZE):
+    if texture.size != (TEXTURE_SIZE, TEXTURE_SIZE):
         return None, (
-            f"texture is {texture.width}x{texture.height}, not "
-            f"{contract.TEXTURE_SIZE}x{contract.TEXTURE_SIZE}"
+            f"texture is {texture.width}x{texture.height}, not {TEXTURE_SIZE}x{TEXTURE_SIZE}"
         )
     stem = Path(image.path).stem
     source_bytes, source_name = None, f"{stem}.{PHOTO_SUFFIX}"  # the paper's rule, when unknown
@@ -217,7 +226,7 @@ def _import_sample(
         "conversions": conversions,
         "generator": "external",
     }
-    sample = contract.encode_sample(image.key, np.asarray(texture), image.cls, meta, source_bytes)
+    sample = encode_sample(image.key, np.asarray(texture), image.cls, meta, source_bytes)
     return sample, None
 
 
@@ -228,7 +237,7 @@ def import_folder(
     splits: list[str] | None = None,
     shard_size: int = 1000,
     made_by: str = "the paper's preprocess/imangenet_texture_syn.py (EmbarkStudios texture-synthesis)",
-    max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
 ) -> ImportSummary:
     """Make (or finish making) a shard set in ``out`` from a texture folder in the paper's layout."""
     folder, out = Path(folder), Path(out)
@@ -237,7 +246,7 @@ def import_folder(
         "external": {"layout": LAYOUT, "made_by": made_by},
         "shard_size": shard_size,
         "include_source": imagenet is not None,
-        "texture_size": contract.TEXTURE_SIZE,
+        "texture_size": TEXTURE_SIZE,
     }
     has_source = imagenet is not None
     shards.check_mergeable(out, classes, generator, has_source)  # refuse another set's folder
@@ -250,7 +259,7 @@ def import_folder(
             for spec in specs:
                 if spec.index in records:
                     continue
-                writer = contract.ShardWriter(Path(spec.path))
+                writer = ShardWriter(Path(spec.path))
                 skipped = []
                 try:
                     for image in spec.images:
@@ -288,7 +297,7 @@ def import_folder(
             "skipped": skipped_all,
         }
         if len(skipped_all) > max_skip_fraction * max(1, len(images)):
-            raise contract.TooManyBadSamples(
+            raise TooManyBadSamples(
                 f"{split}: {len(skipped_all)} of {len(images)} files unusable, above "
                 f"--max-skip-fraction {max_skip_fraction} (first: {skipped_all[0]['path']}: "
                 f"{skipped_all[0]['reason']}); the manifest lists each"

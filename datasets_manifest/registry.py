@@ -1,6 +1,6 @@
 """Published shard sets: their manifests, found by name, and how one is published.
 
-A published manifest is the pipeline's manifest (``nsneg.pipeline.contract``) plus ``name``,
+A published manifest is the pipeline's manifest (``nsneg.datasets_manifest.format.manifest``) plus ``name``,
 ``version``, ``base_url`` and a ``url`` per shard, stored as ``<name>-<version>.json``.
 ``NAME[@VERSION]`` is looked up, in this order, in ``datasets_manifest/sets/`` (shipped with
 nsneg), in the user's manifest folder (``user_manifest_dir``: where ``publish`` writes) and in
@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nsneg.pipeline import contract, files
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import (
+    ManifestError,
+    load_manifest,
+    validate_manifest,
+    verify,
+)
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME
 
 SHIPPED_DIR = Path(__file__).parent / "sets"
 
@@ -74,14 +81,14 @@ def _read(path: Path | str, text: str | None = None) -> PublishedSet:
     try:
         manifest = json.loads(Path(path).read_text() if text is None else text)
     except json.JSONDecodeError as e:
-        raise contract.ManifestError(f"{path}: not valid JSON ({e})") from None
-    contract.validate_manifest(manifest, str(path))
+        raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    validate_manifest(manifest, str(path))
     for field in ("name", "version", "base_url"):
         if field not in manifest:
-            raise contract.ManifestError(f"{path}: a published manifest needs {field!r}")
+            raise ManifestError(f"{path}: a published manifest needs {field!r}")
     for split, info in manifest["splits"].items():
         if any("url" not in s for s in info["shards"]):
-            raise contract.ManifestError(
+            raise ManifestError(
                 f"{path}: every shard of a published set needs a 'url' (split {split!r})"
             )
     return PublishedSet(manifest["name"], manifest["version"], manifest, Path(str(path)))
@@ -104,7 +111,7 @@ def known_sets(manifest_dirs: Iterable[Path | str] = ()) -> list[PublishedSet]:
         sets += [
             _read(p)
             for p in sorted(Path(directory).glob("*.json"))
-            if p.name != contract.MANIFEST_NAME  # a set's own folder: only its published manifest
+            if p.name != MANIFEST_NAME  # a set's own folder: only its published manifest
         ]
     return sorted(sets, key=lambda s: (s.name, s.version))
 
@@ -134,9 +141,7 @@ def find(spec: str, manifest_dirs: Iterable[Path | str] = ()) -> PublishedSet:
                 continue
             found = _read(where, text)
             if (found.name, found.version) != (name, version):
-                raise contract.ManifestError(
-                    f"{where} describes {found.name}@{found.version}, not {spec}"
-                )
+                raise ManifestError(f"{where} describes {found.name}@{found.version}, not {spec}")
             return found
     if not matches:
         known = sorted({f"{s.name}@{s.version}" for s in known_sets(manifest_dirs)})
@@ -157,13 +162,13 @@ def from_url(url: str) -> PublishedSet:
     """The set whose folder is served at ``url`` (http(s), hf://, file://, any fsspec url): its
     ``manifest.json``, with every shard's url under ``url``."""
     base = url.rstrip("/")
-    where = f"{base}/{contract.MANIFEST_NAME}"
+    where = f"{base}/{MANIFEST_NAME}"
     text = read_text(where)
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as e:
-        raise contract.ManifestError(f"{where}: not valid JSON ({e})") from None
-    contract.validate_manifest(manifest, where)
+        raise ManifestError(f"{where}: not valid JSON ({e})") from None
+    validate_manifest(manifest, where)
     splits = {
         split: {
             **info,
@@ -174,7 +179,7 @@ def from_url(url: str) -> PublishedSet:
     name = manifest.get("name") or base.rsplit("/", 1)[-1]
     version = manifest.get("version") or "0"
     published = {**manifest, "name": name, "version": version, "base_url": base, "splits": splits}
-    return PublishedSet(name, version, contract.validate_manifest(published, where), Path(where))
+    return PublishedSet(name, version, validate_manifest(published, where), Path(where))
 
 
 def publish(
@@ -189,16 +194,15 @@ def publish(
     Hugging Face ``datasets``, with the manifest's split names)."""
     from nsneg.datasets_manifest.card import write_card
 
-    contract.upgrade(shards)  # a version-1 folder would not load as a dataset: its records move out
-    problems = contract.verify(shards)
+    problems = verify(shards)
     if problems:
-        raise contract.ManifestError(
+        raise ManifestError(
             "refusing to publish shards that do not match their manifest:\n  "
             + "\n  ".join(problems)
         )
-    manifest = contract.load_manifest(shards)
+    manifest = load_manifest(shards)
     if not all(info["complete"] for info in manifest["splits"].values()):
-        raise contract.ManifestError(
+        raise ManifestError(
             f"{shards}: a split is incomplete (an interrupted job); finish it before publishing"
         )
     base = base_url.rstrip("/")
@@ -210,12 +214,12 @@ def publish(
         }
         for split, info in manifest["splits"].items()
     }
-    contract.validate_manifest(published, f"{name}@{version}")
+    validate_manifest(published, f"{name}@{version}")
     out = Path(manifest_dir or user_manifest_dir()) / published_name(name, version)
     out.parent.mkdir(parents=True, exist_ok=True)
     local = {**manifest, "name": name, "version": version, "base_url": base}
     write_card(shards, name, version, local)
     files.atomic_write_json(Path(shards) / published_name(name, version), published)
-    files.atomic_write_json(Path(shards) / contract.MANIFEST_NAME, local)
+    files.atomic_write_json(Path(shards) / MANIFEST_NAME, local)
     files.atomic_write_json(out, published)
     return out

@@ -6,15 +6,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nsneg.pipeline import contract, files
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import load_manifest
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, SkipLog
 
 
-def shard_stats(
-    root: Path, max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION
-) -> dict[str, Any]:
+def shard_stats(root: Path, max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION) -> dict[str, Any]:
     """Counts from the manifest plus one pass over the samples through the sample policy
-    (``contract.iter_samples``): ``bad_samples`` per split is its skip report."""
-    manifest = contract.load_manifest(root)
+    (``iter_samples``): ``bad_samples`` per split is its skip report."""
+    manifest = load_manifest(root)
     stats: dict[str, Any] = {
         "generator": manifest["generator"],
         "has_source": manifest["has_source"],
@@ -23,8 +24,8 @@ def shard_stats(
     for split, info in manifest["splits"].items():
         per_class: Counter[str] = Counter()
         losses = []
-        skips = contract.SkipLog(max_skip_fraction)
-        for sample in contract.iter_samples(root, split, skips):
+        skips = SkipLog(max_skip_fraction)
+        for sample in iter_samples(root, split, skips):
             per_class[manifest["classes"][sample.cls]] += 1
             if isinstance(sample.meta.get("loss"), int | float):
                 losses.append(float(sample.meta["loss"]))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from nsneg.pipeline import contract
+from nsneg.datasets_manifest.format.manifest import ManifestError, load_manifest
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME
 from nsneg.pipeline.images import RESIZE_SHORT
 from nsneg.pipeline.synthesis import CPU_BATCH_SIZE, SynthesisConfig
 
@@ -168,10 +169,10 @@ def build(
     )
     try:
         summary = job.run(config, listing, show_progress=not quiet, verbose=verbose)
-    except (job.SkipThresholdExceeded, RuntimeError, contract.ManifestError) as e:
+    except (job.SkipThresholdExceeded, RuntimeError, ManifestError) as e:
         raise click.ClickException(str(e)) from None
     preview_path = preview or out / f"preview-{split}.png"
-    manifest = contract.load_manifest(out)
+    manifest = load_manifest(out)
     if manifest["splits"][split]["samples"]:
         preview_mod.contact_sheet(out, split, preview_path)
     click.echo(f"images     {summary.images} ({len(listing.classes)} classes)")
@@ -185,7 +186,7 @@ def build(
     click.echo(f"skipped    {len(summary.skipped)}")
     for s in summary.skipped[:10]:
         click.echo(f"  {s['path']}: {s['reason']}")
-    click.echo(f"manifest   {out / contract.MANIFEST_NAME}")
+    click.echo(f"manifest   {out / MANIFEST_NAME}")
     if manifest["splits"][split]["samples"]:
         click.echo(f"preview    {preview_path}")
     if summary.failed_shards:
@@ -240,7 +241,7 @@ def pair(textures, imagenet, out, split, quiet) -> None:
     click.echo(f"unpaired   {summary.unpaired} ImageNet files of these classes have no texture")
     for path in summary.unpaired_examples[:10]:
         click.echo(f"  {path}")
-    click.echo(f"manifest   {out / contract.MANIFEST_NAME}")
+    click.echo(f"manifest   {out / MANIFEST_NAME}")
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nsneg.datasets_manifest.format.constants import IMAGENET_MEAN, IMAGENET_STD
+
 #: set to 1 to refuse downloads (as ``--offline``)
 OFFLINE_ENV = "NSNEG_OFFLINE"
 VGG19_LAYERS = {1: "relu1_1", 6: "relu2_1", 11: "relu3_1", 20: "relu4_1", 29: "relu5_1"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class WeightsNotFound(FileNotFoundError):

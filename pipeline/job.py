@@ -3,7 +3,7 @@
 Each shard is one task on a long-lived ``TextureWorker`` actor that keeps its encoder
 loaded (one actor per GPU where there are GPUs); within a shard, decoding the next batch and
 writing the previous one overlap the synthesis of the current one. A shard is written under a temporary name and renamed only when complete
-(``contract.ShardWriter``), so a rerun skips finished shards and a killed job loses at
+(``ShardWriter``), so a rerun skips finished shards and a killed job loses at
 most the shards in flight. Actors are restarted and their tasks retried by Ray when a
 worker dies; bad images are skipped with a reason and counted against a threshold.
 """
@@ -19,8 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from nsneg.pipeline import contract, shards
-from nsneg.pipeline.images import RESIZE_SHORT, BadImage, Crops, make_crops
+from nsneg.datasets_manifest.format.constants import CROP_SIZE, TEXTURE_SIZE
+from nsneg.datasets_manifest.format.image_decode import BadImage
+from nsneg.datasets_manifest.format.shard_writer import ShardWriter, encode_sample
+from nsneg.pipeline import shards
+from nsneg.pipeline.images import RESIZE_SHORT, Crops, make_crops
 from nsneg.pipeline.shards import ShardSpec, finished_record
 from nsneg.pipeline.shards import plan_shards as plan
 from nsneg.pipeline.sources import Listing, SourceImage
@@ -55,8 +58,8 @@ class JobConfig:
             "shard_size": self.shard_size,
             "include_source": self.include_source,
             "resize_short": self.resize_short,
-            "crop_size": contract.CROP_SIZE,
-            "texture_size": contract.TEXTURE_SIZE,
+            "crop_size": CROP_SIZE,
+            "texture_size": TEXTURE_SIZE,
         }
 
 
@@ -129,7 +132,7 @@ def _encode_sample(
     image, seed, data, crops = prepared
     meta = _sample_meta(image, crops, seed, loss, config)
     source = data if config.include_source else None
-    return contract.encode_sample(image.key, texture, image.cls, meta, source)
+    return encode_sample(image.key, texture, image.cls, meta, source)
 
 
 def write_shard(
@@ -158,7 +161,7 @@ def write_shard(
         or auto_batch_size(config.synthesis.encoder, "cpu")
     )
     batches = [spec.images[start : start + size] for start in range(0, len(spec.images), size)]
-    writer = contract.ShardWriter(Path(spec.path))
+    writer = ShardWriter(Path(spec.path))
     skipped: list[dict[str, str]] = []
 
     def prepare(batch: list[SourceImage]) -> list:

@@ -5,7 +5,7 @@ may not redistribute, yet training needs them. This job joins every texture samp
 ``ROOT/<split>/<wnid>/<source_name>`` and writes one output shard per input shard (same
 name) with the source file's bytes added as ``source.img``; the texture, class and json
 members are copied byte for byte, never re-encoded. Output shards go through
-``contract.ShardWriter`` and are fingerprinted by (input shard sha256, ImageNet root,
+``ShardWriter`` and are fingerprinted by (input shard sha256, ImageNet root,
 split), so a rerun keeps finished shards and a killed run leaves no partial final shard.
 Plain Python: the work is file copying, Ray would add nothing.
 """
@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nsneg.pipeline import contract, shards
+from nsneg.datasets_manifest.format.manifest import load_manifest, verify
+from nsneg.datasets_manifest.format.naming import (
+    CLASS_FIELD,
+    META_FIELD,
+    SOURCE_FIELD,
+    TEXTURE_FIELD,
+)
+from nsneg.datasets_manifest.format.sample_reader import BadSample, check_sample, iter_raw
+from nsneg.datasets_manifest.format.shard_writer import ShardWriter
+from nsneg.pipeline import shards
 from nsneg.pipeline.shards import ShardSpec, finished_record
 from nsneg.pipeline.sources import folder_listing, key_candidates
 
@@ -53,14 +62,14 @@ class PairSummary:
 def open_textures(textures: Path, split: str) -> dict[str, Any]:
     """The texture set's manifest, after refusing anything that must not be paired."""
     try:
-        manifest = contract.load_manifest(textures)
+        manifest = load_manifest(textures)
     except (FileNotFoundError, ValueError) as e:
         raise PairError(str(e)) from None
     if manifest["has_source"]:
         raise PairError(f"{textures} already carries source pixels: nothing to pair")
     if split not in manifest["splits"]:
         raise PairError(f"split {split!r} not in {textures} (has {sorted(manifest['splits'])})")
-    problems = contract.verify(textures)
+    problems = verify(textures)
     if problems:
         raise PairError(
             f"{textures}: shards do not match their manifest, refusing to pair them:\n  "
@@ -109,25 +118,25 @@ def pair_shard(
 ) -> dict[str, Any]:
     """Write one paired shard; returns its record.
 
-    Every input sample passes the sample policy first (``contract.check_sample``): a bad one
+    Every input sample passes the sample policy first (``check_sample``): a bad one
     is skipped and listed with its reason, like a sample whose ImageNet file is missing.
 
     The record also lists every texture sample's ``<wnid>/<source_name>`` (``sources``),
     so a resumed run can count unpaired ImageNet files without rereading finished shards.
     """
-    writer = contract.ShardWriter(Path(spec.path))
+    writer = ShardWriter(Path(spec.path))
     skipped: list[dict[str, str]] = []
     sources: list[str] = []
     try:
-        for raw in contract.iter_raw([input_path]):
+        for raw in iter_raw([input_path]):
             key = raw["__key__"]
             try:
-                meta = contract.check_sample(raw, classes, has_source=False).meta
+                meta = check_sample(raw, classes, has_source=False).meta
                 if not isinstance(meta.get("wnid"), str) or not isinstance(
                     meta.get("source_name"), str
                 ):
-                    raise contract.BadSample("json", "json names no wnid and source_name")
-            except contract.BadSample as e:
+                    raise BadSample("json", "json names no wnid and source_name")
+            except BadSample as e:
                 log.warning("skipped sample %s in shard %s: %s", key, input_path, e.reason)
                 skipped.append({"path": str(input_path), "key": key, "reason": e.reason})
                 report(1)
@@ -137,11 +146,8 @@ def pair_shard(
             if data is None:
                 skipped.append({"path": str(path), "key": key, "reason": reason})
             else:
-                members = {
-                    f: raw[f]
-                    for f in (contract.TEXTURE_FIELD, contract.CLASS_FIELD, contract.META_FIELD)
-                }
-                writer.write({"__key__": key, **members, contract.SOURCE_FIELD: data})
+                members = {f: raw[f] for f in (TEXTURE_FIELD, CLASS_FIELD, META_FIELD)}
+                writer.write({"__key__": key, **members, SOURCE_FIELD: data})
             report(1)
         return writer.commit(
             {

@@ -12,7 +12,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from nsneg.pipeline import contract, files
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import load_manifest
+from nsneg.datasets_manifest.format.sample_reader import TextureSample, iter_samples
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, SkipLog
 from nsneg.pipeline.images import resize_short
 
 CELL = 160
@@ -29,7 +32,7 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _row(sample: contract.TextureSample, classes: list[str]) -> Image.Image:
+def _row(sample: TextureSample, classes: list[str]) -> Image.Image:
     row = Image.new("RGB", (4 * CELL, CAPTION + CELL), "white")
     draw = ImageDraw.Draw(row)
     meta = sample.meta
@@ -93,12 +96,12 @@ def contact_sheet(
     out: Path,
     n: int = 16,
     classes: set[str] | None = None,
-    skips: contract.SkipLog | None = None,
+    skips: SkipLog | None = None,
 ) -> int:
     """Write a PNG of about ``n`` samples of ``split``, the same number of each class shown
     (``classes``: those only, every one of them), atomically. Bad samples go to ``skips``.
     Returns how many rows the sheet lacks for every shown class to have its share (0: none)."""
-    manifest = contract.load_manifest(root)
+    manifest = load_manifest(root)
     if split not in manifest["splits"]:
         raise ValueError(f"{root} has no split {split!r} (has {sorted(manifest['splits'])})")
     unknown = sorted(set(classes or ()) - set(manifest["classes"]))
@@ -111,8 +114,8 @@ def contact_sheet(
     per_class = max(1, math.ceil(n / len(shown)))
     index = {name: i for i, name in enumerate(manifest["classes"])}
     rows: dict[str, list[Image.Image]] = {c: [] for c in shown}
-    skips = skips if skips is not None else contract.SkipLog(contract.DEFAULT_MAX_SKIP_FRACTION)
-    for sample in contract.iter_samples(root, split, skips, decode_source=manifest["has_source"]):
+    skips = skips if skips is not None else SkipLog(DEFAULT_MAX_SKIP_FRACTION)
+    for sample in iter_samples(root, split, skips, decode_source=manifest["has_source"]):
         name = manifest["classes"][sample.cls]
         if name in rows and len(rows[name]) < per_class:
             rows[name].append(_row(sample, manifest["classes"]))

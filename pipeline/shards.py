@@ -1,7 +1,7 @@
 """Shard specs, planning, finished-shard records and the manifest merge: shared by the Ray job and ``pair``.
 
 A ``ShardSpec`` says which shard to write and from what (its ``fingerprint``); a
-finished shard has a record (``contract.record_path``) holding its sha256, size and
+finished shard has a record (``record_path``) holding its sha256, size and
 fingerprint. A rerun keeps a finished shard whose fingerprint matches and refuses one
 made from other inputs. Nothing here imports Ray.
 """
@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nsneg.pipeline import contract, files
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import ManifestError, build_manifest, load_manifest
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME, shard_path
+from nsneg.datasets_manifest.format.shard_writer import read_record
 from nsneg.pipeline.sources import SourceImage
 
 
@@ -41,7 +44,7 @@ def plan_shards(
         specs.append(
             ShardSpec(
                 index=index,
-                path=str(contract.shard_path(out, split, index)),
+                path=str(shard_path(out, split, index)),
                 fingerprint=hashlib.sha256(content.encode()).hexdigest(),
                 images=chunk,
             )
@@ -53,7 +56,7 @@ def finished_record(spec: ShardSpec) -> dict[str, Any] | None:
     """The record of an already finished shard, or None. A shard made with other inputs or
     settings is an error, not something to silently mix into this dataset."""
     path = Path(spec.path)
-    record = contract.read_record(path)
+    record = read_record(path)
     if record is None:
         return None
     if record.get("fingerprint") != spec.fingerprint:
@@ -69,19 +72,15 @@ def finished_record(spec: ShardSpec) -> dict[str, Any] | None:
 def check_mergeable(
     root: Path, classes: list[str], generator: dict[str, Any], has_source: bool
 ) -> dict[str, Any] | None:
-    """The manifest already in ``root`` (None if none), after refusing one of another shard set.
-
-    A version-1 set that may be written into is upgraded first (its records move).
-    """
-    if not (Path(root) / contract.MANIFEST_NAME).exists():
+    """The manifest already in ``root`` (None if none), after refusing one of another shard set."""
+    if not (Path(root) / MANIFEST_NAME).exists():
         return None
-    old = contract.load_manifest(root)
+    old = load_manifest(root)
     if (old["classes"], old["generator"], old["has_source"]) != (classes, generator, has_source):
-        raise contract.ManifestError(
-            f"{Path(root) / contract.MANIFEST_NAME} describes another shard set (classes, generator or source pixels "
+        raise ManifestError(
+            f"{Path(root) / MANIFEST_NAME} describes another shard set (classes, generator or source pixels "
             "differ); use a new output directory instead of mixing two datasets"
         )
-    contract.upgrade(root)
     return old
 
 
@@ -100,8 +99,8 @@ def merge_split(
     """
     old = check_mergeable(root, classes, generator, has_source) or {}
     splits = {**old.get("splits", {}), split: split_info}
-    manifest = contract.build_manifest(classes, splits, generator, has_source)
+    manifest = build_manifest(classes, splits, generator, has_source)
     for key, value in (extra or {}).items():
         manifest[key] = {**old.get(key, {}), split: value}
     Path(root).mkdir(parents=True, exist_ok=True)
-    files.atomic_write_json(Path(root) / contract.MANIFEST_NAME, manifest)
+    files.atomic_write_json(Path(root) / MANIFEST_NAME, manifest)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nsneg.pipeline.contract import CROP_SIZE, TEXTURE_SIZE
+from nsneg.datasets_manifest.format.constants import CROP_SIZE, TEXTURE_SIZE
 from nsneg.pipeline.encoders import build_encoder
 from nsneg.pipeline.host_memory import retain_freed_memory
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg.datasets_manifest.format.constants import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nsneg.pipeline.files import atomic_path
+from nsneg.datasets_manifest.format.files import atomic_path
 from nsneg.trainer.backbones import build_trunk
 
 FORMAT = "nsneg-train"

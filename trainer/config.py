@@ -196,7 +196,7 @@ def write_resolved(out: Path, config: TrainConfig, data: dict[str, Any] | None) 
     """``out/config.yaml``: the values the run uses, its nsneg version and its data's identity."""
     import yaml
 
-    from nsneg.pipeline.files import atomic_write_text
+    from nsneg.datasets_manifest.format.files import atomic_write_text
 
     resolved = {"nsneg_version": nsneg_version(), **to_dict(config), "data": data}
     path = Path(out) / RESOLVED_NAME

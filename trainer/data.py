@@ -37,8 +37,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nsneg.pipeline import contract
-from nsneg.pipeline.files import atomic_write_json
+from nsneg.datasets_manifest.format.files import atomic_write_json
+from nsneg.datasets_manifest.format.manifest import (
+    ManifestError,
+    load_manifest,
+    shard_paths,
+    shard_problem,
+)
+from nsneg.datasets_manifest.format.sample_reader import check_sample, read_tar
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +80,7 @@ def verify_local(
     """
     from tqdm import tqdm
 
-    manifest = contract.load_manifest(root)
+    manifest = load_manifest(root)
     if split not in manifest["splits"]:
         raise BadShards(f"{root} has no {split!r} split (has {sorted(manifest['splits'])})")
     cache_path = verified_cache_path()
@@ -106,7 +112,7 @@ def verify_local(
         disable=not (show_progress and todo),
     ) as bar:
         for path, shard in todo:
-            if problem := contract.shard_problem(path, shard):
+            if problem := shard_problem(path, shard):
                 problems.append(problem)
                 cache.pop(str(path), None)
             else:
@@ -138,7 +144,7 @@ def _published(spec: str, manifest_dirs: tuple[str, ...]):
         if "://" in spec:
             return registry.from_url(spec)
         return registry.find(spec, list(manifest_dirs))
-    except (KeyError, FileNotFoundError, contract.ManifestError) as e:
+    except (KeyError, FileNotFoundError, ManifestError) as e:
         raise BadShards(str(e).strip('"')) from None
 
 
@@ -156,16 +162,16 @@ def resolve_urls(
     """
     path = Path(spec)
     if path.is_dir():
-        manifest = contract.load_manifest(path)
+        manifest = load_manifest(path)
         if not manifest["has_source"]:
             raise BadShards(
                 f"{spec} carries no source pixels (--no-source); pair it with ImageNet first"
             )
         if verify:
             verify_local(path)
-        return [str(p) for p in contract.shard_paths(path, SPLIT, manifest)], manifest["splits"][
-            SPLIT
-        ]["samples"]
+        return [str(p) for p in shard_paths(path, SPLIT, manifest)], manifest["splits"][SPLIT][
+            "samples"
+        ]
     if (
         ("/" not in spec or "://" in spec)
         and not spec.endswith(".tar")
@@ -246,11 +252,11 @@ def open_verified(src: Iterator[dict], handler=None) -> Iterator[dict]:
 
 
 def tar_samples(src: Iterator[dict], handler) -> Iterator[dict]:
-    """Shard urls -> raw samples through the contract's tar layer (``contract.read_tar``: a refused
+    """Shard urls -> raw samples through the contract's tar layer (``read_tar``: a refused
     member condemns its sample, which ``views`` skips), with ``open_verified`` as the opener."""
     for opened in open_verified(src, handler):
         with opened["stream"] as stream:
-            yield from contract.read_tar(stream, opened["url"])
+            yield from read_tar(stream, opened["url"])
 
 
 def crop_box(width: int, height: int, rng: random.Random) -> tuple[float, float, float, float]:
@@ -313,7 +319,7 @@ def worker_seed(seed: int) -> int:
 def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple]:
     """Raw samples -> (q, k, t) uint8 crops and the number of undecodable samples skipped before.
 
-    A sample that fails the contract's sample policy (``contract.check_sample``; its class is
+    A sample that fails the contract's sample policy (``check_sample``; its class is
     not range-checked: training does not read it) or whose source fails to decode is skipped,
     counted and logged (a warning naming its shard, key and reason); the count travels with the next good sample so the trainer can report it
     and stop past its threshold.
@@ -322,7 +328,7 @@ def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple
     skipped = 0
     for raw in samples:
         try:
-            sample = contract.check_sample(raw, has_source=True)
+            sample = check_sample(raw, has_source=True)
             source = Image.open(
                 io.BytesIO(sample.source_bytes)
             )  # header only: size known, pixels not decoded

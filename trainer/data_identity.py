@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nsneg.pipeline import contract
+from nsneg.datasets_manifest.format.manifest import ManifestError, load_manifest
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME
 from nsneg.trainer.data import SPLIT, image_folder
 
 
@@ -44,8 +45,8 @@ def _of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
 def data_identity(spec: str, manifest_dirs: tuple[str, ...] = ()) -> dict[str, Any]:
     """The identity of the data ``--negatives spec`` names (see the module's docstring)."""
     path = Path(spec)
-    if path.is_dir() and (path / contract.MANIFEST_NAME).is_file():
-        return _of_manifest(contract.load_manifest(path))
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+        return _of_manifest(load_manifest(path))
     images = image_folder(spec)
     if images is not None:
         root = path.resolve()
@@ -69,7 +70,7 @@ def data_identity(spec: str, manifest_dirs: tuple[str, ...] = ()) -> dict[str, A
                 if "://" in spec
                 else registry.find(spec, list(manifest_dirs))
             )
-        except (KeyError, FileNotFoundError, contract.ManifestError) as e:
+        except (KeyError, FileNotFoundError, ManifestError) as e:
             raise ValueError(str(e).strip('"')) from None
         return _of_manifest(published.manifest)
     import braceexpand

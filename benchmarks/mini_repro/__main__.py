@@ -61,7 +61,7 @@ def main(
     protocol = PROTOCOLS["quick" if quick else name]
     if estimate_budget:
         from mini_repro import budget
-        from nsneg.pipeline.files import atomic_write_json
+        from nsneg.datasets_manifest.format.files import atomic_write_json
 
         estimate = budget.estimate(protocol)
         atomic_write_json(estimate_budget, estimate, sort_keys=False)

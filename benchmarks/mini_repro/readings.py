@@ -37,7 +37,8 @@ from torch import nn
 
 from mini_repro.protocol import PATCH_SIZE_RANGE
 from mini_repro.world import CLASSES
-from nsneg.pipeline import contract
+from nsneg.datasets_manifest.format.manifest import load_manifest
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
 from nsneg.trainer.augment import augment, sample_params
 from nsneg.trainer.data import apply_box, crop_box
 from nsneg.trainer.eval.features import eval_transform
@@ -79,14 +80,14 @@ def blend_seams(x: torch.Tensor, side: int) -> torch.Tensor:
 
 def heldout_views(shards: Path, split: str, image_size: int, seed: int = 0) -> HeldoutViews:
     """All views of a held-out shard split (textures made by the Ray job), reproducible from ``seed``."""
-    manifest_classes = contract.load_manifest(shards)["classes"]
+    manifest_classes = load_manifest(shards)["classes"]
     centre = eval_transform(image_size)
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     lo, hi = _scaled_range(PATCH_SIZE_RANGE, image_size, image_size)
     views: dict[str, list[torch.Tensor]] = {v: [] for v in VIEWS}
     classes, sides = [], []
-    for sample in contract.iter_samples(shards, split):
+    for sample in iter_samples(shards, split):
         source = sample.source()
         if source is None:
             raise ValueError(f"{shards} holds textures only: the held-out reading needs the images")

@@ -45,7 +45,9 @@ from mini_repro.protocol import (
 )
 
 # The project's code: every import of it is here (Ray only inside nsneg.pipeline.job.run).
-from nsneg.pipeline import contract, files, quality
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.pipeline import quality
 from nsneg.pipeline.images import resize_short
 from nsneg.pipeline.job import JobConfig
 from nsneg.pipeline.job import run as run_texture_job
@@ -118,7 +120,7 @@ def texture_noise_ratio(shards: Path, split: str = "train", limit: int = 16) -> 
     """Mean noise ratio (``nsneg.pipeline.quality``) of the first ``limit`` textures against their own two crops."""
     ratios = []
     rng = np.random.default_rng(0)
-    for sample in contract.iter_samples(shards, split):
+    for sample in iter_samples(shards, split):
         resized = np.array(resize_short(sample.source()))
         boxes = sample.meta["crop_boxes"]
         crops = np.stack(

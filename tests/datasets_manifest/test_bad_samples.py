@@ -4,7 +4,6 @@ reader): it finishes with the good samples and a skip report, or stops with one 
 naming shard and key -- never a traceback."""
 
 import json
-import shutil
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +11,14 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from nsneg.datasets_manifest.cli import main as data_cli
-from nsneg.pipeline import contract
+from nsneg.datasets_manifest.format.manifest import load_manifest, shard_paths
+from nsneg.datasets_manifest.format.naming import shard_name
+from nsneg.datasets_manifest.format.sample_reader import (
+    BadSample,
+    check_sample,
+    iter_raw,
+    iter_samples,
+)
 from nsneg.pipeline.cli import main as textures_cli
 from nsneg.trainer.analysis.cli import main as analyze_cli
 from nsneg.trainer.cli import main as train_cli
@@ -20,7 +26,7 @@ from nsneg.trainer.eval.cli import main as eval_cli
 from nsneg_testing import SMALL_RUN, encode, photo
 from nsneg_testing.bad_shards import BAD_KINDS, BAD_SOURCE_KINDS, CLASSES, make_bad_set
 
-BAD_SHARD = contract.shard_name("train", 2)
+BAD_SHARD = shard_name("train", 2)
 ALL_BAD = len(BAD_KINDS) + len(BAD_SOURCE_KINDS)
 #: Sources are checked by their header unless a reader decodes them: the truncated one then passes.
 HEADER_ONLY_BAD = ALL_BAD - 1
@@ -52,7 +58,7 @@ def assert_stopped(result):
 
 
 @pytest.mark.slow
-def test_nsneg_data_stats_preview_verify_upgrade(bad_set, run, tmp_path, monkeypatch):
+def test_nsneg_data_stats_preview_verify(bad_set, run, tmp_path, monkeypatch):
     root, expected = bad_set
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in root.iterdir())
@@ -81,9 +87,6 @@ def test_nsneg_data_stats_preview_verify_upgrade(bad_set, run, tmp_path, monkeyp
     assert_stopped(run(data_cli, "verify", root))
     assert run(data_cli, "verify", root, "--no-check-samples").exit_code == 0
 
-    copy = shutil.copytree(root, tmp_path / "copy")
-    upgraded = run(data_cli, "upgrade", copy, "--max-skip-fraction", 0.9)
-    assert upgraded.exit_code == 0 and f"skipped {HEADER_ONLY_BAD} bad samples" in upgraded.output
     assert sorted(p.name for p in root.iterdir()) == before  # nothing written into the set
 
 
@@ -113,10 +116,10 @@ def test_nsneg_textures_pair_skips_bad_texture_samples(run, tmp_path):
     expected = make_bad_set(textures, with_source=False)
     imagenet = tmp_path / "imagenet"
     keys = {}
-    for raw in contract.iter_raw(contract.shard_paths(textures, "train")):
+    for raw in iter_raw(shard_paths(textures, "train")):
         try:
-            sample = contract.check_sample(raw, CLASSES, has_source=False)
-        except contract.BadSample:
+            sample = check_sample(raw, CLASSES, has_source=False)
+        except BadSample:
             continue
         keys[sample.key] = sample.meta["wnid"]
     for key, wnid in keys.items():
@@ -128,12 +131,12 @@ def test_nsneg_textures_pair_skips_bad_texture_samples(run, tmp_path):
     )  # fmt: skip
     assert paired.exit_code == 0, paired.output
     assert f"paired     {expected['good']}" in paired.output
-    manifest = contract.load_manifest(tmp_path / "paired")
+    manifest = load_manifest(tmp_path / "paired")
     reasons = {s["key"]: s["reason"] for s in manifest["splits"]["train"]["skipped"]}
     assert set(reasons) == set(BAD_KINDS) and all(
         reasons[k].startswith(v) for k, v in BAD_KINDS.items()
     )
-    good = list(contract.iter_samples(tmp_path / "paired", "train"))
+    good = list(iter_samples(tmp_path / "paired", "train"))
     assert len(good) == expected["good"]
 
 

@@ -14,8 +14,15 @@ from PIL import Image
 from nsneg.datasets_manifest import registry
 from nsneg.datasets_manifest.cli import main as data_cli
 from nsneg.datasets_manifest.fetch import fetch
-from nsneg.pipeline import contract, files
-from nsneg_testing import as_v1
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import (
+    ManifestError,
+    load_manifest,
+    shard_paths,
+    verify,
+)
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME
+from nsneg.datasets_manifest.format.sample_reader import iter_raw
 
 
 class ShardServer(ThreadingHTTPServer):
@@ -93,7 +100,7 @@ def data(cli):
 
 
 def names(shards: Path) -> list[str]:
-    return [s["name"] for s in contract.load_manifest(shards)["splits"]["train"]["shards"]]
+    return [s["name"] for s in load_manifest(shards)["splits"]["train"]["shards"]]
 
 
 def test_publish_and_list(data, served):
@@ -126,7 +133,7 @@ def test_fetch_survives_cut_connections_server_errors_and_corruption(data, serve
     ]  # corrupt: deleted, fetched anew
     for n in names(shards):
         assert (tmp_path / "train" / n).read_bytes() == (shards / "train" / n).read_bytes()
-    assert contract.verify(tmp_path) == [] and not list(tmp_path.glob("train/.*part"))
+    assert verify(tmp_path) == [] and not list(tmp_path.glob("train/.*part"))
     result = data("verify", str(tmp_path))
     assert result.exit_code == 0 and "0 of 3 shards bad" in result.output
 
@@ -147,12 +154,12 @@ def test_a_shard_that_keeps_failing_is_reported_and_never_kept(served, tmp_path)
         and "sha256" in report.failed[f"train/{names(shards)[0]}"]
     )
     assert not (tmp_path / "train" / names(shards)[0]).exists()
-    local = contract.load_manifest(tmp_path)
+    local = load_manifest(tmp_path)
     assert (
         local["splits"]["train"]["complete"] is False
         and len(local["splits"]["train"]["shards"]) == 2
     )
-    assert contract.verify(tmp_path) == []
+    assert verify(tmp_path) == []
 
 
 def test_cli_fetch_verify_preview_stats(data, served, tmp_path):
@@ -205,7 +212,7 @@ def test_trainer_streams_a_published_set_by_name(served):
 
 
 def manifest_variants(shards: Path, base: str) -> dict:
-    good = json.loads((shards / contract.MANIFEST_NAME).read_text())
+    good = json.loads((shards / MANIFEST_NAME).read_text())
     good.update(name="x", version="1", base_url=base)
     for s in good["splits"]["train"]["shards"]:
         s["url"] = f"{base}/train/{s['name']}"
@@ -240,7 +247,7 @@ def test_manifests_are_validated_with_clear_errors(served, tmp_path):
         directory.mkdir()
         (directory / "x-1.json").write_text(json.dumps(manifest))
         with pytest.raises(
-            contract.ManifestError,
+            ManifestError,
             match=message.replace("'", ".").replace("(", ".").replace(")", "."),
         ):
             registry.find("x", [directory])
@@ -254,14 +261,14 @@ def test_publish_writes_a_card_that_hf_datasets_reads_and_warns_about_imagenet_p
     _, shards, _ = served
     folder = Path(shutil.copytree(shards, tmp_path / "set"))
     (folder / "README.md").unlink()
-    manifest = json.loads((folder / contract.MANIFEST_NAME).read_text())
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
     (
         folder / "holdout"
     ).mkdir()  # a split only the card names: HF's own guess would load train alone
     for shard in manifest["splits"]["train"]["shards"]:
         shutil.copy(folder / "train" / shard["name"], folder / "holdout" / shard["name"])
     manifest["splits"]["holdout"] = manifest["splits"]["train"]
-    (folder / contract.MANIFEST_NAME).write_text(json.dumps(manifest))
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     args = ["publish", str(folder), "--base-url", "https://example.org/set", "--name", "carded"]
     result = data(*args)
     assert result.exit_code == 0, result.output
@@ -285,7 +292,7 @@ def test_publish_writes_a_card_that_hf_datasets_reads_and_warns_about_imagenet_p
     )
 
     manifest["has_source"] = False  # a texture-only set: no warning
-    (folder / contract.MANIFEST_NAME).write_text(json.dumps(manifest))
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     result = data(*args, "--version", "2")
     assert result.exit_code == 0 and "ImageNet pixels" not in result.output
     (folder / "README.md").write_text(
@@ -322,7 +329,7 @@ def test_fetch_by_folder_url_over_fsspec_and_a_mocked_hub(data, served, tmp_path
         result = data("fetch", url, "--to", str(to), "--quiet")
         assert result.exit_code == 0, result.output
         assert "3 downloaded, 0 already verified, 0 failed" in result.output
-        assert contract.verify(to) == [] and names(to) == names(shards)
+        assert verify(to) == [] and names(to) == names(shards)
     result = data("fetch", "hf://datasets/org/nosuch", "--to", str(tmp_path / "x"))
     assert (
         result.exit_code == 1
@@ -417,10 +424,10 @@ def test_a_streamed_shard_that_changed_is_refused_before_any_of_its_samples_is_u
     server = ShardServer(tmp_path / "www")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        shard = contract.shard_paths(folder, "train")[1]
-        expected = contract.load_manifest(folder)["splits"]["train"]["shards"][1]["sha256"]
+        shard = shard_paths(folder, "train")[1]
+        expected = load_manifest(folder)["splits"]["train"]["shards"][1]["sha256"]
         altered(shard)
-        assert len(list(contract.iter_raw([shard]))) == 2  # still decodes
+        assert len(list(iter_raw([shard]))) == 2  # still decodes
         urls, samples = resolve_urls(
             f"{server.base}/set"
         )  # the set's folder url: its manifest's sha256 travel along
@@ -445,13 +452,3 @@ def test_a_streamed_shard_that_changed_is_refused_before_any_of_its_samples_is_u
         assert len(good) == 2
     finally:
         server.shutdown()
-
-
-def test_upgrade_command_moves_a_version_1_sets_records(data, texture_shards, tmp_path):
-    old = as_v1(texture_shards[0], tmp_path / "v1")
-    assert any(p.suffix == ".json" for p in (old / "train").iterdir())
-    result = data("upgrade", str(old))
-    assert result.exit_code == 0 and "upgraded to format version 2" in result.output
-    assert {p.suffix for p in (old / "train").iterdir()} == {".tar"} and contract.verify(old) == []
-    result = data("upgrade", str(old))
-    assert result.exit_code == 0 and "already format version 2; nothing to do" in result.output

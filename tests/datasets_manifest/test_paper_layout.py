@@ -10,7 +10,10 @@ import pytest
 from PIL import Image
 
 from nsneg.datasets_manifest.cli import main as data_cli
-from nsneg.pipeline import contract, files
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import load_manifest, verify
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.datasets_manifest.format.skip_log import SkipLog
 from nsneg.pipeline.cli import main as textures_cli
 from nsneg.trainer.analysis.cli import main as analyze_cli
 from nsneg_testing import PHOTOS, encode, photo
@@ -49,7 +52,7 @@ def test_an_export_reads_back_with_the_papers_pairing_rule(data, tmp_path):
     )  # truncated source: header ok
     folder = datasets.ImageFolder(str(out / "train"))
     assert folder.classes == expected["classes"] and len(folder) == expected["good"] + 1
-    samples = {s.key: s for s in contract.iter_samples(shards, "train", contract.SkipLog(1.0))}
+    samples = {s.key: s for s in iter_samples(shards, "train", SkipLog(1.0))}
     for path, target in folder.samples:
         key = Path(path).stem  # the fixture's source files are <key>.JPEG
         texture = Image.open(path)
@@ -102,17 +105,17 @@ def test_an_import_of_the_papers_folder_is_read_by_every_reader(data, cli, tmp_p
     assert stopped.exit_code == 1 and "above --max-skip-fraction" in stopped.output
     imported = data(*args, "--max-skip-fraction", 0.9)
     assert imported.exit_code == 0, imported.output
-    manifest = contract.load_manifest(shards)
+    manifest = load_manifest(shards)
     assert manifest["generator"]["external"]["layout"] == "<root>/<split>/<wnid>/<stem>.png"
     assert manifest["classes"] == list(WNIDS) and manifest["has_source"] is True
-    assert contract.verify(shards) == [] and list(manifest["splits"]) == ["train", "val"]
+    assert verify(shards) == [] and list(manifest["splits"]) == ["train", "val"]
     skipped = {Path(s["path"]).stem: s["reason"] for s in manifest["splits"]["train"]["skipped"]}
     assert set(skipped) == expected["bad"] and "decompression bomb" in skipped["bomb"]
     assert skipped["small"].startswith("texture is 100x100")
     samples = sum(i["samples"] for i in manifest["splits"].values())
     assert samples == expected["good"]
     again = data(*args, "--max-skip-fraction", 0.9)
-    assert "(0 written now)" in again.output and contract.load_manifest(shards) == manifest
+    assert "(0 written now)" in again.output and load_manifest(shards) == manifest
 
     stats = data("stats", shards, "--plot", tmp_path / "l.png", "--json", tmp_path / "s.json")
     assert stats.exit_code == 0, stats.output
@@ -138,7 +141,7 @@ def test_an_import_of_the_papers_folder_is_read_by_every_reader(data, cli, tmp_p
     assert len(rows) == manifest["splits"]["train"]["samples"]
 
     bare = data("import", folder, "--to", tmp_path / "bare", "--max-skip-fraction", 0.9)
-    assert bare.exit_code == 0 and contract.load_manifest(tmp_path / "bare")["has_source"] is False
+    assert bare.exit_code == 0 and load_manifest(tmp_path / "bare")["has_source"] is False
     paired = cli(
         textures_cli, "pair", "--textures", tmp_path / "bare", "--imagenet", imagenet, "--out",
         tmp_path / "paired", "--quiet",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nsneg.pipeline import contract
+from nsneg.datasets_manifest.format.manifest import load_manifest, verify
 from nsneg_testing.bad_shards import make_clean_set
 
 
@@ -74,9 +74,9 @@ def test_publish_then_fetch_by_url_and_by_name_between_two_people(server, tmp_pa
     card = (folder / "README.md").read_text()
     assert f"nsneg-data fetch {base} --to DIR" in card and "hf://" not in card
     for copy in (fetcher / "by-url", fetcher / "by-name"):
-        manifest = contract.load_manifest(copy)
+        manifest = load_manifest(copy)
         assert (manifest["name"], manifest["version"]) == ("in4-texture", "1")
-        assert list(manifest["splits"]) == ["train", "val"] and contract.verify(copy) == []
+        assert list(manifest["splits"]) == ["train", "val"] and verify(copy) == []
         assert (copy / "README.md").read_text() == card
         assert nsneg_data(fetcher, fetcher, "verify", copy).returncode == 0
     splits = {
@@ -94,7 +94,7 @@ def test_publish_then_fetch_by_url_and_by_name_between_two_people(server, tmp_pa
 def test_the_cards_load_commands_follow_where_the_set_was_published(tmp_path):
     from nsneg.datasets_manifest import card
 
-    manifest = contract.load_manifest(make_clean_set(tmp_path / "set"))
+    manifest = load_manifest(make_clean_set(tmp_path / "set"))
     hub = card.render({**manifest, "base_url": "hf://datasets/someone/in4"}, "in4", "2")
     assert 'load_dataset("someone/in4")' in hub
     assert "nsneg-data fetch in4@2 --manifest-dir hf://datasets/someone/in4 --to DIR" in hub
@@ -143,7 +143,7 @@ def test_the_documented_walkthrough_runs_as_written(tmp_path):
             server.wait()
     assert "nsneg-demo@1" in done.stdout  # the last line lists the fetched copy's manifest
     for copy in ("demo-by-url", "demo-by-name"):
-        manifest = contract.load_manifest(fetcher / copy)
+        manifest = load_manifest(fetcher / copy)
         assert (manifest["name"], manifest["version"]) == ("nsneg-demo", "1")
         assert (fetcher / copy / "README.md").read_text() == (
             publisher / "shards" / "README.md"

@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from nsneg.pipeline import contract, files, job
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.manifest import load_manifest, shard_paths, verify
+from nsneg.datasets_manifest.format.naming import FORMAT_NAME, MANIFEST_NAME, record_path
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.pipeline import job
 from nsneg.pipeline.sources import folder_listing
-from nsneg_testing import TINY, as_v1, make_tree
+from nsneg_testing import TINY, make_tree
 
 
 def run_job(out: Path, listing, **kwargs):
@@ -36,7 +40,7 @@ def built(tree, tmp_path_factory, ray_session):
 
 def test_bad_inputs_are_converted_or_skipped_with_reasons(built):
     out, listing, summary = built
-    manifest = contract.load_manifest(out)
+    manifest = load_manifest(out)
     reasons = {Path(s["path"]).name: s["reason"] for s in manifest["splits"]["train"]["skipped"]}
     assert set(reasons) == {"corrupt.jpg", "truncated.jpg", "tiny.png", "empty.jpg"}
     assert reasons["tiny.png"].startswith("too small") and reasons["corrupt.jpg"].startswith(
@@ -47,9 +51,7 @@ def test_bad_inputs_are_converted_or_skipped_with_reasons(built):
         == len(listing.images) - 4
         == summary.textures_written
     )
-    conversions = {
-        s.meta["source_name"]: s.meta["conversions"] for s in contract.iter_samples(out, "train")
-    }
+    conversions = {s.meta["source_name"]: s.meta["conversions"] for s in iter_samples(out, "train")}
     assert conversions["cmyk.jpg"] == ["cmyk->rgb"] and conversions["rotated.jpg"] == [
         "exif-orientation-6"
     ]
@@ -58,13 +60,13 @@ def test_bad_inputs_are_converted_or_skipped_with_reasons(built):
 
 def test_manifest_and_contract_round_trip(built):
     out, listing, _ = built
-    manifest = contract.load_manifest(out)
-    assert manifest["format"] == contract.FORMAT_NAME and manifest["classes"] == listing.classes
+    manifest = load_manifest(out)
+    assert manifest["format"] == FORMAT_NAME and manifest["classes"] == listing.classes
     assert manifest["splits"]["train"]["complete"] is True
     assert manifest["generator"]["synthesis"]["steps"] == list(TINY.steps)
-    assert contract.verify(out) == []
+    assert verify(out) == []
     by_key = {im.key: im for im in listing.images}
-    samples = list(contract.iter_samples(out, "train"))
+    samples = list(iter_samples(out, "train"))
     for s in samples:
         assert "." not in s.key and s.texture.size == (224, 224) and s.texture.mode == "RGB"
         source = by_key[s.key]
@@ -80,29 +82,20 @@ def test_manifest_and_contract_round_trip(built):
 def test_no_private_path_is_stored(built, tree):
     out, _, _ = built
     private = str(tree.resolve())
-    assert private not in (out / contract.MANIFEST_NAME).read_text()
+    assert private not in (out / MANIFEST_NAME).read_text()
     assert all(
         private.encode() not in p.read_bytes()
         for p in [*(out / "train").iterdir(), *(out / "records").iterdir()]
     )
-    for s in contract.iter_samples(out, "train"):
+    for s in iter_samples(out, "train"):
         assert s.meta["source_path"] == f"train/{s.meta['wnid']}/{s.meta['source_name']}"
-    skipped = contract.load_manifest(out)["splits"]["train"]["skipped"]
+    skipped = load_manifest(out)["splits"]["train"]["skipped"]
     assert skipped and all(s["path"].startswith("train/n00000003/") for s in skipped)
-
-
-def test_a_version_1_set_resumes_and_is_upgraded(built, tmp_path):
-    out, listing, _ = built
-    old = as_v1(out, tmp_path / "v1")
-    again = run_job(old, listing)
-    assert again.shards_written == 0 and contract.load_manifest(old)["format_version"] == 2
-    assert {p.suffix for p in (old / "train").iterdir()} == {".tar"} and contract.verify(old) == []
-    assert contract.load_manifest(old)["splits"] == contract.load_manifest(out)["splits"]
 
 
 def test_shards_read_with_plain_tar_and_are_homogeneous(built):
     out, _, _ = built
-    for shard in contract.shard_paths(out, "train"):
+    for shard in shard_paths(out, "train"):
         listed = subprocess.run(
             ["tar", "-tf", str(shard)], capture_output=True, text=True, check=True
         ).stdout.split()
@@ -121,9 +114,9 @@ def test_shards_read_with_webdataset(built):
     import webdataset as wds
 
     out, _, _ = built
-    urls = [str(p) for p in contract.shard_paths(out, "train")]
+    urls = [str(p) for p in shard_paths(out, "train")]
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
-    assert len(samples) == contract.load_manifest(out)["splits"]["train"]["samples"]
+    assert len(samples) == load_manifest(out)["splits"]["train"]["samples"]
     assert samples[0]["texture.png"].size == (224, 224) and isinstance(samples[0]["cls"], int)
     assert isinstance(samples[0]["json"], dict)
 
@@ -132,22 +125,22 @@ def test_shards_read_with_ray_data(built):
     import ray.data
 
     out, _, _ = built
-    urls = [str(p) for p in contract.shard_paths(out, "train")]
+    urls = [str(p) for p in shard_paths(out, "train")]
     rows = ray.data.read_webdataset(urls, decoder=None).take_all()
-    assert len(rows) == contract.load_manifest(out)["splits"]["train"]["samples"]
+    assert len(rows) == load_manifest(out)["splits"]["train"]["samples"]
     assert {"texture.png", "json", "cls", "source.img"} <= set(rows[0])
 
 
 def test_rerun_skips_finished_shards_and_reproduces_bytes(built, tmp_path):
     out, listing, _ = built
-    before = contract.load_manifest(out)
+    before = load_manifest(out)
     again = run_job(out, listing)
-    assert again.shards_written == 0 and contract.load_manifest(out) == before
+    assert again.shards_written == 0 and load_manifest(out) == before
     fresh = run_job(
         tmp_path / "fresh", listing
     )  # same seed, other directory: byte-identical shards
     assert fresh.shards_written == fresh.shards
-    assert contract.load_manifest(tmp_path / "fresh")["splits"] == before["splits"]
+    assert load_manifest(tmp_path / "fresh")["splits"] == before["splits"]
 
 
 def test_changed_settings_refuse_to_mix_into_existing_shards(built):
@@ -163,10 +156,8 @@ def test_skip_threshold_fails_clearly_and_keeps_finished_shards(tmp_path, ray_se
     )
     with pytest.raises(job.SkipThresholdExceeded, match="max-skip-fraction"):
         job.run(config, folder_listing(tree, "train"), show_progress=False)
-    manifest = contract.load_manifest(tmp_path / "out")
-    assert (
-        manifest["splits"]["train"]["complete"] is False and contract.verify(tmp_path / "out") == []
-    )
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest["splits"]["train"]["complete"] is False and verify(tmp_path / "out") == []
 
 
 def test_a_killed_worker_is_restarted_and_its_shard_retried(tmp_path, ray_session):
@@ -221,16 +212,13 @@ def test_kill_9_loses_only_shards_in_flight_and_resume_completes(tmp_path):
     finished = sorted((out / "train").glob("*.tar"))
     assert 2 <= len(finished) < 8, "the job must be killed mid-run"
     for tar in finished:  # every final name is a complete, checksummed shard
-        assert files.sha256_file(tar) == json.loads(contract.record_path(tar).read_text())["sha256"]
+        assert files.sha256_file(tar) == json.loads(record_path(tar).read_text())["sha256"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"({8 - len(finished)} written now, {len(finished)} already done)" in done.stdout
     for ray_message in ("Started a local Ray instance", "Token authentication"):
         assert ray_message not in done.stdout + done.stderr  # Ray's chatter only with --verbose
-    assert (
-        contract.verify(out) == []
-        and contract.load_manifest(out)["splits"]["train"]["samples"] == 8
-    )
+    assert verify(out) == [] and load_manifest(out)["splits"]["train"]["samples"] == 8
     assert not list((out / "train").glob(".*tmp*"))
 
 

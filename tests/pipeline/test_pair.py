@@ -5,13 +5,23 @@ from pathlib import Path
 
 import pytest
 
-from nsneg.pipeline import contract, job
+from nsneg.datasets_manifest.format.manifest import load_manifest, verify
+from nsneg.datasets_manifest.format.naming import (
+    CLASS_FIELD,
+    META_FIELD,
+    SOURCE_FIELD,
+    TEXTURE_FIELD,
+    shard_name,
+    shard_path,
+)
+from nsneg.datasets_manifest.format.sample_reader import iter_raw, iter_samples, tar_members
+from nsneg.pipeline import job
 from nsneg.pipeline import pair as pairing
 from nsneg.pipeline.cli import main
 from nsneg.pipeline.sources import folder_listing
 from nsneg_testing import TINY, make_tree
 
-TEXTURE_MEMBERS = (contract.TEXTURE_FIELD, contract.CLASS_FIELD, contract.META_FIELD)
+TEXTURE_MEMBERS = (TEXTURE_FIELD, CLASS_FIELD, META_FIELD)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +35,7 @@ def built(tmp_path_factory, ray_session):
         out=textures, synthesis=TINY, shard_size=3, include_source=False, max_skip_fraction=0.5
     )
     job.run(config, folder_listing(tree, "train"), show_progress=False)
-    assert contract.load_manifest(textures)["has_source"] is False
+    assert load_manifest(textures)["has_source"] is False
     return tree, textures
 
 
@@ -48,9 +58,9 @@ def test_pair_end_to_end(pair_cli, built, tmp_path):
         and "unpaired   0" in result.output
         and "skipped    1" in result.output
     )
-    assert contract.verify(out) == []
-    before, after = contract.load_manifest(textures), contract.load_manifest(out)
-    assert after["has_source"] is True and contract.SOURCE_FIELD in after["fields"]
+    assert verify(out) == []
+    before, after = load_manifest(textures), load_manifest(out)
+    assert after["has_source"] is True and SOURCE_FIELD in after["fields"]
     assert after["generator"] == before["generator"] and after["classes"] == before["classes"]
     names = [s["name"] for s in before["splits"]["train"]["shards"]]
     assert [s["name"] for s in after["splits"]["train"]["shards"]] == names
@@ -59,20 +69,18 @@ def test_pair_end_to_end(pair_cli, built, tmp_path):
     assert after["splits"]["train"]["skipped"] == before["splits"]["train"]["skipped"]
     assert after["unpaired_sources"]["train"] == {"count": 0, "examples": []}
 
-    samples = list(contract.iter_samples(out, "train"))
+    samples = list(iter_samples(out, "train"))
     assert len(samples) == 6
     for s in samples:
         assert (
             s.source_bytes == (tree / "train" / s.meta["wnid"] / s.meta["source_name"]).read_bytes()
         )
     for name in names:  # texture, class and json members copied byte for byte
-        original = {raw["__key__"]: raw for raw in contract.iter_raw([textures / "train" / name])}
-        for raw in contract.iter_raw([out / "train" / name]):
+        original = {raw["__key__"]: raw for raw in iter_raw([textures / "train" / name])}
+        for raw in iter_raw([out / "train" / name]):
             assert all(raw[f] == original[raw["__key__"]][f] for f in TEXTURE_MEMBERS)
-        fields = sorted(m.split(".", 1)[1] for m in contract.tar_members(out / "train" / name))
-        assert fields == sorted(
-            [*TEXTURE_MEMBERS, contract.SOURCE_FIELD] * len(original)
-        )  # homogeneous
+        fields = sorted(m.split(".", 1)[1] for m in tar_members(out / "train" / name))
+        assert fields == sorted([*TEXTURE_MEMBERS, SOURCE_FIELD] * len(original))  # homogeneous
 
 
 def test_missing_imagenet_file_is_skipped_and_file_without_texture_is_unpaired(
@@ -89,15 +97,15 @@ def test_missing_imagenet_file_is_skipped_and_file_without_texture_is_unpaired(
     assert result.exit_code == 0, result.output
     assert "missing    1" in result.output and f"{gone}: missing in ImageNet" in result.output
     assert "unpaired   1" in result.output and str(extra.resolve()) in result.output
-    manifest = contract.load_manifest(out)
+    manifest = load_manifest(out)
     reasons = {Path(s["path"]).name: s["reason"] for s in manifest["splits"]["train"]["skipped"]}
     assert (
         set(reasons) == {"broken.jpg", "n00000001_1.JPEG"}
         and reasons["n00000001_1.JPEG"] == pairing.MISSING
     )
     assert manifest["unpaired_sources"]["train"] == {"count": 1, "examples": [str(extra.resolve())]}
-    assert contract.verify(out) == [] and manifest["splits"]["train"]["samples"] == 5
-    assert "n00000001_1" not in {s.key for s in contract.iter_samples(out, "train")}
+    assert verify(out) == [] and manifest["splits"]["train"]["samples"] == 5
+    assert "n00000001_1" not in {s.key for s in iter_samples(out, "train")}
 
 
 def test_rerun_writes_nothing_and_another_imagenet_root_is_refused(pair_cli, built, tmp_path):
@@ -105,11 +113,11 @@ def test_rerun_writes_nothing_and_another_imagenet_root_is_refused(pair_cli, bui
     out = tmp_path / "paired"
     first = pairing.run(textures, tree, out, show_progress=False)
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "train").iterdir()}
-    manifest = contract.load_manifest(out)
+    manifest = load_manifest(out)
     again = pairing.run(textures, tree, out, show_progress=False)
     assert (first.shards_written, again.shards_written, again.paired) == (3, 0, 6)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "train").iterdir()} == mtimes
-    assert contract.load_manifest(out) == manifest
+    assert load_manifest(out) == manifest
     result = pair_cli(textures, Path(shutil.copytree(tree, tmp_path / "other")), out)
     assert result.exit_code == 1 and "other images or settings" in result.output
 
@@ -119,7 +127,7 @@ def test_interrupted_run_leaves_no_partial_shard_and_resumes(
 ):
     tree, textures = built
     out = tmp_path / "paired"
-    real_iter_raw, shards_opened = contract.iter_raw, []
+    real_iter_raw, shards_opened = iter_raw, []
 
     def dies_in_second_shard(urls):
         shards_opened.append(urls)
@@ -128,28 +136,26 @@ def test_interrupted_run_leaves_no_partial_shard_and_resumes(
                 raise KeyboardInterrupt  # as if stopped mid-shard
             yield raw
 
-    monkeypatch.setattr(contract, "iter_raw", dies_in_second_shard)
+    monkeypatch.setattr(pairing, "iter_raw", dies_in_second_shard)
     with pytest.raises(KeyboardInterrupt):
         pairing.run(textures, tree, out, show_progress=False)
     monkeypatch.undo()
-    assert [p.name for p in (out / "train").glob("*.tar")] == [contract.shard_name("train", 0)]
+    assert [p.name for p in (out / "train").glob("*.tar")] == [shard_name("train", 0)]
     assert not list((out / "train").glob(".*tmp*"))
-    manifest = contract.load_manifest(out)
+    manifest = load_manifest(out)
     assert (
         manifest["splits"]["train"]["complete"] is False
         and len(manifest["splits"]["train"]["shards"]) == 1
     )
-    assert contract.verify(out) == []
-    stale = (
-        out / "train" / f".{contract.shard_name('train', 1)}.tmp-99999"
-    )  # what kill -9 leaves behind
+    assert verify(out) == []
+    stale = out / "train" / f".{shard_name('train', 1)}.tmp-99999"  # what kill -9 leaves behind
     stale.write_bytes(b"partial")
     result = pair_cli(textures, tree, out)
     assert result.exit_code == 0 and "(2 written now, 1 already done)" in result.output, (
         result.output
     )
-    assert not stale.exists() and contract.verify(out) == []
-    assert contract.load_manifest(out)["splits"]["train"]["samples"] == 6
+    assert not stale.exists() and verify(out) == []
+    assert load_manifest(out)["splits"]["train"]["samples"] == 6
 
 
 def test_refuses_inputs_that_cannot_be_paired(pair_cli, built, tmp_path):
@@ -169,7 +175,7 @@ def test_refuses_inputs_that_cannot_be_paired(pair_cli, built, tmp_path):
     pairing.run(textures, tree, with_source, show_progress=False)
     refused(with_source, tree, "already carries source pixels")
     tampered = Path(shutil.copytree(textures, tmp_path / "tampered"))
-    shard = contract.shard_path(tampered, "train", 1)
+    shard = shard_path(tampered, "train", 1)
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0xFF
     shard.write_bytes(bytes(data))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nsneg.pipeline import files
+from nsneg.datasets_manifest.format import files
 from nsneg.trainer.data import (
     BadShards,
     apply_box,

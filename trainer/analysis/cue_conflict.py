@@ -18,7 +18,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from nsneg.pipeline import contract, files
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.constants import TEXTURE_SIZE
+from nsneg.datasets_manifest.format.manifest import load_manifest, shard_paths
+from nsneg.datasets_manifest.format.sample_reader import (
+    BadSample,
+    check_sample,
+    iter_raw,
+    iter_samples,
+)
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, SkipLog
 
 
 def sobel_kernel() -> torch.Tensor:
@@ -92,7 +101,7 @@ def edge_mask(image: Image.Image, quantile: float = 0.9, radius: int | None = No
 
 
 def cue_conflict_image(
-    shape_image: Image.Image, texture_image: Image.Image, size: int = contract.TEXTURE_SIZE
+    shape_image: Image.Image, texture_image: Image.Image, size: int = TEXTURE_SIZE
 ) -> tuple[Image.Image, np.ndarray]:
     """A's photo (centre view) with its edge region (``edge_mask``) filled by B's texture, and the mask.
     Shape cue: A's contours and layout; texture cue: B's texture where A had its edges and detail."""
@@ -109,22 +118,22 @@ def cue_conflict_from_shards(
     n: int,
     seed: int,
     out_dir: Path,
-    skips: contract.SkipLog | None = None,
+    skips: SkipLog | None = None,
 ) -> tuple[list[CueImage], list[dict[str, Any]]]:
     """``n`` (shape A, texture B) pairs of samples of different classes the head knows, drawn with ``seed``;
     writes each image as ``out_dir/<A wnid>/<i>_<A wnid>-<B wnid>.png`` and returns the images and their records.
     Samples are read through the sample policy; the bad ones go to ``skips`` (a pair drawn with a
     sample whose source then fails to decode is left out)."""
-    skips = skips if skips is not None else contract.SkipLog(contract.DEFAULT_MAX_SKIP_FRACTION)
-    manifest = contract.load_manifest(root)
+    skips = skips if skips is not None else SkipLog(DEFAULT_MAX_SKIP_FRACTION)
+    manifest = load_manifest(root)
     if not manifest.get("has_source"):
         raise ValueError(
             f"{root} holds textures only (built with --no-source): no photo gives the shape cue"
         )
     classes, known = manifest["classes"], set(head_classes)
-    paths = contract.shard_paths(root, split, manifest)
+    paths = shard_paths(root, split, manifest)
     index = [
-        (sample.key, sample.cls) for sample in contract.iter_samples(root, split, skips)
+        (sample.key, sample.cls) for sample in iter_samples(root, split, skips)
     ]  # the sources' headers only
     index = [(key, cls) for key, cls in index if classes[cls] in known]
     if len({cls for _, cls in index}) < 2:
@@ -142,13 +151,13 @@ def cue_conflict_from_shards(
         pairs.append((a, b))
     needed = {key for pair in pairs for key, _ in pair}
     samples = {}
-    for raw in contract.iter_raw(paths):
+    for raw in iter_raw(paths):
         if raw["__key__"] in needed:
             try:
-                samples[raw["__key__"]] = contract.check_sample(
+                samples[raw["__key__"]] = check_sample(
                     raw, classes, has_source=True, decode_source=True
                 )
-            except contract.BadSample as e:
+            except BadSample as e:
                 skips.skip(raw["__url__"], raw["__key__"], e.reason, e.kind)
     images, records, sheet_rows = [], [], []
     for i, ((key_a, cls_a), (key_b, cls_b)) in enumerate(pairs):

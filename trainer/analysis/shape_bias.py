@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from nsneg.pipeline import contract
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, SkipLog
 from nsneg.trainer.analysis.categories import GEIRHOS_CATEGORIES, covered_categories
 from nsneg.trainer.analysis.cue_conflict import (
     CueImage,
@@ -283,7 +283,7 @@ def analyse(
     workers: int,
     device: torch.device,
     out_dir: Path,
-    max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
     name: str | None = None,
     others: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
@@ -306,7 +306,7 @@ def analyse(
             "was it trained on another checkpoint's architecture?"
         )
 
-    skips = contract.SkipLog(max_skip_fraction)
+    skips = SkipLog(max_skip_fraction)
     if cue_dir is not None:
         mode, categories = "geirhos-16", GEIRHOS_CATEGORIES
         images, left_out = read_cue_conflict_dir(cue_dir, list(categories))

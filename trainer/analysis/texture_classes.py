@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import IterableDataset
 
-from nsneg.pipeline import contract
-from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg.datasets_manifest.format.constants import IMAGENET_MEAN, IMAGENET_STD
+from nsneg.datasets_manifest.format.manifest import load_manifest
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, SkipLog
 from nsneg.trainer.analysis.categories import FINE_GROUPS
 from nsneg.trainer.analysis.cue_conflict import sobel_gradients, sobel_kernel
 from nsneg.trainer.analysis.texture_classes_report import (
@@ -134,7 +136,7 @@ def is_held_out(key: str, fraction: float) -> bool:
 
 class ShardViews(IterableDataset):
     """One view (``texture`` or ``source`` photo) of the samples of a split on one side of the
-    held-out split, with their class index. Streams through ``contract.iter_samples``."""
+    held-out split, with their class index. Streams through ``iter_samples``."""
 
     def __init__(
         self,
@@ -144,16 +146,16 @@ class ShardViews(IterableDataset):
         held_out: bool,
         fraction: float,
         transform: Callable,
-        skips: contract.SkipLog | None = None,
+        skips: SkipLog | None = None,
     ):
         if view not in ("texture", "source"):
             raise ValueError(f"view must be 'texture' or 'source', not {view!r}")
         self.root, self.split, self.view, self.held_out = Path(root), split, view, held_out
         self.fraction, self.transform = fraction, transform
-        self.skips = skips or contract.SkipLog(1.0, spool=Path(tempfile.mkdtemp(".skips")))
+        self.skips = skips or SkipLog(1.0, spool=Path(tempfile.mkdtemp(".skips")))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
-        for sample in contract.iter_samples(
+        for sample in iter_samples(
             self.root, self.split, self.skips, decode_source=self.view == "source"
         ):
             if is_held_out(sample.key, self.fraction) == self.held_out:
@@ -190,7 +192,7 @@ def analyse(
     device: torch.device,
     out_dir: Path,
     say: Callable[[str], None] = print,
-    max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
     name: str | None = None,
     others: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
@@ -199,7 +201,7 @@ def analyse(
     returns the report. Progress notes go to ``say``. ``out_dir`` must not hold another model's
     report (``outputs.claim``)."""
     outputs.claim(out_dir, "texture-classes", subject(checkpoint_path, shards))
-    manifest = contract.load_manifest(shards)
+    manifest = load_manifest(shards)
     if split not in manifest["splits"]:
         raise ValueError(f"{shards} has no split {split!r} (it has {sorted(manifest['splits'])})")
     classes: list[str] = list(manifest["classes"])
@@ -212,7 +214,7 @@ def analyse(
     ] = {}  # the sample policy's skips, per view (each pass sees them all)
 
     def views(view: str, held_out: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-        skips = contract.SkipLog(max_skip_fraction, spool=Path(tempfile.mkdtemp(".skips")))
+        skips = SkipLog(max_skip_fraction, spool=Path(tempfile.mkdtemp(".skips")))
         dataset = ShardViews(shards, split, view, held_out, holdout, transform, skips)
         try:
             found = dataset_features(features.network, dataset, batch_size, workers, device, desc)

@@ -21,8 +21,11 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from nsneg.pipeline import contract
-from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg.datasets_manifest.format.constants import IMAGENET_MEAN, IMAGENET_STD
+from nsneg.datasets_manifest.format.manifest import load_manifest
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, SkipLog
 from nsneg.trainer import checkpoint
 
 # --------------------------------------------------------------------------- backbone
@@ -63,7 +66,7 @@ def eval_transform(image_size: int) -> Callable:
 class ShardSources(IterableDataset):
     """The source photos of one split of a shard set, with their class index.
 
-    Streams through ``contract.iter_samples`` (the sample policy: a bad sample is skipped into
+    Streams through ``iter_samples`` (the sample policy: a bad sample is skipped into
     ``skips``, spooled from DataLoader workers; ``skips.finish()`` after reading); each
     DataLoader worker reads its own shards, so every sample is read once whatever
     ``num_workers`` is.
@@ -74,9 +77,9 @@ class ShardSources(IterableDataset):
         root: Path,
         split: str,
         transform: Callable,
-        max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
+        max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
     ):
-        manifest = contract.load_manifest(root)
+        manifest = load_manifest(root)
         if not manifest.get("has_source"):
             raise ValueError(
                 f"{root} holds textures only (built with --no-source): no source photos to evaluate on"
@@ -86,13 +89,13 @@ class ShardSources(IterableDataset):
         self.root, self.split, self.transform = Path(root), split, transform
         self.classes: list[str] = list(manifest["classes"])
         self.samples: int = manifest["splits"][split]["samples"]
-        self.skips = contract.SkipLog(max_skip_fraction, spool=Path(tempfile.mkdtemp(".skips")))
+        self.skips = SkipLog(max_skip_fraction, spool=Path(tempfile.mkdtemp(".skips")))
 
     def __len__(self) -> int:
         return self.samples
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
-        for sample in contract.iter_samples(self.root, self.split, self.skips, decode_source=True):
+        for sample in iter_samples(self.root, self.split, self.skips, decode_source=True):
             yield self.transform(sample.source()), sample.cls
 
 
@@ -100,19 +103,19 @@ def load_dataset(
     path: Path,
     split: str,
     image_size: int,
-    max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
 ) -> tuple[Dataset, list[str]]:
     """A shard directory (it has a manifest; ``split`` picks the split) or an ImageFolder tree
     -> (dataset of (image, class index), class names in index order)."""
     path = Path(path)
-    if (path / contract.MANIFEST_NAME).exists():
+    if (path / MANIFEST_NAME).exists():
         dataset = ShardSources(path, split, eval_transform(image_size), max_skip_fraction)
     else:
         try:
             dataset = datasets.ImageFolder(str(path), eval_transform(image_size))
         except FileNotFoundError as e:
             raise FileNotFoundError(
-                f"{path} is neither a shard directory (no {contract.MANIFEST_NAME}) "
+                f"{path} is neither a shard directory (no {MANIFEST_NAME}) "
                 f"nor an ImageFolder tree DIR/<class>/<image>: {e}"
             ) from None
     if len(dataset) == 0:
@@ -206,10 +209,10 @@ def probe_features(
     image_size: int | None,
     batch_size: int,
     workers: int,
-    max_skip_fraction: float = contract.DEFAULT_MAX_SKIP_FRACTION,
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
 ) -> ProbeFeatures:
     """The features ``nsneg-eval knn`` and ``linear`` read: a checkpoint's backbone over two sets.
-    ``info["skipped"]``: the bad samples skipped in each shard directory (``contract.SkipLog``)."""
+    ``info["skipped"]``: the bad samples skipped in each shard directory (``SkipLog``)."""
     backbone, config = backbone_from_checkpoint(checkpoint_path)
     image_size = image_size or int(config.get("image_size", 224))
     train_set, classes = load_dataset(train_dir, train_split, image_size, max_skip_fraction)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from nsneg.pipeline import files
+from nsneg.datasets_manifest.format import files
 
 HEAD_FORMAT = "nsneg-linear-head"
 HEAD_VERSION = 1

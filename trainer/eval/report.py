@@ -2,7 +2,7 @@
 
 One matplotlib policy: figures are ``matplotlib.figure.Figure`` objects drawn with the Agg
 canvas, so no command touches pyplot's global backend or needs a display. Every file is
-written atomically (``nsneg.pipeline.files``). Used by ``nsneg-eval``, ``nsneg-analyze``, and
+written atomically (``nsneg.datasets_manifest.format.files``). Used by ``nsneg-eval``, ``nsneg-analyze``, and
 anything else that reports a table or a plot.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nsneg.pipeline import files
+from nsneg.datasets_manifest.format import files
 
 
 def mean_of_present(values: Sequence[float | None]) -> float | None:

@@ -129,21 +129,3 @@ def keep_sample(path: Path, tmp_root: Path, name: str | None = None) -> None:
         (Path(target) / (name or path.name)).write_text(text)
     else:
         shutil.copyfile(path, Path(target) / (name or path.name))
-
-
-def as_v1(shards: Path, dest: Path) -> Path:
-    """A copy of a shard set laid out as format version 1 wrote it: records beside the shards."""
-    import json
-    import shutil
-
-    from nsneg.pipeline import contract
-
-    old = Path(shutil.copytree(shards, dest))
-    manifest = json.loads((old / contract.MANIFEST_NAME).read_text())
-    for split, info in manifest["splits"].items():
-        for shard in info["shards"]:
-            tar = old / split / shard["name"]
-            contract.record_path(tar).rename(contract.v1_record_path(tar))
-    (old / contract.RECORDS_DIR).rmdir()
-    (old / contract.MANIFEST_NAME).write_text(json.dumps({**manifest, "format_version": 1}))
-    return old

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nsneg.pipeline import contract, files
+from nsneg.datasets_manifest.format import files
+from nsneg.datasets_manifest.format.constants import TEXTURE_SIZE
+from nsneg.datasets_manifest.format.manifest import build_manifest, verify
+from nsneg.datasets_manifest.format.naming import MANIFEST_NAME, record_path, shard_path
+from nsneg.datasets_manifest.format.sample_reader import MEMBER_LIMITS
+from nsneg.datasets_manifest.format.shard_writer import ShardWriter, read_record
 from nsneg_testing import PHOTOS, encode, photo
 
 CLASSES = ["n00000001", "n00000002", "n00000003", "n00000004"]
@@ -57,7 +62,7 @@ def jpeg_claiming(width: int, height: int) -> bytes:
 @cache
 def texture_png(seed: int) -> bytes:
     name = PHOTOS[seed % len(PHOTOS)]
-    return files.png_bytes(np.asarray(photo(name, (contract.TEXTURE_SIZE, contract.TEXTURE_SIZE))))
+    return files.png_bytes(np.asarray(photo(name, (TEXTURE_SIZE, TEXTURE_SIZE))))
 
 
 def good_sample(key: str, cls: int, seed: int, with_source: bool) -> dict[str, bytes]:
@@ -158,7 +163,7 @@ def write_bad_shard(path: Path, with_source: bool) -> int:
     sample("out_of_range_cls", cls=b"99")
     sample("bad_json", json=b"{not json")
     sample("list_json", json=b"[1, 2]")
-    sample("oversized_cls", cls=b"0" * (contract.MEMBER_LIMITS["cls"] + 1))
+    sample("oversized_cls", cls=b"0" * (MEMBER_LIMITS["cls"] + 1))
     samples += [(n, d, {}) for n, d in good("extra_member").items()]
     samples.append(("extra_member.exe", b"MZ", {}))
     samples += [(n, d, {}) for n, d in good("twice_member").items()]
@@ -202,15 +207,15 @@ def make_bad_set(root: Path, with_source: bool = True) -> dict:
     with a manifest (and records) whose sha256 values match. Returns the expected counts."""
     good_keys = []
     for index in range(2):
-        writer = contract.ShardWriter(contract.shard_path(root, "train", index))
+        writer = ShardWriter(shard_path(root, "train", index))
         for i in range(index, len(CLASSES) * GOOD_PER_CLASS, 2):
             key = f"good_{i}"
             writer.write({"__key__": key, **good_sample(key, i % len(CLASSES), i, with_source)})
             good_keys.append(key)
         writer.commit({"index": index})
-    bad_path = contract.shard_path(root, "train", 2)
+    bad_path = shard_path(root, "train", 2)
     bad = write_bad_shard(bad_path, with_source)
-    records = [contract.read_record(contract.shard_path(root, "train", i)) for i in range(2)]
+    records = [read_record(shard_path(root, "train", i)) for i in range(2)]
     records.append(
         {
             "name": bad_path.name,
@@ -219,15 +224,15 @@ def make_bad_set(root: Path, with_source: bool = True) -> dict:
             "samples": bad + 2,
         }
     )
-    files.atomic_write_json(contract.record_path(bad_path), records[-1])
-    manifest = contract.build_manifest(
+    files.atomic_write_json(record_path(bad_path), records[-1])
+    manifest = build_manifest(
         CLASSES,
         {"train": {"shards": records, "skipped": [], "complete": True}},
         {"synthesis": {"encoder": "random"}, "seed": 0},
         with_source,
     )
-    files.atomic_write_json(root / contract.MANIFEST_NAME, manifest)
-    assert contract.verify(root) == []
+    files.atomic_write_json(root / MANIFEST_NAME, manifest)
+    assert verify(root) == []
     return {"good": len(good_keys) + 2, "bad": bad, "classes": CLASSES}
 
 
@@ -236,13 +241,11 @@ def make_clean_set(root: Path, splits: tuple[str, ...] = ("train", "val"), per_s
     one shard of ``per_split`` samples per split and a manifest whose sha256 values match."""
     records = {}
     for s, split in enumerate(splits):
-        writer = contract.ShardWriter(contract.shard_path(root, split, 0))
+        writer = ShardWriter(shard_path(root, split, 0))
         for i in range(per_split):
             key = f"{split}_{i}"
             writer.write({"__key__": key, **good_sample(key, i % len(CLASSES), s + i, False)})
         records[split] = {"shards": [writer.commit({"index": 0})], "skipped": [], "complete": True}
-    manifest = contract.build_manifest(
-        CLASSES, records, {"synthesis": {"encoder": "random"}}, False
-    )
-    files.atomic_write_json(root / contract.MANIFEST_NAME, manifest)
+    manifest = build_manifest(CLASSES, records, {"synthesis": {"encoder": "random"}}, False)
+    files.atomic_write_json(root / MANIFEST_NAME, manifest)
     return root

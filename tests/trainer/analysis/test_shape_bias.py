@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nsneg.pipeline import contract
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
 from nsneg.trainer import checkpoint
 from nsneg.trainer.analysis import categories, cue_conflict, shape_bias, texture_classes
 from nsneg.trainer.eval import probes
@@ -144,7 +144,7 @@ def test_shape_bias_from_shards(invoke, shards, ckpt, head, tmp_path, tmp_path_f
     assert report["mode"] == "shard-classes"
     assert report["categories_total"] == len(CLASSES) == report["categories_covered"]
     assert len(report["made"]) == 8 and (made_dir / "contact-sheet.png").stat().st_size > 0
-    samples = {s.key: s for s in contract.iter_samples(shards, "train")}
+    samples = {s.key: s for s in iter_samples(shards, "train")}
     for rec in report["made"]:
         a, b = samples[rec["shape_key"]], samples[rec["texture_key"]]
         assert rec["shape"] == a.meta["wnid"] != rec["texture"] == b.meta["wnid"]

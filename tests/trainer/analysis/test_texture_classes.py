@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nsneg.pipeline import contract
-from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg.datasets_manifest.format.constants import IMAGENET_MEAN, IMAGENET_STD
+from nsneg.datasets_manifest.format.manifest import load_manifest
+from nsneg.datasets_manifest.format.sample_reader import iter_samples
 from nsneg.trainer import checkpoint
 from nsneg.trainer.analysis import texture_classes, texture_classes_report
 from nsneg.trainer.eval import probes, stats
@@ -75,9 +76,9 @@ def test_texture_classes_with_released_checkpoint(invoke, shards, ckpt, tmp_path
     )
 
     # Direct computation: every sample, one at a time, through the backbone and the saved probe.
-    classes = contract.load_manifest(shards)["classes"]
+    classes = load_manifest(shards)["classes"]
     assert classes == sorted(CLASSES)
-    samples = list(contract.iter_samples(shards, "train"))
+    samples = list(iter_samples(shards, "train"))
     held = [s for s in samples if texture_classes.is_held_out(s.key, 0.35)]
     assert 0 < len(held) < len(samples) and report["texture_held_out"] == len(held)
     assert report["texture_train"] == len(samples) - len(held)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nsneg.pipeline import contract
+from nsneg.datasets_manifest.format.manifest import load_manifest
 from nsneg.trainer import checkpoint
 from nsneg.trainer.eval import features, probes, stats
 from nsneg_testing import encode
@@ -161,7 +161,7 @@ def test_dataset_errors(probe, trees, tmp_path):
 
 def test_knn_on_shard_source_photos(probe, texture_shards, tmp_path):
     root, tree = texture_shards
-    manifest = contract.load_manifest(root)
+    manifest = load_manifest(root)
     assert (
         manifest["splits"]["train"]["samples"] == 6
         and len(manifest["splits"]["train"]["shards"]) == 3

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 
-from nsneg.pipeline.encoders import IMAGENET_MEAN, IMAGENET_STD
+from nsneg.datasets_manifest.format.constants import IMAGENET_MEAN, IMAGENET_STD
 from nsneg.trainer import checkpoint
 from nsneg.trainer.eval import features, probes, stats
 from nsneg.trainer.eval.corruptions import corrupt

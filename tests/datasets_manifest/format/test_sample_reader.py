@@ -1,4 +1,4 @@
-"""The contract's sample policy: every bad sample a tar file can carry is skipped with its shard,
+"""The sample policy (``sample_reader``): every bad sample a tar file can carry is skipped with its shard,
 key and reason; past the threshold one clear error; a bomb is never decoded (peak memory measured)."""
 
 import json
@@ -8,7 +8,15 @@ import textwrap
 
 import pytest
 
-from nsneg.pipeline import contract
+from nsneg.datasets_manifest.format.manifest import shard_paths
+from nsneg.datasets_manifest.format.sample_reader import (
+    BadSample,
+    check_sample,
+    iter_checked,
+    iter_raw,
+    iter_samples,
+)
+from nsneg.datasets_manifest.format.skip_log import SkipLog, TooManyBadSamples
 from nsneg_testing.bad_shards import BAD_KINDS, BAD_SOURCE_KINDS, make_bad_set
 
 
@@ -20,8 +28,8 @@ def bad_set(tmp_path_factory):
 
 def test_every_bad_kind_is_skipped_with_its_reason_and_the_good_ones_read(bad_set):
     root, expected = bad_set
-    skips = contract.SkipLog(1.0)
-    good = list(contract.iter_samples(root, "train", skips, decode_source=True))
+    skips = SkipLog(1.0)
+    good = list(iter_samples(root, "train", skips, decode_source=True))
     assert len(good) == expected["good"] and {s.key for s in good} >= {"good_0", "good_last"}
     assert all(s.texture.size == (224, 224) and s.source().mode == "RGB" for s in good)
     reasons = {s["key"]: s["reason"] for s in skips.skipped}
@@ -29,7 +37,7 @@ def test_every_bad_kind_is_skipped_with_its_reason_and_the_good_ones_read(bad_se
     assert set(reasons) == set(kinds) and len(skips.skipped) == expected["bad"]
     for key, start in kinds.items():
         assert reasons[key].startswith(start), (key, reasons[key])
-    shard = str(contract.shard_paths(root, "train")[2])
+    shard = str(shard_paths(root, "train")[2])
     assert {s["shard"] for s in skips.skipped} == {shard}
     report = skips.finish()
     assert report["skipped"] == expected["bad"] and report["read"] == expected["good"]
@@ -38,20 +46,20 @@ def test_every_bad_kind_is_skipped_with_its_reason_and_the_good_ones_read(bad_se
 
 def test_a_set_without_sources_refuses_a_source_member_and_checks_source_headers_lazily(bad_set):
     root, _ = bad_set
-    raw = next(contract.iter_raw(contract.shard_paths(root, "train")[:1]))
-    with pytest.raises(contract.BadSample, match="unexpected member source.img"):
-        contract.check_sample(raw, has_source=False)
+    raw = next(iter_raw(shard_paths(root, "train")[:1]))
+    with pytest.raises(BadSample, match="unexpected member source.img"):
+        check_sample(raw, has_source=False)
     without = {k: v for k, v in raw.items() if k != "source.img"}
-    with pytest.raises(contract.BadSample, match="missing member source.img"):
-        contract.check_sample(without, has_source=True)
-    sample = contract.check_sample(raw, ["a", "b", "c", "d"], has_source=True)
+    with pytest.raises(BadSample, match="missing member source.img"):
+        check_sample(without, has_source=True)
+    sample = check_sample(raw, ["a", "b", "c", "d"], has_source=True)
     assert sample.source_image is None and sample.source().mode == "RGB"
 
 
 def test_past_the_threshold_one_clear_error_naming_shard_and_key(bad_set):
     root, expected = bad_set
-    with pytest.raises(contract.TooManyBadSamples) as stopped:
-        list(contract.iter_samples(root, "train", contract.SkipLog(0.1)))
+    with pytest.raises(TooManyBadSamples) as stopped:
+        list(iter_samples(root, "train", SkipLog(0.1)))
     message = str(stopped.value)
     assert (
         "above --max-skip-fraction 0.1" in message
@@ -59,8 +67,8 @@ def test_past_the_threshold_one_clear_error_naming_shard_and_key(bad_set):
     )
     total = expected["good"] + expected["bad"]
     assert message.startswith(f"{int(0.1 * total) + 1} bad samples of {total}")
-    with pytest.raises(contract.TooManyBadSamples, match="key truncated_texture"):
-        list(contract.iter_samples(root, "train"))  # no log given: the first bad sample stops
+    with pytest.raises(TooManyBadSamples, match="key truncated_texture"):
+        list(iter_samples(root, "train"))  # no log given: the first bad sample stops
 
 
 def test_workers_spool_their_skips_to_the_main_process(bad_set, tmp_path):
@@ -73,10 +81,10 @@ def test_workers_spool_their_skips_to_the_main_process(bad_set, tmp_path):
             self.skips = skips
 
         def __iter__(self):
-            for s in contract.iter_samples(root, "train", self.skips, decode_source=True):
+            for s in iter_samples(root, "train", self.skips, decode_source=True):
                 yield s.cls
 
-    skips = contract.SkipLog(1.0, spool=tmp_path / "spool")
+    skips = SkipLog(1.0, spool=tmp_path / "spool")
     loader = torch.utils.data.DataLoader(Keys(skips), batch_size=None, num_workers=2)
     assert len(list(loader)) == expected["good"]
     report = skips.finish()
@@ -85,11 +93,11 @@ def test_workers_spool_their_skips_to_the_main_process(bad_set, tmp_path):
 
 def test_a_cut_shard_ends_with_one_skip_for_its_rest(bad_set, tmp_path):
     root, _ = bad_set
-    shard = contract.shard_paths(root, "train")[0]
+    shard = shard_paths(root, "train")[0]
     cut = tmp_path / "cut.tar"
     cut.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2 + 100])
-    skips = contract.SkipLog(1.0)
-    good = list(contract.iter_checked([cut], skips, has_source=True))
+    skips = SkipLog(1.0)
+    good = list(iter_checked([cut], skips, has_source=True))
     assert 0 < len(good) < 6
     assert skips.skipped[-1]["key"] == "(rest of shard)" and skips.skipped[-1]["kind"] == "tar"
     assert "not a readable tar from here on" in skips.skipped[-1]["reason"]
@@ -104,11 +112,13 @@ def test_the_bomb_shard_is_read_in_bounded_memory(bad_set):
         f"""
         import json, resource
         from pathlib import Path
-        from nsneg.pipeline import contract
-        list(contract.iter_samples(Path({str(root)!r}), "train", contract.SkipLog(1.0)))  # warm-up
+        from nsneg.datasets_manifest.format.manifest import shard_paths
+        from nsneg.datasets_manifest.format.sample_reader import BadSample, check_sample, iter_checked, iter_raw, iter_samples
+        from nsneg.datasets_manifest.format.skip_log import SkipLog, TooManyBadSamples
+        list(iter_samples(Path({str(root)!r}), "train", SkipLog(1.0)))  # warm-up
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        skips = contract.SkipLog(1.0)
-        n = len(list(contract.iter_samples(Path({str(root)!r}), "train", skips, decode_source=True)))
+        skips = SkipLog(1.0)
+        n = len(list(iter_samples(Path({str(root)!r}), "train", skips, decode_source=True)))
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({{"good": n, "skipped": len(skips.skipped), "kib": after - before}}))
         """

@@ -1,6 +1,6 @@
 """General file helpers shared by every package: atomic writes, hashing, PNG bytes.
 
-Nothing here knows about shards; the shard format lives in :mod:`nsneg.pipeline.contract`.
+Nothing here knows about shards; the rest of :mod:`nsneg.datasets_manifest.format` does.
 """
 
 from __future__ import annotations
