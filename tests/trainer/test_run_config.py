@@ -140,14 +140,18 @@ def test_a_run_resumes_from_another_folder_with_its_data_at_another_path(
 
 
 @pytest.mark.slow
-def test_wandb_offline_run_records_the_scalars_and_the_config(shards, tmp_path, monkeypatch):
+def test_wandb_offline_run_records_the_scalars_and_the_config(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="wandb is not installed (pip install 'nsneg[wandb]')")
+    from nsneg_testing import make_tree
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    images = make_tree(tmp_path / "images", bad=False) / "train"  # patch negatives need no texture
     out = tmp_path / "run"
     config = TrainConfig(
-        negatives=str(shards), out=str(out), **RUN, **SMALL_METHOD["moco"], wandb="nsneg-test"
-    )
+        negatives=str(images), out=str(out), negatives_kind="patch", **RUN,
+        **SMALL_METHOD["moco"], wandb="nsneg-test",
+    )  # fmt: skip
     Trainer(config, device="cpu", show_progress=False).fit()
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and (out / "wandb-run-id").read_text().strip() in runs[0].name
@@ -156,7 +160,7 @@ def test_wandb_offline_run_records_the_scalars_and_the_config(shards, tmp_path, 
     # both tags, the resolved config (the method's section, the data's identity)
     for key in (b"step/loss", b"step/ns_outrank", b"step/skipped", b"epoch/loss", b'"k":16'):
         assert key in records, key
-    assert b'"kind":"shards"' in records
+    assert b'"kind":"image_folder"' in records
     assert list((runs[0] / "files" / "media" / "images").glob("negatives_*.png"))
 
 
