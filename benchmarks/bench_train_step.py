@@ -182,7 +182,8 @@ def decode_rates(urls: list[str], image_size: int, samples: int = 64) -> tuple[f
     source decoded at full size (draft mode off) -- the anchor for the loader."""
     import itertools
 
-    from nsneg.trainer.data import apply_box, crop_box, views
+    from nsneg.trainer.crops import apply_box, crop_box
+    from nsneg.trainer.data import views
 
     raws = list(itertools.islice(iter_raw(urls), samples))
     rng = random.Random(0)

@@ -30,14 +30,6 @@ manifest_dir_option = click.option(
 )
 
 
-def _find(spec: str, manifest_dirs) -> registry.PublishedSet:
-    """A set by ``NAME[@VERSION]``, or by the url of its folder (``hf://datasets/ORG/NAME``, ``https://...``)."""
-    try:
-        return registry.from_url(spec) if "://" in spec else registry.find(spec, manifest_dirs)
-    except (KeyError, FileNotFoundError, ManifestError) as e:
-        raise click.ClickException(str(e).strip('"')) from None
-
-
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -167,12 +159,12 @@ def fetch(
     resumable, every shard verified before it is kept."""
     from nsneg.datasets_manifest.fetch import fetch as run_fetch
 
-    published = _find(spec, manifest_dirs)
     try:
+        published = registry.lookup(spec, manifest_dirs)
         report = run_fetch(
             published, to, list(splits) or None, jobs=jobs, retries=retries, show_progress=not quiet
         )
-    except KeyError as e:
+    except (KeyError, registry.UnknownSet) as e:
         raise click.ClickException(str(e).strip('"')) from None
     click.echo(
         f"{published.name}@{published.version} -> {to}: {len(report.downloaded)} downloaded, "
@@ -236,7 +228,7 @@ def preview(source, out, n, classes, split, max_skip_fraction, manifest_dirs) ->
         else:
             from nsneg.datasets_manifest.fetch import fetch as run_fetch
 
-            published = _find(source, manifest_dirs)
+            published = registry.lookup(source, manifest_dirs)
             total = len(published.urls(split))
             # the first shard, then twice as many until every class shown has its share
             with tempfile.TemporaryDirectory() as tmp:
@@ -255,7 +247,7 @@ def preview(source, out, n, classes, split, max_skip_fraction, manifest_dirs) ->
                         break
                     first *= 2
         skips.finish()
-    except (KeyError, ValueError, FileNotFoundError) as e:
+    except (KeyError, ValueError, FileNotFoundError, registry.UnknownSet) as e:
         raise click.ClickException(str(e).strip('"')) from None
     click.echo(f"preview {out} ({skips.read} samples read, {skips.summary()})")
 

@@ -39,7 +39,7 @@ from nsneg.datasets_manifest.format.shard_writer import ShardWriter, encode_samp
 from nsneg.datasets_manifest.format.skip_log import (
     DEFAULT_MAX_SKIP_FRACTION,
     SkipLog,
-    TooManyBadSamples,
+    check_fraction,
 )
 from nsneg.pipeline import shards
 from nsneg.pipeline.sources import IMAGE_SUFFIXES, SourceImage, folder_listing
@@ -296,10 +296,12 @@ def import_folder(
             "shards_written": written,
             "skipped": skipped_all,
         }
-        if len(skipped_all) > max_skip_fraction * max(1, len(images)):
-            raise TooManyBadSamples(
-                f"{split}: {len(skipped_all)} of {len(images)} files unusable, above "
-                f"--max-skip-fraction {max_skip_fraction} (first: {skipped_all[0]['path']}: "
-                f"{skipped_all[0]['reason']}); the manifest lists each"
+        if skipped_all:
+            check_fraction(
+                len(skipped_all),
+                max(1, len(images)),
+                max_skip_fraction,
+                f"{split}, first: {skipped_all[0]['path']}: {skipped_all[0]['reason']}; the "
+                "manifest lists each",
             )
     return summary

@@ -152,6 +152,19 @@ def find(spec: str, manifest_dirs: Iterable[Path | str] = ()) -> PublishedSet:
     return max(matches, key=lambda s: _version_key(s.version))
 
 
+class UnknownSet(LookupError):
+    """No published set answers to a name or url (or its manifest is unreadable); one message."""
+
+
+def lookup(spec: str, manifest_dirs: Iterable[Path | str] = ()) -> PublishedSet:
+    """A set by ``NAME[@VERSION]`` (``find``), or by the url of its folder (``from_url``:
+    ``hf://datasets/ORG/NAME``, ``https://...``); ``UnknownSet`` where neither gives one."""
+    try:
+        return from_url(spec) if "://" in spec else find(spec, manifest_dirs)
+    except (KeyError, FileNotFoundError, ManifestError) as e:
+        raise UnknownSet(str(e).strip('"')) from None
+
+
 def _version_key(version: str) -> tuple:
     return tuple(
         (0, int(p)) if p.isdigit() else (1, p) for p in version.replace("-", ".").split(".")

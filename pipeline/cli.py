@@ -10,6 +10,7 @@ import click
 
 from nsneg.datasets_manifest.format.manifest import ManifestError, load_manifest
 from nsneg.datasets_manifest.format.naming import MANIFEST_NAME
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, TooManyBadSamples
 from nsneg.pipeline.images import RESIZE_SHORT
 from nsneg.pipeline.synthesis import CPU_BATCH_SIZE, SynthesisConfig
 
@@ -93,7 +94,7 @@ def main() -> None:
 @click.option(
     "--max-skip-fraction",
     type=float,
-    default=0.01,
+    default=DEFAULT_MAX_SKIP_FRACTION,
     show_default=True,
     help="fail when more than this fraction of images is unusable",
 )
@@ -169,7 +170,7 @@ def build(
     )
     try:
         summary = job.run(config, listing, show_progress=not quiet, verbose=verbose)
-    except (job.SkipThresholdExceeded, RuntimeError, ManifestError) as e:
+    except (TooManyBadSamples, RuntimeError, ManifestError) as e:
         raise click.ClickException(str(e)) from None
     preview_path = preview or out / f"preview-{split}.png"
     manifest = load_manifest(out)

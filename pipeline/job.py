@@ -22,6 +22,7 @@ import numpy as np
 from nsneg.datasets_manifest.format.constants import CROP_SIZE, TEXTURE_SIZE
 from nsneg.datasets_manifest.format.image_decode import BadImage
 from nsneg.datasets_manifest.format.shard_writer import ShardWriter, encode_sample
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, check_fraction
 from nsneg.pipeline import shards
 from nsneg.pipeline.images import RESIZE_SHORT, Crops, make_crops
 from nsneg.pipeline.shards import ShardSpec, finished_record
@@ -32,10 +33,11 @@ from nsneg.pipeline.synthesis import SynthesisConfig, auto_batch_size
 #: Ray fault tolerance, set deliberately (Ray's defaults: tasks retry 3 times, actors never restart).
 MAX_ACTOR_RESTARTS = 3
 MAX_TASK_RETRIES = 3
-
-
-class SkipThresholdExceeded(RuntimeError):
-    pass
+#: What a build stopped by too many unusable images says after the counts.
+SKIPS_DETAIL = (
+    "the input looks broken. Finished shards are kept; see their records/*.tar.json for the "
+    "reasons, fix the input, then rerun to resume"
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class JobConfig:
     shard_size: int = 1000
     include_source: bool = True
     resize_short: int = RESIZE_SHORT
-    max_skip_fraction: float = 0.01
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION
     workers: int | None = None
 
     def generator_config(self) -> dict[str, Any]:
@@ -320,15 +322,6 @@ def _namespace_for_workers() -> Path:
     return root
 
 
-def _check_skips(skipped: int, total: int, max_fraction: float) -> None:
-    if total and skipped / total > max_fraction:
-        raise SkipThresholdExceeded(
-            f"{skipped} of {total} images skipped ({skipped / total:.1%}), above --max-skip-fraction "
-            f"{max_fraction:.1%}: the input looks broken. Finished shards are kept; see their "
-            "records/*.tar.json for the reasons, fix the input, then rerun to resume."
-        )
-
-
 def run(
     config: JobConfig, listing: Listing, *, show_progress: bool = True, verbose: bool = False
 ) -> JobSummary:
@@ -420,7 +413,7 @@ def _run_pending(
             skipped_total += len(record["skipped"])
         bar.set_postfix_str(_progress_postfix(skipped_total, len(records), rates), refresh=False)
         if record is not None:
-            _check_skips(skipped_total, total_images, config.max_skip_fraction)
+            check_fraction(skipped_total, total_images, config.max_skip_fraction, SKIPS_DETAIL)
     return written, failed
 
 

@@ -46,7 +46,10 @@ def make_checkpoint():
         torch.manual_seed(0)
         if released:
             encoder = build_backbone("resnet18")
-            state = {"module.encoder_q." + k: v for k, v in encoder.state_dict().items()}
+            state = {  # the release's head keys are ``fc.0.*``, ``fc.2.*`` (an nn.Sequential)
+                "module.encoder_q." + k.replace("fc.layers.", "fc."): v
+                for k, v in encoder.state_dict().items()
+            }
             torch.save({"state_dict": state, "arch": "resnet18"}, path)
         else:
             model = MoCo(

@@ -1,7 +1,7 @@
 """MoCo v2 "aug-plus", split where it is cheapest and batched on the training device.
 
 Geometry (RandomResizedCrop, scale 0.2-1) is done by the loader on decoded images
-(``nsneg.trainer.data``), which also gives the texture its query's crop. Everything else --
+(``nsneg.trainer.crops``), which also gives the texture its query's crop. Everything else --
 colour jitter 0.4/0.4/0.4/0.1 with p=0.8 in a random order, grayscale p=0.2, Gaussian
 blur sigma in [0.1, 2] with p=0.5, horizontal flip, normalisation -- runs here on a
 whole batch at once with per-sample parameters. The parameters are a value of their own

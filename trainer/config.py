@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION
 from nsneg.trainer.methods import METHODS
 from nsneg.trainer.methods.base import Method
 
@@ -70,7 +71,7 @@ class TrainConfig:
     workers: int = option(4, "DataLoader workers per process")
     shuffle_buffer: int = option(1000)
     checkpoint_every: int = option(1, "epochs")
-    max_skip_fraction: float = option(0.01)
+    max_skip_fraction: float = option(DEFAULT_MAX_SKIP_FRACTION)
     compile: bool = option(False, "torch.compile the method's networks (moco: both encoders; byol: online and target backbone; simclr: the backbone)")  # fmt: skip
     compile_backend: str = option("inductor", 'torch.compile backend ("aot_eager": traced, no code generation)')  # fmt: skip
     channels_last: bool | None = option(None, "channels_last weights and views [default: on CUDA]")

@@ -10,13 +10,11 @@ URLs (file paths, http(s)://). Shards are resampled, split by node and worker, a
 epoch has exactly ``steps_per_epoch`` batches on every rank, so DDP ranks never wait on
 an uneven shard.
 
-The loader does the geometric part of MoCo v2's augmentation (RandomResizedCrop) on the
-decoded images: two independent crops of the source for q and k, and for the texture
-negative a crop with the *query's* parameters (same area fraction and aspect ratio, same
-relative centre). Photometric augmentation happens batched on the device
-(``nsneg.trainer.augment``). The crop boxes are drawn from the source's size before it is
-decoded, so a JPEG is decoded already downscaled (by 1/2, 1/4 or 1/8, ``Image.draft``)
-as far as both crops still have at least ``image_size`` source pixels per side.
+The loader does the geometric part of MoCo v2's augmentation (``nsneg.trainer.crops``: the
+query's and key's crops of the source, the texture cropped with the query's box); photometric
+augmentation happens batched on the device (``nsneg.trainer.augment``). A sample that breaks
+the sample policy or does not decode is skipped and named (``SkipLog``); the count travels with
+the next batch, so the trainer holds it against ``--max-skip-fraction``.
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
-import math
 import os
 import random
 import tempfile
@@ -33,23 +29,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from nsneg.datasets_manifest.format.files import atomic_write_json
 from nsneg.datasets_manifest.format.manifest import (
-    ManifestError,
     load_manifest,
     shard_paths,
     shard_problem,
 )
 from nsneg.datasets_manifest.format.sample_reader import check_sample, read_tar
+from nsneg.datasets_manifest.format.skip_log import SkipLog
+from nsneg.trainer.crops import decode_for_crops, paired_crops
 
-log = logging.getLogger(__name__)
-
-SCALE = (0.2, 1.0)
-RATIO = (3 / 4, 4 / 3)
 SPLIT = "train"
 #: A url's expected sha256 travels with it as a fragment (as pip's ``#sha256=``): ``open_verified`` checks it.
 HASH_FRAGMENT = "#sha256="
@@ -137,17 +129,6 @@ def verify_local(
     return len(todo)
 
 
-def _published(spec: str, manifest_dirs: tuple[str, ...]):
-    from nsneg.datasets_manifest import registry
-
-    try:
-        if "://" in spec:
-            return registry.from_url(spec)
-        return registry.find(spec, list(manifest_dirs))
-    except (KeyError, FileNotFoundError, ManifestError) as e:
-        raise BadShards(str(e).strip('"')) from None
-
-
 def resolve_urls(
     spec: str, verify: bool = True, manifest_dirs: tuple[str, ...] = ()
 ) -> tuple[list[str], int | None]:
@@ -177,7 +158,12 @@ def resolve_urls(
         and not spec.endswith(".tar")
         and not any(c in spec for c in ",{")
     ):
-        published = _published(spec, manifest_dirs)
+        from nsneg.datasets_manifest import registry
+
+        try:
+            published = registry.lookup(spec, manifest_dirs)
+        except registry.UnknownSet as e:
+            raise BadShards(str(e)) from None
         if not published.manifest["has_source"]:
             raise BadShards(
                 f"{spec} carries no source pixels; fetch it and pair it with ImageNet "
@@ -259,56 +245,6 @@ def tar_samples(src: Iterator[dict], handler) -> Iterator[dict]:
             yield from read_tar(stream, opened["url"])
 
 
-def crop_box(width: int, height: int, rng: random.Random) -> tuple[float, float, float, float]:
-    """RandomResizedCrop's sampling (torchvision's algorithm) -> (area fraction, aspect ratio, cx, cy relative)."""
-    area = width * height
-    log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*SCALE)
-        ratio = math.exp(rng.uniform(*log_ratio))
-        w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
-        if 0 < w <= width and 0 < h <= height:
-            x, y = rng.randint(0, width - w), rng.randint(0, height - h)
-            return w * h / area, w / h, (x + w / 2) / width, (y + h / 2) / height
-    side = min(width, height)  # fallback: central crop, as torchvision does
-    return side * side / area, 1.0, 0.5, 0.5
-
-
-def apply_box(img: Image.Image, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
-    """Crop ``img`` with a relative box (area fraction, ratio, centre) and resize -> uint8 [3,size,size].
-
-    The box is placed in sub-pixel coordinates, so the same relative box lands on the same
-    part of the picture at any decoded scale (a draft-mode JPEG, a texture of another size).
-    """
-    fraction, ratio, cx, cy = box
-    area = img.width * img.height * fraction
-    w = min(float(img.width), max(1.0, math.sqrt(area * ratio)))
-    h = min(float(img.height), max(1.0, math.sqrt(area / ratio)))
-    left = min(max(0.0, cx * img.width - w / 2), img.width - w)
-    top = min(max(0.0, cy * img.height - h / 2), img.height - h)
-    crop = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
-    return torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)  # one copy out of PIL
-
-
-def draft_for_crops(
-    img: Image.Image, boxes: list[tuple[float, float, float, float]], size: int
-) -> None:
-    """Let a not yet decoded JPEG decode at 1/2, 1/4 or 1/8 scale where every crop in ``boxes``
-    keeps >= ``size`` pixels per side (so resizing it to ``size`` loses nothing). Other formats: no-op."""
-    if img.format != "JPEG":
-        return
-    width, height = img.size
-    area = width * height
-    side = min(
-        min(math.sqrt(area * f * r), math.sqrt(area * f / r)) for f, r, _, _ in boxes
-    )  # shortest crop side
-    scale = side / size
-    if scale >= 2:
-        img.draft(
-            "RGB", (math.ceil(width / scale), math.ceil(height / scale))
-        )  # PIL keeps >= the size asked
-
-
 def worker_seed(seed: int) -> int:
     """A seed for this rank and DataLoader worker: streams differ across workers, repeat across runs."""
     import webdataset as wds
@@ -317,58 +253,46 @@ def worker_seed(seed: int) -> int:
 
 
 def views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple]:
-    """Raw samples -> (q, k, t) uint8 crops and the number of undecodable samples skipped before.
+    """Raw shard samples -> (q, k, t) uint8 crops and the number of bad samples skipped before.
 
-    A sample that fails the contract's sample policy (``check_sample``; its class is
-    not range-checked: training does not read it) or whose source fails to decode is skipped,
-    counted and logged (a warning naming its shard, key and reason); the count travels with the next good sample so the trainer can report it
-    and stop past its threshold.
+    A sample that fails the contract's sample policy (``check_sample``; its class is not
+    range-checked: training does not read it) or whose source fails to decode is skipped.
     """
-    rng = random.Random(worker_seed(seed))
-    skipped = 0
+    yield from _crops(samples, image_size, random.Random(worker_seed(seed)), _shard_source)
+
+
+def _shard_source(raw: dict) -> tuple[io.BytesIO, Image.Image | None]:
+    sample = check_sample(raw, has_source=True)
+    return io.BytesIO(sample.source_bytes), sample.texture
+
+
+def _folder_source(sample: dict) -> tuple[str, None]:
+    return sample["path"], None
+
+
+def _crops(
+    samples: Iterator[dict], image_size: int, rng: random.Random, open_source
+) -> Iterator[tuple]:
+    """Samples -> (q, k, t, skipped before): ``open_source(sample)`` -> (image file, texture or None),
+    then ``decode_for_crops``. A bad sample goes to this worker's ``SkipLog`` (logged with its shard
+    and key); the count travels with the next good sample and the trainer holds the total against
+    its threshold (``check_fraction``)."""
+    skips = SkipLog(max_fraction=1.0)  # judged by the trainer, which sees every rank's batches
     for raw in samples:
         try:
-            sample = check_sample(raw, has_source=True)
-            source = Image.open(
-                io.BytesIO(sample.source_bytes)
-            )  # header only: size known, pixels not decoded
-            box_q, box_k = crop_box(*source.size, rng), crop_box(*source.size, rng)
-            draft_for_crops(source, [box_q, box_k], image_size)
-            source.load()
-            source = (
-                source if source.mode == "RGB" else source.convert("RGB")
-            )  # convert() would copy an RGB image
+            source, texture = open_source(raw)
+            image, box_q, box_k = decode_for_crops(source, image_size, rng)
         except Exception as e:
-            skipped += 1
-            shard = raw.get("__url__", "?") if isinstance(raw, dict) else "?"
-            key = raw.get("__key__", "?") if isinstance(raw, dict) else "?"
-            log.warning("skipped undecodable sample %s in shard %s: %s", key, shard, e)
+            where = raw if isinstance(raw, dict) else {}
+            skips.skip(
+                where.get("__url__", "?"),
+                where.get("__key__", "?"),
+                str(e),
+                getattr(e, "kind", "source"),
+            )
             continue
-        q, k, t = paired_crops(source, box_q, box_k, image_size, sample.texture)
-        yield q, k, t, skipped
-        skipped = 0
-
-
-def paired_crops(
-    source: Image.Image,
-    box_q: tuple[float, float, float, float],
-    box_k: tuple[float, float, float, float],
-    image_size: int,
-    texture: Image.Image | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The query and key crops of ``source`` and the texture negative's crop -> uint8 [3, S, S] each.
-
-    The texture is cropped with the *query's* box (same area fraction, aspect ratio and relative
-    centre), so that it covers what the query covers; without a texture the third is empty
-    (``[0]``).
-    """
-    q, k = apply_box(source, box_q, image_size), apply_box(source, box_k, image_size)
-    t = apply_box(texture, box_q, image_size) if texture is not None else NO_TEXTURE
-    return q, k, t
-
-
-#: The texture crop of a sample without texture (image folders): batches of it are ``[B, 0]``.
-NO_TEXTURE = torch.zeros(0, dtype=torch.uint8)
+        yield (*paired_crops(image, box_q, box_k, image_size, texture), len(skips.skipped))
+        skips.skipped.clear()  # each was logged; only the count moves on
 
 
 def image_folder(root: str | Path) -> list[str] | None:
@@ -402,22 +326,8 @@ def folder_images(paths: list[str], seed: int) -> Iterator[dict]:
 
 def folder_views(samples: Iterator[dict], image_size: int, seed: int) -> Iterator[tuple]:
     """Image files -> (q, k, empty texture) uint8 crops and the number of unreadable files skipped
-    before (each logged, as ``views`` does for shard samples)."""
-    rng = random.Random(worker_seed(seed) + 1)
-    skipped = 0
-    for sample in samples:
-        try:
-            source = Image.open(sample["path"])
-            box_q, box_k = crop_box(*source.size, rng), crop_box(*source.size, rng)
-            draft_for_crops(source, [box_q, box_k], image_size)
-            source.load()
-            source = source if source.mode == "RGB" else source.convert("RGB")
-        except Exception as e:
-            skipped += 1
-            log.warning("skipped unreadable image %s: %s", sample["path"], e)
-            continue
-        yield (*paired_crops(source, box_q, box_k, image_size), skipped)
-        skipped = 0
+    before (as ``views`` for shard samples)."""
+    yield from _crops(samples, image_size, random.Random(worker_seed(seed) + 1), _folder_source)
 
 
 def make_folder_loader(

@@ -1,7 +1,7 @@
 """Non-semantic (NS) negatives (Ge et al., NeurIPS 2021) as plain functions for any training code.
 
 Making them: ``texture_negative`` (an image's texture with its anchor view's augmentation; the
-loader gives the texture its anchor's crop, ``nsneg.trainer.data.crop_box`` / ``apply_box``) and
+loader gives the texture its anchor's crop, ``nsneg.trainer.crops.crop_box`` / ``apply_box``) and
 ``patch_negatives`` (patch-shuffled copies of a view). Scoring them: ``nonsemantic_logits`` (the
 paper's ``alpha * q.t / T``), ``nonsemantic_contrast_loss`` (a softmax term of an anchor's
 positive against its NS negatives, for methods without negatives such as BYOL) and
@@ -98,7 +98,7 @@ def patch_negatives(
 def texture_negative(texture: torch.Tensor, params_anchor: PhotometricParams) -> torch.Tensor:
     """The texture negative of each anchor: ``[B, 3, H, W]`` float in [0, 1] -> augmented ``[B, 1, 3, H, W]``.
 
-    ``texture`` is the texture cropped with the anchor's crop box (``nsneg.trainer.data`` does it);
+    ``texture`` is the texture cropped with the anchor's crop box (``nsneg.trainer.crops`` does it);
     it gets the anchor's colour jitter, grayscale, blur, flip and normalisation (``params_anchor``,
     the ``nsneg.trainer.augment.sample_params`` draw that made the anchor), so that it differs from
     the anchor in semantics only, not in crop or colour.

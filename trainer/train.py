@@ -28,12 +28,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nsneg.datasets_manifest.format.skip_log import check_fraction
 from nsneg.trainer import checkpoint
 from nsneg.trainer.augment import augment, sample_params
 from nsneg.trainer.backbones import check_arch
 from nsneg.trainer.config import KINDS, OPTIMIZERS, TrainConfig, to_dict, write_resolved
 from nsneg.trainer.data import (
-    BadShards,
     image_folder,
     make_folder_loader,
     make_loader,
@@ -208,12 +208,12 @@ class Trainer:
         self.step += 1
         self.samples_seen += q.shape[0]
         self.skipped += int(skipped.sum())  # counted by the loader, on the CPU
-        if self.skipped > self.config.max_skip_fraction * (self.samples_seen + self.skipped):
-            raise BadShards(
-                f"{self.skipped} undecodable samples out of {self.samples_seen + self.skipped}: "
-                f"above --max-skip-fraction {self.config.max_skip_fraction} (each was logged with its "
-                "shard and key as it was skipped)"
-            )
+        check_fraction(
+            self.skipped,
+            self.samples_seen + self.skipped,
+            self.config.max_skip_fraction,
+            "each was logged with its shard and key as it was skipped",
+        )
         return {"loss": loss.detach(), **metrics, "lr": lr}
 
     def check_finite(self, loss: float) -> None:

@@ -5,7 +5,7 @@ them, each image ``x`` is seen as:
 
 * ``intact``: its centre crop (the probes' evaluation view);
 * ``positive``: another random resized crop with the pre-training's photometric augmentation
-  (``nsneg.trainer.data.crop_box`` / ``apply_box``, ``nsneg.trainer.augment``);
+  (``nsneg.trainer.crops.crop_box`` / ``apply_box``, ``nsneg.trainer.augment``);
 * ``texture``: its synthesised texture, centre crop;
 * ``shuffled``: ``intact`` patch-shuffled by the trainer's ``patch_negatives``, patch sizes
   the paper's range scaled to the view;
@@ -40,7 +40,7 @@ from mini_repro.world import CLASSES
 from nsneg.datasets_manifest.format.manifest import load_manifest
 from nsneg.datasets_manifest.format.sample_reader import iter_samples
 from nsneg.trainer.augment import augment, sample_params
-from nsneg.trainer.data import apply_box, crop_box
+from nsneg.trainer.crops import apply_box, crop_box
 from nsneg.trainer.eval.features import eval_transform
 from nsneg.trainer.eval.probes import top1, train_linear
 from nsneg.trainer.negatives import REFERENCE_SIZE, _scaled_range, patch_negatives

@@ -18,10 +18,20 @@ class TooManyBadSamples(ValueError):
     """More bad samples than ``--max-skip-fraction`` allows: the command stops (one message)."""
 
 
-#: A reader's ``--max-skip-fraction`` unless told otherwise (the build's own default).
+#: Every command's ``--max-skip-fraction`` unless told otherwise (build, readers, training).
 DEFAULT_MAX_SKIP_FRACTION = 0.01
 #: How many skipped samples a report names (the count is always exact).
 SKIPS_LISTED = 100
+
+
+def check_fraction(bad: int, total: int, max_fraction: float, detail: str = "") -> None:
+    """The one threshold rule: more than ``max_fraction`` of ``total`` bad -> ``TooManyBadSamples``,
+    with ``detail`` (where the bad ones are named) after the counts."""
+    if bad > max_fraction * total:
+        raise TooManyBadSamples(
+            f"{bad} bad samples of {total}: above --max-skip-fraction {max_fraction}"
+            + (f" ({detail})" if detail else "")
+        )
 
 
 @dataclass
@@ -84,12 +94,14 @@ class SkipLog:
             pass
 
     def _check(self, total: int) -> None:
-        if len(self.skipped) > self.max_fraction * total:
+        if self.skipped:
             last = self.skipped[-1]
-            raise TooManyBadSamples(
-                f"{len(self.skipped)} bad samples of {total}: above --max-skip-fraction "
-                f"{self.max_fraction} (last: shard {last['shard']}, key {last['key']}: "
-                f"{last['reason']}); every skip was logged with its shard and key"
+            check_fraction(
+                len(self.skipped),
+                total,
+                self.max_fraction,
+                f"last: shard {last['shard']}, key {last['key']}: {last['reason']}; every skip "
+                "was logged with its shard and key",
             )
 
     def finish(self) -> dict[str, Any]:

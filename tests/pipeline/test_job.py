@@ -16,6 +16,7 @@ from nsneg.datasets_manifest.format import files
 from nsneg.datasets_manifest.format.manifest import load_manifest, shard_paths, verify
 from nsneg.datasets_manifest.format.naming import FORMAT_NAME, MANIFEST_NAME, record_path
 from nsneg.datasets_manifest.format.sample_reader import iter_samples
+from nsneg.datasets_manifest.format.skip_log import TooManyBadSamples
 from nsneg.pipeline import job
 from nsneg.pipeline.sources import folder_listing
 from nsneg_testing import TINY, make_tree
@@ -154,7 +155,7 @@ def test_skip_threshold_fails_clearly_and_keeps_finished_shards(tmp_path, ray_se
     config = job.JobConfig(
         out=tmp_path / "out", synthesis=TINY, shard_size=3, max_skip_fraction=0.05
     )
-    with pytest.raises(job.SkipThresholdExceeded, match="max-skip-fraction"):
+    with pytest.raises(TooManyBadSamples, match="max-skip-fraction"):
         job.run(config, folder_listing(tree, "train"), show_progress=False)
     manifest = load_manifest(tmp_path / "out")
     assert manifest["splits"]["train"]["complete"] is False and verify(tmp_path / "out") == []

@@ -10,15 +10,8 @@ import torch
 from PIL import Image
 
 from nsneg.datasets_manifest.format import files
-from nsneg.trainer.data import (
-    BadShards,
-    apply_box,
-    crop_box,
-    draft_for_crops,
-    resolve_urls,
-    views,
-    worker_seed,
-)
+from nsneg.trainer.crops import apply_box, crop_box, draft_for_crops
+from nsneg.trainer.data import BadShards, resolve_urls, views, worker_seed
 from nsneg_testing import encode, photo
 
 
@@ -52,10 +45,10 @@ def test_undecodable_samples_are_skipped_counted_and_named(caplog):
         "__url__": "shards/train/x-000001.tar",
         "source.img": b"not an image",
     }
-    with caplog.at_level("WARNING", logger="nsneg.trainer.data"):
+    with caplog.at_level("WARNING", logger="nsneg.datasets_manifest.format.skip_log"):
         counts = [s for *_, s in views(iter([good, bad, bad, good, bad]), 32, seed=0)]
     assert counts == [0, 2]
-    named = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
+    named = [r.getMessage() for r in caplog.records if "skipped sample" in r.getMessage()]
     assert len(named) == 3 and all("b in shard shards/train/x-000001.tar" in m for m in named)
 
 

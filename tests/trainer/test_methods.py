@@ -20,14 +20,44 @@ from nsneg_testing import SMALL_METHOD
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-def test_byol_loss_equals_lightlys_negative_cosine_similarity_as_its_example_uses_it():
-    from lightly.loss import NegativeCosineSimilarity
-
+def test_byol_loss_is_minus_the_mean_cosine_of_predictions_and_the_other_views_targets():
+    """lightly's ``NegativeCosineSimilarity`` as its examples/pytorch/byol.py uses it, against BYOL's formula."""
     g = torch.Generator().manual_seed(0)
     p0, p1, z0, z1 = (torch.randn(16, 32, generator=g) for _ in range(4))
-    criterion = NegativeCosineSimilarity()
-    expected = 0.5 * (criterion(p0, z1) + criterion(p1, z0))  # lightly's examples/pytorch/byol.py
+    cos = lambda p, z: (F.normalize(p, dim=1) * F.normalize(z, dim=1)).sum(dim=1)  # noqa: E731
+    expected = -(cos(p0, z1).mean() + cos(p1, z0).mean()) / 2
     assert torch.allclose(byol_loss(p0, z1, p1, z0), expected, **TOL)
+
+
+def hand_written_mlp(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool) -> nn.Sequential:
+    """Linear - [BatchNorm1d] - ReLU - Linear, as nsneg wrote its heads before lightly's."""
+    norm = [nn.BatchNorm1d(hidden_dim)] if batch_norm else []
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), *norm, nn.ReLU(), nn.Linear(hidden_dim, out_dim)
+    )
+
+
+@pytest.mark.parametrize(
+    "head", ["byol projector", "byol predictor", "simclr projector", "moco fc"]
+)
+def test_lightly_heads_have_the_hand_written_mlps_layers_and_outputs(head):
+    """Same parameter names and shapes (a strict load), same outputs from the same weights (train mode)."""
+    from nsneg.trainer.methods.moco import build_backbone
+
+    byol = BYOL(nn.Identity(), 16, proj_hidden_dim=24, proj_dim=8, pred_hidden_dim=12)
+    module, reference = {
+        "byol projector": (byol.projector, hand_written_mlp(16, 24, 8, True)),
+        "byol predictor": (byol.predictor, hand_written_mlp(8, 12, 8, True)),
+        "simclr projector": (
+            SimCLR(nn.Identity(), 16, proj_hidden_dim=24, proj_dim=8).projector,
+            hand_written_mlp(16, 24, 8, False),
+        ),
+        "moco fc": (build_backbone("resnet18", dim=8).fc, hand_written_mlp(512, 512, 8, False)),
+    }[head]
+    weights = module.layers.state_dict()
+    reference.load_state_dict(weights)  # strict: the same keys, each of the same shape
+    x = torch.randn(6, reference[0].in_features, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(module(x), reference(x), **TOL)
 
 
 @pytest.mark.parametrize("temperature", [0.1, 0.5])

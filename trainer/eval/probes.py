@@ -41,8 +41,12 @@ def knn_accuracy(
 ) -> float:
     """Top-1 of the weighted kNN classifier of InstDisc (Wu et al. 2018) that MoCo monitors:
     each of the ``k`` training features most cosine-similar to a test feature votes for its
-    class with weight ``exp(sim / T)``. Test rows go ``chunk_size`` at a time, so memory is
-    ``chunk_size x N_train`` similarities. Computed on the device of ``train_features``."""
+    class with weight ``exp(sim / T)`` (lightly's ``knn_predict``). Test rows go ``chunk_size``
+    at a time, so memory is ``chunk_size x (N_train + k x num_classes)`` floats. Computed on the
+    device of ``train_features``. A tie between classes' scores goes to whichever class
+    ``knn_predict``'s ``argsort`` puts first."""
+    from lightly.utils.benchmarking import knn_predict
+
     if len(train_features) == 0 or len(test_features) == 0:
         raise ValueError("kNN needs at least one train and one test feature")
     device = train_features.device
@@ -54,10 +58,10 @@ def knn_accuracy(
     k = min(k, len(train))
     correct = 0
     for start in range(0, len(test), chunk_size):
-        sim, idx = (test[start : start + chunk_size] @ train.T).topk(k, dim=1)  # [chunk, k]
-        scores = torch.zeros(len(sim), num_classes, device=device)
-        scores.scatter_add_(1, train_labels[idx], (sim / T).exp())
-        correct += int((scores.argmax(dim=1) == test_labels[start : start + chunk_size]).sum())
+        ranked = knn_predict(
+            test[start : start + chunk_size], train.T, train_labels, num_classes, k, T
+        )  # [chunk, C]: classes by score
+        correct += int((ranked[:, 0] == test_labels[start : start + chunk_size]).sum())
     return correct / len(test)
 
 

@@ -107,11 +107,17 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = True) -> nn.Sequential:
-    """Linear - [BatchNorm1d] - ReLU - Linear: BYOL's projector and predictor, SimCLR's projector."""
-    norm = [nn.BatchNorm1d(hidden_dim)] if batch_norm else []
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), *norm, nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
+    """Linear - BatchNorm1d - ReLU - Linear, a lightly ``ProjectionHead``: BYOL's projector and
+    predictor. [B, in_dim] -> [B, out_dim]. lightly's ``BYOLProjectionHead`` leaves out the first
+    Linear's bias (redundant before BatchNorm); it is kept here, so the layers stay as they were."""
+    from lightly.models.modules.heads import ProjectionHead
+
+    return ProjectionHead(
+        [
+            (in_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(), True),
+            (hidden_dim, out_dim, None, None),
+        ]
     )
 
 

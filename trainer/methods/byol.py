@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from lightly.loss import NegativeCosineSimilarity
 from torch import nn
 
 from nsneg.trainer.backbones import build_trunk
@@ -183,6 +184,7 @@ class BYOL(Method):
 def byol_loss(
     p_1: torch.Tensor, z_2: torch.Tensor, p_2: torch.Tensor, z_1: torch.Tensor
 ) -> torch.Tensor:
-    """BYOL's symmetric loss, ``-(cos(p_1, z_2) + cos(p_2, z_1)) / 2`` averaged over the batch: [B, D] each."""
-    cos = lambda p, z: torch.einsum("bd,bd->b", F.normalize(p, dim=1), F.normalize(z, dim=1))  # noqa: E731
-    return -(cos(p_1, z_2).mean() + cos(p_2, z_1).mean()) / 2
+    """BYOL's symmetric loss, ``-(cos(p_1, z_2) + cos(p_2, z_1)) / 2`` averaged over the batch: [B, D]
+    each; lightly's ``NegativeCosineSimilarity`` as its BYOL example uses it."""
+    criterion = NegativeCosineSimilarity()
+    return 0.5 * (criterion(p_1, z_2) + criterion(p_2, z_1))

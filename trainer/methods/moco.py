@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from lightly.models.modules.heads import MoCoProjectionHead
 from torch import nn
 
 from nsneg.trainer.backbones import build_trunk, has_batch_norm, replace_batch_norm
@@ -189,10 +190,11 @@ def build_backbone(
     small_images: bool = False,
     image_size: int = 224,
 ) -> nn.Module:
-    """A backbone (``nsneg.trainer.backbones``) whose classifier is MoCo v2's 2-layer MLP head:
-    for a ResNet ``fc`` is the head, the keys of MoCo's released checkpoints. Its batch norm
-    layers (if any) are ``SplitBatchNorm2d`` over ``bn_splits`` sub-batches."""
-    head = lambda d: nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, dim))  # noqa: E731
+    """A backbone (``nsneg.trainer.backbones``) whose classifier is MoCo v2's 2-layer MLP head
+    (lightly's ``MoCoProjectionHead``: Linear - ReLU - Linear): for a ResNet ``fc`` is the head, the
+    keys of MoCo's checkpoints. Its batch norm layers (if any) are ``SplitBatchNorm2d`` over
+    ``bn_splits`` sub-batches."""
+    head = lambda d: MoCoProjectionHead(d, d, dim)  # noqa: E731
     net, _ = build_trunk(arch, small_images=small_images, image_size=image_size, head=head)
     if bn_splits > 1:
         replace_batch_norm(net, lambda c: SplitBatchNorm2d(c, bn_splits))

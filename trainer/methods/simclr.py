@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from lightly.models.modules.heads import SimCLRProjectionHead
 from torch import nn
 
 from nsneg.trainer.backbones import build_trunk
@@ -36,7 +37,6 @@ from nsneg.trainer.methods.base import (
     distributed,
     frozen_bn_statistics,
     memory_format_of,
-    mlp_head,
     setting,
 )
 from nsneg.trainer.negatives import contrast_metrics, nonsemantic_logits
@@ -76,7 +76,9 @@ class SimCLR(Method):
         super().__init__()
         self.T, self.alpha = T, alpha
         self.backbone = backbone  # f
-        self.projector = mlp_head(feature_dim, proj_hidden_dim, proj_dim, batch_norm=False)  # g
+        self.projector = SimCLRProjectionHead(
+            feature_dim, proj_hidden_dim, proj_dim, batch_norm=False
+        )  # g
 
     @classmethod
     def from_config(cls, config: TrainConfig, bn_splits: int) -> SimCLR:
