@@ -4,6 +4,7 @@ ConvNeXt train a step and go through kNN evaluation."""
 
 import pytest
 import torch
+from lightly.models.modules.heads import MoCoProjectionHead
 
 from nsneg.trainer import checkpoint
 from nsneg.trainer.backbones import build_trunk, check_arch, has_batch_norm
@@ -48,7 +49,7 @@ def test_a_timm_vit_is_built_for_the_run_s_image_size():
 def test_moco_splits_batch_norm_only_where_the_network_has_it():
     resnet = build_backbone("resnet18", dim=8, bn_splits=2, small_images=True)
     assert any(isinstance(m, SplitBatchNorm2d) for m in resnet.modules())
-    assert isinstance(resnet.fc, torch.nn.Sequential) and resnet.head_name == "fc"  # MoCo's keys
+    assert isinstance(resnet.fc, MoCoProjectionHead) and resnet.head_name == "fc"  # MoCo's keys
     convnext = build_backbone("convnext_nano_test", dim=8, bn_splits=2, image_size=32)
     assert not has_batch_norm(convnext) and convnext.eval()(torch.rand(2, 3, 32, 32)).shape == (
         2,
