@@ -153,6 +153,9 @@ def test_wandb_offline_run_records_the_scalars_and_the_config(tmp_path, monkeypa
         **SMALL_METHOD["moco"], wandb="nsneg-test",
     )  # fmt: skip
     Trainer(config, device="cpu", show_progress=False).fit()
+    import wandb
+
+    wandb.teardown()  # the W&B service writes the run's records asynchronously: wait for them
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and (out / "wandb-run-id").read_text().strip() in runs[0].name
     records = b"".join(path.read_bytes() for path in runs[0].glob("run-*.wandb"))
