@@ -45,13 +45,12 @@ from nsneg.datasets_manifest.format.files import atomic_write_json
 from nsneg.datasets_manifest.format.naming import shard_path
 from nsneg.datasets_manifest.format.sample_reader import check_sample, iter_raw
 from nsneg.datasets_manifest.format.shard_writer import ShardWriter, encode_sample
+from nsneg.trainer.config import TrainConfig
 from nsneg.trainer.methods import METHODS
 from nsneg.trainer.methods.moco import build_backbone
-from nsneg.trainer.train import TrainConfig, Trainer
+from nsneg.trainer.train import Trainer
 
 NS_NEGATIVES = {"none": 0, "texture": 1, "patch": 1, "texture+patch": 2}  # with --num-nonsem 1
-#: per method: (fwd+bwd passes, forwards without gradient besides one per NS negative) per image
-PASSES = {"moco": (1, 1), "byol": (2, 2), "simclr": (2, 0)}
 
 
 def imagenet_like_shards(out: Path, images: int, shard_size: int = 64, seed: int = 0) -> list[str]:
@@ -303,7 +302,7 @@ def main(
                 arch=arch,
                 image_size=image_size,
                 batch_size=batch_size,
-                moco_k=batch_size * 16,
+                method_settings=dict(k=batch_size * 16) if method == "moco" else None,
                 epochs=1,
                 steps_per_epoch=steps + 1,
                 workers=workers,
@@ -348,7 +347,8 @@ def main(
                     rate = batch_size / timed(
                         lambda t=t, it=it, g=generator: t.train_step(next(it), g), steps, device
                     )
-                    backward, forward = PASSES[method]
+                    # fwd+bwd passes, forwards without gradient besides one per NS negative
+                    backward, forward = METHODS[method].backbone_passes
                     ceiling = 1 / (backward / fb + (forward + NS_NEGATIVES[kind]) / f)
                     row = {"img_s": rate, "ceiling_img_s": ceiling, "of_ceiling": rate / ceiling}
                     results["variants"][method][kind] = row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -51,9 +52,16 @@ def main() -> None:
     type=click.Choice(["random", "vgg19"]),
     default="random",
     show_default=True,
-    help="vgg19 needs pretrained weights in the torch hub cache or --weights.",
+    help="vgg19: torchvision's ImageNet weights, downloaded into the torch hub cache when missing "
+    "(or --weights FILE).",
 )
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="never download: vgg19 weights must be in the torch hub cache or --weights "
+    "(also NSNEG_OFFLINE=1)",
+)
 @click.option(
     "--sizes",
     default=",".join(map(str, DEFAULTS.sizes)),
@@ -144,6 +152,7 @@ def build(
     out,
     encoder,
     weights,
+    offline,
     sizes,
     steps,
     lr,
@@ -170,14 +179,14 @@ def build(
     """
     from nsneg.pipeline import job
     from nsneg.pipeline import preview as preview_mod
-    from nsneg.pipeline.encoders import WeightsNotFound, load_vgg19_state_dict
+    from nsneg.pipeline.encoders import OFFLINE_ENV, WeightsNotFound, load_vgg19_state_dict
     from nsneg.pipeline.sources import embedded_listing, folder_listing
 
     try:
-        if encoder == "vgg19":
-            load_vgg19_state_dict(
-                weights
-            )  # fail here, before any worker starts, if weights are missing
+        if offline:
+            os.environ[OFFLINE_ENV] = "1"  # the workers, started after this, inherit it
+        if encoder == "vgg19":  # fetched (or refused) here, before any worker starts
+            load_vgg19_state_dict(weights, progress=not quiet)
         listing = (
             embedded_listing() if imagenet is None else folder_listing(imagenet, split, subset)
         )

@@ -1,8 +1,10 @@
 """Feature encoders whose Gram matrices define a texture.
 
 * ``vgg19``: ImageNet-pretrained VGG19 with average pooling, layers relu1_1 ... relu5_1
-  (Gatys, Ecker & Bethge 2015). Weights come from the local torch hub cache or a file
-  the user names -- never downloaded at run time, never silently random.
+  (Gatys, Ecker & Bethge 2015). Weights come from a file the user names or torchvision's
+  (``VGG19_Weights.IMAGENET1K_V1``) in the torch hub cache, downloaded there with a progress bar
+  and checked against the hash in their file name when missing -- unless offline
+  (``--offline`` or ``NSNEG_OFFLINE=1``: then a missing file is an error). Never silently random.
 * ``random``: a single layer of random filters applied over an image pyramid
   (Ustyuzhaninov et al., ICLR 2017 showed random multi-scale filters already make
   natural textures). Deterministic from a seed, no download: the demo and tests use it.
@@ -10,7 +12,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +22,8 @@ from torch import nn
 
 from nsneg.datasets_manifest.format.constants import IMAGENET_MEAN, IMAGENET_STD
 
-VGG19_FILE = "vgg19-dcbb9e9d.pth"
-VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
+#: set to 1 to refuse downloads (as ``--offline``)
+OFFLINE_ENV = "NSNEG_OFFLINE"
 VGG19_LAYERS = {1: "relu1_1", 6: "relu2_1", 11: "relu3_1", 20: "relu4_1", 29: "relu5_1"}
 
 
@@ -216,16 +220,50 @@ class VGG19Encoder(nn.Module):
         return features
 
 
+def vgg19_url() -> str:
+    """Where torchvision publishes its ImageNet VGG19 weights (its weights API's url)."""
+    from torchvision.models import VGG19_Weights
+
+    return VGG19_Weights.IMAGENET1K_V1.url
+
+
 def default_vgg19_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
+    """Where torchvision's weights API keeps them: the torch hub cache's ``checkpoints/``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(vgg19_url()).path).name
 
 
-def load_vgg19_state_dict(weights: str | Path | None) -> dict[str, torch.Tensor]:
+def offline_requested(offline: bool | None = None) -> bool:
+    """``offline`` as given, else whether ``NSNEG_OFFLINE`` is set to a true value."""
+    if offline is not None:
+        return offline
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_vgg19_state_dict(
+    weights: str | Path | None, *, offline: bool | None = None, progress: bool = True
+) -> dict[str, torch.Tensor]:
+    """The VGG19 weights: from ``weights``, else torchvision's from the torch hub cache, downloaded
+    there first (with a progress bar, hash-checked) when missing and not ``offline``."""
     path = Path(weights) if weights else default_vgg19_path()
+    if not path.exists() and not weights and not offline_requested(offline):
+        from torchvision.models import VGG19_Weights
+
+        try:
+            return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=progress, check_hash=True)
+        except (
+            OSError,
+            RuntimeError,
+        ) as e:  # URLError is an OSError; a hash mismatch a RuntimeError
+            raise WeightsNotFound(
+                f"VGG19 weights could not be downloaded from {vgg19_url()}: {e}\n"
+                f"Copy the file to {default_vgg19_path()} or pass --weights FILE; "
+                "for a run without pretrained weights use --encoder random."
+            ) from None
     if not path.exists():
+        reason = "" if weights else f" (offline: {OFFLINE_ENV} or --offline)"
         raise WeightsNotFound(
-            f"VGG19 weights not found at {path}. This machine does not download them. Get them with\n"
-            f"  curl -L -o {VGG19_FILE} {VGG19_URL}\n"
+            f"VGG19 weights not found at {path}{reason}. Get them with\n"
+            f"  curl -L -o {default_vgg19_path().name} {vgg19_url()}\n"
             f"on a machine with internet, then copy the file to {default_vgg19_path()} or pass --weights FILE.\n"
             "For a run without pretrained weights use --encoder random."
         )

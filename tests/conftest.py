@@ -60,7 +60,9 @@ def make_checkpoint():
             checkpoint.save(
                 path,
                 {
+                    "method": "moco",
                     "model": model.state_dict(),
+                    "backbone": model.backbone_state_dict(),
                     "config": {"arch": "resnet18", "small_images": True, "image_size": 32},
                 },
             )

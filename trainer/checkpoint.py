@@ -1,11 +1,11 @@
 """Checkpoints: written atomically, loaded with ``weights_only=True``.
 
 Ours (format ``nsneg-train``) hold everything needed to continue exactly (the method's state:
-weights, target network or queue; optimiser, epoch, step, generators, config) and, under a
-name no method owns, ``backbone``: the evaluated network's weights with torchvision's ResNet
-keys. ``load`` also reads the MoCo-only checkpoints of earlier nsneg (format ``nsneg-moco``),
-upgraded in memory; ``load_backbone`` also reads the paper's released MoCo checkpoints
-(``state_dict`` with ``module.encoder_q.*`` keys in a ``.pth.tar``).
+weights, target network or queue; optimiser, epoch, step, generators, config, the data's
+identity) and, under a name no method owns, ``backbone``: the evaluated network's weights with
+its model's keys (torchvision's or timm's), without head. ``load_backbone`` also reads the
+paper's released MoCo checkpoints (``state_dict`` with ``module.encoder_q.*`` keys in a
+``.pth.tar``).
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ import torch
 from torch import nn
 
 from nsneg.datasets_manifest.format.files import atomic_path
-from nsneg.trainer.methods.base import build_trunk
+from nsneg.trainer.backbones import build_trunk
 
 FORMAT = "nsneg-train"
-VERSION = 2
-#: Earlier nsneg's checkpoints: MoCo only, the backbone inside the model's ``encoder_q.*``.
-MOCO_FORMAT, MOCO_VERSION = "nsneg-moco", 1
+VERSION = 3
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
@@ -32,13 +30,13 @@ def save(path: Path, state: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
 
 
-def _moco_encoder_q(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``[module.]encoder_q.*`` weights without the prefix nor the MLP head (``fc.*``)."""
-    prefixes = ("module.encoder_q.", "encoder_q.")
+def _released_encoder_q(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The paper's ``module.encoder_q.*`` weights without the prefix nor the MLP head (``fc.*``)."""
+    prefix = "module.encoder_q."
     return {
-        k.split("encoder_q.", 1)[1]: v
+        k[len(prefix) :]: v
         for k, v in weights.items()
-        if k.startswith(prefixes) and not k.split("encoder_q.", 1)[1].startswith("fc.")
+        if k.startswith(prefix) and not k[len(prefix) :].startswith("fc.")
     }
 
 
@@ -49,59 +47,36 @@ def _read(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _upgrade(path: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """An nsneg checkpoint of this or an earlier format, as this format; anything else: ValueError."""
-    if not isinstance(state, dict) or state.get("format") not in (FORMAT, MOCO_FORMAT):
+def load(path: Path) -> dict[str, Any]:
+    """An nsneg training checkpoint of this version; anything else is a clear ValueError."""
+    state = _read(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an nsneg training checkpoint (expected format {FORMAT!r})")
-    if state["format"] == MOCO_FORMAT:
-        if state.get("version") != MOCO_VERSION:
-            raise ValueError(
-                f"{path}: {MOCO_FORMAT} checkpoint version {state.get('version')}, this nsneg "
-                f"reads {MOCO_VERSION}"
-            )
-        return {
-            **state,
-            "format": FORMAT,
-            "version": VERSION,
-            "method": "moco",
-            "backbone": _moco_encoder_q(state["model"]),
-            "config": {"method": "moco", **state.get("config", {})},
-        }
     if state.get("version") != VERSION:
         raise ValueError(
             f"{path}: checkpoint version {state.get('version')}, this nsneg reads {VERSION}"
         )
-    method = state.get("method") or state.get("config", {}).get("method", "moco")
-    if "backbone" not in state and method == "moco" and "model" in state:
-        state = {**state, "backbone": _moco_encoder_q(state["model"])}  # a MoCo state written alone
-    return {**state, "method": method}
-
-
-def load(path: Path) -> dict[str, Any]:
-    """An nsneg checkpoint (an earlier MoCo one upgraded); anything else is a clear error."""
-    return _upgrade(path, _read(path))
+    return state
 
 
 def backbone_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The evaluated backbone's weights (torchvision ResNet keys, no head) and the run's config,
-    from our checkpoints of any method, earlier nsneg's or the paper's released ones."""
+    """The evaluated backbone's weights (no head) and the run's config, from our checkpoints of
+    any method or the paper's released ones."""
     state = _read(path)
     if isinstance(state, dict) and "state_dict" in state and "format" not in state:
-        weights, config = (
-            _moco_encoder_q(state["state_dict"]),
-            {"arch": state.get("arch", "resnet50")},
-        )
+        weights = _released_encoder_q(state["state_dict"])
         if not weights:
             raise ValueError(
-                f"{path}: no 'encoder_q.*' weights inside (keys look like {list(state['state_dict'])[:3]})"
+                f"{path}: no 'module.encoder_q.*' weights inside (keys look like "
+                f"{list(state['state_dict'])[:3]})"
             )
-        return weights, config
-    if not isinstance(state, dict) or state.get("format") not in (FORMAT, MOCO_FORMAT):
+        return weights, {"arch": state.get("arch", "resnet50")}
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(
             f"{path}: expected an nsneg checkpoint or a MoCo checkpoint with a 'state_dict' of "
             "'module.encoder_q.*' keys"
         )
-    state = _upgrade(path, state)
+    state = load(path) if state.get("version") != VERSION else state
     if not state.get("backbone"):
         raise ValueError(f"{path}: no backbone weights inside")
     return state["backbone"], state.get("config", {})
@@ -111,7 +86,11 @@ def load_backbone(path: Path, arch: str | None = None) -> tuple[nn.Module, dict[
     """Frozen-ready backbone (no head, pooled features out) of a checkpoint, in eval mode."""
     weights, config = backbone_state(path)
     arch = arch or config.get("arch", "resnet50")
-    encoder, _ = build_trunk(arch, small_images=config.get("small_images", False))
+    encoder, _ = build_trunk(
+        arch,
+        small_images=config.get("small_images", False),
+        image_size=int(config.get("image_size", 224)),
+    )
     try:
         encoder.load_state_dict(weights, strict=True)
     except RuntimeError as e:

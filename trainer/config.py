@@ -1,18 +1,42 @@
-"""A run's settings, ``TrainConfig``: every option of ``nsneg-train`` (made from its fields), and
-the learning-rate schedule they define. Imports no torch, so ``nsneg-train --help`` is quick: the
-method classes are imported when a resolved default (lr, optimizer, ...) is first asked for."""
+"""A run's settings: ``TrainConfig``, its YAML form (``--config FILE``) and the resolved
+configuration every run writes beside its checkpoint (``config.yaml``).
+
+The YAML form holds ``TrainConfig``'s fields by name and each method's settings under the
+method's name; any subset may be given, the rest take their defaults::
+
+    method: byol
+    negatives: /data/shards
+    arch: timm:vit_small_patch16_224
+    batch_size: 256
+    byol:
+      proj_dim: 256
+
+The resolved configuration is that form with every value the run used (defaults filled in),
+plus ``nsneg_version`` and ``data``: what identifies the training data whatever its path
+(``nsneg.trainer.data_identity``). Training from it (``nsneg-train --config runs/x/config.yaml
+--out runs/y``) reproduces the run; its ``data`` entry is checked against the data given.
+"""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION
-from nsneg.trainer.methods import METHODS
+from nsneg.trainer.methods import METHODS, settings_class_of
+
+if TYPE_CHECKING:
+    from nsneg.trainer.methods.base import Method
 
 KINDS = ("none", "texture", "patch", "texture+patch")
 OPTIMIZERS = ("sgd", "lars")
+#: the resolved configuration's file in a run folder
+RESOLVED_NAME = "config.yaml"
+#: keys of the YAML form that are no ``TrainConfig`` field nor method
+INFO_KEYS = ("nsneg_version", "data")
 
 
 def default_workers() -> int:
@@ -29,18 +53,23 @@ def option(default, help: str = "", **click):
 
 @dataclass
 class TrainConfig:
-    """Every setting of a run: the command line's options and their defaults are made from it."""
+    """Every setting of a run: the command line's options and their defaults are made from it.
+
+    ``method_settings``: the chosen method's settings (its ``Method.Settings``); None or a dict
+    of some of its fields is filled in with the defaults."""
 
     negatives: str = option(None, "[required unless --resume] the training data: shard directory (with manifest.json), a published set's NAME[@VERSION] or folder url (hf://datasets/ORG/NAME, https://...), comma list / brace pattern of shard urls, or an ImageFolder tree (CLASS/*.JPEG; no textures: --negatives-kind none or patch)")  # fmt: skip
-    out: str = option("runs/nsneg", "run folder: checkpoint.pt and log.jsonl")
+    out: str = option(
+        "runs/nsneg", "run folder: checkpoint.pt, config.yaml, log.jsonl, tensorboard/"
+    )
     method: str = option("moco", "pre-training method", choices=tuple(METHODS))
     negatives_kind: str = option("texture+patch", "non-semantic negatives", choices=KINDS)
     num_nonsem: int = option(1, "patch negatives per image")
     alpha: float = option(2.0, "logit of a non-semantic negative = alpha a.t / T (every method)")
     patch_size_range: tuple[int, int] = option((16, 72), "at 224 px; scales with the view")
-    arch: str = option("resnet50", "torchvision ResNet")
+    arch: str = option("resnet50", "backbone: a torchvision classification model (resnet50, convnext_tiny, vit_b_16, ...) or timm:NAME (pip install 'nsneg[timm]')")  # fmt: skip
     image_size: int = option(224)
-    small_images: bool = option(False, "3x3 stem, no max-pool [command line default: on at 48 px and below]")  # fmt: skip
+    small_images: bool = option(False, "ResNets: 3x3 stem, no max-pool [command line default: on at 48 px and below]")  # fmt: skip
     batch_size: int = option(512, "global batch over all processes")
     lr: float | None = option(None, "[default: the method's lr per 256 (moco 0.4, byol 0.5, simclr 0.3) * batch / 256]")  # fmt: skip
     optimizer: str | None = option(None, "[default: moco sgd, byol and simclr lars]", choices=OPTIMIZERS)  # fmt: skip
@@ -48,19 +77,7 @@ class TrainConfig:
     warmup_epochs: int | None = option(None, "linear warm-up before the cosine [default: moco 0, byol and simclr 10, at most epochs / 10]")  # fmt: skip
     epochs: int = option(200)
     steps_per_epoch: int | None = option(None, "[default: samples // batch]")
-    moco_dim: int = option(128)
-    moco_k: int = option(16384, "queue size, a multiple of the batch")
-    moco_m: float = option(0.99, "key encoder momentum")
-    moco_t: float = option(0.2, "temperature")
-    bn_splits: int = option(8, "moco, single process: BN sub-batches (shuffle BN)")
-    byol_proj_hidden_dim: int = option(4096)
-    byol_proj_dim: int = option(256)
-    byol_pred_hidden_dim: int = option(8192)
-    byol_tau_base: float = option(0.99, "target momentum at the start; it rises to 1 along a cosine")  # fmt: skip
-    byol_ns_t: float = option(0.2, "temperature of the non-semantic term")
-    simclr_proj_hidden_dim: int = option(4096)
-    simclr_proj_dim: int = option(512)
-    simclr_t: float = option(0.2, "NT-Xent temperature")
+    bn_splits: int = option(8, "moco, single process, backbones with batch norm: BN sub-batches (shuffle BN)")  # fmt: skip
     workers: int = option(default_workers(), "DataLoader workers per process [default: 4, at most this machine's CPUs per process]")  # fmt: skip
     shuffle_buffer: int = option(1000)
     checkpoint_every: int = option(1, "epochs")
@@ -73,9 +90,33 @@ class TrainConfig:
     sync_bn: bool = option(False, "byol, simclr, several GPU processes: BatchNorm statistics over the global batch (torch's SyncBatchNorm; one process: no effect)")  # fmt: skip
     seed: int = option(0)
     manifest_dirs: tuple[str, ...] = option((), "more published manifests (see nsneg-data list)")
+    wandb: str | None = option(None, "also log to Weights & Biases, project PROJECT (pip install 'nsneg[wandb]'; WANDB_MODE=offline works without an account)")  # fmt: skip
+    method_settings: Any = field(default=None, metadata={"cli": False})
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {tuple(METHODS)}, got {self.method!r}")
+        settings_class = settings_class_of(self.method)
+        given = self.method_settings
+        if given is None:
+            self.method_settings = settings_class()
+        elif isinstance(given, dict):
+            known = {f.name for f in dataclasses.fields(settings_class)}
+            if unknown := sorted(set(given) - known):
+                raise ValueError(
+                    f"{self.method} has no setting {', '.join(unknown)} (its settings: "
+                    f"{', '.join(sorted(known)) or 'none'})"
+                )
+            self.method_settings = settings_class(**given)
+        elif not isinstance(given, settings_class):
+            raise ValueError(
+                f"method_settings of --method {self.method} must be a {settings_class.__name__}"
+            )
+        self.patch_size_range = tuple(self.patch_size_range)
+        self.manifest_dirs = tuple(self.manifest_dirs)
 
     @property
-    def method_class(self) -> type:
+    def method_class(self) -> type[Method]:
         return METHODS[self.method]
 
     @property
@@ -102,9 +143,74 @@ class TrainConfig:
         return min(self.method_class.defaults.warmup_epochs, self.epochs // 10)
 
 
-def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up over ``warmup`` epochs, then a cosine to 0 at ``epochs * steps_per_epoch``."""
-    total, warm = config.epochs * steps_per_epoch, config.warmup * steps_per_epoch
-    if step < warm:
-        return config.base_lr * (step + 1) / warm
-    return config.base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total - warm))))
+def run_fields() -> list[dataclasses.Field]:
+    """``TrainConfig``'s fields that are settings of their own (all but ``method_settings``)."""
+    return [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    """The YAML form: plain values, the method's settings under its name."""
+    plain = {f.name: getattr(config, f.name) for f in run_fields()}
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in plain.items()}
+    return {**plain, config.method: dataclasses.asdict(config.method_settings)}
+
+
+def from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
+    """A ``TrainConfig`` from the YAML form (any subset; other methods' sections are ignored);
+    an unknown key is a ValueError naming the valid ones."""
+    names = {f.name for f in run_fields()}
+    unknown = sorted(set(values) - names - set(METHODS) - set(INFO_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown setting {', '.join(unknown)}; settings are {', '.join(sorted(names))} "
+            f"and a section per method ({', '.join(METHODS)})"
+        )
+    plain = {k: v for k, v in values.items() if k in names}
+    method = plain.get("method", TrainConfig.method)
+    section = values.get(method) or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"{where}: {method}: expected its settings by name, got {section!r}")
+    try:
+        return TrainConfig(**plain, method_settings=dict(section))
+    except TypeError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A ``--config`` file's mapping (the YAML form); a clear ValueError for anything else."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {path}: not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"--config {path}: expected settings by name, got a {type(values).__name__}"
+        )
+    from_dict(values, f"--config {path}")  # names and types checked before anything runs
+    return values
+
+
+def nsneg_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nsneg")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def write_resolved(out: Path, config: TrainConfig, data: dict[str, Any] | None) -> Path:
+    """``out/config.yaml``: the values the run uses, its nsneg version and its data's identity."""
+    import yaml
+
+    from nsneg.datasets_manifest.format.files import atomic_write_text
+
+    resolved = {"nsneg_version": nsneg_version(), **to_dict(config), "data": data}
+    path = Path(out) / RESOLVED_NAME
+    atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
+    return path

@@ -15,13 +15,13 @@ killed, a node lost); the new processes see ``TORCHELASTIC_RESTART_COUNT`` > 0 a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from nsneg.trainer import checkpoint
+from nsneg.trainer.config import to_dict
 
 
 def run_id() -> str | None:
@@ -40,7 +40,7 @@ def may_restart() -> bool:
 
 def _settings(config: Any) -> dict[str, Any]:
     """A config's fields as stored in a checkpoint (tuples as lists)."""
-    fields = config if isinstance(config, dict) else dataclasses.asdict(config)
+    fields = config if isinstance(config, dict) else to_dict(config)
     return json.loads(json.dumps(fields))
 
 

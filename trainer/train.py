@@ -1,6 +1,7 @@
-"""Pre-training with non-semantic negatives (MoCo v2, BYOL, SimCLR), CPU to multi-node: ``TrainConfig`` and ``Trainer``.
+"""Pre-training with non-semantic negatives (MoCo v2, BYOL, SimCLR), CPU to multi-node: the ``Trainer``.
 
-The command line (``nsneg-train``, reruns and resume rules) is ``nsneg.trainer.cli``.
+The settings are ``nsneg.trainer.config``; the command line (``nsneg-train``, reruns and
+resume rules) is ``nsneg.trainer.cli``; metrics go through ``nsneg.trainer.tracking``.
 
 The method (``--method``: MoCo v2, BYOL, SimCLR; ``nsneg.trainer.methods``) is one module behind
 the ``Method`` interface; loading, augmentation, the non-semantic negatives, the schedule,
@@ -17,13 +18,11 @@ checked for being finite) every ``log_every`` steps and before every checkpoint.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,19 @@ import torch.distributed as dist
 from nsneg.datasets_manifest.format.skip_log import check_fraction
 from nsneg.trainer import checkpoint, elastic
 from nsneg.trainer.augment import augment, sample_params
-from nsneg.trainer.config import KINDS, OPTIMIZERS, TrainConfig, lr_at
+from nsneg.trainer.backbones import check_arch
+from nsneg.trainer.config import KINDS, OPTIMIZERS, TrainConfig, to_dict, write_resolved
 from nsneg.trainer.data import (
     image_folder,
     make_folder_loader,
     make_loader,
     resolve_urls,
 )
-from nsneg.trainer.methods import METHODS
+from nsneg.trainer.data_identity import data_identity
 from nsneg.trainer.methods.base import Method
 from nsneg.trainer.negatives import patch_negatives, texture_negative
+from nsneg.trainer.optim import build_optimizer, lr_at
+from nsneg.trainer.tracking import MetricsLog, negatives_grid
 
 #: Seconds after a stop signal within which another is torchrun forwarding the same Ctrl-C (it
 #: signals its workers when it gets one itself, and kills them 30 s later if they are not done).
@@ -54,63 +56,14 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def build_optimizer(model: Method, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9) over all trained parameters, or LARS (lightly's) with biases and norm
-    layers excluded from weight decay and from the trust ratio (as solo-learn's
-    ``exclude_bias_n_norm``), trust coefficient 0.02 (solo-learn's ``eta``)."""
-    params = [p for m in model.trained_modules() for p in m.parameters()]
-    wd = config.weight_decay_value
-    if config.optimizer_name == "sgd":
-        return torch.optim.SGD(params, lr=config.base_lr, momentum=0.9, weight_decay=wd)
-    from lightly.utils.lars import LARS
-
-    decayed = [p for p in params if p.dim() > 1]
-    excluded = [p for p in params if p.dim() <= 1]
-    return LARS(
-        [{"params": decayed, "weight_decay": wd}, {"params": excluded, "weight_decay": 0.0}],
-        lr=config.base_lr,
-        momentum=0.9,
-        trust_coefficient=0.02,
-    )
-
-
 class StopRequested(Exception):
     pass
-
-
-class MetricsLog:
-    """Metrics as JSON lines in ``OUT/log.jsonl``; also TensorBoard where it is installed."""
-
-    def __init__(self, out: Path):
-        self.file = open(out / "log.jsonl", "a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            self.tensorboard = None
-
-    def write(self, record: dict[str, Any], tag: str, step: int) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        if self.tensorboard:
-            for name, value in record.items():
-                if isinstance(value, float):
-                    self.tensorboard.add_scalar(f"{tag}/{name}", value, step)
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tensorboard:
-            self.tensorboard.close()
 
 
 class Trainer:
     def __init__(self, config: TrainConfig, device: str | None = None, show_progress: bool = True):
         self.config = c = config
-        if c.method not in METHODS:
-            raise ValueError(f"--method must be one of {tuple(METHODS)}, got {c.method!r}")
+        check_arch(c.arch)  # before any data is read
         if c.negatives_kind not in KINDS:
             raise ValueError(f"--negatives-kind must be one of {KINDS}")
         if c.optimizer is not None and c.optimizer not in OPTIMIZERS:
@@ -143,6 +96,7 @@ class Trainer:
             self.urls, samples = [], len(self.folder)
         else:
             self.urls, samples = resolve_urls(c.negatives, manifest_dirs=tuple(c.manifest_dirs))
+        self.data = data_identity(c.negatives, tuple(c.manifest_dirs))
         self.steps_per_epoch = c.steps_per_epoch or (
             max(1, samples // c.batch_size) if samples else None
         )
@@ -180,6 +134,7 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}  # metric sums over the epoch's steps so far
         self.stop_signal: int | None = None
         self.stop_time = 0.0  # time.monotonic() of the stop signal
+        self.first_views: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the grid's
         self.out = Path(c.out)
         self.checkpoint_path = self.out / "checkpoint.pt"
 
@@ -206,11 +161,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),  # MoCo's DDP key shuffle draws from it
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None,
             "elastic_run_id": elastic.run_id(),  # a torchrun restart resumes its own run
-            "config": {
-                **asdict(self.config),
-                "patch_size_range": list(self.config.patch_size_range),
-                "manifest_dirs": list(self.config.manifest_dirs),
-            },
+            "config": to_dict(self.config),
+            "data": self.data,  # what identifies the training data, wherever it is read from
         }
 
     def save(self, epoch_complete: bool) -> None:
@@ -233,11 +185,6 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
         if self.cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        if self.step > self.epoch * self.steps_per_epoch and self.generator_states is None:
-            print(  # a checkpoint written mid-epoch before generators were kept
-                f"{path}: stopped mid-epoch by an older nsneg; its epoch goes on from the next "
-                "batch, with other random augmentations than an uninterrupted run"
-            )
 
     # ------------------------------------------------------------------ one step
     def nonsemantic(
@@ -264,6 +211,8 @@ class Trainer:
         params_1 = sample_params(q.shape[0], generator)
         im_1, im_2 = augment(q, params_1), augment(k, sample_params(k.shape[0], generator))
         im_ns = self.nonsemantic(im_1, t, params_1, generator)
+        if self.step == 0 and self.rank == 0:  # the run's first views, for its image grid
+            self.first_views = (im_1[:4].detach(), None if im_ns is None else im_ns[:4].detach())
         if self.channels_last:
             im_1, im_2 = (x.contiguous(memory_format=torch.channels_last) for x in (im_1, im_2))
         lr = self.lr_at(self.step)
@@ -381,7 +330,10 @@ class Trainer:
         previous = {
             s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)
         }
-        log = MetricsLog(self.out) if self.rank == 0 else None
+        log = None
+        if self.rank == 0:
+            write_resolved(self.out, c, self.data)
+            log = MetricsLog(self.out, c.wandb, {**to_dict(c), "data": self.data})
         metrics: dict[str, float] = {}
         try:
             while self.epoch < c.epochs:
@@ -404,6 +356,9 @@ class Trainer:
                 start, steps = time.time(), 0
                 for batch in batches:
                     step = self.train_step(batch, generator)
+                    if log and self.first_views is not None:  # once per run
+                        log.image("negatives", negatives_grid(*self.first_views), self.step)
+                        self.first_views = None
                     for name, value in step.items():
                         if isinstance(value, torch.Tensor):
                             sums[name] = sums.get(name, 0.0) + value.float()  # on the device
@@ -435,6 +390,7 @@ class Trainer:
                                     "step": self.step,
                                     **metrics,
                                     "img_per_s": rate,
+                                    "skipped": self.skipped,
                                 },
                                 "step",
                                 self.step,
@@ -451,6 +407,7 @@ class Trainer:
                     "epoch": self.epoch,
                     **{name: float(v) / n for name, v in sums.items()},
                     "img_per_s": steps * c.batch_size / max(time.time() - start, 1e-9),
+                    "skipped": self.skipped,
                 }
                 self.check_finite(metrics["loss"])
                 if log:
@@ -473,16 +430,3 @@ class Trainer:
             if log:
                 log.close()
         return metrics
-
-
-def setup_distributed() -> str | None:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL on GPUs, gloo on CPUs. Returns the device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    if torch.cuda.is_available():
-        local_rank = int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
-        return f"cuda:{local_rank}"
-    dist.init_process_group("gloo")
-    return "cpu"

@@ -24,9 +24,9 @@ from mini_repro.protocol import (
     Variant,
 )
 from mini_repro.world import CLASSES
+from nsneg.trainer.config import TrainConfig
 from nsneg.trainer.methods import METHODS
 from nsneg.trainer.negatives import patch_negatives
-from nsneg.trainer.train import TrainConfig
 
 REFERENCE = "AMD EPYC, 2 cores, 24 GiB, no GPU"
 #: MoCo without negatives through the project's Trainer at the full protocol's setting
@@ -93,7 +93,7 @@ def flops_per_view_of(setting: dict[str, Any], kind: str, method: str = "moco") 
         image_size=size,
         small_images=setting["small_images"],
         batch_size=b,
-        moco_k=setting["moco_k"],
+        method_settings=dict(k=setting["moco_k"]) if method == "moco" else None,
         bn_splits=setting["bn_splits"],
     )
     model = METHODS[method].from_config(config, setting["bn_splits"])

@@ -16,9 +16,10 @@ import torch
 from mini_repro import world
 from mini_repro.protocol import EVAL_SETS, PATCH_SIZE_RANGE, UNTRAINED, Protocol, Variant
 from nsneg.trainer import checkpoint as checkpoints
+from nsneg.trainer.config import TrainConfig
 from nsneg.trainer.eval.features import align_classes, extract_features, load_dataset
 from nsneg.trainer.eval.probes import top1, train_linear
-from nsneg.trainer.train import TrainConfig, Trainer
+from nsneg.trainer.train import Trainer
 
 CURVE = "curve"
 
@@ -48,7 +49,7 @@ def train_config(
         small_images=p.uses_small_images,
         lr=p.lr,
         batch_size=p.batch_size,
-        moco_k=p.moco_k,
+        method_settings=dict(k=p.moco_k) if variant.method == "moco" else None,
         epochs=p.epochs,
         steps_per_epoch=p.steps_per_epoch,
         bn_splits=p.bn_splits,

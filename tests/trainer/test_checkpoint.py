@@ -20,6 +20,7 @@ def test_save_load_round_trip_and_backbone(tmp_path):
         path,
         {
             "model": model.state_dict(),
+            "backbone": model.backbone_state_dict(),
             "epoch": 3,
             "config": {"arch": "resnet18", "small_images": True},
         },
@@ -49,41 +50,6 @@ def test_foreign_and_missing_files_are_clear_errors(tmp_path):
     )
     with pytest.raises(ValueError, match="checkpoint version"):
         checkpoint.load(tmp_path / "future.pt")
-
-
-def test_a_checkpoint_of_earlier_nsneg_moco_loads_upgraded_and_as_a_backbone(tmp_path):
-    """Format ``nsneg-moco`` version 1: the model's ``encoder_q.*`` is the backbone, the method MoCo."""
-    torch.manual_seed(0)
-    model = MoCo(
-        build_backbone("resnet18", dim=16, small_images=True),
-        build_backbone("resnet18", dim=16, small_images=True),
-        dim=16,
-        K=32,
-    )
-    path = tmp_path / "old.pt"
-    torch.save(
-        {
-            "format": "nsneg-moco",
-            "version": 1,
-            "model": model.state_dict(),
-            "epoch": 1,
-            "step": 5,
-            "config": {"arch": "resnet18", "small_images": True},
-        },
-        path,
-    )
-    state = checkpoint.load(path)
-    assert state["method"] == "moco" and state["config"]["method"] == "moco"
-    assert state["backbone"].keys() == {
-        k for k in model.encoder_q.state_dict() if not k.startswith("fc.")
-    }
-    backbone, _ = checkpoint.load_backbone(path)
-    x = torch.rand(2, 3, 32, 32)
-    model.encoder_q.eval().fc = torch.nn.Identity()
-    assert torch.allclose(backbone(x), model.encoder_q(x))
-    torch.save({"format": "nsneg-moco", "version": 2}, tmp_path / "odd.pt")
-    with pytest.raises(ValueError, match="nsneg-moco checkpoint version 2"):
-        checkpoint.load(tmp_path / "odd.pt")
 
 
 def test_the_papers_released_checkpoint_loads_as_a_backbone(tmp_path, make_checkpoint):

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nsneg.trainer.backbones import build_trunk
+from nsneg.trainer.config import TrainConfig
 from nsneg.trainer.methods import BYOL, METHODS, SimCLR
-from nsneg.trainer.methods.base import build_trunk
 from nsneg.trainer.methods.byol import byol_loss
 from nsneg.trainer.methods.simclr import nt_xent
 from nsneg.trainer.negatives import contrast_metrics, nonsemantic_contrast_loss
-from nsneg.trainer.train import TrainConfig
+from nsneg_testing import SMALL_METHOD
 
 #: float32 on one thread: the same sums in another order differ by a few ulp of the loss
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -170,8 +171,7 @@ def test_contrast_metrics_count_instance_discrimination_and_ns_outranking_separa
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_builds_from_the_config_and_exposes_a_torchvision_backbone(method):
     config = TrainConfig(
-        negatives="-", out="-", method=method, arch="resnet18", small_images=True, moco_k=16,
-        byol_proj_hidden_dim=16, byol_pred_hidden_dim=16, simclr_proj_hidden_dim=16,
+        negatives="-", out="-", arch="resnet18", small_images=True, **SMALL_METHOD[method]
     )  # fmt: skip
     model = METHODS[method].from_config(config, bn_splits=1)
     trunk, _ = build_trunk("resnet18", small_images=True)

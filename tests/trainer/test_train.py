@@ -11,14 +11,21 @@ import torch
 
 from nsneg.trainer import checkpoint
 from nsneg.trainer.cli import over_ranks
-from nsneg.trainer.config import default_workers
+from nsneg.trainer.config import TrainConfig, default_workers
 from nsneg.trainer.methods import METHODS
-from nsneg.trainer.train import TrainConfig, Trainer
+from nsneg.trainer.train import Trainer
 from nsneg_testing import SMALL_METHOD, SMALL_RUN
 
 
 def config(shards, out, **overrides) -> TrainConfig:
-    base = dict(SMALL_RUN, epochs=2, steps_per_epoch=2, shuffle_buffer=8, log_every=1)
+    base = dict(
+        SMALL_RUN,
+        **SMALL_METHOD["moco"],
+        epochs=2,
+        steps_per_epoch=2,
+        shuffle_buffer=8,
+        log_every=1,
+    )
     return TrainConfig(negatives=str(shards), out=str(out), **{**base, **overrides})
 
 
@@ -194,7 +201,7 @@ def test_bad_settings_are_value_errors_for_library_users(shards, tmp_path):
     with pytest.raises(ValueError, match="--negatives-kind must be one of"):
         Trainer(config(shards, tmp_path, negatives_kind="shape"), device="cpu")
     with pytest.raises(ValueError, match="--moco-k 18 must be a multiple of --batch-size 4"):
-        Trainer(config(shards, tmp_path, moco_k=18), device="cpu")
+        Trainer(config(shards, tmp_path, method_settings=dict(k=18)), device="cpu")
     with pytest.raises(ValueError, match="--log-every"):
         Trainer(config(shards, tmp_path, log_every=0), device="cpu")
 
@@ -337,23 +344,6 @@ def test_patch_negatives_train_from_an_image_folder_and_texture_kinds_refuse_it(
     assert trainer.steps_per_epoch == 1  # 6 images // batch 4
     metrics = trainer.fit()
     assert np.isfinite(metrics["loss"]) and 0 <= metrics["ns_outrank"] <= 1
-
-
-def test_a_checkpoint_of_earlier_nsneg_moco_resumes(shards, tmp_path):
-    """A run checkpointed by the MoCo-only nsneg (format nsneg-moco 1) continues under --method moco."""
-    first = Trainer(config(shards, tmp_path, epochs=1), device="cpu", show_progress=False)
-    first.fit()
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    old = {k: state[k] for k in ("model", "optimizer", "epoch", "step", "samples_seen", "skipped")}
-    old["config"] = {
-        k: v for k, v in state["config"].items() if not k.startswith(("method", "byol", "simclr"))
-    }
-    torch.save({"format": "nsneg-moco", "version": 1, **old}, tmp_path / "checkpoint.pt")
-    resumed = Trainer(config(shards, tmp_path, epochs=2), device="cpu", show_progress=False)
-    resumed.restore(tmp_path / "checkpoint.pt")
-    assert resumed.epoch == 1 and resumed.step == 2
-    resumed.fit()
-    assert resumed.step == 4 and checkpoint.load(tmp_path / "checkpoint.pt")["method"] == "moco"
 
 
 def test_loader_workers_default_to_at_most_the_cpus(monkeypatch):

@@ -56,7 +56,11 @@ def test_an_existing_run_folder_is_refused_without_resume_or_force(train, shards
     assert train("--negatives", shards, "--out", out, "--epochs", "1").exit_code == 0
     before = (out / "checkpoint.pt").read_bytes(), (out / "log.jsonl").read_text()
     again = train("--negatives", shards, "--out", out, "--epochs", "1")
-    assert again.exit_code == 2 and "already holds a run (checkpoint.pt, log.jsonl)" in again.output
+    assert (
+        again.exit_code == 2
+        and "already holds a run (checkpoint.pt, log.jsonl, config.yaml, tensorboard)"
+        in again.output
+    )
     assert f"--resume {out / 'checkpoint.pt'}" in again.output and "--force" in again.output
     assert ((out / "checkpoint.pt").read_bytes(), (out / "log.jsonl").read_text()) == before
     forced = train("--negatives", shards, "--out", out, "--epochs", "1", "--force", "--verify")
@@ -169,27 +173,33 @@ def test_ctrl_c_under_torchrun_stops_with_one_resume_line(shards, tmp_path):
     assert state["step"] >= 1 and f"at step {state['step']};" in output
 
 
-def test_every_config_field_is_an_option_with_the_same_default():
-    """One source of truth: nsneg-train's options are TrainConfig's fields, defaults included
-    (``--small-images`` alone defaults to "decide from --image-size")."""
+def test_every_config_field_and_method_setting_is_an_option_with_the_same_default():
+    """One source of truth: nsneg-train's options are TrainConfig's fields and each method's
+    settings, defaults and help included (``--small-images`` alone defaults to "decide from
+    --image-size")."""
     import dataclasses
 
-    from nsneg.trainer.train import TrainConfig
+    from nsneg.trainer.cli import SAFE_ON_RESUME
+    from nsneg.trainer.config import run_fields
+    from nsneg.trainer.methods import METHODS
 
     params = {p.name: p for p in main.params}
-    for f in dataclasses.fields(TrainConfig):
-        assert f.name in params, f"TrainConfig.{f.name} has no option"
-        default = params[f.name].default
-        default = tuple(default) if isinstance(default, list) else default
-        expected = None if f.name == "small_images" else f.default
-        assert default == expected or (default, expected) == ((), ()), f.name
-        assert params[f.name].help == f.metadata.get("help", ""), f.name
-    assert {"resume", "force", "reverify", "device"} == params.keys() - {
-        f.name for f in dataclasses.fields(TrainConfig)
+    fields = {f.name: f for f in run_fields()}
+    fields |= {
+        f"{name}_{f.name}": f
+        for name, method in METHODS.items()
+        for f in dataclasses.fields(method.Settings)
     }
-    from nsneg.trainer.cli import SAFE_ON_RESUME
-
-    assert set(SAFE_ON_RESUME) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, f in fields.items():
+        assert name in params, f"{name} has no option"
+        default = params[name].default
+        default = tuple(default) if isinstance(default, list) else default
+        expected = None if name == "small_images" else f.default
+        assert default == expected or (default, expected) == ((), ()), name
+        assert params[name].help == f.metadata.get("help", ""), name
+    assert params["moco_k"].opts == ["--moco-k"] and params["moco_k"].default == 16384
+    assert {"config_file", "resume", "force", "reverify", "device"} == params.keys() - fields.keys()
+    assert set(SAFE_ON_RESUME) <= fields.keys()
 
 
 @pytest.mark.slow  # a fresh interpreter

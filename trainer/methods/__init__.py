@@ -1,5 +1,7 @@
 """Pre-training methods behind one interface (``Method``): MoCo v2, BYOL, SimCLR, each with
-non-semantic negatives. ``METHODS[name]`` is the class ``nsneg-train --method name`` trains.
+non-semantic negatives. ``METHODS[name]`` is the class ``nsneg-train --method name`` trains; a
+new method is its module (the ``Method`` subclass and its ``Settings``) and one line in
+``REGISTRY``.
 
 ``METHODS`` lists each method as ``"module:Class"`` and imports a method's module (and torch) when
 the class is first asked for, so the names are known without torch (``nsneg-train --help``)."""
@@ -16,6 +18,22 @@ REGISTRY = {
     "byol": "nsneg.trainer.methods.byol:BYOL",
     "simclr": "nsneg.trainer.methods.simclr:SimCLR",
 }
+
+
+#: name -> where the built-in methods' settings are: a module without torch (``settings``), so
+#: that the command line's options are known without importing torch.
+SETTINGS = {
+    "moco": "nsneg.trainer.methods.settings:MoCoSettings",
+    "byol": "nsneg.trainer.methods.settings:BYOLSettings",
+    "simclr": "nsneg.trainer.methods.settings:SimCLRSettings",
+}
+
+
+def settings_class_of(name: str) -> type:
+    """The settings dataclass of method ``name`` (``Method.Settings``), torch-free where it can."""
+    if name in SETTINGS:
+        return _load(SETTINGS[name])
+    return METHODS[name].Settings
 
 
 def _load(where: str) -> Any:
@@ -53,4 +71,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BYOL", "METHODS", "REGISTRY", "Method", "MoCo", "OptimDefaults", "SimCLR"]
+__all__ = [
+    "BYOL",
+    "METHODS",
+    "REGISTRY",
+    "SETTINGS",
+    "Method",
+    "MoCo",
+    "OptimDefaults",
+    "SimCLR",
+    "settings_class_of",
+]

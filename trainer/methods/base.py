@@ -1,4 +1,4 @@
-"""What every pre-training method shares: the ``Method`` interface, the ResNet trunk, MLP heads.
+"""What every pre-training method shares: the ``Method`` interface, its settings, MLP heads.
 
 A method is an ``nn.Module`` whose ``forward`` takes one batch's two augmented views and its
 non-semantic (NS) negatives and returns ``(loss, metrics)``; it owns everything that is not
@@ -6,6 +6,12 @@ optimised by gradient (momentum encoders, queues) and updates it inside ``forwar
 ``Trainer`` (``nsneg.trainer.train``) knows nothing else about it: it optimises
 ``trained_modules()``, compiles ``compiled_modules()``, checkpoints ``state_dict()`` and stores
 ``backbone_state_dict()`` under a method-independent name, the weights that evaluation reads.
+
+A method's own settings are a dataclass (``Method.Settings``), each field made with
+``nsneg.trainer.methods.settings.setting(default, help)``: ``TrainConfig`` holds the chosen
+method's, and ``nsneg-train`` makes an option ``--<method>-<field>`` of each field. A new method is
+one module (its ``Method`` subclass and its ``Settings``) and one line in
+``nsneg.trainer.methods.REGISTRY``.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.distributed as dist
-import torchvision
 from torch import nn
 
+from nsneg.trainer.methods.settings import NoSettings
+
 if TYPE_CHECKING:
-    from nsneg.trainer.train import TrainConfig
+    from nsneg.trainer.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,12 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     defaults: ClassVar[OptimDefaults]
+    #: the method's own settings: a dataclass of ``setting`` fields with a classmethod ``small()``,
+    #: the few-dimensional variant CPU smoke runs and the tests train
+    Settings: ClassVar[type] = NoSettings
+    #: backbone passes per image and step: (forward+backward, forwards without gradient besides
+    #: one per non-semantic negative); the throughput benchmark's ceiling counts them
+    backbone_passes: ClassVar[tuple[int, int]]
     #: pooled features of an image; its ``fc`` (if any) is a projection head, left out of
     #: ``backbone_state_dict``
     backbone: nn.Module
@@ -64,32 +77,23 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        """The backbone's weights with torchvision's ResNet keys, without any head (no ``fc.*``)."""
-        return {k: v for k, v in self.backbone.state_dict().items() if not k.startswith("fc.")}
+        """The backbone's weights with its model's keys (torchvision's, timm's), without the
+        projection head that sits where the classifier was (``nsneg.trainer.backbones``)."""
+        return without_head(self.backbone)
 
 
-def build_resnet(
-    arch: str, num_classes: int, small_images: bool = False, norm_layer=None
-) -> nn.Module:
-    """A torchvision ResNet, randomly initialised.
-
-    ``small_images``: a 3x3 stride-1 stem without max-pool (as for CIFAR), for 32-96 px training.
-    """
-    net = getattr(torchvision.models, arch)(
-        weights=None, num_classes=num_classes, norm_layer=norm_layer
-    )
-    if small_images:
-        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        net.maxpool = nn.Identity()
-    return net
+def without_head(net: nn.Module) -> dict[str, torch.Tensor]:
+    """``net``'s weights minus those of the head ``backbones.build_trunk`` put in its classifier's place."""
+    head = getattr(net, "head_name", None)
+    prefix = f"{head}." if head else None
+    return {k: v for k, v in net.state_dict().items() if not (prefix and k.startswith(prefix))}
 
 
-def build_trunk(arch: str, small_images: bool = False, norm_layer=None) -> tuple[nn.Module, int]:
-    """A ResNet (``build_resnet``) without classifier: ``fc`` is the identity -> (network, feature dim)."""
-    net = build_resnet(arch, 1, small_images, norm_layer)
-    dim = net.fc.weight.shape[1]
-    net.fc = nn.Identity()
-    return net, dim
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last where ``x`` [N, C, H, W] is laid out so, else the default (contiguous) format."""
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:

@@ -41,11 +41,19 @@ import torch.nn.functional as F
 from lightly.loss import NegativeCosineSimilarity
 from torch import nn
 
-from nsneg.trainer.methods.base import Method, OptimDefaults, build_trunk, ema_update, mlp_head
+from nsneg.trainer.backbones import build_trunk
+from nsneg.trainer.methods.base import (
+    Method,
+    OptimDefaults,
+    ema_update,
+    memory_format_of,
+    mlp_head,
+)
+from nsneg.trainer.methods.settings import BYOLSettings
 from nsneg.trainer.negatives import contrast_metrics, nonsemantic_contrast_loss, nonsemantic_logits
 
 if TYPE_CHECKING:
-    from nsneg.trainer.train import TrainConfig
+    from nsneg.trainer.config import TrainConfig
 
 
 class BYOL(Method):
@@ -53,17 +61,19 @@ class BYOL(Method):
     #: solo-learn's BYOL on ImageNet-100 (scripts/pretrain/imagenet-100/byol.yaml): LARS, lr 0.5 at a
     #: batch of 256, weight decay 1e-6, 10 warm-up epochs then cosine
     defaults = OptimDefaults(optimizer="lars", lr_per_256=0.5, weight_decay=1e-6, warmup_epochs=10)
+    Settings = BYOLSettings
+    backbone_passes = (2, 2)  # both views online; both views through the target
 
     def __init__(
         self,
         backbone: nn.Module,
         feature_dim: int,
-        proj_hidden_dim: int = 4096,
-        proj_dim: int = 256,
-        pred_hidden_dim: int = 8192,
-        tau_base: float = 0.99,
+        proj_hidden_dim: int = BYOLSettings.proj_hidden_dim,
+        proj_dim: int = BYOLSettings.proj_dim,
+        pred_hidden_dim: int = BYOLSettings.pred_hidden_dim,
+        tau_base: float = BYOLSettings.tau_base,
         alpha: float = 2.0,
-        T: float = 0.2,
+        T: float = BYOLSettings.ns_t,
     ):
         super().__init__()
         self.tau_base, self.alpha, self.T = tau_base, alpha, T
@@ -77,17 +87,19 @@ class BYOL(Method):
 
     @classmethod
     def from_config(cls, config: TrainConfig, bn_splits: int) -> BYOL:
-        c = config
-        backbone, feature_dim = build_trunk(c.arch, c.small_images)
+        c, s = config, config.method_settings
+        backbone, feature_dim = build_trunk(
+            c.arch, small_images=c.small_images, image_size=c.image_size
+        )
         return cls(
             backbone,
             feature_dim,
-            proj_hidden_dim=c.byol_proj_hidden_dim,
-            proj_dim=c.byol_proj_dim,
-            pred_hidden_dim=c.byol_pred_hidden_dim,
-            tau_base=c.byol_tau_base,
+            proj_hidden_dim=s.proj_hidden_dim,
+            proj_dim=s.proj_dim,
+            pred_hidden_dim=s.pred_hidden_dim,
+            tau_base=s.tau_base,
             alpha=c.alpha,
-            T=c.byol_ns_t,
+            T=s.ns_t,
         )
 
     def trained_modules(self) -> list[nn.Module]:
@@ -134,11 +146,7 @@ class BYOL(Method):
             l_neg = l_12[~torch.eye(b, dtype=torch.bool, device=l_12.device)].view(b, -1)
         if im_ns is None:
             return loss, contrast_metrics(l_12.diagonal(), l_neg if b > 1 else None, None)
-        fmt = (
-            torch.channels_last
-            if im_1.is_contiguous(memory_format=torch.channels_last)
-            else torch.contiguous_format
-        )
+        fmt = memory_format_of(im_1)
         t = torch.stack(
             [self.target(im_ns[:, n].contiguous(memory_format=fmt)) for n in range(im_ns.shape[1])],
             dim=1,

@@ -9,7 +9,8 @@ never enqueued (Ge et al. 2021).
 Batch-norm must not see a key and its query in the same statistics (MoCo's "shuffle
 BN"): with DDP the keys are shuffled across GPUs; in one process every BN computes
 statistics over ``bn_splits`` chunks of the batch, as if on that many GPUs, and the keys
-are shuffled so that none lands in its query's chunk.
+are shuffled so that none lands in its query's chunk. A backbone without batch norm (a
+ViT, a ConvNeXt) needs neither: its keys are encoded as they come.
 
 Loss: InfoNCE over ``[q.k, q.queue, alpha q.t_1 .. alpha q.t_N] / T`` with the key as target.
 Metrics: ``acc``, how often ``q.k`` is the largest of ``[q.k, q.queue]`` (instance
@@ -27,18 +28,20 @@ import torch.nn.functional as F
 from lightly.models.modules.heads import MoCoProjectionHead
 from torch import nn
 
+from nsneg.trainer.backbones import build_trunk, has_batch_norm, replace_batch_norm
 from nsneg.trainer.methods.base import (
     Method,
     OptimDefaults,
-    build_resnet,
     concat_all_gather,
     distributed,
     ema_update,
+    memory_format_of,
 )
+from nsneg.trainer.methods.settings import MoCoSettings
 from nsneg.trainer.negatives import contrast_metrics
 
 if TYPE_CHECKING:
-    from nsneg.trainer.train import TrainConfig
+    from nsneg.trainer.config import TrainConfig
 
 
 class _ChunkedBatchNorm(torch.autograd.Function):
@@ -87,12 +90,7 @@ class _ChunkedBatchNorm(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, *saved = ctx.saved_tensors
         s = len(saved) // 2
-        fmt = (
-            torch.channels_last
-            if x.is_contiguous(memory_format=torch.channels_last)
-            else torch.contiguous_format
-        )
-        grad_out = grad_out.contiguous(memory_format=fmt)
+        grad_out = grad_out.contiguous(memory_format=memory_format_of(x))
         grad_x = torch.empty_like(x)
         grad_b = torch.empty(s, *weight.shape, dtype=weight.dtype, device=weight.device)
         grad_w = torch.empty_like(grad_b)
@@ -173,24 +171,21 @@ def shuffle_across_splits(
 
 
 def build_backbone(
-    arch: str, dim: int = 128, bn_splits: int = 1, small_images: bool = False
+    arch: str,
+    dim: int = MoCoSettings.dim,
+    bn_splits: int = 1,
+    small_images: bool = False,
+    image_size: int = 224,
 ) -> nn.Module:
-    """A torchvision ResNet whose ``fc`` is MoCo v2's 2-layer MLP head (lightly's ``MoCoProjectionHead``;
-    the backbone's keys are MoCo's checkpoints' keys, whose heads nsneg never loads).
-
-    ``small_images``: a 3x3 stride-1 stem without max-pool (as for CIFAR), for 32-96 px training.
-    """
-    norm = (lambda c: SplitBatchNorm2d(c, bn_splits)) if bn_splits > 1 else nn.BatchNorm2d
-    net = build_resnet(arch, dim, small_images, norm_layer=norm)
-    dim_mlp = net.fc.weight.shape[1]
-    net.fc = MoCoProjectionHead(dim_mlp, dim_mlp, dim)  # MoCo v2's: Linear - ReLU - Linear
+    """A backbone (``nsneg.trainer.backbones``) whose classifier is MoCo v2's 2-layer MLP head
+    (lightly's ``MoCoProjectionHead``: Linear - ReLU - Linear): for a ResNet ``fc`` is the head, the
+    keys of MoCo's checkpoints. Its batch norm layers (if any) are ``SplitBatchNorm2d`` over
+    ``bn_splits`` sub-batches."""
+    head = lambda d: MoCoProjectionHead(d, d, dim)  # noqa: E731
+    net, _ = build_trunk(arch, small_images=small_images, image_size=image_size, head=head)
+    if bn_splits > 1:
+        replace_batch_norm(net, lambda c: SplitBatchNorm2d(c, bn_splits))
     return net
-
-
-def strip_projection_head(encoder: nn.Module) -> nn.Module:
-    """The encoder without its MLP head: pooled features for kNN and linear probes."""
-    encoder.fc = nn.Identity()
-    return encoder
 
 
 class MoCo(Method):
@@ -198,15 +193,17 @@ class MoCo(Method):
     #: MoCo v2 (Chen et al. 2020): SGD, momentum 0.9, lr 0.03 per 256 there; 0.4 per 256 here for
     #: the paper's batch of 512 (lr 0.8), weight decay 1e-4, cosine schedule without warm-up
     defaults = OptimDefaults(optimizer="sgd", lr_per_256=0.4, weight_decay=1e-4, warmup_epochs=0)
+    Settings = MoCoSettings
+    backbone_passes = (1, 1)  # the query; the key
 
     def __init__(
         self,
         encoder_q: nn.Module,
         encoder_k: nn.Module,
-        dim: int = 128,
-        K: int = 16384,
-        m: float = 0.99,
-        T: float = 0.2,
+        dim: int = MoCoSettings.dim,
+        K: int = MoCoSettings.k,
+        m: float = MoCoSettings.m,
+        T: float = MoCoSettings.t,
         alpha: float = 2.0,
     ):
         super().__init__()
@@ -216,14 +213,17 @@ class MoCo(Method):
             param_k.data.copy_(param_q.data)
             param_k.requires_grad = False
         self.bn_splits = bn_splits_of(encoder_k)
+        self.shuffle_bn = has_batch_norm(encoder_k)  # a network without BN needs no key shuffle
         self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
     @classmethod
     def from_config(cls, config: TrainConfig, bn_splits: int) -> MoCo:
-        c = config
-        encoders = [build_backbone(c.arch, c.moco_dim, bn_splits, c.small_images) for _ in range(2)]
-        return cls(*encoders, dim=c.moco_dim, K=c.moco_k, m=c.moco_m, T=c.moco_t, alpha=c.alpha)
+        c, s = config, config.method_settings
+        encoders = [
+            build_backbone(c.arch, s.dim, bn_splits, c.small_images, c.image_size) for _ in range(2)
+        ]
+        return cls(*encoders, dim=s.dim, K=s.k, m=s.m, T=s.t, alpha=c.alpha)
 
     @property
     def backbone(self) -> nn.Module:
@@ -261,6 +261,8 @@ class MoCo(Method):
     @torch.no_grad()
     def _encode_keys(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Key encoder on a shuffled batch (shuffle BN), features returned in the original order."""
+        if not self.shuffle_bn:
+            return F.normalize(self.encoder_k(x), dim=1)
         if distributed():
             x_all = concat_all_gather(x)
             idx_shuffle = torch.randperm(x_all.shape[0], device=x.device)
@@ -306,11 +308,7 @@ class MoCo(Method):
         with torch.no_grad():
             self._momentum_update_key_encoder()
             k = self._encode_keys(im_k, generator)
-            fmt = (
-                torch.channels_last
-                if im_k.is_contiguous(memory_format=torch.channels_last)
-                else torch.contiguous_format
-            )
+            fmt = memory_format_of(im_k)
             ts = [
                 self._encode_keys(im_t[:, n].contiguous(memory_format=fmt), generator)
                 for n in range(im_t.shape[1] if im_t is not None else 0)

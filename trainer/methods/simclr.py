@@ -29,17 +29,19 @@ import torch.nn.functional as F
 from lightly.models.modules.heads import SimCLRProjectionHead
 from torch import nn
 
+from nsneg.trainer.backbones import build_trunk
 from nsneg.trainer.methods.base import (
     Method,
     OptimDefaults,
-    build_trunk,
     distributed,
     frozen_bn_statistics,
+    memory_format_of,
 )
+from nsneg.trainer.methods.settings import SimCLRSettings
 from nsneg.trainer.negatives import contrast_metrics, nonsemantic_logits
 
 if TYPE_CHECKING:
-    from nsneg.trainer.train import TrainConfig
+    from nsneg.trainer.config import TrainConfig
 
 
 class SimCLR(Method):
@@ -47,14 +49,16 @@ class SimCLR(Method):
     #: solo-learn's SimCLR on ImageNet-100 (scripts/pretrain/imagenet-100/simclr.yaml): LARS, lr 0.3
     #: at a batch of 256, weight decay 1e-4, 10 warm-up epochs then cosine
     defaults = OptimDefaults(optimizer="lars", lr_per_256=0.3, weight_decay=1e-4, warmup_epochs=10)
+    Settings = SimCLRSettings
+    backbone_passes = (2, 0)  # both views; the negatives without gradient
 
     def __init__(
         self,
         backbone: nn.Module,
         feature_dim: int,
-        proj_hidden_dim: int = 4096,
-        proj_dim: int = 512,
-        T: float = 0.2,
+        proj_hidden_dim: int = SimCLRSettings.proj_hidden_dim,
+        proj_dim: int = SimCLRSettings.proj_dim,
+        T: float = SimCLRSettings.t,
         alpha: float = 2.0,
     ):
         super().__init__()
@@ -66,14 +70,16 @@ class SimCLR(Method):
 
     @classmethod
     def from_config(cls, config: TrainConfig, bn_splits: int) -> SimCLR:
-        c = config
-        backbone, feature_dim = build_trunk(c.arch, c.small_images)
+        c, s = config, config.method_settings
+        backbone, feature_dim = build_trunk(
+            c.arch, small_images=c.small_images, image_size=c.image_size
+        )
         return cls(
             backbone,
             feature_dim,
-            proj_hidden_dim=c.simclr_proj_hidden_dim,
-            proj_dim=c.simclr_proj_dim,
-            T=c.simclr_t,
+            proj_hidden_dim=s.proj_hidden_dim,
+            proj_dim=s.proj_dim,
+            T=s.t,
             alpha=c.alpha,
         )
 
@@ -99,11 +105,7 @@ class SimCLR(Method):
         z_1, z_2 = self.project(im_1), self.project(im_2)  # [B, D]
         t = None
         if im_ns is not None:
-            fmt = (
-                torch.channels_last
-                if im_1.is_contiguous(memory_format=torch.channels_last)
-                else torch.contiguous_format
-            )
+            fmt = memory_format_of(im_1)
             with torch.no_grad(), frozen_bn_statistics(self):
                 t = torch.stack(
                     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,32 @@ from nsneg.pipeline.synthesis import SynthesisConfig
 #: Few steps: the job tests exercise plumbing; quality is tested with the default config.
 TINY = SynthesisConfig(steps=(4, 2, 1), batch_size=4)
 
-#: A small MoCo run on the CPU, as TrainConfig fields (tests/trainer: the library and the command).
-SMALL_RUN = dict(arch="resnet18", image_size=32, batch_size=4, moco_k=16, workers=0, bn_splits=2)
+#: A small run on the CPU, as TrainConfig fields (tests/trainer: the library and the command).
+SMALL_RUN = dict(arch="resnet18", image_size=32, batch_size=4, workers=0, bn_splits=2)
 
-#: Per method, the TrainConfig fields that make its heads small (added to ``SMALL_RUN``).
-SMALL_METHOD = {
-    "moco": dict(method="moco"),
-    "byol": dict(method="byol", byol_proj_hidden_dim=32, byol_proj_dim=16, byol_pred_hidden_dim=32),
-    "simclr": dict(method="simclr", simclr_proj_hidden_dim=32, simclr_proj_dim=16),
-}
+
+class _SmallMethod(Mapping):
+    """Per registered method (``nsneg.trainer.methods.METHODS``, looked up when asked: a method
+    registered by a test is here too), the TrainConfig fields that train it small (added to
+    ``SMALL_RUN``): its ``Settings.small()``."""
+
+    def __getitem__(self, name: str) -> dict:
+        from nsneg.trainer.methods import METHODS
+
+        return dict(method=name, method_settings=METHODS[name].Settings.small())
+
+    def __iter__(self):
+        from nsneg.trainer.methods import METHODS
+
+        return iter(list(METHODS))
+
+    def __len__(self) -> int:
+        from nsneg.trainer.methods import METHODS
+
+        return len(METHODS)
+
+
+SMALL_METHOD = _SmallMethod()
 
 #: Photographs bundled with scikit-image that the tests build their image trees from.
 PHOTOS = (
