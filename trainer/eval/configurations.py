@@ -31,6 +31,9 @@ BOOKKEEPING = frozenset(
         "bf16",
         "shuffle_buffer",
         "max_skip_fraction",
+        "wandb",
+        "nsneg_version",
+        "data",
     }
 )
 
@@ -58,16 +61,18 @@ def flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def used_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's config as the trainer ran it: rebuilt as a ``TrainConfig`` (missing fields
-    take today's defaults) with lr, optimizer, weight decay and warm-up resolved by its own
-    properties; the config as stored when it is not one (a released checkpoint)."""
-    from nsneg.trainer.config import TrainConfig
+    """A checkpoint's config as the trainer ran it: rebuilt as a ``TrainConfig`` from its YAML
+    form (``nsneg.trainer.config``; missing fields take today's defaults, the method's settings
+    under its name) with lr, optimizer, weight decay and warm-up resolved by its own properties;
+    the config as stored when it is not one (a released checkpoint)."""
+    from nsneg.trainer.config import INFO_KEYS, from_dict, run_fields, to_dict
+    from nsneg.trainer.methods import METHODS
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in run_fields()} | set(METHODS) | set(INFO_KEYS)
     known = {k: v for k, v in config.items() if k in names}
     try:
-        train_config = TrainConfig(**known)
-        used = {**config, **dataclasses.asdict(train_config)}
+        train_config = from_dict(known)
+        used = {**config, **to_dict(train_config)}
         for field, attribute in RESOLVED.items():
             if field in used:
                 used[field] = getattr(train_config, attribute)

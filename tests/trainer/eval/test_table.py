@@ -208,22 +208,22 @@ def test_configurations_group_by_what_the_trainer_used():
         {"arch": "resnet18", "negatives_kind": "patch", "alpha": 2, "seed": 1, "lr": 0.8}
     )
     c = configurations.configuration(
-        {"arch": "resnet18", "negatives_kind": "patch", "alpha": 2, "seed": 1, "moco_k": 8192}
+        {"arch": "resnet18", "negatives_kind": "patch", "alpha": 2, "seed": 1, "moco": {"k": 8192}}
     )
     assert a == b  # lr None at batch 512 is MoCo's 0.4 per 256 = 0.8
     assert (a["method"], a["lr"], a["optimizer"], a["weight_decay"]) == ("moco", 0.8, "sgd", 1e-4)
     assert "seed" not in a and "out" not in a
     assert not any(k.startswith(("byol", "simclr")) for k in a)
     byol = configurations.configuration({"method": "byol", "arch": "resnet18"})
-    assert (byol["optimizer"], byol["lr"]) == ("lars", 1.0) and "moco_k" not in byol
+    assert (byol["optimizer"], byol["lr"]) == ("lars", 1.0) and not any(k.startswith("moco") for k in byol)
     runs = [{"configuration": x, "seed": i} for i, x in enumerate((a, b, c))]
     groups = configurations.group_runs(runs)
     assert [len(g["runs"]) for g in groups] == [2, 1]
     assert [g["label"] for g in groups] == [
-        "MoCo +Patch α=2 (moco_k=16384)",
-        "MoCo +Patch α=2 (moco_k=8192)",
+        "MoCo +Patch α=2 (moco.k=16384)",
+        "MoCo +Patch α=2 (moco.k=8192)",
     ]
-    assert configurations.differing([a, c]) == ["moco_k"]
+    assert configurations.differing([a, c]) == ["moco.k"]
     assert (
         configurations.configuration_label(
             {"method": "byol", "negatives_kind": "texture", "alpha": 3}
