@@ -215,7 +215,9 @@ def test_configurations_group_by_what_the_trainer_used():
     assert "seed" not in a and "out" not in a
     assert not any(k.startswith(("byol", "simclr")) for k in a)
     byol = configurations.configuration({"method": "byol", "arch": "resnet18"})
-    assert (byol["optimizer"], byol["lr"]) == ("lars", 1.0) and not any(k.startswith("moco") for k in byol)
+    assert (byol["optimizer"], byol["lr"]) == ("lars", 1.0) and not any(
+        k.startswith("moco") for k in byol
+    )
     runs = [{"configuration": x, "seed": i} for i, x in enumerate((a, b, c))]
     groups = configurations.group_runs(runs)
     assert [len(g["runs"]) for g in groups] == [2, 1]
