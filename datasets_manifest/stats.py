@@ -13,7 +13,7 @@ import numpy as np
 from nsneg.datasets_manifest.format import files
 from nsneg.datasets_manifest.format.constants import CROP_SIZE, TEXTURE_SIZE
 from nsneg.datasets_manifest.format.manifest import load_manifest
-from nsneg.datasets_manifest.format.sample_reader import TextureSample, iter_samples
+from nsneg.datasets_manifest.format.sample_reader import BadSample, TextureSample, iter_samples
 from nsneg.datasets_manifest.format.skip_log import DEFAULT_MAX_SKIP_FRACTION, SkipLog
 from nsneg.pipeline import fingerprint, quality
 from nsneg.pipeline.images import resize_short
@@ -25,7 +25,10 @@ NOISE_RATIO_SAMPLES = 64
 def sample_crops(sample: TextureSample) -> np.ndarray | None:
     """uint8 [2, 96, 96, 3]: the two crops a texture was made from, cut again from its source
     (resized as the job resized it), or None where the sample has no source or no crop boxes."""
-    source, meta = sample.source(), sample.meta
+    try:
+        source, meta = sample.source(), sample.meta
+    except BadSample:  # an unreadable source: its texture still counts, its noise ratio is not read
+        return None
     boxes, resized = meta.get("crop_boxes"), meta.get("resized_size")
     if source is None or not isinstance(boxes, dict) or not isinstance(resized, list):
         return None

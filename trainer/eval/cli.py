@@ -106,7 +106,8 @@ def knn(
         not shards or data["train_split"] == data["val_split"]
     ):
         click.echo(
-            "note: val is the training set: each image finds itself, so this checks plumbing only"
+            "note: val is the training set: each image finds itself, so this checks plumbing only",
+            err=True,
         )
     click.echo(
         f"knn top-1: {stats.estimate_text(estimate, 2)} ({stats.INTERVAL_NAME}), chance "

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nsneg.trainer.backbones import build_trunk
-from nsneg.trainer.methods.base import Method, OptimDefaults, memory_format_of, setting
+from nsneg.trainer.methods.base import Method, OptimDefaults, memory_format_of
+from nsneg.trainer.methods.settings import setting
 from nsneg.trainer.negatives import contrast_metrics, nonsemantic_logits
 
 

@@ -44,7 +44,15 @@ def tiny_checkpoint(path, seed, **config):
         "out": str(path.parent),
         **config,
     }
-    checkpoint.save(path, {"model": model.state_dict(), "config": full})
+    checkpoint.save(
+        path,
+        {
+            "method": "moco",
+            "model": model.state_dict(),
+            "backbone": model.backbone_state_dict(),
+            "config": full,
+        },
+    )
     return path
 
 
