@@ -13,7 +13,7 @@ import yaml
 from nsneg.trainer import checkpoint
 from nsneg.trainer.cli import main
 from nsneg.trainer.config import TrainConfig
-from nsneg.trainer.methods import METHODS
+from nsneg.trainer.methods import REGISTRY
 from nsneg.trainer.train import Trainer
 from nsneg_testing import SMALL_METHOD, SMALL_RUN
 
@@ -169,9 +169,8 @@ def test_wandb_offline_run_records_the_scalars_and_the_config(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_a_fourth_method_is_one_file_and_one_registry_line(shards, tmp_path, monkeypatch):
-    from nsneg_testing.fourth_method import InBatch
 
-    monkeypatch.setitem(METHODS, "inbatch", InBatch)  # the registry line
+    monkeypatch.setitem(REGISTRY, "inbatch", "nsneg_testing.fourth_method:InBatch")  # the line
     assert "inbatch" in SMALL_METHOD and SMALL_METHOD["inbatch"]["method_settings"].t == 0.5
     config = TrainConfig(
         negatives=str(shards),
