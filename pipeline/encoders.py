@@ -28,12 +28,9 @@ class WeightsNotFound(FileNotFoundError):
 
 
 #: Padding of the canvas being synthesised (``wrap=True``): a stationary texture on a torus, so
-#: no pixel is near a border and no frame forms there. The random encoder pads crops (the
-#: targets) the same way: with replicate padding their Gram matrices held the flat borders'
-#: features, which a torus cannot match (noise ratio 0.453 -> 0.392 on the ten embedded photos,
-#: final Gram loss 0.037 -> 0.019; docs/pipeline.md).
+#: no pixel is near a border and no frame forms there. Crops (the targets) keep ``CROP_PADDING``.
 CANVAS_PADDING = "circular"
-CROP_PADDING = "circular"
+CROP_PADDING = "replicate"
 #: Binomial low-pass of the random encoder's 2x downsampling (outer product, sums to 1): a box
 #: pool's gradient is the coarse gradient repeated in 2x2 blocks, a grid at the pool's period.
 BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
@@ -110,7 +107,7 @@ class RandomMultiScaleEncoder(nn.Module):
     """Random ReLU filters over a 4-level image pyramid: receptive fields 5, 10, 20, 40 px.
 
     Each level is the previous one low-passed and subsampled (``blur_downsample``); the border
-    is padded circularly, for the canvas (``wrap=True``) and for crops alike.
+    is padded circularly for the canvas (``wrap=True``), by replication for crops.
 
     The pyramid gives large receptive fields for the price of small kernels, which keeps
     the encoder cheap enough for CPU synthesis. All buffers are rank 4 or less, so the
@@ -152,7 +149,7 @@ class RandomMultiScaleEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, wrap: bool = False) -> list[torch.Tensor]:
         """x [B, 3, H, W] in [0, 1] -> per level l: [B, C, ceil(H / 2^l), ceil(W / 2^l)].
-        ``wrap``: x is a canvas on a torus, else a crop (``CANVAS_PADDING`` / ``CROP_PADDING``)."""
+        ``wrap``: x is a canvas on a torus (circular padding), else a crop (replicate)."""
         mode = CANVAS_PADDING if wrap else CROP_PADDING
         x = x - 0.5  # centred: the zero-mean filters' sums cancel with less rounding error
         features = []

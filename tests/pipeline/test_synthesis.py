@@ -262,14 +262,14 @@ def test_accelerated_bf16_quality_matches_fp32(crops):
 @pytest.mark.parametrize("wrap", [False, True])
 def test_random_encoder_matches_the_rank5_formulation(wrap):
     """The flat [levels * C, 3, k, k] weights give what a per-level rank-5 buffer gives, over a
-    binomial (anti-aliased) pyramid, padded as the encoder pads a canvas and a crop."""
-    from nsneg.pipeline.encoders import CANVAS_PADDING, CROP_PADDING, blur_downsample
+    binomial (anti-aliased) pyramid, padded circularly for a canvas and by replication for crops."""
+    from nsneg.pipeline.encoders import blur_downsample
 
     encoder = build_encoder("random", seed=3)
     weight = encoder.weight.view(encoder.levels, -1, 3, encoder.kernel, encoder.kernel)
     bias = encoder.bias.view(encoder.levels, -1)
     x = torch.rand(2, 3, 56, 56)
-    mode = CANVAS_PADDING if wrap else CROP_PADDING
+    mode = "circular" if wrap else "replicate"
     expected, y = [], x - 0.5
     for level in range(encoder.levels):
         if level:
