@@ -84,7 +84,7 @@ def test_knn_command_on_image_folders(probe, trees, tmp_path):
     assert report["top1"] >= 2 / 3  # three colours, even through a random network
     # Evaluated on its own training images: said to be a plumbing check.
     itself = probe("knn", train, train, "--k", 5, "--workers", 0)
-    assert itself.exit_code == 0 and "note: val is the training set" in itself.stdout
+    assert itself.exit_code == 0 and "note: val is the training set" in itself.stderr
 
 
 def test_linear_command_trains_saves_and_reloads_the_head(probe, trees, ckpt, tmp_path):
