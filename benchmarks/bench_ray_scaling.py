@@ -24,8 +24,8 @@ from pathlib import Path
 
 import click
 
-from nsneg.pipeline import job
 from nsneg.datasets_manifest.format.files import atomic_write_json
+from nsneg.pipeline import job
 from nsneg.pipeline.sources import embedded_listing, folder_listing
 from nsneg.pipeline.synthesis import SynthesisConfig
 

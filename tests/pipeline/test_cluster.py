@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from nsneg.datasets_manifest.format.manifest import load_manifest, shard_paths, 
 from nsneg.datasets_manifest.format.naming import record_path
 from nsneg.datasets_manifest.format.sample_reader import iter_samples
 from nsneg.pipeline.sources import folder_listing
-from nsneg_testing import make_tree
+from nsneg_testing import make_tree, texture_build_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -56,29 +55,14 @@ def ray_cluster(head: dict, *workers: dict):
             os.environ["RAY_TMPDIR"] = saved
 
 
-def build_cmd(tree: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "nsneg.pipeline.cli",
-        "build",
-        "--imagenet",
-        str(tree),
-        "--out",
-        str(out),
-        "--shard-size",
-        "1",
-        "--batch-size",
-        "1",
-        "--quiet",
-        *extra,
-    ]
-
-
 def run_build(cluster, tree: Path, out: Path, *extra: str, timeout: float = JOB_TIMEOUT_S):
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     return subprocess.run(
-        build_cmd(tree, out, *extra), env=env, capture_output=True, text=True, timeout=timeout
+        texture_build_cmd(tree, out, *extra),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -143,7 +127,7 @@ def test_a_node_removed_mid_job_loses_nothing(tmp_path):
     out = tmp_path / "out"
     with ray_cluster({"num_cpus": 1}, {"num_cpus": 1}) as (cluster, (worker,)):
         env = {**os.environ, "RAY_ADDRESS": cluster.address}
-        cmd = build_cmd(tree, out, "--steps", "60,20,5", "--actor-wait", "60")
+        cmd = texture_build_cmd(tree, out, "--steps", "60,20,5", "--actor-wait", "60")
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -165,7 +149,7 @@ def test_with_no_actor_placeable_the_job_stops_with_what_to_rerun(tmp_path):
     out = tmp_path / "out"
     with ray_cluster({"num_cpus": 0}, {"num_cpus": 1}) as (cluster, (worker,)):
         env = {**os.environ, "RAY_ADDRESS": cluster.address}
-        cmd = build_cmd(tree, out, "--steps", "60,20,5", "--actor-wait", "60")
+        cmd = texture_build_cmd(tree, out, "--steps", "60,20,5", "--actor-wait", "60")
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -19,7 +19,7 @@ from nsneg.datasets_manifest.format.sample_reader import iter_samples
 from nsneg.datasets_manifest.format.skip_log import TooManyBadSamples
 from nsneg.pipeline import actors, job
 from nsneg.pipeline.sources import folder_listing
-from nsneg_testing import TINY, make_tree
+from nsneg_testing import TINY, make_tree, texture_build_cmd
 
 
 def run_job(out: Path, listing, **kwargs):
@@ -222,23 +222,7 @@ def test_a_killed_worker_is_replaced_and_its_shard_redone(tmp_path, ray_session)
 def test_kill_9_loses_only_shards_in_flight_and_resume_completes(tmp_path):
     tree = make_tree(tmp_path / "tree", n_per_class=4, bad=False)
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "nsneg.pipeline.cli",
-        "build",
-        "--imagenet",
-        str(tree),
-        "--out",
-        str(out),
-        "--shard-size",
-        "1",
-        "--steps",
-        "30,10,3",
-        "--batch-size",
-        "1",
-        "--quiet",
-    ]
+    cmd = texture_build_cmd(tree, out, "--steps", "30,10,3")
     proc = subprocess.Popen(
         cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +14,15 @@ from nsneg.pipeline.synthesis import SynthesisConfig
 
 #: Few steps: the job tests exercise plumbing; quality is tested with the default config.
 TINY = SynthesisConfig(steps=(4, 2, 1), batch_size=4)
+
+
+def texture_build_cmd(tree: Path, out: Path, *extra: str) -> list[str]:
+    """``nsneg-textures build`` of an ImageFolder tree as a user runs it: one image per shard."""
+    return [
+        sys.executable, "-m", "nsneg.pipeline.cli", "build", "--imagenet", str(tree),
+        "--out", str(out), "--shard-size", "1", "--batch-size", "1", "--quiet", *extra,
+    ]  # fmt: skip
+
 
 #: A small run on the CPU, as TrainConfig fields (tests/trainer: the library and the command).
 SMALL_RUN = dict(arch="resnet18", image_size=32, batch_size=4, workers=0, bn_splits=2)
