@@ -57,10 +57,10 @@ READINGS_S = 3.0
 #: The world: 15.5 s for 2,544 images on the Intel machine (2026-11-27), 1.63x on the AMD one.
 WORLD_S_PER_IMAGE = 15.5 / 2544 * (70.0 / 43.0)
 #: The texture job with the CPU protocols' schedule (56 -> 224 px, 80 + 2 steps), per texture,
-#: on the AMD reference: the synthesis alone measured 0.85 s (8 world images in one batch, a
-#: shared machine at load ~2; the default schedule 4.3 s); assumed: the job's decoding, crops,
-#: PNG encoding and shard writing add at most 0.15 s.
-TEXTURE_S = 1.0
+#: on the AMD reference, the whole job (decoding, crops, synthesis, PNG encoding, shard writing):
+#: 2,000 pre-training textures in 574 s, alone on the machine (the full protocol's prepare,
+#: 2026-12-05; an earlier 0.85 s for the synthesis alone was measured on a shared machine).
+TEXTURE_S = 574 / 2000
 #: The default schedule made for the noise-ratio comparison: 8 textures x 4.3 s (AMD, shared).
 DEFAULT_SCHEDULE_S = 8 * 4.3
 

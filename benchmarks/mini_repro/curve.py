@@ -151,6 +151,9 @@ def plot(points: list[dict[str, Any]], rows: tuple[str, ...], title: str, path: 
                 np.mean(values), color="grey", linestyle="--", linewidth=1, label="untrained"
             )
         ax.set_xscale("log")
+        ax.minorticks_off()  # the budgets read, labelled
+        budgets = sorted({p["views"] for p in points if p["views"] > 0})
+        ax.set_xticks(budgets, [f"{v:,}" for v in budgets])
         ax.set_xlabel("views seen")
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)

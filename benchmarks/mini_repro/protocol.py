@@ -277,12 +277,14 @@ FULL = Protocol(
     image_size=32,
     batch_size=64,
     moco_k=1024,
-    steps_per_epoch=20,  # 1,280 views per epoch: the curve's unit
-    epochs=15,  # 19,200 views per run
+    steps_per_epoch=10,  # 640 views per epoch: the curve's unit
+    # 2,560 views per run: the search's pick (docs/mini-repro/gate-search.json: the smallest
+    # searched budget at which moco - untrained excludes zero on shape bias or cue conflict)
+    epochs=4,
     seeds=(0, 1, 2, 3, 4),
     bn_splits=2,  # previous-2026-12-01/gate-search.json row 5: 8 sub-batches of 4 never learned
     small_images=False,  # the ImageNet stem: the 3x3 stem ran at 31 views/s, this one at ~250
-    curve_views=(1280, 2560, 5120, 10240, 19200),
+    curve_views=(640, 1280, 1920, 2560),
     curve_rows=(BASELINE, "patch a=2", "texture a=2"),
     curve_seeds=(0, 1),
     search_views=(2560, 5120, 10240, 19200),
@@ -303,13 +305,13 @@ BYOL = replace(
     search_views=(),
 )
 
-#: `--protocol long`: the full protocol with 4x the views per run (76,800), on a CPU machine with
-#: the time for it (not bound to 90 min).
+#: `--protocol long`: the full protocol with 4x the views per run (10,240), on a CPU machine with
+#: the time for it (not bound to 90 min): whether an effect grows with training.
 LONG = replace(
     FULL,
     name="long",
     epochs=4 * FULL.epochs,
-    curve_views=(1280, 5120, 19200, 38400, 76800),
+    curve_views=(640, 1280, 2560, 5120, 10240),
     search_views=(),
     budget="2 CPU cores, about 4x the full protocol's training",
     budget_min=None,
@@ -322,8 +324,8 @@ GPU = replace(
     FULL,
     name="gpu",
     variants=ALL_VARIANTS,
-    epochs=16 * FULL.epochs,  # 307,200 views per run
-    curve_views=(1280, 19200, 76800, 153600, 307200),
+    epochs=16 * FULL.epochs,  # 40,960 views per run
+    curve_views=(640, 2560, 10240, 20480, 40960),
     search_views=(),
     workers=8,
     budget="1 GPU",

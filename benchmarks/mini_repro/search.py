@@ -222,6 +222,7 @@ def plot(record: dict[str, Any], path: Path) -> None:
         if record["choice"]["views"]:
             ax.axvline(record["choice"]["views"], color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log")
+        ax.minorticks_off()  # only the searched budgets are labelled
         ax.set_xticks(views, [f"{v:,}" for v in views], fontsize=7)
         ax.set_xlabel("views per run")
         ax.set_title(f"{record['settings']['baseline']} - untrained: {measure}", fontsize=9)

@@ -163,7 +163,7 @@ def extract_features(
     device = torch.device(device)
     backbone = backbone.eval().to(device)
     features, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = backbone(images.to(device, non_blocking=True))
         features.append(out.float().cpu())

@@ -97,7 +97,7 @@ def train_linear(
         optimizer, T_max=epochs * math.ceil(len(x) / batch_size)
     )
     generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="linear probe", unit="epoch", leave=False):
+    for _ in tqdm(range(epochs), desc="linear probe", unit="epoch", leave=False, disable=None):
         for idx in torch.randperm(len(x), generator=generator).to(x.device).split(batch_size):
             loss = F.cross_entropy(head(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
