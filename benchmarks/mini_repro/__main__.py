@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,7 +64,12 @@ def smoke(protocol: Protocol, images: int) -> Protocol:
     help="a smoke run of the protocol's stages: at most this many images per class and split "
     "(not a result; the protocol is named <protocol>-smoke<N>)",
 )
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="the runs' and stages' bars (a probe's own short bars show on a terminal only)",
+)
 @click.option(
     "--estimate-budget",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -99,10 +103,6 @@ def main(
         click.echo(budget.summary_line(record["estimate"]))
         return
     out = out or Path(f"runs/mini-repro-{protocol.name}")
-    if (
-        not progress
-    ):  # the evaluation's own bars too (tqdm reads TQDM_* defaults from the environment)
-        os.environ["TQDM_DISABLE"] = "1"
     data = data or out
     try:
         if stage in ("all", "prepare", "search"):
