@@ -42,20 +42,23 @@ def _of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def data_identity(spec: str, manifest_dirs: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The identity of the data ``--negatives spec`` names (see the module's docstring)."""
+def data_identity(
+    spec: str, manifest_dirs: tuple[str, ...] = (), images: list[str] | None = None
+) -> dict[str, Any]:
+    """The identity of the data ``--negatives spec`` names (see the module's docstring).
+
+    ``images``: the ImageFolder's files as ``data.image_folder(spec)`` listed them, where the
+    caller has them already (a tree is walked once)."""
     path = Path(spec)
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
         return _of_manifest(load_manifest(path))
-    images = image_folder(spec)
+    images = images if images is not None else image_folder(spec)
     if images is not None:
-        root = path.resolve()
+        # the paths as listed under the tree (class folders may be links elsewhere)
         return {
             "kind": "image_folder",
             "images": len(images),
-            "sha256": _digest(
-                [f"{Path(p).resolve().relative_to(root)} {os.path.getsize(p)}" for p in images]
-            ),
+            "sha256": _digest([f"{os.path.relpath(p, spec)} {os.path.getsize(p)}" for p in images]),
         }
     if (
         ("/" not in spec or "://" in spec)

@@ -96,7 +96,7 @@ class Trainer:
             self.urls, samples = [], len(self.folder)
         else:
             self.urls, samples = resolve_urls(c.negatives, manifest_dirs=tuple(c.manifest_dirs))
-        self.data = data_identity(c.negatives, tuple(c.manifest_dirs))
+        self.data = data_identity(c.negatives, tuple(c.manifest_dirs), images=self.folder)
         self.steps_per_epoch = c.steps_per_epoch or (
             max(1, samples // c.batch_size) if samples else None
         )

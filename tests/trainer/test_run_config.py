@@ -140,6 +140,28 @@ def test_a_run_resumes_from_another_folder_with_its_data_at_another_path(
 
 
 @pytest.mark.slow
+def test_an_image_folder_is_the_same_data_wherever_its_class_folders_live(tmp_path):
+    """ImageNet subsets are often trees of links to class folders elsewhere: the identity reads
+    the paths as listed under the tree, so a linked tree is the data of its copy."""
+    from nsneg.trainer.data import image_folder
+    from nsneg.trainer.data_identity import data_identity, differences
+    from nsneg_testing import make_tree
+
+    copied = make_tree(tmp_path / "copy", bad=False) / "train"
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for folder in sorted(copied.iterdir()):
+        (linked / folder.name).symlink_to(folder, target_is_directory=True)
+    a, b = data_identity(str(copied)), data_identity(str(linked))
+    assert a["kind"] == "image_folder" and a["images"] == len(image_folder(copied)) > 0
+    assert differences(a, b) == []
+    listed = image_folder(linked)
+    assert data_identity(str(linked), images=listed) == b  # the caller's listing, same identity
+    first = sorted(copied.iterdir())[0]
+    next(p for p in sorted(first.iterdir())).write_bytes(b"other bytes")  # one file changed
+    assert differences(a, data_identity(str(linked))) == ["the content hashes differ"]
+
+
 def test_wandb_offline_run_records_the_scalars_and_the_config(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="wandb is not installed (pip install 'nsneg[wandb]')")
     from nsneg_testing import make_tree
