@@ -52,11 +52,15 @@ def load(path: Path) -> dict[str, Any]:
     state = _read(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an nsneg training checkpoint (expected format {FORMAT!r})")
+    _check_version(path, state)
+    return state
+
+
+def _check_version(path: Path, state: dict[str, Any]) -> None:
     if state.get("version") != VERSION:
         raise ValueError(
             f"{path}: checkpoint version {state.get('version')}, this nsneg reads {VERSION}"
         )
-    return state
 
 
 def backbone_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -76,7 +80,7 @@ def backbone_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
             f"{path}: expected an nsneg checkpoint or a MoCo checkpoint with a 'state_dict' of "
             "'module.encoder_q.*' keys"
         )
-    state = load(path) if state.get("version") != VERSION else state
+    _check_version(path, state)
     if not state.get("backbone"):
         raise ValueError(f"{path}: no backbone weights inside")
     return state["backbone"], state.get("config", {})
