@@ -134,7 +134,7 @@ def main(photos, per_class, steps, encoder, weights, random_weights, batch_size,
     )
     print(
         f"{'set':18s}{'n':>5s}{'median spike':>14s}{'(q25-q75)':>14s}{'frame':>8s}"
-        f"{'4-px share':>12s}{'noise ratio':>13s}"
+        f"{'4-px share':>12s}{'profile spike':>15s}{'noise ratio':>13s}"
     )
     for name, f in sets.items():
         spread = f"({f['spike_q25']:.1f}-{f['spike_q75']:.1f})"
@@ -142,12 +142,17 @@ def main(photos, per_class, steps, encoder, weights, random_weights, batch_size,
         print(
             f"{name:18s}{f['textures']:5d}{f['median_spike']:14.1f}"
             f"{spread:>14s}{f['frame_ratio']:8.3f}"
-            f"{100 * f['profile_share']:11.2f}%{nr}"
+            f"{100 * f['profile_share']:11.2f}%{f['profile_spike']:15.1f}{nr}"
         )
-    met = all(fingerprint.Fingerprint(**{k: f[k] for k in ("textures", "median_spike", "frame_ratio", "profile_share")}).within_thresholds() for n, f in sets.items() if n != "real photo crops")  # fmt: skip
+    fields = ("textures", "median_spike", "frame_ratio", "profile_share", "profile_spike")
+    met = all(
+        fingerprint.Fingerprint(**{k: f[k] for k in fields}).within_thresholds()
+        for name, f in sets.items()
+        if name != "real photo crops"
+    )
     print(
         f"thresholds (median spike <= {fingerprint.MAX_MEDIAN_SPIKE:g}, frame <= "
-        f"{fingerprint.MAX_FRAME_RATIO:g}, share <= {100 * fingerprint.MAX_PROFILE_SHARE:g} %): "
+        f"{fingerprint.MAX_FRAME_RATIO:g}, profile spike <= {fingerprint.MAX_PROFILE_SPIKE:g}): "
         f"{'MET' if met else 'NOT MET'}   ({time.perf_counter() - start:.0f} s)"
     )
     if json_path:

@@ -275,9 +275,9 @@ def _quality_line(split_stats: dict) -> str:
     return (
         f"quality: {ratio}; fingerprint of {fp['textures']} textures: median 4-px spike "
         f"{fp['median_spike']:.1f} (<= {fingerprint.MAX_MEDIAN_SPIKE:g}), frame ratio "
-        f"{fp['frame_ratio']:.3f} (<= {fingerprint.MAX_FRAME_RATIO:g}), 4-px profile share "
-        f"{100 * fp['profile_share']:.2f} % (<= {100 * fingerprint.MAX_PROFILE_SHARE:g} %): "
-        f"{'no fingerprint' if ok else 'FINGERPRINT'}"
+        f"{fp['frame_ratio']:.3f} (<= {fingerprint.MAX_FRAME_RATIO:g}), 4-px profile spike "
+        f"{fp['profile_spike']:.1f} (<= {fingerprint.MAX_PROFILE_SPIKE:g}; share "
+        f"{100 * fp['profile_share']:.2f} %): {'no fingerprint' if ok else 'FINGERPRINT'}"
     )
 
 

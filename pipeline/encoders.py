@@ -32,16 +32,20 @@ class WeightsNotFound(FileNotFoundError):
 
 
 #: Padding of the canvas being synthesised (``wrap=True``): a stationary texture on a torus, so
-#: no pixel is near a border and no frame forms there. Crops (the targets) keep ``CROP_PADDING``.
+#: no pixel is near a border and no frame forms there. Crops (the targets) are padded by
+#: reflection: their border features then look like their inside, as every position of the torus
+#: does (replication gives the targets flat border features no torus position can match; circular
+#: crop padding makes seams, axis-aligned edges the canvas then learns).
 CANVAS_PADDING = "circular"
-CROP_PADDING = "replicate"
+CROP_PADDING = "reflect"
 #: Binomial low-pass of the random encoder's 2x downsampling (outer product, sums to 1): a box
 #: pool's gradient is the coarse gradient repeated in 2x2 blocks, a grid at the pool's period.
 BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
 
 
 def index_pad(x: torch.Tensor, pad: tuple[int, int, int, int], mode: str) -> torch.Tensor:
-    """``F.pad(x, pad, mode)`` for "replicate" and "circular" as two index_selects: the same values.
+    """``F.pad(x, pad, mode)`` for "replicate", "reflect" and "circular" as two index_selects:
+    the same values.
 
     Used under torch.compile: inductor's compiled backward of replication_pad2d expects a
     contiguous gradient where the eager kernel returns a channels_last one (torch 2.14, CPU:
@@ -55,14 +59,27 @@ def index_pad(x: torch.Tensor, pad: tuple[int, int, int, int], mode: str) -> tor
         rows, cols = rows % h, cols % w
     elif mode == "replicate":
         rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    elif mode == "reflect":  # mirrored about the edge pixel (not repeated), folded again if
+        rows, cols = _reflect_index(rows, h), _reflect_index(cols, w)  # the pad exceeds the size
     else:
-        raise ValueError(f"index_pad pads 'replicate' or 'circular', not {mode!r}")
+        raise ValueError(f"index_pad pads 'replicate', 'reflect' or 'circular', not {mode!r}")
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
+def _reflect_index(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions -> indices into n pixels mirrored about the edge pixels, with period 2 (n - 1)."""
+    if n == 1:
+        return torch.zeros_like(index)
+    index = index % (2 * (n - 1))
+    return torch.where(index >= n, 2 * (n - 1) - index, index)
+
+
 def pad(x: torch.Tensor, pad: tuple[int, int, int, int], mode: str) -> torch.Tensor:
-    """F.pad, or ``index_pad`` under torch.compile (same values)."""
+    """F.pad, or ``index_pad`` under torch.compile or where F.pad cannot reflect (a pad as wide
+    as the image: the coarsest level of a small crop); same values where both apply."""
     if torch.compiler.is_compiling():
+        return index_pad(x, pad, mode)
+    if mode == "reflect" and max(pad) >= min(x.shape[-2:]):
         return index_pad(x, pad, mode)
     return F.pad(x, pad, mode=mode)
 
@@ -153,7 +170,7 @@ class RandomMultiScaleEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, wrap: bool = False) -> list[torch.Tensor]:
         """x [B, 3, H, W] in [0, 1] -> per level l: [B, C, ceil(H / 2^l), ceil(W / 2^l)].
-        ``wrap``: x is a canvas on a torus (circular padding), else a crop (replicate)."""
+        ``wrap``: x is a canvas on a torus (circular padding), else a crop (``CROP_PADDING``)."""
         mode = CANVAS_PADDING if wrap else CROP_PADDING
         x = x - 0.5  # centred: the zero-mean filters' sums cancel with less rounding error
         features = []

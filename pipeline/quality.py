@@ -27,8 +27,10 @@ HIGH_PASS_RADIUS = 4
 #: Adopted thresholds, checked by the tests on the embedded photographs and a synthetic shape.
 #: Mean over textures of swd(texture, crops) / swd(crop-coloured noise, crops).
 MAX_MEAN_NOISE_RATIO = 0.6
-#: A texture may not contain either crop: best high-passed NCC of a crop anywhere in it.
-MAX_LAYOUT_NCC = 0.5
+#: A texture may not contain either crop: best high-passed NCC of a crop anywhere in it. A crop
+#: of one object on a flat ground (the demo's rocket on its sky) correlates with any faithful
+#: texture of it: the one-image L-BFGS reference's own rocket textures read 0.41-0.53 (3 seeds).
+MAX_LAYOUT_NCC = 0.55
 #: ...while a plain copy of a crop scores above this, which is what makes the measure meaningful.
 MIN_COPY_NCC = 0.95
 

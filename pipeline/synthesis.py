@@ -9,7 +9,7 @@ of its two 96 px crops, and the batch is optimised together but independently:
   one shared line search);
 * coarse to fine (56 -> 112 -> 224 px by default), the crops scaled alike, so most
   steps run at 1/16 of the pixels;
-* each stage (120 / 40 / 14 steps): Adam at lr 0.05, ramped up linearly over the first 30 % of
+* each stage (120 / 40 / 24 steps): Adam at lr 0.05, ramped up linearly over the first 30 % of
   its steps, then a cosine down to 0.1 x lr (Adam's first steps move every pixel by about lr
   whatever its gradient: without the ramp they leave colour grain in flat regions). The start
   is the crops' mean colour plus seeded noise of std 0.05;
@@ -46,7 +46,7 @@ from nsneg.datasets_manifest.format.constants import CROP_SIZE, TEXTURE_SIZE
 from nsneg.pipeline.encoders import build_encoder
 from nsneg.pipeline.host_memory import retain_freed_memory
 
-GENERATOR_VERSION = "nsneg-gram-adam-4"
+GENERATOR_VERSION = "nsneg-gram-adam-5"
 
 #: Images per batch on a CPU when the config does not say.
 CPU_BATCH_SIZE = 16
@@ -64,7 +64,7 @@ class SynthesisConfig:
     weights: str | None = None
     encoder_seed: int = 0
     sizes: tuple[int, ...] = (56, 112, 224)
-    steps: tuple[int, ...] = (120, 40, 14)
+    steps: tuple[int, ...] = (120, 40, 24)
     lr: float | tuple[float, ...] = 0.05  # Adam's lr: one for all stages, or one per stage
     lr_floor: float = 0.1  # each stage's cosine decays its lr to lr_floor x lr
     init_noise: float = 0.05  # std of the seeded noise the first stage starts from
@@ -154,6 +154,15 @@ def canvas_shifts(seeds: list[int], stage: int, steps: int, size: int) -> torch.
     return torch.from_numpy(np.stack(per_image, axis=1))
 
 
+def stage_offsets(seeds: list[int], stage: int, size: int) -> torch.Tensor:
+    """int64 [B, 2]: each image's (dy, dx) roll of its canvas when it is upsampled for ``stage``.
+    The upsampled canvas keeps a trace of the coarse pixel lattice (every other fine pixel is a
+    coarse one, the others interpolated); rolled by a random offset of its own, that trace has
+    no common phase over a set of textures (each texture is a torus: a roll is the same texture)."""
+    per_image = [np.random.default_rng([seed, stage, 1]).integers(0, size, 2) for seed in seeds]
+    return torch.from_numpy(np.stack(per_image))
+
+
 def roll_each(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """x [B, C, H, W], shifts int64 [B, 2] -> x with image b rolled by shifts[b] = (dy, dx), as
     ``torch.roll(x[b], (dy, dx), (-2, -1))``; one gather, so its gradient is one scatter-add."""
@@ -168,15 +177,19 @@ def upsample_periodic(x: torch.Tensor, size: int) -> torch.Tensor:
     """[B, C, n, n] canvas on a torus -> [B, C, size, size] by Fourier interpolation (its spectrum
     zero-padded). Shift-invariant: an interpolating kernel (bicubic) leaves the fine grain of the
     coarse canvas sharper on its pixel lattice than between, a grid at the scale factor's period
-    (4 px from 56 to 224 px) that the last stage's few steps did not erase."""
+    (4 px from 56 to 224 px) that the last stage's few steps did not erase.
+
+    An even canvas's Nyquist row and column (period 2 coarse px) are dropped: that cosine is
+    locked to the coarse lattice (an 8 px grating from 56 to 224 px, whose gradient magnitude
+    has a 4 px period at the same phase in every texture)."""
     n = x.shape[-1]
     if size < n:
         raise ValueError(f"upsample_periodic enlarges: {n} px -> {size} px")
     spectrum = torch.fft.fft2(x.float())  # [B, C, n, n] complex
-    half = n // 2
+    keep = n // 2 if n % 2 else n // 2 - 1  # frequencies 0..keep and -keep..-1
     padded = spectrum.new_zeros(*x.shape[:-2], size, size)
-    for rows in (slice(0, half), slice(-half, None)):
-        for cols in (slice(0, half), slice(-half, None)):
+    for rows in (slice(0, keep + 1), slice(-keep, None)):
+        for cols in (slice(0, keep + 1), slice(-keep, None)):
             padded[..., rows, cols] = spectrum[..., rows, cols]
     return torch.fft.ifft2(padded).real.mul_((size / n) ** 2).to(x.dtype)
 
@@ -329,6 +342,7 @@ class TextureSynthesizer:
         for stage, (size, steps, lr) in enumerate(stages):
             if x.shape[-1] != size:
                 x = upsample_periodic(x.detach(), size).clamp(0, 1)
+                x = roll_each(x, stage_offsets(seeds, stage, size).to(self.device))
             targets = self.targets(crops_t, size)
             shifts = canvas_shifts(seeds, stage, steps, size).to(self.device)  # [steps, B, 2]
             x = x.detach().contiguous(memory_format=memory_format).requires_grad_(True)

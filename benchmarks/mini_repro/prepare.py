@@ -44,6 +44,7 @@ DATA_FIELDS = (
     "synthesis_sizes",
     "synthesis_steps",
     "synthesis_batch",
+    "generator",
     "pretrain_side",
 )
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from mini_repro.world import CLASSES, OOD_SPLITS, TRAIN_FAMILIES, UNSEEN_FAMILIES, World
+from nsneg.pipeline import synthesis as synthesis_engine
 from nsneg.pipeline.synthesis import SynthesisConfig
 from nsneg.trainer.methods import METHODS
 
@@ -168,6 +169,7 @@ class Protocol:
             list(UNSEEN_FAMILIES),
         )
         d["patch_size_range"] = list(PATCH_SIZE_RANGE)
+        d["generator"] = synthesis_engine.GENERATOR_VERSION  # textures of another engine differ
         return d
 
     @property

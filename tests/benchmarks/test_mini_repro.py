@@ -568,6 +568,24 @@ def test_budget_counts_each_row_by_its_measured_step_cost():
         budget.estimate(dataclasses.replace(protocol.FULL, image_size=64), rows_flops=False)
 
 
+def test_data_and_runs_of_another_texture_generator_are_not_reused(monkeypatch):
+    """Textures of another engine version are other data: the prepared folder's key (and so
+    every kept run's) changes with it, as the texture sets' own keys do."""
+    from mini_repro import run
+    from nsneg.pipeline import synthesis
+
+    before = (
+        prepare.fingerprint(protocol.FULL, *prepare.DATA_FIELDS),
+        run.run_fingerprint(protocol.FULL),
+    )
+    monkeypatch.setattr(synthesis, "GENERATOR_VERSION", "another-generator")
+    after = (
+        prepare.fingerprint(protocol.FULL, *prepare.DATA_FIELDS),
+        run.run_fingerprint(protocol.FULL),
+    )
+    assert before[0] != after[0] and before[1] != after[1]
+
+
 def test_train_stage_refuses_an_unprepared_folder(tmp_path):
     from click.testing import CliRunner
 

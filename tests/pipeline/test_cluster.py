@@ -149,7 +149,7 @@ def test_with_no_actor_placeable_the_job_stops_with_what_to_rerun(tmp_path):
     out = tmp_path / "out"
     with ray_cluster({"num_cpus": 0}, {"num_cpus": 1}) as (cluster, (worker,)):
         env = {**os.environ, "RAY_ADDRESS": cluster.address}
-        cmd = texture_build_cmd(tree, out, "--steps", "60,20,5", "--actor-wait", "60")
+        cmd = texture_build_cmd(tree, out, "--steps", "60,20,5", "--actor-wait", "20")
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -161,7 +161,7 @@ def test_with_no_actor_placeable_the_job_stops_with_what_to_rerun(tmp_path):
             proc.kill()
     assert proc.returncode == 1
     (line,) = stderr.strip().splitlines()
-    assert "no synthesis actor is running (none could be placed for 60 s" in line
+    assert "no synthesis actor is running (none could be placed for 20 s" in line
     assert "Rerun the same command" in line and f"nsneg-textures build --imagenet {tree}" in line
     manifest = load_manifest(out)  # the finished shards are listed, the set is not complete
     finished = manifest["splits"]["train"]["shards"]

@@ -262,14 +262,14 @@ def test_accelerated_bf16_quality_matches_fp32(crops):
 @pytest.mark.parametrize("wrap", [False, True])
 def test_random_encoder_matches_the_rank5_formulation(wrap):
     """The flat [levels * C, 3, k, k] weights give what a per-level rank-5 buffer gives, over a
-    binomial (anti-aliased) pyramid, padded circularly for a canvas and by replication for crops."""
+    binomial (anti-aliased) pyramid, padded circularly for a canvas and by reflection for crops."""
     from nsneg.pipeline.encoders import blur_downsample
 
     encoder = build_encoder("random", seed=3)
     weight = encoder.weight.view(encoder.levels, -1, 3, encoder.kernel, encoder.kernel)
     bias = encoder.bias.view(encoder.levels, -1)
     x = torch.rand(2, 3, 56, 56)
-    mode = "circular" if wrap else "replicate"
+    mode = "circular" if wrap else "reflect"
     expected, y = [], x - 0.5
     for level in range(encoder.levels):
         if level:
@@ -446,7 +446,7 @@ def test_compiled_step_runs_through_inductor_on_cpu(crops):
     np.testing.assert_allclose(got.losses, want.losses, rtol=LOSS_RTOL)
 
 
-@pytest.mark.parametrize("mode", ["replicate", "circular"])
+@pytest.mark.parametrize("mode", ["replicate", "reflect", "circular"])
 def test_index_pad_matches_f_pad_values_and_gradients(mode):
     """The compiled encoder's padding (index_select) is F.pad's, gradients included."""
     from nsneg.pipeline.encoders import index_pad
@@ -459,3 +459,15 @@ def test_index_pad_matches_f_pad_values_and_gradients(mode):
     (a * w).sum().backward()
     (b * w).sum().backward()
     assert torch.allclose(x.grad, y.grad)
+
+
+def test_reflect_padding_wider_than_the_image_folds_again():
+    """The coarsest level of a small crop: F.pad refuses a reflection as wide as the image, the
+    encoder's pad reflects again (period 2 (n - 1)), as numpy's "reflect" does."""
+    from nsneg.pipeline.encoders import pad
+
+    x = torch.arange(6.0).view(1, 1, 2, 3)
+    got = pad(x, (4, 5, 3, 2), "reflect")
+    want = np.pad(x[0, 0].numpy(), ((3, 2), (4, 5)), mode="reflect")
+    assert torch.equal(got[0, 0], torch.from_numpy(want))
+    assert torch.equal(pad(torch.ones(1, 1, 1, 1), (2, 2, 2, 2), "reflect"), torch.ones(1, 1, 5, 5))
