@@ -239,7 +239,8 @@ def build(
     if summary.pool:
         click.echo(
             f"actors     {summary.pool}; {summary.actors_started} started on "
-            f"{summary.nodes_used} nodes, {summary.actors_lost} lost"
+            f"{summary.nodes_used} node{'' if summary.nodes_used == 1 else 's'}, "
+            f"{summary.actors_lost} lost"
         )
     click.echo(f"skipped    {len(summary.skipped)}")
     for s in summary.skipped[:10]:

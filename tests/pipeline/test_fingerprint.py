@@ -18,6 +18,7 @@ from nsneg.pipeline.synthesis import (
     SynthesisConfig,
     TextureSynthesizer,
     roll_each,
+    stage_offsets,
     upsample_periodic,
 )
 
@@ -117,6 +118,24 @@ def test_upsampling_drops_an_even_canvas_nyquist_and_keeps_all_of_an_odd_one():
     odd = torch.rand(2, 3, 7, 7)  # no Nyquist: every frequency kept, a real result interpolated
     up = upsample_periodic(odd, 21)
     assert torch.allclose(up[..., ::3, ::3], odd, atol=1e-5)
+
+
+def test_each_upsampled_canvas_is_rolled_by_an_offset_of_its_own_image():
+    """The coarse lattice's trace in an upsampled canvas gets each image's own phase: with no
+    optimisation step, a texture is its start upsampled and rolled by ``stage_offsets``."""
+    synth = TextureSynthesizer(SynthesisConfig(sizes=(56, 224), steps=(0, 0)))
+    crops = np.random.default_rng(0).integers(0, 256, (3, 2, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    seeds = [5, 6, 7]
+    got = synth(crops, seeds).textures
+    start = synth._init(torch.as_tensor(crops).permute(0, 1, 4, 2, 3).float() / 255.0, seeds)
+    up = roll_each(upsample_periodic(start, 224).clamp(0, 1), stage_offsets(seeds, 1, 224))
+    want = (up * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(got, want)
+    # seeded per image, uniform over the lattice's phases
+    assert torch.equal(stage_offsets([6], 1, 224)[0], stage_offsets(seeds, 1, 224)[1])
+    phases = stage_offsets(list(range(4000)), 1, 224) % 4  # [4000, 2]
+    counts = np.bincount((phases[:, 0] * 4 + phases[:, 1]).numpy(), minlength=16)
+    assert counts.min() > 180 and counts.max() < 320  # 250 each; ~4.5 sigma either side
 
 
 def _png(img: np.ndarray) -> bytes:
