@@ -8,7 +8,8 @@
   image (the ceilings: what "not this texture" scores).
 * ``layout_ncc``: the best normalised cross-correlation of each whole 96 px crop
   (high-passed) anywhere in the texture. A copy scores ~1; a texture whose layout is
-  gone scores low.
+  gone scores low. ``self_layout_ncc`` reads the same in the crops' own photo, away from
+  the crops: what a photo that repeats itself (a brick wall) scores without any copy.
 """
 
 from __future__ import annotations
@@ -27,16 +28,19 @@ HIGH_PASS_RADIUS = 4
 #: Adopted thresholds, checked by the tests on the embedded photographs and a synthetic shape.
 #: Mean over textures of swd(texture, crops) / swd(crop-coloured noise, crops).
 MAX_MEAN_NOISE_RATIO = 0.6
-#: A texture may not contain either crop: best high-passed NCC of a crop anywhere in it. A crop
-#: of one object on a flat ground (the demo's rocket on its sky) correlates with any faithful
-#: texture of it: the one-image L-BFGS reference's own rocket textures read 0.41-0.53 (3 seeds).
-MAX_LAYOUT_NCC = 0.55
+#: A texture may not contain either crop: best high-passed NCC of a crop anywhere in it
+#: (``max_layout_ncc``: more for a photo that repeats itself).
+MAX_LAYOUT_NCC = 0.5
 #: ...while a plain copy of a crop scores above this, which is what makes the measure meaningful.
+#: ``self_layout_ncc`` looks this far (px, along either axis) from where a crop was cut.
+SELF_SHIFT = 24
 MIN_COPY_NCC = 0.95
 
 
 def _to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [..., H, W, 3] -> float [N, 3, H, W] in [0, 1]."""
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()  # torch wraps numpy memory and warns of a read-only buffer
     t = torch.as_tensor(images)
     t = t.reshape(-1, *t.shape[-3:]).permute(0, 3, 1, 2)
     return t.float() / 255.0
@@ -81,6 +85,41 @@ def layout_ncc(texture: np.ndarray, crops: np.ndarray) -> float:
 
     Both are high-passed first: two smooth gradients correlate whatever their layout.
     """
+    return float(_ncc_maps(texture, crops).max())
+
+
+def self_layout_ncc(
+    photo: np.ndarray, crops: np.ndarray, boxes: list[tuple[int, int, int, int]]
+) -> float:
+    """How much a photo repeats its crops' layout by itself: the best NCC of each crop in its own
+    photo at least ``SELF_SHIFT`` px away from where it was cut (box: left, top, right, bottom).
+    A wall of bricks or a long straight rocket repeats much of it, an object on its ground little;
+    a faithful texture of such a photo may repeat a crop's layout as much as the photo does."""
+    maps = _ncc_maps(photo, crops)  # [K, H', W']: crop k's interior placed at photo (y + r, x + r)
+    ys = torch.arange(maps.shape[-2]).view(-1, 1)
+    xs = torch.arange(maps.shape[-1]).view(1, -1)
+    best = 0.0
+    for k, (left, top, _, _) in enumerate(boxes):
+        y0, x0 = top + HIGH_PASS_RADIUS, left + HIGH_PASS_RADIUS  # where its interior was cut
+        away = ((ys - y0).abs() >= SELF_SHIFT) | ((xs - x0).abs() >= SELF_SHIFT)
+        if away.any():
+            best = max(best, float(maps[k][away].max()))
+    return best
+
+
+def max_layout_ncc(self_layout: float) -> float:
+    """The layout a texture may reach given its photo's ``self_layout_ncc``: MAX_LAYOUT_NCC, or,
+    for a photo that repeats itself, up to halfway from that repetition to a copy. A faithful
+    texture of a brick wall or of one long rocket repeats the crop's structure as the photo does
+    (the one-image L-BFGS reference's own textures of the demo's rocket read 0.41-0.53)."""
+    return max(MAX_LAYOUT_NCC, (self_layout + MIN_COPY_NCC) / 2)
+
+
+def _ncc_maps(texture: np.ndarray, crops: np.ndarray) -> torch.Tensor:
+    """texture uint8 [H, W, 3], crops uint8 [K, h, w, 3] -> float [K, H', W']: the NCC of each
+    crop's high-passed interior (r px in from its border) at each position of the texture (at
+    (y, x): the interior over texture[y : y + h - 2r, x : x + w - 2r], the whole crop at y - r,
+    x - r)."""
     t = _high_pass(_to_float(texture))  # [1, 3, H, W]
     r = HIGH_PASS_RADIUS
     templates = _high_pass(_to_float(crops))[..., r:-r, r:-r]  # interior: no padding effects
@@ -92,7 +131,7 @@ def layout_ncc(texture: np.ndarray, crops: np.ndarray) -> float:
     window_sum = F.avg_pool2d(t, (h, w), stride=1).sum(1, keepdim=True) * h * w
     window_sq = F.avg_pool2d(t * t, (h, w), stride=1).sum(1, keepdim=True) * h * w
     window_norm = (window_sq - window_sum**2 / n).clamp_min(1e-8).sqrt()
-    return float((corr / window_norm).max())
+    return (corr / window_norm)[0]
 
 
 def noise_ratio(texture: np.ndarray, crops: np.ndarray, seed: int = 0) -> float:

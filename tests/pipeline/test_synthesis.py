@@ -14,7 +14,7 @@ from nsneg.pipeline.encoders import (
     build_encoder,
     load_vgg19_state_dict,
 )
-from nsneg.pipeline.images import make_crops
+from nsneg.pipeline.images import RESIZE_SHORT, decode_rgb, make_crops, resize_short
 from nsneg.pipeline.sources import embedded_listing
 from nsneg.pipeline.synthesis import (
     CPU_BATCH_SIZE,
@@ -122,9 +122,42 @@ def test_quality_thresholds_on_embedded_photos(crops, default_textures):
     ]
     ratios = [q.noise_ratio for q in measured]
     assert np.mean(ratios) <= quality.MAX_MEAN_NOISE_RATIO, ratios
-    for q in measured:
+    for q, repeats in zip(measured, self_layouts()):
         assert q.swd < q.other  # closer to its own crops than another image's texture is
-        assert q.layout <= quality.MAX_LAYOUT_NCC  # no crop survives as a copy
+        # no crop survives as a copy: the layout stays nearer what the photo repeats by itself
+        # (a brick wall: much) than a copy's
+        assert q.layout <= quality.max_layout_ncc(repeats), (q.layout, repeats)
+
+
+def self_layouts() -> list[float]:
+    """Each embedded photo's self_layout_ncc for the crops of ``embedded_crops()``."""
+    out = []
+    for i, im in enumerate(embedded_listing().images):
+        data = open(im.path, "rb").read()
+        cut = make_crops(data, np.random.default_rng(i))
+        photo = np.asarray(resize_short(decode_rgb(data)[0], RESIZE_SHORT))
+        out.append(quality.self_layout_ncc(photo, cut.pixels, cut.boxes))
+    return out
+
+
+def test_self_layout_reads_a_repeating_photo_high_and_a_copy_stays_above_the_bound():
+    """Stripes repeat a crop's layout a period away; noise does not; a copy of a crop inside a
+    texture is above the bound whatever the photo."""
+    rng = np.random.default_rng(0)
+    x = np.arange(256)
+    stripes = np.broadcast_to(((x % 16) < 3)[None, :, None] * 200 + 30, (256, 256, 3))
+    stripes = np.clip(stripes + rng.normal(0, 10, (256, 256, 3)), 0, 255).astype(np.uint8)
+    noise = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    boxes = [(80, 80, 176, 176), (10, 150, 106, 246)]
+    for photo, low, high in ((stripes, 0.8, 1.0), (noise, 0.0, 0.1)):
+        crops = np.stack([photo[t:b, left:r] for left, t, r, b in boxes])
+        assert low <= quality.self_layout_ncc(photo, crops, boxes) <= high
+    crops = np.stack([stripes[t:b, left:r] for left, t, r, b in boxes])
+    copy = quality.noise_like(crops, rng)
+    copy[64:160, 40:136] = crops[0]
+    repeats = quality.self_layout_ncc(stripes, crops, boxes)
+    assert quality.layout_ncc(copy, crops) > quality.max_layout_ncc(repeats)
+    assert quality.max_layout_ncc(0.0) == quality.MAX_LAYOUT_NCC
 
 
 def star_image(size: int = 256) -> bytes:
