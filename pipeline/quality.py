@@ -32,9 +32,9 @@ MAX_MEAN_NOISE_RATIO = 0.6
 #: (``max_layout_ncc``: more for a photo that repeats itself).
 MAX_LAYOUT_NCC = 0.5
 #: ...while a plain copy of a crop scores above this, which is what makes the measure meaningful.
+MIN_COPY_NCC = 0.95
 #: ``self_layout_ncc`` looks this far (px, along either axis) from where a crop was cut.
 SELF_SHIFT = 24
-MIN_COPY_NCC = 0.95
 
 
 def _to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,7 @@ def self_layout_ncc(
     photo at least ``SELF_SHIFT`` px away from where it was cut (box: left, top, right, bottom).
     A wall of bricks or a long straight rocket repeats much of it, an object on its ground little;
     a faithful texture of such a photo may repeat a crop's layout as much as the photo does."""
-    maps = _ncc_maps(photo, crops)  # [K, H', W']: crop k's interior placed at photo (y + r, x + r)
+    maps = _ncc_maps(photo, crops)  # [K, H', W']: (y, x) = crop k's interior over photo[y:, x:]
     ys = torch.arange(maps.shape[-2]).view(-1, 1)
     xs = torch.arange(maps.shape[-1]).view(1, -1)
     best = 0.0

@@ -14,9 +14,11 @@ of its two 96 px crops, and the batch is optimised together but independently:
   whatever its gradient: without the ramp they leave colour grain in flat regions). The start
   is the crops' mean colour plus seeded noise of std 0.05;
 * no spatial fingerprint: the canvas is a torus (the encoder pads it circularly, stages are
-  upsampled across the wrap) and every step sees it rolled by a random per-image shift, so no
-  pixel keeps one phase of the encoder's strides and none is near a border. Without this every
-  texture carried a 4 px grid and a frame (``nsneg.pipeline.fingerprint``);
+  upsampled across the wrap without the coarse Nyquist, then rolled by a per-image offset) and
+  every step sees it rolled by a random per-image shift, so no pixel keeps one phase of the
+  encoder's strides or of a coarse stage's lattice, and none is near a border; the crops (the
+  targets) are padded by reflection. Without this every texture carried a 4 px grid and a
+  frame (``nsneg.pipeline.fingerprint``);
 * ``accelerated`` (default: on CUDA only): channels_last and bf16 autocast, the Gram
   matrices of bf16 features computed without an fp32 copy of the feature maps. The
   same path runs on any device when asked for (the CPU tests do); otherwise float32
