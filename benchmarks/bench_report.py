@@ -165,9 +165,16 @@ def record_cmd(benchmark, figures, machine, command, date, note) -> None:
         notes=list(note),
         figures=json.loads(figures.read_text()),
     )
-    path = RECORDS / f"{date[:10]}-{benchmark}-{len(list(RECORDS.glob('*.json')))}.json"
+    path = RECORDS / f"{date[:10]}-{benchmark}-{next_index(RECORDS)}.json"
     atomic_write_json(path, record)
     click.echo(path)
+
+
+def next_index(records: Path) -> int:
+    """One past the highest number that ends a record's name (``...-18.json``): a count of the
+    records repeats a number once one is moved or removed, and its record would be replaced."""
+    numbers = [int(n) for p in records.glob("*.json") if (n := p.stem.rsplit("-", 1)[-1]).isdigit()]
+    return max(numbers, default=0) + 1
 
 
 if __name__ == "__main__":

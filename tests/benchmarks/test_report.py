@@ -34,6 +34,21 @@ def test_a_recorded_run_appears_on_the_page_with_its_machine_date_and_figures(
     assert "## Texture synthesis" in page and "No run recorded yet." in page
 
 
+def test_a_new_record_never_replaces_one_already_there(tmp_path, monkeypatch):
+    """Records numbered 8 and 18 with fewer files than 18: the next one is 19, both kept."""
+    monkeypatch.setattr(report, "RECORDS", tmp_path)
+    kept = ("2026-12-04-bench_ray_scaling-8.json", "2026-12-05-bench_synthesis-18.json")
+    for name in kept:
+        (tmp_path / name).write_text(name)
+    figures = tmp_path / "figures.out"
+    figures.write_text(json.dumps({"speedup": 11.8}))
+    args = ["record", "bench_synthesis", str(figures), "--machine", "m", "--command", "c"]
+    result = CliRunner().invoke(report.main, [*args, "--date", "2026-12-05 06:40 UTC"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "2026-12-05-bench_synthesis-19.json").is_file()
+    assert all((tmp_path / name).read_text() == name for name in kept)
+
+
 def test_a_record_without_its_machine_is_refused(tmp_path):
     Path(tmp_path / "bad.json").write_text(
         json.dumps(
