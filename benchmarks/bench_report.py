@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from pathlib import Path
 
 import click
@@ -171,10 +172,14 @@ def record_cmd(benchmark, figures, machine, command, date, note) -> None:
 
 
 def next_index(records: Path) -> int:
-    """One past the highest number that ends a record's name (``...-18.json``): a count of the
-    records repeats a number once one is moved or removed, and its record would be replaced."""
-    numbers = [int(n) for p in records.glob("*.json") if (n := p.stem.rsplit("-", 1)[-1]).isdigit()]
-    return max(numbers, default=0) + 1
+    """One past the highest number of a numbered record (``DATE-BENCHMARK-N.json``; a named one
+    such as ``...-bench_train_step-loader-224.json`` has none): a count of the records repeats a
+    number once one is moved or removed, and its record would be replaced."""
+    numbered = (
+        re.fullmatch(r"\d{4}-\d{2}-\d{2}-bench_[a-z_]+-(\d+)", p.stem)
+        for p in records.glob("*.json")
+    )
+    return max((int(m[1]) for m in numbered if m), default=0) + 1
 
 
 if __name__ == "__main__":

@@ -35,9 +35,14 @@ def test_a_recorded_run_appears_on_the_page_with_its_machine_date_and_figures(
 
 
 def test_a_new_record_never_replaces_one_already_there(tmp_path, monkeypatch):
-    """Records numbered 8 and 18 with fewer files than 18: the next one is 19, both kept."""
+    """Records numbered 8 and 18 with fewer files than 18: the next one is 19, all kept (a
+    named record's trailing number, an image size, is no record number)."""
     monkeypatch.setattr(report, "RECORDS", tmp_path)
-    kept = ("2026-12-04-bench_ray_scaling-8.json", "2026-12-05-bench_synthesis-18.json")
+    kept = (
+        "2026-12-04-bench_ray_scaling-8.json",
+        "2026-12-05-bench_synthesis-18.json",
+        "2026-11-27-bench_train_step-loader-224.json",
+    )
     for name in kept:
         (tmp_path / name).write_text(name)
     figures = tmp_path / "figures.out"
